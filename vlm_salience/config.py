@@ -1,0 +1,89 @@
+"""Typed configs loaded from YAML, with dotted overrides from the command line (`--set study.folds=5`).
+
+Every config class forbids unknown fields, so a typo in a YAML is an error that names the field, never a
+silently ignored setting. Relative paths in a YAML resolve against the folder of that YAML file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, TypeAdapter, ValidationError, ValidationInfo
+
+from vlm_salience.errors import ConfigError
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False, protected_namespaces=())
+
+
+def _resolve(path: Path, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get("base_dir")
+    path = Path(path).expanduser()
+    if base is not None and not path.is_absolute():
+        path = (Path(base) / path).resolve()
+    return path
+
+
+RelPath = Annotated[Path, AfterValidator(_resolve)]
+"""A path field: relative values resolve against the YAML file's folder."""
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found. Fix: pass the path of an existing YAML file.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc}).") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc}).") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of field: value, got {type(data).__name__}.")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides; the value is parsed as YAML, so `k=3`, `k=[1,2]`, `k=null` all work."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}': expected dotted.key=value, e.g. study.folds=5.")
+        key, raw = item.split("=", 1)
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override '{item}': '{part}' is a value, not a section.")
+            node = child
+        node[parts[-1]] = yaml.safe_load(raw)
+    return data
+
+
+def validate(data: dict[str, Any], model: Any, *, source: str | Path, base_dir: str | Path | None) -> Any:
+    """Validate `data` as `model` (a model class or any type, e.g. a discriminated union of models)."""
+    try:
+        return TypeAdapter(model).validate_python(data, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            got = err.get("input")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"field '{loc}': {err['msg']}{shown}")
+        raise ConfigError(f"{source}: " + "; ".join(lines)) from None
+
+
+def load_config(path: str | Path, model: type[M], overrides: list[str] | tuple[str, ...] = ()) -> M:
+    path = Path(path)
+    data = apply_overrides(read_yaml(path), overrides)
+    return validate(data, model, source=path, base_dir=path.resolve().parent)
