@@ -1,0 +1,224 @@
+"""Synthetic Split-Steal corpus with a planted salience law, written in the Split-Steal manifest format.
+
+Generative story (all seeded):
+1. Participants have an individual expressivity (Beta), a face style and a tendency to split.
+2. Each round has a pot (log-uniform), both decisions and the joint outcome CC/CD/DC/DD.
+3. Appraisal: the outcome and the stakes give a context emotion distribution and a valence; the player feels an
+   emotion drawn from it, and shows it on the face at their expressivity (a rendered image per trial).
+4. Simulated observers in three conditions: face-only raters read the face (subtle faces read as neutral and
+   uncertain), context-only raters read the appraisal, and combined raters integrate both as a tempered Bayesian
+   product whose weights follow a configurable salience law (`vlm_salience.salience`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import yaml
+from pydantic import Field
+from tqdm.auto import tqdm
+
+from vlm_salience.atomic import staged_dir, write_text
+from vlm_salience.config import StrictModel
+from vlm_salience.data.faces import ACTIONS, FaceStyle, render_face
+from vlm_salience.salience import DEFAULT_THRESHOLD, SalienceLaw
+
+OUTCOMES = ("CC", "CD", "DC", "DD")
+
+
+class LawConfig(StrictModel):
+    """The planted law of the combined raters; `control` with w = (1, 1) turns salience off."""
+
+    kind: Literal["plain", "control", "hard", "logistic"] = "logistic"
+    w_face: float = 1.0
+    w_context: float = 1.0
+    subtle: tuple[float, float] = (0.5, 1.5)
+    expressive: tuple[float, float] = (1.5, 0.5)
+    total: float = 2.0
+    slope: float = 8.0
+    alpha: float = 0.0
+    threshold: float = DEFAULT_THRESHOLD
+
+    def build(self) -> SalienceLaw:
+        if self.kind == "plain":
+            return SalienceLaw.plain(self.threshold)
+        if self.kind == "control":
+            return SalienceLaw.control(self.w_face, self.w_context, self.threshold)
+        if self.kind == "hard":
+            return SalienceLaw.hard(self.subtle, self.expressive, self.threshold)
+        return SalienceLaw.logistic(self.total, self.slope, self.alpha, self.threshold)
+
+
+class PerceptionConfig(StrictModel):
+    face_clarity: float = 4.0  # how readable a fully expressive face is (logit of the shown emotion)
+    neutral_pull: float = 2.0  # how strongly a subtle face reads as neutral
+    rater_temperature_sd: float = 0.25  # rater-to-rater spread (log-normal temperature)
+    valence_sd: float = 0.8
+    subtle_valence_sd: float = 1.5  # extra valence uncertainty of a face with no expression
+
+
+class SynthConfig(StrictModel):
+    name: str = "synthetic_split_steal"
+    seed: int = 0
+    participants: int = 40
+    rounds: int = 8
+    raters: dict[Literal["face", "context", "combined"], int] = Field(
+        default_factory=lambda: {"face": 20, "context": 8, "combined": 8})
+    expressivity_beta: tuple[float, float] = (1.5, 1.5)
+    expressivity_jitter: float = 0.05
+    split_tendency: tuple[float, float] = (0.3, 0.8)
+    partner_split: float = 0.5
+    pot: tuple[float, float] = (100.0, 100000.0)
+    labels: list[str] = Field(default_factory=lambda: list(ACTIONS))
+    neutral_label: str = "neutral"
+    valence_scale: tuple[int, int] = (1, 7)
+    appraisal: dict[str, dict[str, float]]
+    valence_by_outcome: dict[str, float]
+    pot_effect: float = 0.5
+    perception: PerceptionConfig = Field(default_factory=PerceptionConfig)
+    law: LawConfig = Field(default_factory=LawConfig)
+    image_size: int = 112
+
+
+def _softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
+    z = z - z.max(axis=axis, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def _gauss_grid(mu: np.ndarray, sd: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    p = np.exp(-0.5 * ((grid[None, :] - mu[:, None]) / sd[:, None]) ** 2)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def _temper(pf: np.ndarray, pc: np.ndarray, p0: np.ndarray, wf: np.ndarray, wc: np.ndarray) -> np.ndarray:
+    lf, lc, l0 = (np.log(np.clip(p, 1e-12, None)) for p in (pf, pc, p0))
+    return _softmax(l0 + wf[:, None] * (lf - l0) + wc[:, None] * (lc - l0))
+
+
+def generate(cfg: SynthConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, list[tuple[str, str, float, FaceStyle]]]:
+    """Return (trials, ratings, truth, faces to render) without touching the disk."""
+    rng = np.random.default_rng(cfg.seed)
+    labels = cfg.labels
+    K = len(labels)
+    unknown = sorted(set(labels) - set(ACTIONS))
+    if unknown:
+        raise ValueError(f"labels {unknown} have no facial actions; known: {sorted(ACTIONS)}")
+    if cfg.neutral_label not in labels:
+        raise ValueError(f"neutral_label '{cfg.neutral_label}' is not among labels {labels}")
+    neutral = labels.index(cfg.neutral_label)
+    base = np.zeros((4, K))
+    for o, row in enumerate(OUTCOMES):
+        for lab, logit in cfg.appraisal.get(row, {}).items():
+            if lab not in labels:
+                raise ValueError(f"appraisal.{row} names unknown label '{lab}'")
+            base[o, labels.index(lab)] = logit
+    val_off = np.array([cfg.valence_by_outcome[o] for o in OUTCOMES])
+
+    P, R = cfg.participants, cfg.rounds
+    expressivity = rng.beta(*cfg.expressivity_beta, size=P)
+    tendency = rng.uniform(*cfg.split_tendency, size=P)
+    styles = [FaceStyle.sample(rng) for _ in range(P)]
+    part = np.repeat(np.arange(P), R)
+    rnd = np.tile(np.arange(1, R + 1), P)
+    n = P * R
+    lo, hi = np.log(cfg.pot[0]), np.log(cfg.pot[1])
+    log_pot = rng.uniform(lo, hi, size=n)
+    z = (log_pot - (lo + hi) / 2) / ((hi - lo) / np.sqrt(12.0))
+    stakes = np.clip(1.0 + cfg.pot_effect * z, 0.2, None)
+    own = rng.random(n) < tendency[part]  # True = split
+    partner = rng.random(n) < cfg.partner_split
+    o_idx = np.where(own, np.where(partner, 0, 1), np.where(partner, 2, 3))
+    x = np.clip(expressivity[part] + rng.normal(0, cfg.expressivity_jitter, size=n), 0.0, 1.0)
+
+    def ctx_probs(outcome_idx: np.ndarray) -> np.ndarray:
+        logits = base[outcome_idx] * stakes[:, None]
+        return _softmax(logits)
+
+    p_ctx = ctx_probs(o_idx)
+    p_prior = np.mean([ctx_probs(np.full(n, o)) for o in range(4)], axis=0)
+    felt = np.array([rng.choice(K, p=p) for p in p_ctx])
+    face_logits = np.zeros((n, K))
+    face_logits[np.arange(n), felt] += cfg.perception.face_clarity * x
+    face_logits[:, neutral] += cfg.perception.neutral_pull * (1.0 - x)
+    p_face = _softmax(face_logits)
+
+    v_lo, v_hi = cfg.valence_scale
+    vgrid = np.arange(v_lo, v_hi + 1, dtype=float)
+    mid = (v_lo + v_hi) / 2.0
+    mu_ctx = mid + val_off[o_idx] * stakes
+    felt_val = np.clip(mu_ctx + rng.normal(0, 0.7, size=n), v_lo, v_hi)
+    pv = cfg.perception
+    pv_face = _gauss_grid(mid + x * (felt_val - mid), pv.valence_sd + pv.subtle_valence_sd * (1 - x), vgrid)
+    pv_ctx = _gauss_grid(mu_ctx, np.full(n, pv.valence_sd + 0.4), vgrid)
+    pv_prior = np.mean([_gauss_grid(mid + val_off[o] * stakes, np.full(n, pv.valence_sd + 0.4), vgrid)
+                        for o in range(4)], axis=0)
+
+    law = cfg.law.build()
+    wf, wc = law.weights(x)
+    p_comb = _temper(p_face, p_ctx, p_prior, wf, wc)
+    pv_comb = _temper(pv_face, pv_ctx, pv_prior, wf, wc)
+
+    trial_ids = [f"p{p:03d}_r{r:02d}" for p, r in zip(part, rnd)]
+    words = np.where(own, "split", "steal"), np.where(partner, "split", "steal")
+    pots = np.round(np.exp(log_pot), 0)
+    payoff = np.where(own & partner, pots / 2, np.where(~own & partner, pots, 0.0))
+    trials = pd.DataFrame({
+        "trial_id": trial_ids, "participant": [f"p{p:03d}" for p in part], "round": rnd,
+        "own_decision": words[0], "partner_decision": words[1], "outcome": [OUTCOMES[o] for o in o_idx],
+        "pot": pots, "payoff": payoff, "face_image": [f"faces/{t}.png" for t in trial_ids],
+    })
+    truth = pd.DataFrame({
+        "trial_id": trial_ids, "expressivity": x, "participant_expressivity": expressivity[part],
+        "felt_emotion": [labels[k] for k in felt], "felt_valence": felt_val, "w_face": wf, "w_context": wc,
+    })
+
+    rows = []
+    dists = {"face": (p_face, pv_face), "context": (p_ctx, pv_ctx), "combined": (p_comb, pv_comb)}
+    for cond in ("face", "context", "combined"):
+        pe, pvv = dists[cond]
+        for r in range(cfg.raters[cond]):
+            temp = np.exp(rng.normal(0, pv.rater_temperature_sd))
+            pe_r = _softmax(np.log(np.clip(pe, 1e-12, None)) / temp)
+            choice = (pe_r.cumsum(axis=1) > rng.random((n, 1))).argmax(axis=1)
+            val = vgrid[(pvv.cumsum(axis=1) > rng.random((n, 1))).argmax(axis=1)].astype(int)
+            rows.append(pd.DataFrame({"trial_id": trial_ids, "condition": cond, "rater": f"{cond[:3]}{r:02d}",
+                                      "valence": val, "emotion": [labels[k] for k in choice]}))
+    ratings = pd.concat(rows, ignore_index=True)
+    faces = [(t, labels[felt[i]], float(x[i]), styles[part[i]]) for i, t in enumerate(trial_ids)]
+    return trials, ratings, truth, faces
+
+
+def data_config(cfg: SynthConfig) -> dict:
+    """The Split-Steal data config that reads the generated manifest (written beside it as data.yaml)."""
+    return {
+        "format": "split_steal", "name": cfg.name, "root": ".",
+        "files": {"trials": "trials.csv", "ratings": "ratings.csv"},
+        "labels": list(cfg.labels), "neutral_label": cfg.neutral_label,
+        "valence_scale": {"low": cfg.valence_scale[0], "high": cfg.valence_scale[1]},
+        "situation": {
+            "features": ["outcome", "log_pot"], "interactions": [["outcome", "log_pot"]],
+            "derived": {"log_pot": "log(pot)"},
+            "text": "In a split-or-steal game with ${pot:,.0f} in the pot, the player chose to {own_decision} and "
+                    "the other player chose to {partner_decision}; the player took home ${payoff:,.0f}.",
+        },
+    }
+
+
+def write_corpus(cfg: SynthConfig, out: str | Path, *, progress: bool = True) -> Path:
+    """Generate and write the corpus into `out` atomically; returns the path of its data.yaml."""
+    trials, ratings, truth, faces = generate(cfg)
+    rng = np.random.default_rng(cfg.seed + 1)
+    with staged_dir(out) as stage:
+        (stage / "faces").mkdir()
+        for tid, emotion, x, style in tqdm(faces, desc="rendering faces", disable=not progress, unit="face"):
+            render_face(emotion, x, style, size=cfg.image_size, jitter=rng).save(stage / "faces" / f"{tid}.png")
+        write_text(stage / "trials.csv", trials.to_csv(index=False))
+        write_text(stage / "ratings.csv", ratings.to_csv(index=False))
+        write_text(stage / "truth.csv", truth.to_csv(index=False))
+        write_text(stage / "data.yaml", yaml.safe_dump(data_config(cfg), sort_keys=False, width=120))
+        write_text(stage / "synth.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, width=120))
+    return Path(out) / "data.yaml"
