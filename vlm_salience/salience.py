@@ -1,0 +1,150 @@
+"""Salience adjustment: facial expressivity in [0, 1] -> weights (w_face, w_context) for the two cues.
+
+Expression-salience hypothesis (Han & Gratch 2025): the more expressive the face, the more observers rely on it.
+This module is the single home of that idea. Its users:
+- tempered BCI (`bci.py`): log P = log P0 + w_face (log Pf - log P0) + w_context (log Pc - log P0);
+- fusion of face-only and context-only VLM answers (prompting): the same product, or a pool by `face_share`;
+- the choice of prompt template: `is_expressive`;
+- the router between a face-focused and a context-focused LoRA expert: `is_expressive` (hard) / `face_share` (soft).
+
+Laws, each a vector of free parameters so that one optimiser fits them all:
+- plain:    w = (1, 1) for every item: Bayesian cue integration as in Ong, Zaki & Goodman (2015);
+- control:  one global pair (w_face, w_context): always reported; salience only counts where it beats this;
+- hard:     one pair for subtle faces (x <= threshold) and one for expressive faces (x > threshold);
+- logistic: total weight tau, face share s(x) = sigmoid(alpha + slope * (x - threshold)):
+            w_face = tau * s(x), w_context = tau * (1 - s(x)). slope = 0 is the control.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+LawKind = Literal["plain", "control", "hard", "logistic"]
+LAW_KINDS: tuple[LawKind, ...] = ("plain", "control", "hard", "logistic")
+DEFAULT_THRESHOLD = 0.5
+_N_PARAMS = {"plain": 0, "control": 2, "hard": 4, "logistic": 3}
+_MAX_LOG_WEIGHT = 4.0  # weights within [e^-4, e^4]: beyond that a cue is off or the product degenerate
+_MAX_SLOPE = 60.0
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+@dataclass(frozen=True)
+class SalienceLaw:
+    kind: LawKind
+    params: tuple[float, ...] = ()
+    threshold: float = DEFAULT_THRESHOLD
+
+    def __post_init__(self) -> None:
+        if self.kind not in _N_PARAMS:
+            raise ValueError(f"unknown salience law '{self.kind}'; expected one of {LAW_KINDS}")
+        if len(self.params) != _N_PARAMS[self.kind]:
+            raise ValueError(f"salience law '{self.kind}' takes {_N_PARAMS[self.kind]} parameters, "
+                             f"got {len(self.params)}")
+
+    # -- constructors in natural units -------------------------------------------------------------------------
+    @classmethod
+    def plain(cls, threshold: float = DEFAULT_THRESHOLD) -> SalienceLaw:
+        return cls("plain", (), threshold)
+
+    @classmethod
+    def control(cls, w_face: float, w_context: float, threshold: float = DEFAULT_THRESHOLD) -> SalienceLaw:
+        return cls("control", (float(np.log(w_face)), float(np.log(w_context))), threshold)
+
+    @classmethod
+    def hard(cls, subtle: tuple[float, float], expressive: tuple[float, float],
+             threshold: float = DEFAULT_THRESHOLD) -> SalienceLaw:
+        return cls("hard", tuple(float(np.log(w)) for w in (*subtle, *expressive)), threshold)
+
+    @classmethod
+    def logistic(cls, total: float, slope: float, alpha: float = 0.0,
+                 threshold: float = DEFAULT_THRESHOLD) -> SalienceLaw:
+        return cls("logistic", (float(np.log(total)), float(alpha), float(slope)), threshold)
+
+    # -- the one mapping everything uses ----------------------------------------------------------------------
+    def weights(self, expressivity: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+        """(w_face, w_context), each shaped like `expressivity`."""
+        x = np.asarray(expressivity, dtype=float)
+        p = self.params
+        if self.kind == "plain":
+            return np.ones_like(x), np.ones_like(x)
+        if self.kind == "control":
+            return np.full_like(x, np.exp(p[0])), np.full_like(x, np.exp(p[1]))
+        if self.kind == "hard":
+            expressive = self.is_expressive(x)
+            return (np.where(expressive, np.exp(p[2]), np.exp(p[0])),
+                    np.where(expressive, np.exp(p[3]), np.exp(p[1])))
+        tau = np.exp(p[0])
+        share = _sigmoid(p[1] + p[2] * (x - self.threshold))
+        return tau * share, tau * (1.0 - share)
+
+    def face_share(self, expressivity: np.ndarray | float) -> np.ndarray:
+        """w_face / (w_face + w_context): the weight of the face in a linear pool or a soft router."""
+        wf, wc = self.weights(expressivity)
+        return wf / (wf + wc)
+
+    def is_expressive(self, expressivity: np.ndarray | float) -> np.ndarray:
+        """The hard split used for prompt templates and hard routing: expressive above the threshold."""
+        return np.asarray(expressivity, dtype=float) > self.threshold
+
+    # -- for optimisers and reports ---------------------------------------------------------------------------
+    @staticmethod
+    def n_params(kind: LawKind) -> int:
+        return _N_PARAMS[kind]
+
+    @staticmethod
+    def initial(kind: LawKind) -> np.ndarray:
+        """Start every fit at plain BCI (w = 1, 1)."""
+        return {"plain": np.zeros(0), "control": np.zeros(2), "hard": np.zeros(4),
+                "logistic": np.array([np.log(2.0), 0.0, 0.0])}[kind]
+
+    @staticmethod
+    def bounds(kind: LawKind) -> list[tuple[float, float]]:
+        lw = (-_MAX_LOG_WEIGHT, _MAX_LOG_WEIGHT)
+        return {"plain": [], "control": [lw, lw], "hard": [lw] * 4,
+                "logistic": [(-_MAX_LOG_WEIGHT, _MAX_LOG_WEIGHT + np.log(2)), (-8.0, 8.0),
+                             (-_MAX_SLOPE, _MAX_SLOPE)]}[kind]
+
+    @classmethod
+    def from_vector(cls, kind: LawKind, theta: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> SalienceLaw:
+        return cls(kind, tuple(float(t) for t in np.asarray(theta, dtype=float)), threshold)
+
+    def describe(self) -> dict[str, Any]:
+        """Weights in natural units, for metrics.json and the report."""
+        out: dict[str, Any] = {"kind": self.kind, "threshold": self.threshold}
+        p = np.exp(np.asarray(self.params))
+        if self.kind == "control":
+            out.update(w_face=p[0], w_context=p[1])
+        elif self.kind == "hard":
+            out.update(subtle={"w_face": p[0], "w_context": p[1]}, expressive={"w_face": p[2], "w_context": p[3]})
+        elif self.kind == "logistic":
+            out.update(total=p[0], alpha=self.params[1], slope=self.params[2])
+        if self.kind != "plain":
+            grid = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
+            wf, wc = self.weights(grid)
+            out["curve"] = {"expressivity": grid.tolist(), "w_face": wf.tolist(), "w_context": wc.tolist()}
+        return _floats(out)
+
+    def face_weight_gap(self, expressivity: np.ndarray) -> float:
+        """Mean w_face over expressive items minus over subtle ones: the quantity the hypothesis predicts > 0."""
+        x = np.asarray(expressivity, dtype=float)
+        wf, _ = self.weights(x)
+        hi, lo = self.is_expressive(x), ~self.is_expressive(x)
+        if not hi.any() or not lo.any():
+            return float("nan")
+        return float(wf[hi].mean() - wf[lo].mean())
+
+
+def _floats(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _floats(v) for k, v in d.items()}
+    if isinstance(d, (list, tuple)):
+        return [_floats(v) for v in d]
+    if isinstance(d, (np.floating, np.integer)):
+        return float(d)
+    return d
