@@ -1,0 +1,122 @@
+"""One entry point, `vlm-salience`, with sub-commands. Heavy imports happen inside each command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from vlm_salience.errors import VlmSalienceError
+
+
+def _add_overrides(p: argparse.ArgumentParser, flag: str = "--set", what: str = "config") -> None:
+    p.add_argument(flag, dest=flag.lstrip("-").replace("-", "_"), action="append", default=[],
+                   metavar="KEY=VALUE", help=f"override a {what} field, e.g. cv.k=10 (repeatable)")
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from vlm_salience.config import load_config
+    from vlm_salience.data.synth import SynthConfig, write_corpus
+    from vlm_salience.resources import shipped
+
+    cfg = load_config(args.config or shipped("configs/synth/split_steal.yaml"), SynthConfig, args.set)
+    path = write_corpus(cfg, args.out, progress=not args.quiet)
+    print(f"wrote the synthetic Split-Steal corpus to {args.out} ({cfg.participants} participants x "
+          f"{cfg.rounds} rounds); its data config: {path}")
+    return 0
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from vlm_salience.data import load_corpus
+
+    corpus = load_corpus(args.data, drop_invalid=args.drop_invalid, overrides=args.data_set)
+    print(f"{corpus.name}: {len(corpus.items)} items, {len(corpus.labels)} labels ({corpus.response}); "
+          f"judgements: face-only {len(corpus.face_only)}, context-only {len(corpus.context_only)}, "
+          f"combined {0 if corpus.combined is None else len(corpus.combined)}; fingerprint {corpus.fingerprint}")
+    for line in corpus.dropped.lines():
+        print("  " + line)
+    return 0
+
+
+def cmd_bci(args: argparse.Namespace) -> int:
+    from vlm_salience.config import load_config
+    from vlm_salience.data import load_corpus
+    from vlm_salience.report import print_table, write_outputs
+    from vlm_salience.resources import shipped
+    from vlm_salience.study import StudyConfig, run_study
+
+    cfg = load_config(args.config or shipped("configs/experiment/bci.yaml"), StudyConfig, args.set)
+    corpus = load_corpus(args.data, drop_invalid=args.drop_invalid, overrides=args.data_set)
+    if corpus.dropped.total:
+        print(f"--drop-invalid: skipped {corpus.dropped.total} row(s):")
+        for line in corpus.dropped.lines():
+            print("  " + line)
+    result = run_study(corpus, cfg, progress=not args.quiet)
+    out = write_outputs(result, args.out)
+    print_table(result)
+    print(f"wrote {out}/metrics.json, predictions.csv, report.md and plots")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from vlm_salience.demo import run_demo
+
+    return run_demo(Path(args.out), quick=args.quick, progress=not args.quiet)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vlm-salience", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="corpora: generate the synthetic one, check a data config")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    synth = dsub.add_parser("synth", help="write the synthetic Split-Steal corpus (manifest format)")
+    synth.add_argument("--config", help="synth YAML (default: configs/synth/split_steal.yaml)")
+    synth.add_argument("--out", required=True)
+    synth.add_argument("--quiet", action="store_true")
+    _add_overrides(synth)
+    synth.set_defaults(func=cmd_data_synth)
+    check = dsub.add_parser("check", help="load a data config and summarise (or report) its rows")
+    check.add_argument("--data", required=True)
+    check.add_argument("--drop-invalid", action="store_true")
+    _add_overrides(check, "--data-set", "data config")
+    check.set_defaults(func=cmd_data_check)
+
+    b = sub.add_parser("bci", help="cross-validated cue-integration study (BCI, salience variants, control)")
+    b.add_argument("--data", required=True, help="data config YAML (configs/data/...)")
+    b.add_argument("--out", required=True, help="output folder")
+    b.add_argument("--config", help="study YAML (default: configs/experiment/bci.yaml)")
+    b.add_argument("--drop-invalid", action="store_true", help="skip invalid rows and report them, not fail")
+    b.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_overrides(b)
+    _add_overrides(b, "--data-set", "data config")
+    b.set_defaults(func=cmd_bci)
+
+    demo = sub.add_parser("demo", help="synthesise a corpus and run everything on it")
+    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("--quick", action="store_true", help="fewer bootstrap resamples")
+    demo.add_argument("--quiet", action="store_true")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except VlmSalienceError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

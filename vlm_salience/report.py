@@ -1,0 +1,350 @@
+"""Study outputs: metrics.json, predictions.csv, report.md, plots, and the table printed to the terminal.
+
+Everything is staged in a temporary folder and moved into --out only when complete, so a failure leaves nothing
+half-written there.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from vlm_salience import __version__
+from vlm_salience.atomic import staged_dir, write_text
+from vlm_salience.metrics import METRICS
+from vlm_salience.predictions import condition_profiles
+from vlm_salience.study import StudyResult
+
+LABELS = {"r": "r", "rmse": "RMSE", "kld": "KLD", "valence_mse": "valence MSE", "valence_r": "valence r"}
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe: numpy scalars to Python, NaN to null."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return None if not math.isfinite(float(obj)) else float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.ndarray):
+        return _clean(obj.tolist())
+    return obj
+
+
+def metrics_document(result: StudyResult) -> dict[str, Any]:
+    c, cfg = result.corpus, result.config
+    x = result.expressivity
+    thr = cfg.expressivity.threshold
+    methods = {}
+    for m in cfg.methods:
+        if m.name not in result.predictions:
+            continue
+        entry: dict[str, Any] = {"rule": m.rule, "salience": m.salience}
+        entry.update(result.metrics.get(m.name, {}))
+        entry["weights"] = result.weights.get(m.name)
+        entry.update(result.comparisons.get(m.name, {}))
+        methods[m.name] = entry
+    doc = {
+        "package_version": __version__,
+        "corpus": {"name": c.name, "n_items": len(c.items), "response": c.response, "labels": list(c.labels),
+                   "fingerprint": c.fingerprint, "has_combined": c.has_targets, "dropped": c.dropped.to_dict()},
+        "expressivity": {"estimator": cfg.expressivity.estimator, "normalise": cfg.expressivity.normalise,
+                         "threshold": thr, "n_expressive": int((x > thr).sum()) if x is not None else None,
+                         "n_subtle": int((x <= thr).sum()) if x is not None else None},
+        "config": cfg.model_dump(mode="json"),
+        "notes": result.notes,
+        "methods": methods,
+    }
+    return _clean(doc)
+
+
+def _fmt(v: dict[str, Any] | None, digits: int = 3) -> str:
+    if not v or v.get("value") is None or not np.isfinite(v["value"]):
+        return "n/a"
+    lo, hi = v["ci95"]
+    if lo is None or not np.isfinite(lo):
+        return f"{v['value']:.{digits}f}"
+    return f"{v['value']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def summary_rows(result: StudyResult) -> list[dict[str, str]]:
+    rows = []
+    for m in result.config.methods:
+        if m.name not in result.metrics:
+            continue
+        met = result.metrics[m.name]
+        verdict = result.comparisons.get(m.name, {}).get("verdict", {})
+        beats = []
+        if verdict.get("beats_" + result.config.reference):
+            beats.append(result.config.reference)
+        if verdict.get("beats_control"):
+            beats.append("control")
+        row = {"method": m.name}
+        row.update({LABELS[k]: _fmt(met[k], 4 if k == "kld" else 3) for k in METRICS})
+        row[f"beats ({result.config.primary_metric})"] = ", ".join(beats) or "-"
+        rows.append(row)
+    return rows
+
+
+def markdown_table(rows: list[dict[str, str]]) -> str:
+    if not rows:
+        return ""
+    cols = list(rows[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(r[c] for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def print_table(result: StudyResult) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    import sys
+
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    rows = summary_rows(result)
+    title = f"{result.corpus.name}: {len(result.corpus.items)} items, 95% bootstrap intervals"
+    if not rows:
+        console.print(f"[bold]{result.corpus.name}[/bold]: no combined-condition judgements, nothing to score.")
+        for note in result.notes:
+            console.print(f"- {note}")
+        return
+    table = Table(title=title)
+    for i, col in enumerate(rows[0]):
+        table.add_column(col, no_wrap=i == 0, overflow="fold")
+    for r in rows:
+        table.add_row(*r.values())
+    console.print(table)
+    for note in result.notes:
+        console.print(f"[yellow]note[/yellow]: {note}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Plots
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_weights(result: StudyResult, path: Path) -> bool:
+    """Fitted face weight against expressivity: each method's curve, and every item at its out-of-fold weight."""
+    fitted = [m for m in result.config.methods if m.name in result.weights]
+    if not fitted:
+        return False
+    plt = _plt()
+    rules = [r for r in ("product", "pool") if any(m.rule == r for m in fitted)]
+    fig, axes = plt.subplots(1, len(rules), figsize=(6.2 * len(rules), 4.4), squeeze=False)
+    grid = np.linspace(0, 1, 101)
+    thr = result.config.expressivity.threshold
+    for ax, rule in zip(axes[0], rules):
+        for i, m in enumerate([m for m in fitted if m.rule == rule]):
+            color = f"C{i}"
+            pred = result.predictions[m.name]
+            jitter = np.random.default_rng(i).normal(0, 0.006, len(pred))
+            ax.scatter(pred.expressivity, pred.weights[:, 0] + jitter, s=9, alpha=0.35, color=color)
+            w = result.weights[m.name]
+            law = _law_from(w, m.salience, thr)
+            wf, wc = law.weights(grid)
+            label = m.name
+            gap = w.get("face_weight_gap", {})
+            if gap.get("value") is not None:
+                label += f" (gap {gap['value']:.2f} [{gap['ci95'][0]:.2f}, {gap['ci95'][1]:.2f}])"
+            ax.plot(grid, wf, color=color, lw=2, label=label)
+            ax.plot(grid, wc, color=color, lw=1, ls="--")
+        ax.axvline(thr, color="grey", lw=0.8, ls=":")
+        ax.axhline(1.0, color="grey", lw=0.5)
+        ax.set_xlabel("facial expressivity (normalised on training faces)")
+        ax.set_ylabel("w_face (solid), w_context (dashed)")
+        ax.set_title("tempered BCI" if rule == "product" else "linear opinion pool")
+        ax.legend(fontsize=7, loc="best")
+    fig.suptitle(f"{result.corpus.name}: fitted cue weights (dots: items, out of fold)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def _law_from(desc: dict[str, Any], kind: str, threshold: float):
+    from vlm_salience.salience import SalienceLaw
+
+    if kind == "control":
+        return SalienceLaw.control(desc["w_face"], desc["w_context"], threshold)
+    if kind == "hard":
+        s, e = desc["subtle"], desc["expressive"]
+        return SalienceLaw.hard((s["w_face"], s["w_context"]), (e["w_face"], e["w_context"]), threshold)
+    if kind == "logistic":
+        return SalienceLaw.logistic(desc["total"], desc["slope"], desc["alpha"], threshold)
+    return SalienceLaw.plain(threshold)
+
+
+def plot_pred_vs_obs(result: StudyResult, path: Path) -> bool:
+    names = [m.name for m in result.config.methods if m.name in result.metrics]
+    if not names or result.observed is None:
+        return False
+    plt = _plt()
+    cols = min(4, len(names))
+    rows = int(np.ceil(len(names) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 3.2 * rows), squeeze=False)
+    obs = result.observed
+    what = "rating" if obs.ratings is not None else "probability"
+    for ax, name in zip(axes.ravel(), names):
+        pred = result.predictions[name]
+        o = obs.align(pred.item_ids).profile.ravel()
+        p = pred.profile.ravel()
+        ax.scatter(o, p, s=5, alpha=0.35)
+        lo, hi = float(np.nanmin([o.min(), p.min()])), float(np.nanmax([o.max(), p.max()]))
+        ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8)
+        ax.set_title(f"{name}\nr = {result.metrics[name]['r']['value']:.3f}", fontsize=9)
+        ax.set_xlabel(f"observed {what}", fontsize=8)
+        ax.set_ylabel(f"predicted {what}", fontsize=8)
+    for ax in axes.ravel()[len(names):]:
+        ax.axis("off")
+    fig.suptitle(f"{result.corpus.name}: predicted vs observed (every item x emotion)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def profile_tables(result: StudyResult) -> dict[str, pd.DataFrame]:
+    c = result.corpus
+    if not c.categorical_features:
+        return {}
+    by = c.categorical_features[0]
+    out = {}
+    for cond, name in (("face", "face-only"), ("context", "context-only"), ("combined", "combined")):
+        t = condition_profiles(c, cond, by)
+        if len(t):
+            out[name] = t
+    return out
+
+
+def plot_profiles(tables: dict[str, pd.DataFrame], by: str, title: str, path: Path) -> bool:
+    if not tables:
+        return False
+    plt = _plt()
+    width = 0.42 * len(next(iter(tables.values())).columns) * len(tables) + 2.5
+    fig, axes = plt.subplots(1, len(tables), figsize=(width, 4.2), squeeze=False, layout="constrained")
+    vmax = max(float(t.to_numpy().max()) for t in tables.values())
+    vmin = min(float(t.to_numpy().min()) for t in tables.values())
+    for ax, (name, t) in zip(axes[0], tables.items()):
+        im = ax.imshow(t.to_numpy(), aspect="auto", cmap="viridis", vmin=vmin, vmax=vmax)
+        ax.set_yticks(range(len(t.index)), [str(i) for i in t.index])
+        ax.set_xticks(range(len(t.columns)), list(t.columns), rotation=70, fontsize=7)
+        ax.set_title(f"{name} judgements")
+    axes[0][0].set_ylabel(by)
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="mean rating / choice share")
+    fig.suptitle(title)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return True
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+def report_markdown(result: StudyResult, doc: dict[str, Any], figures: list[str],
+                    profiles: dict[str, pd.DataFrame]) -> str:
+    c, cfg = result.corpus, result.config
+    lines = [f"# Cue-integration study: {c.name}", ""]
+    lines.append(f"{len(c.items)} items ({c.response} over {len(c.labels)} emotion labels). "
+                 f"Expressivity: `{cfg.expressivity.estimator}`, normalised ({cfg.expressivity.normalise}) on "
+                 f"training faces, expressive above {cfg.expressivity.threshold}. "
+                 f"Cross-validation: {cfg.cv.scheme} over `{cfg.cv.group}`; weights fitted on training folds only. "
+                 f"Context model: {cfg.cue_models.context_model}. Target: combined-condition cell {cfg.target}s.")
+    lines.append("")
+    if c.dropped.total:
+        lines += ["## Dropped rows (--drop-invalid)", ""] + [f"- {s}" for s in c.dropped.lines()] + [""]
+    if result.notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in result.notes] + [""]
+    rows = summary_rows(result)
+    if rows:
+        lines += ["## Scores (95% bootstrap intervals over resampled "
+                  f"{cfg.cv.group if cfg.bootstrap.by_group else 'item'}s)", "", markdown_table(rows), "",
+                  f"'beats' lists the comparisons a method wins on the primary metric ({cfg.primary_metric}) by a "
+                  "paired bootstrap whose 95% interval excludes zero. Salience counts only where it beats the "
+                  "control (one global weight pair). Every metric's comparison is in metrics.json.", ""]
+        won = []
+        for name, m in doc["methods"].items():
+            v = m.get("verdict") or {}
+            if "metrics_won_vs_control" in v:
+                won.append(f"- {name} vs its control: wins on {', '.join(v['metrics_won_vs_control']) or 'nothing'}")
+        if won:
+            lines += won + [""]
+    if result.weights:
+        lines += ["## Fitted weights (all items)", "",
+                  "| method | w_face subtle -> expressive | w_context subtle -> expressive | face-weight gap [95% CI] |",
+                  "|---|---|---|---|"]
+        x = result.expressivity
+        thr = cfg.expressivity.threshold
+        for name, w in result.weights.items():
+            m = next(mm for mm in cfg.methods if mm.name == name)
+            law = _law_from(w, m.salience, thr)
+            wf, wc = law.weights(x)
+            hi, lo = x > thr, x <= thr
+
+            def mean(a, mask):
+                return f"{a[mask].mean():.2f}" if mask.any() else "n/a"
+            lines.append(f"| {name} | {mean(wf, lo)} -> {mean(wf, hi)} | {mean(wc, lo)} -> {mean(wc, hi)} | "
+                         f"{_fmt(w.get('face_weight_gap'))} |")
+        lines += ["", "The gap is mean w_face over expressive items minus over subtle ones (refits on "
+                  f"{cfg.bootstrap.weights_n} resamples); the salience hypothesis predicts it to be positive.", ""]
+    per = [(n, m["per_emotion"]) for n, m in doc["methods"].items() if m.get("per_emotion")]
+    if per:
+        labels = list(per[0][1])
+        lines += ["## Per-emotion r", "", "| method | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+        for n, pe in per:
+            lines.append(f"| {n} | " + " | ".join("n/a" if pe[lab]["r"] is None else f"{pe[lab]['r']:.2f}"
+                                                   for lab in labels) + " |")
+        lines.append("")
+    if profiles:
+        by = c.categorical_features[0]
+        lines += [f"## Mean emotion profiles per {by}", ""]
+        for name, t in profiles.items():
+            lines += [f"### {name}", "", t.round(2).to_markdown() if _has_tabulate() else t.round(2).to_string(),
+                      ""]
+    for fig in figures:
+        lines += [f"![{fig}]({fig})", ""]
+    return "\n".join(lines)
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def write_outputs(result: StudyResult, out: str | Path) -> Path:
+    out = Path(out)
+    doc = metrics_document(result)
+    frames = [p.to_frame() for p in result.predictions.values()]
+    if result.observed is not None:
+        frames.append(result.observed.to_frame())
+    profiles = profile_tables(result)
+    with staged_dir(out) as stage:
+        figures = []
+        if plot_weights(result, stage / "weights.png"):
+            figures.append("weights.png")
+        if plot_pred_vs_obs(result, stage / "pred_vs_obs.png"):
+            figures.append("pred_vs_obs.png")
+        if profiles and plot_profiles(profiles, result.corpus.categorical_features[0],
+                                      f"{result.corpus.name}: mean emotion profile per "
+                                      f"{result.corpus.categorical_features[0]}", stage / "profiles.png"):
+            figures.append("profiles.png")
+        write_text(stage / "metrics.json", json.dumps(doc, indent=2))
+        write_text(stage / "predictions.csv", pd.concat(frames, ignore_index=True).to_csv(index=False))
+        write_text(stage / "report.md", report_markdown(result, doc, figures, profiles))
+    return out
