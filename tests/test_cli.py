@@ -1,0 +1,83 @@
+"""The `vlm-salience` command: bci outputs, atomic --out, --drop-invalid, data synth/check, demo."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from tests.tables import write_cue_tables
+from vlm_salience.atomic import staged_dir, write_text
+from vlm_salience.cli import main
+
+
+def test_bci_writes_metrics_predictions_report_and_plots(synth_corpus, tmp_path, capsys):
+    out = tmp_path / "study"
+    rc = main(["bci", "--data", str(synth_corpus), "--out", str(out), "--quiet",
+               "--config", "configs/experiment/bci_synthetic.yaml", "--set", "bootstrap.n=200",
+               "--set", "bootstrap.weights_n=10"])
+    assert rc == 0
+    doc = json.loads((out / "metrics.json").read_text())
+    m = doc["methods"]["salience_hard"]
+    for key in ("r", "rmse", "kld", "valence_mse", "valence_r"):
+        assert set(m[key]) == {"value", "ci95"}
+    assert m["weights"]["kind"] == "hard" and "face_weight_gap" in m["weights"]
+    assert "vs_control" in m and "vs_bci" in m
+    preds = pd.read_csv(out / "predictions.csv")
+    assert set(preds.method) >= {"bci", "salience_hard", "observed"}
+    assert {"w_face", "w_context", "expressivity", "p_joy", "valence"} <= set(preds.columns)
+    assert {"weights.png", "pred_vs_obs.png", "profiles.png", "report.md"} <= {p.name for p in out.iterdir()}
+    assert "salience_hard" in capsys.readouterr().out
+    assert "face-weight gap" in (out / "report.md").read_text()
+
+
+def test_failure_leaves_nothing_half_written(tmp_path, capsys):
+    data = write_cue_tables(tmp_path / "d", face_rows=["r1,f1,yay,8,1", "r2,f1,yay,99,2", "r3,f2,oh,2,7"])
+    out = tmp_path / "out"
+    rc = main(["bci", "--data", str(data), "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "face.csv, line 3, column 'happy'" in err and "--drop-invalid" in err
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_drop_invalid_reports_what_was_skipped(tmp_path, capsys):
+    data = write_cue_tables(tmp_path / "d", face_rows=["r1,f1,yay,8,1", "r2,f1,yay,99,2", "r3,f2,oh,2,7",
+                                                       "r4,f2,oh,3,6"])
+    out = tmp_path / "out"
+    rc = main(["bci", "--data", str(data), "--out", str(out), "--quiet", "--drop-invalid",
+               "--set", "bootstrap.n=50", "--set", "bootstrap.weights_n=0"])
+    assert rc == 0
+    assert "skipped 1 row" in capsys.readouterr().out
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["corpus"]["dropped"]["total"] == 1
+
+
+def test_staged_dir_keeps_other_files_and_cleans_up_on_error(tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep")
+    with staged_dir(out) as s:
+        write_text(s / "metrics.json", "{}")
+    assert (out / "mine.txt").read_text() == "keep" and (out / "metrics.json").exists()
+    with pytest.raises(RuntimeError):
+        with staged_dir(out) as s:
+            write_text(s / "metrics.json", "half")
+            raise RuntimeError("boom")
+    assert (out / "metrics.json").read_text() == "{}"
+    assert [p.name for p in tmp_path.iterdir()] == ["o"]
+
+
+def test_data_synth_and_check(tmp_path, capsys):
+    out = tmp_path / "syn"
+    assert main(["data", "synth", "--out", str(out), "--quiet", "--set", "participants=4",
+                 "--set", "rounds=2"]) == 0
+    assert main(["data", "check", "--data", str(out / "data.yaml")]) == 0
+    assert "8 items" in capsys.readouterr().out
+
+
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--quick", "--quiet"]) == 0
+    assert (tmp_path / "demo" / "bci" / "metrics.json").exists()
+    assert "salience_logistic" in capsys.readouterr().out

@@ -1,0 +1,77 @@
+"""Cue models: KDE face model, regression context model, prior over possible outcomes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import norm
+
+from vlm_salience.cue_models import CueModelConfig, Design, binned_gaussian, build_cues, grouped_kde
+from vlm_salience.data import load_corpus
+
+
+def test_grouped_kde_matches_a_hand_computed_kde():
+    support = np.arange(1, 10, dtype=float)
+    a = np.array([2.0, 3.0, 3.0, 8.0])
+    b = np.array([5.0, 5.0, 5.0])
+    dens = grouped_kde(np.concatenate([a, b])[:, None], np.array([0, 0, 0, 0, 1, 1, 1]), 2, support)
+    assert dens.shape == (2, 1, 9) and np.allclose(dens.sum(axis=-1), 1.0)
+    sd, iqr = a.std(ddof=1), np.subtract(*np.percentile(a, [75, 25]))
+    bw = 0.9 * min(sd, iqr / 1.34) * len(a) ** -0.2  # R's bw.nrd0
+    want = norm.pdf((support[:, None] - a[None, :]) / bw).sum(axis=1)
+    assert np.allclose(dens[0, 0], want / want.sum())
+    assert dens[1, 0].argmax() == 4  # identical ratings: a narrow bump at 5
+
+
+def test_binned_gaussian_sums_to_one_and_puts_tails_in_the_end_bins():
+    p = binned_gaussian(np.array([1.0, 20.0]), np.array([1.0, 1.0]), np.arange(1, 10, dtype=float))
+    assert np.allclose(p.sum(axis=-1), 1)
+    assert p[1, -1] == pytest.approx(1.0)
+    assert p[0, 0] == pytest.approx(norm.cdf(0.5) / 1.0, rel=1e-6)
+
+
+def test_design_codes_categories_and_interactions():
+    frame = pd.DataFrame({"outcome": ["CC", "CD", "DD", "CC"], "pot": [1.0, 2.0, 3.0, 4.0]})
+    d = Design.fit(frame, ("outcome", "pot"), ("outcome",), (("outcome", "pot"),))
+    X = d.matrix(frame)
+    # intercept, pot, 2 outcome dummies, 2 dummy x pot products
+    assert X.shape == (4, 6)
+    assert X[1, 2] == 1 and X[1, 4] == pytest.approx(X[1, 1])
+    with pytest.raises(Exception, match="level"):
+        d.matrix(pd.DataFrame({"outcome": ["XX"], "pot": [1.0]}))
+
+
+def test_affcog_cues_and_prior_average_the_wheel_outcomes(affcog_config):
+    c = load_corpus(affcog_config)
+    cues = build_cues(c, CueModelConfig(context_model="ols"))
+    b = cues.block("emotions")
+    assert b.face.shape == (99, 8, 9) and np.allclose(b.prior.sum(-1), 1)
+    # The prior is the probability-weighted mix of the context model at the wheel's three payoffs, so its mean
+    # happiness lies between the best and the worst payoff's.
+    happy = c.labels.index("happy")
+    mean = (b.prior[:, happy] * b.support).sum(-1)
+    ctx_mean = (b.context[:, happy] * b.support).sum(-1)
+    wins = np.array([it.situation.features["win"] for it in c.items])
+    assert np.corrcoef(ctx_mean, wins)[0, 1] > 0.5
+    assert np.corrcoef(mean, ctx_mean)[0, 1] < 0.9  # the prior does not know the outcome
+    assert b.targets.sum() == 498 * 8
+
+
+def test_choice_corpus_blocks(small_synth_corpus):
+    c = load_corpus(small_synth_corpus)
+    for model in ("mixed", "ols", "empirical"):
+        cues = build_cues(c, CueModelConfig(context_model=model))
+        emo, val = cues.block("emotions"), cues.block("valence")
+        assert emo.face.shape == (32, 1, 8) and val.face.shape == (32, 1, 7)
+        assert np.allclose(emo.context.sum(-1), 1) and np.allclose(val.prior.sum(-1), 1)
+        assert emo.targets.sum() == pytest.approx(32 * 4)
+
+
+def test_mixed_model_recovers_the_ols_mean_when_rater_variance_is_zero(small_synth_corpus):
+    """statsmodels can return nonsense at a singular rater variance; the guard must catch it."""
+    c = load_corpus(small_synth_corpus)
+    mixed = build_cues(c, CueModelConfig(context_model="mixed")).block("valence")
+    ols = build_cues(c, CueModelConfig(context_model="ols")).block("valence")
+    mean = lambda b: (b.context[:, 0] * b.support).sum(-1)  # noqa: E731
+    assert np.abs(mean(mixed) - mean(ols)).max() < 0.3
