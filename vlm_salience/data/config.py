@@ -61,11 +61,29 @@ class OutcomesConfig(StrictModel):
         return self
 
 
+class BinConfig(StrictModel):
+    """A numeric column turned into words (e.g. pot size), for readable text: embedding models read words, not
+    magnitudes of digits."""
+
+    column: str
+    edges: list[float]  # increasing; a value v gets labels[i] for edges[i-1] <= v < edges[i]
+    labels: list[str]
+
+    @model_validator(mode="after")
+    def _shape(self) -> BinConfig:
+        if len(self.labels) != len(self.edges) + 1:
+            raise ValueError("bins need one more label than edges")
+        if any(b <= a for a, b in zip(self.edges, self.edges[1:])):
+            raise ValueError("bin edges must increase")
+        return self
+
+
 class SituationConfig(StrictModel):
     id: list[str] = Field(default_factory=list)  # columns that identify the situation (cue tables)
     features: list[str]  # context features the context model regresses on (strings become categories)
     interactions: list[tuple[str, str]] = Field(default_factory=list)  # products of two features, e.g. outcome x pot
     derived: dict[str, str] = Field(default_factory=dict)  # feature = pandas expression of columns
+    bins: dict[str, BinConfig] = Field(default_factory=dict)  # word columns from numbers, for the text
     text: str  # readable description, a Python format string over the situation's columns
     outcomes: OutcomesConfig | None = None
 

@@ -27,7 +27,7 @@ def _typed(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _derive(df: pd.DataFrame, derived: dict[str, str], file: Path) -> pd.DataFrame:
+def _derive(df: pd.DataFrame, derived: dict[str, str], file: Path, bins=None) -> pd.DataFrame:
     df = df.copy()
     for name, expr in derived.items():
         try:
@@ -37,6 +37,13 @@ def _derive(df: pd.DataFrame, derived: dict[str, str], file: Path) -> pd.DataFra
                 f"cannot compute derived feature '{name}' = '{expr}' ({exc}).", file=file, column=name,
                 fix=f"use columns of the file ({list(df.columns)}) in situation.derived.",
             ) from None
+    for name, b in (bins or {}).items():
+        if b.column not in df.columns:
+            raise DataError(f"situation.bins.{name} names column '{b.column}', which the file does not have.",
+                            file=file, column=b.column)
+        values = pd.to_numeric(df[b.column], errors="coerce").to_numpy(dtype=float)
+        idx = np.searchsorted(np.asarray(b.edges, dtype=float), values, side="right")
+        df[name] = np.where(np.isfinite(values), np.asarray(b.labels, dtype=object)[idx], "")
     return df
 
 
@@ -58,7 +65,7 @@ def build_situations(
 ) -> dict[str, Situation]:
     """One Situation per distinct id among the rows still marked valid by `checker`."""
     file = checker.file
-    typed = _derive(_typed(df), cfg.derived, file)
+    typed = _derive(_typed(df), cfg.derived, file, cfg.bins)
     for feat in cfg.features:
         if feat not in typed.columns:
             raise DataError(f"missing context feature '{feat}'.", file=file, column=feat,
@@ -119,7 +126,7 @@ def _outcomes(row: dict[str, Any], cfg: SituationConfig, file: Path) -> tuple[tu
     probs = probs / probs.sum()
     frame = pd.DataFrame([dict(row) for _ in oc.values])
     frame[oc.feature] = [float(row[v]) for v in oc.values]
-    frame = _derive(frame, cfg.derived, file)
+    frame = _derive(frame, cfg.derived, file, cfg.bins)
     return tuple(
         (float(p), {f: _plain(frame.iloc[i][f]) for f in cfg.features}) for i, p in enumerate(probs)
     )

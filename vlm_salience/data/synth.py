@@ -202,8 +202,11 @@ def data_config(cfg: SynthConfig) -> dict:
         "situation": {
             "features": ["outcome", "log_pot"], "interactions": [["outcome", "log_pot"]],
             "derived": {"log_pot": "log(pot)"},
-            "text": "In a split-or-steal game with ${pot:,.0f} in the pot, the player chose to {own_decision} and "
-                    "the other player chose to {partner_decision}; the player took home ${payoff:,.0f}.",
+            "bins": {"pot_size": {"column": "pot", "edges": [1000, 10000, 40000],
+                                  "labels": ["a small", "a medium", "a large", "a very large"]}},
+            "text": "In a split-or-steal game with {pot_size} pot of ${pot:,.0f}, the player chose to "
+                    "{own_decision} and the other player chose to {partner_decision}; the player took home "
+                    "${payoff:,.0f}.",
         },
     }
 
