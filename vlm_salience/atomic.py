@@ -56,3 +56,27 @@ def staged_dir(out: str | Path) -> Iterator[Path]:
             dst.parent.mkdir(parents=True, exist_ok=True)
             os.replace(src, dst)
     shutil.rmtree(stage, ignore_errors=True)
+
+
+@contextmanager
+def replaced_dir(out: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary folder that replaces `out` as a whole when the block succeeds.
+
+    For artefacts that only make sense complete (a retrieval index): an interrupted build leaves the previous
+    folder untouched, and readers never see a mix of old and new files.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / out.name)
+    os.replace(stage, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
