@@ -81,3 +81,19 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "demo"), "--quick", "--quiet"]) == 0
     assert (tmp_path / "demo" / "bci" / "metrics.json").exists()
     assert "salience_logistic" in capsys.readouterr().out
+
+
+def test_index_build_query_info(small_synth_corpus, tmp_path, capsys):
+    out = tmp_path / "idx"
+    assert main(["index", "build", "--data", str(small_synth_corpus), "--out", str(out), "--quiet"]) == 0
+    assert "indexed 32 cases" in capsys.readouterr().out
+    assert main(["index", "query", str(out), "Situation: both players chose to steal a very large pot", "-k", "3",
+                 "--exclude", "participant=p000"]) == 0
+    text = capsys.readouterr().out
+    assert text.count("Situation:") == 3 and "p000_" not in text
+    assert main(["index", "info", str(out)]) == 0
+    assert '"count": 32' in capsys.readouterr().out
+    assert main(["index", "query", str(out), "anything", "-k", "99"]) == 2
+    assert "holds only 32" in capsys.readouterr().err
+    assert main(["index", "info", str(tmp_path / "nothing")]) == 2
+    assert "no index folder" in capsys.readouterr().err

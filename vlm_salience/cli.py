@@ -59,6 +59,56 @@ def cmd_bci(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_index_build(args: argparse.Namespace) -> int:
+    from vlm_salience.config import load_config
+    from vlm_salience.data import load_corpus
+    from vlm_salience.resources import shipped
+    from vlm_salience.retrieval.build import build_corpus_index
+    from vlm_salience.retrieval.index import IndexConfig
+
+    cfg = load_config(args.config or shipped("configs/retrieval/default.yaml"), IndexConfig, args.set)
+    corpus = load_corpus(args.data, drop_invalid=args.drop_invalid, overrides=args.data_set)
+    out = Path(args.out) if args.out else Path("retrieval_index") / corpus.name
+    index = build_corpus_index(corpus, cfg, data_config=args.data, progress=not args.quiet)
+    index.save(out)
+    spec = index.manifest["index"]
+    print(f"indexed {len(index)} cases of {corpus.name} into {out} ({spec['type']}, "
+          f"{index.manifest['embedding']['text_model']}, dim {index.manifest['embedding']['dim']}, "
+          f"{index.manifest['build_seconds']:.1f} s)")
+    return 0
+
+
+def cmd_index_query(args: argparse.Namespace) -> int:
+    import json
+
+    from vlm_salience.retrieval.index import CaseIndex
+
+    index = CaseIndex.load(args.index)
+    exclude = {}
+    for item in args.exclude:
+        key, _, value = item.partition("=")
+        exclude.setdefault(key, []).append(value)
+    hits = index.search(args.text, k=args.k, exclude=exclude or None)[0]
+    if args.json:
+        print(json.dumps([{"rank": h.rank, "id": h.id, "score": h.score, "text": h.text, "payload": h.payload}
+                          for h in hits], indent=2))
+        return 0
+    for h in hits:
+        obs = h.payload.get("observed") or {}
+        extra = f"  valence {obs['valence']:.2f}" if obs.get("valence") is not None else ""
+        print(f"{h.rank:>2}. {h.score:.3f}  {h.id}{extra}\n    {h.text}")
+    return 0
+
+
+def cmd_index_info(args: argparse.Namespace) -> int:
+    import json
+
+    from vlm_salience.retrieval.index import CaseIndex
+
+    print(json.dumps(CaseIndex.load(args.index).info(), indent=2))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from vlm_salience.demo import run_demo
 
@@ -94,6 +144,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overrides(b, "--data-set", "data config")
     b.set_defaults(func=cmd_bci)
 
+    idx = sub.add_parser("index", help="retrieval index of past cases (build, query, info)")
+    isub = idx.add_subparsers(dest="index_command", required=True)
+    ib = isub.add_parser("build", help="embed a corpus's cases and build a FAISS index")
+    ib.add_argument("--data", required=True, help="data config YAML")
+    ib.add_argument("--out", help="index folder (default: retrieval_index/<corpus name>)")
+    ib.add_argument("--config", help="retrieval YAML (default: configs/retrieval/default.yaml)")
+    ib.add_argument("--drop-invalid", action="store_true")
+    ib.add_argument("--quiet", action="store_true")
+    _add_overrides(ib)
+    _add_overrides(ib, "--data-set", "data config")
+    ib.set_defaults(func=cmd_index_build)
+    iq = isub.add_parser("query", help="the k most similar cases to a text")
+    iq.add_argument("index", help="index folder")
+    iq.add_argument("text")
+    iq.add_argument("-k", type=int, default=5)
+    iq.add_argument("--exclude", action="append", default=[], metavar="KEY=VALUE",
+                    help="leave out cases with this guard key, e.g. participant=p001 (repeatable)")
+    iq.add_argument("--json", action="store_true")
+    iq.set_defaults(func=cmd_index_query)
+    ii = isub.add_parser("info", help="print an index's manifest")
+    ii.add_argument("index")
+    ii.set_defaults(func=cmd_index_info)
+
     demo = sub.add_parser("demo", help="synthesise a corpus and run everything on it")
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--quick", action="store_true", help="fewer bootstrap resamples")
@@ -109,6 +182,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except VlmSalienceError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
         if args.debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
