@@ -60,3 +60,15 @@ def small_synth_corpus(tmp_path_factory) -> Path:
     """A small synthetic corpus for fast checks that need images and all three conditions."""
     return _synth(tmp_path_factory, "split_steal", ["participants=8", "rounds=4", "raters.face=6",
                                                     "raters.context=4", "raters.combined=4", "image_size=64"])
+
+
+@pytest.fixture(scope="session")
+def tiny_vlms(tmp_path_factory) -> dict[str, Path]:
+    """One tiny random VLM per family, built from the shipped configs and saved like a real checkpoint."""
+    from vlm_salience.config import load_config
+    from vlm_salience.models.tiny import TinyVLMConfig, build_tiny_vlm
+
+    root = tmp_path_factory.mktemp("tiny_vlms")
+    return {fam: build_tiny_vlm(load_config(REPO / "configs" / "models" / f"tiny_{fam}.yaml", TinyVLMConfig),
+                                root / fam)
+            for fam in ("qwen2_vl", "llava", "idefics3")}

@@ -28,3 +28,120 @@ def build_tiny_clip(out: str | Path, *, image_size: int = 32, seed: int = 0) -> 
     CLIPImageProcessorPil(size={"shortest_edge": image_size},
                           crop_size={"height": image_size, "width": image_size}).save_pretrained(out)
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tiny VLMs: Qwen2-VL, LLaVA and Idefics3 families, random weights, a locally trained tokenizer, a chat template.
+
+from typing import Any, Literal  # noqa: E402
+
+from vlm_salience.config import StrictModel  # noqa: E402
+
+_SPECIALS = {
+    "qwen2_vl": (["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                  "<|image_pad|>", "<|video_pad|>"], "<|im_end|>", "<|endoftext|>"),
+    "llava": (["<pad>", "</s>", "<s>", "<image>"], "</s>", "<pad>"),
+    "idefics3": (["<pad>", "<end_of_utterance>", "<image>", "<fake_token_around_image>", "<global-img>"],
+                 "<end_of_utterance>", "<pad>"),
+}
+
+
+class TinyVLMConfig(StrictModel):
+    """Sizes of a tiny random VLM (configs/models/*.yaml)."""
+
+    family: Literal["qwen2_vl", "llava", "idefics3"]
+    vocab_size: int = 2000
+    text: dict[str, Any]
+    vision: dict[str, Any]
+    image_size: int = 56
+    seed: int = 0
+
+
+def _chat_template(family: str) -> str:
+    return (Path(__file__).parent / "chat_templates" / f"{family}.jinja").read_text(encoding="utf-8")
+
+
+def build_tiny_vlm(cfg: TinyVLMConfig, out: str | Path) -> Path:
+    """Build, save (safetensors + processor + chat template) and return the folder of a tiny random VLM."""
+    import torch
+
+    from vlm_salience.atomic import replaced_dir
+    from vlm_salience.models.tokenizer import train_tokenizer
+
+    out = Path(out)
+    torch.manual_seed(cfg.seed)
+    specials, eos, pad = _SPECIALS[cfg.family]
+    tok = train_tokenizer(specials, vocab_size=cfg.vocab_size, eos=eos, pad=pad)
+    builder = {"qwen2_vl": _qwen2_vl, "llava": _llava, "idefics3": _idefics3}[cfg.family]
+    model, processor = builder(cfg, tok, _chat_template(cfg.family))
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.convert_tokens_to_ids(eos)
+    with replaced_dir(out) as stage:
+        model.save_pretrained(stage, safe_serialization=True)
+        processor.save_pretrained(stage)
+    return out
+
+
+def _text_config(cfg: TinyVLMConfig, tok, **extra) -> dict[str, Any]:
+    return {"vocab_size": len(tok), "max_position_embeddings": 4096, "pad_token_id": tok.pad_token_id,
+            "eos_token_id": tok.eos_token_id, "bos_token_id": None, "tie_word_embeddings": False,
+            **cfg.text, **extra}
+
+
+def _qwen2_vl(cfg: TinyVLMConfig, tok, chat: str):
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from vlm_salience.models.processors import Qwen2VLImageOnlyProcessor
+
+    head_dim = cfg.text["hidden_size"] // cfg.text["num_attention_heads"]
+    half = head_dim // 2
+    section = [half - 2 * (half // 3), half // 3, half // 3]  # temporal, height, width halves of the rope
+    text = _text_config(cfg, tok, rope_parameters={"rope_type": "default", "mrope_section": section,
+                                                    "rope_theta": 10000.0})
+    ids = {name: tok.convert_tokens_to_ids(t) for name, t in (
+        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
+    vision = {"hidden_size": cfg.text["hidden_size"], "temporal_patch_size": 2, **cfg.vision}
+    config = Qwen2VLConfig(text_config=text, vision_config=vision, **ids)
+    pixels = cfg.image_size * cfg.image_size
+    image_processor = Qwen2VLImageProcessorPil(min_pixels=pixels, max_pixels=pixels,
+                                               patch_size=cfg.vision["patch_size"],
+                                               merge_size=cfg.vision["spatial_merge_size"], temporal_patch_size=2)
+    processor = Qwen2VLImageOnlyProcessor(image_processor=image_processor, tokenizer=tok, chat_template=chat)
+    return Qwen2VLForConditionalGeneration(config), processor
+
+
+def _llava(cfg: TinyVLMConfig, tok, chat: str):
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+    from transformers.models.llava.processing_llava import LlavaProcessor
+
+    s = cfg.image_size
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(image_size=s, **cfg.vision), text_config=LlamaConfig(**_text_config(cfg, tok)),
+        image_token_index=tok.convert_tokens_to_ids("<image>"), vision_feature_select_strategy="default",
+        vision_feature_layer=-1)
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": s}, crop_size={"height": s, "width": s})
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=cfg.vision["patch_size"],
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                               chat_template=chat)
+    return LlavaForConditionalGeneration(config), processor
+
+
+def _idefics3(cfg: TinyVLMConfig, tok, chat: str):
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, LlamaConfig
+    from transformers.models.idefics3.configuration_idefics3 import Idefics3VisionConfig
+    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+    from transformers.models.idefics3.processing_idefics3 import Idefics3Processor
+
+    s, scale = cfg.image_size, 2
+    config = Idefics3Config(vision_config=Idefics3VisionConfig(image_size=s, **cfg.vision),
+                            text_config=LlamaConfig(**_text_config(cfg, tok)),
+                            image_token_id=tok.convert_tokens_to_ids("<image>"), scale_factor=scale)
+    image_processor = Idefics3ImageProcessorPil(do_image_splitting=False, size={"longest_edge": s},
+                                                max_image_size={"longest_edge": s})
+    seq_len = (s // cfg.vision["patch_size"]) ** 2 // scale**2
+    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tok, image_seq_len=seq_len,
+                                  chat_template=chat)
+    return Idefics3ForConditionalGeneration(config), processor

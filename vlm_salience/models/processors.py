@@ -1,0 +1,58 @@
+"""Processors that work without torchvision, and one `load_processor` for any checkpoint.
+
+The stock Qwen2-VL / Qwen2.5-VL processors require a video processor, which needs torchvision; the image-only
+subclasses below drop it. They are registered with AutoProcessor, so tiny checkpoints saved with them reload
+through `AutoProcessor.from_pretrained`, and real Qwen checkpoints load with them where torchvision is missing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+from transformers import AutoConfig, AutoProcessor
+from transformers.models.qwen2_5_vl import Qwen2_5_VLConfig
+from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProcessor
+from transformers.models.qwen2_vl import Qwen2VLConfig
+from transformers.models.qwen2_vl.processing_qwen2_vl import Qwen2VLProcessor
+
+
+class Qwen2VLImageOnlyProcessor(Qwen2VLProcessor):
+    attributes = ["image_processor", "tokenizer"]
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        super().__init__(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
+                         chat_template=chat_template, **kwargs)
+
+
+class Qwen2_5_VLImageOnlyProcessor(Qwen2_5_VLProcessor):
+    attributes = ["image_processor", "tokenizer"]
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        super().__init__(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
+                         chat_template=chat_template, **kwargs)
+
+
+IMAGE_ONLY = {"qwen2_vl": Qwen2VLImageOnlyProcessor, "qwen2_5_vl": Qwen2_5_VLImageOnlyProcessor}
+AutoProcessor.register(Qwen2VLConfig, Qwen2VLImageOnlyProcessor, exist_ok=True)
+AutoProcessor.register(Qwen2_5_VLConfig, Qwen2_5_VLImageOnlyProcessor, exist_ok=True)
+
+
+def torchvision_available() -> bool:
+    return importlib.util.find_spec("torchvision") is not None
+
+
+def _declared_processor(path: str) -> str | None:
+    cfg = Path(path) / "processor_config.json"
+    if cfg.is_file():
+        return json.loads(cfg.read_text()).get("processor_class")
+    return None
+
+
+def load_processor(path: str, *, revision: str | None = None, trust_remote_code: bool = False):
+    config = AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+    image_only = IMAGE_ONLY.get(config.model_type)
+    if image_only is not None and (not torchvision_available() or _declared_processor(path) == image_only.__name__):
+        return image_only.from_pretrained(path, revision=revision)
+    return AutoProcessor.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
