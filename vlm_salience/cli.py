@@ -109,6 +109,20 @@ def cmd_index_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prompt_run(args: argparse.Namespace) -> int:
+    from vlm_salience.config import load_config
+    from vlm_salience.prompting.experiment import ExperimentConfig, run_experiment
+    from vlm_salience.report import print_experiment_table, write_experiment_outputs
+
+    cfg = load_config(args.config, ExperimentConfig, args.set)
+    result = run_experiment(cfg, progress=not args.quiet)
+    out = write_experiment_outputs(result, cfg.out)
+    print_experiment_table(result)
+    print(f"wrote {out}/metrics.json, predictions.csv, report.md and plots (answers cached in "
+          f"{cfg.cache or Path(cfg.out) / 'cache.sqlite'})")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from vlm_salience.demo import run_demo
 
@@ -166,6 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
     ii = isub.add_parser("info", help="print an index's manifest")
     ii.add_argument("index")
     ii.set_defaults(func=cmd_index_info)
+
+    pr = sub.add_parser("prompt", help="zero-shot VLM prompting experiments")
+    psub = pr.add_subparsers(dest="prompt_command", required=True)
+    prun = psub.add_parser("run", help="run a grid of models x strategies from an experiment YAML (resumable)")
+    prun.add_argument("config", help="configs/experiment/<name>.yaml")
+    prun.add_argument("--quiet", action="store_true")
+    _add_overrides(prun)
+    prun.set_defaults(func=cmd_prompt_run)
 
     demo = sub.add_parser("demo", help="synthesise a corpus and run everything on it")
     demo.add_argument("--out", default="runs/demo")

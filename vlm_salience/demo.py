@@ -51,4 +51,26 @@ def run_demo(out: Path, *, quick: bool = False, progress: bool = True) -> int:
         top = max(obs["emotion_dist"], key=obs["emotion_dist"].get)
         console.print(f"  {hit.rank}. {hit.score:.3f} {hit.id}: observers chose {top} "
                       f"({obs['emotion_dist'][top]:.0%}), valence {obs['valence']:.2f}\n     {hit.text}")
+
+    console.rule("4. Zero-shot VLM prompting grid (a tiny random Qwen2-VL as a stand-in)")
+    console.print("[bold]The model here is a tiny randomly initialised Qwen2-VL built offline: it exercises "
+                  "templates, image inputs, label scoring, generate-and-parse, caching and fusion, but its answers "
+                  "are noise. Point `path` in configs/experiment/prompt_synthetic.yaml at a real VLM (hub id or "
+                  "local checkpoint) for real numbers.[/bold]")
+    from vlm_salience.config import read_yaml, validate
+    from vlm_salience.prompting.experiment import ExperimentConfig, run_experiment
+    from vlm_salience.report import print_experiment_table, write_experiment_outputs
+
+    exp_path = shipped("configs/experiment/prompt_synthetic.yaml")
+    raw = read_yaml(exp_path)
+    raw.update(data=str(data_yaml.resolve()), out=str((out / "prompt").resolve()))
+    raw["models"][0]["path"] = str((out / "models" / "tiny-qwen2-vl").resolve())
+    if quick:
+        raw["bootstrap"] = 200
+    exp = validate(raw, ExperimentConfig, source=exp_path, base_dir=exp_path.parent)
+    prompt_result = run_experiment(exp, progress=progress)
+    write_experiment_outputs(prompt_result, exp.out)
+    print_experiment_table(prompt_result)
+    console.print(f"report: {exp.out / 'report.md'}; answers cached in {exp.out / 'cache.sqlite'} "
+                  "(a second run resumes from it)")
     return 0

@@ -113,6 +113,9 @@ def score(pred: Predictions, obs: Predictions, *, n_boot: int = 1000, seed: int 
     """Point estimates, 95% bootstrap intervals and per-emotion r/RMSE of pred against obs (aligned by item)."""
     obs = obs.align(pred.item_ids)
     keep = _common(pred, obs)
+    if len(keep) == 0:  # nothing answered: no score, and the coverage says so
+        nan = {"value": float("nan"), "ci95": [float("nan"), float("nan")]}
+        return {**{m: dict(nan) for m in METRICS}, "per_emotion": {}, "n_items": 0, "coverage": 0.0}
     p, o = pred.take(keep), obs.take(keep)
     g = None if groups is None else np.asarray(groups)[keep]
     rows = _metric_rows(p, o, resample_weights(len(keep), n_boot, seed, g))
@@ -138,6 +141,9 @@ def paired_bootstrap(a: Predictions, b: Predictions, obs: Predictions, *, n_boot
     b = b.align(a.item_ids)
     obs = obs.align(a.item_ids)
     keep = _common(a, obs, b)
+    if len(keep) == 0:
+        return {m: {"diff": float("nan"), "ci95": [float("nan"), float("nan")], "p": float("nan"),
+                    "a_better": False} for m in METRICS}
     pa, pb, o = a.take(keep), b.take(keep), obs.take(keep)
     g = None if groups is None else np.asarray(groups)[keep]
     w = resample_weights(len(keep), n_boot, seed, g)
