@@ -37,6 +37,7 @@ test: $(VENV)/.dev
 bench: $(VENV)/.dev
 	$(BIN)/python benchmarks/bench_bci.py
 	$(BIN)/python benchmarks/bench_retrieval.py
+	$(BIN)/python benchmarks/bench_prompting.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

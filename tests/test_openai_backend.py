@@ -1,0 +1,186 @@
+"""The OpenAI-compatible backend against a real HTTP server on 127.0.0.1, started by the test."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO
+from vlm_salience.data import load_corpus
+from vlm_salience.prompting.answers import AnswerSpec
+from vlm_salience.prompting.inputs import ItemError, build_prompt
+from vlm_salience.prompting.openai_backend import APIModelConfig, OpenAIBackend
+from vlm_salience.prompting.templates import load_template
+
+KEY = "sk-test-do-not-leak-0123456789"
+
+
+def _answer_tokens(emotion: str, valence: int, with_logprobs: bool):
+    """The answer split into tokens the way a server reports them, with top alternatives at the values."""
+    pieces = ['{"', "valence", '":', " ", str(valence), ",", ' "', "emotion", '":', ' "', emotion, '"}']
+    out = []
+    for p in pieces:
+        entry = {"token": p, "logprob": -0.01, "top_logprobs": [{"token": p, "logprob": -0.01}]}
+        if p == str(valence):
+            entry["top_logprobs"] = [{"token": str(valence), "logprob": np.log(0.7)},
+                                     {"token": str(valence - 1), "logprob": np.log(0.2)},
+                                     {"token": str(valence + 1), "logprob": np.log(0.1)}]
+        if p == emotion:
+            entry["top_logprobs"] = [{"token": emotion, "logprob": np.log(0.6)},
+                                     {"token": "sad", "logprob": np.log(0.3)},  # starts "sadness"
+                                     {"token": "blah", "logprob": np.log(0.1)}]
+        out.append(entry)
+    return "".join(pieces), (out if with_logprobs else None)
+
+
+class FakeServer:
+    def __init__(self):
+        self.requests, self.in_flight, self.max_in_flight = [], 0, 0
+        self.fail_first = 0
+        self.slow_marker = None
+        self.logprobs = True
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with server.lock:
+                    server.requests.append({"auth": self.headers.get("Authorization"), "body": body})
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                    fail = server.fail_first > 0
+                    server.fail_first -= 1
+                try:
+                    time.sleep(0.05)
+                    text = json.dumps(body["messages"])
+                    if server.slow_marker and server.slow_marker in text:
+                        time.sleep(1.0)
+                    if fail:
+                        self.send_response(500)
+                        self.end_headers()
+                        self.wfile.write(b"overloaded")
+                        return
+                    if self.headers.get("Authorization") != f"Bearer {KEY}":
+                        self.send_response(401)
+                        self.end_headers()
+                        return
+                    content, tokens = _answer_tokens("joy", 5, server.logprobs and body.get("logprobs"))
+                    choice = {"message": {"role": "assistant", "content": content}}
+                    if tokens:
+                        choice["logprobs"] = {"content": tokens}
+                    payload = json.dumps({"choices": [choice]}).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                finally:
+                    with server.lock:
+                        server.in_flight -= 1
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server(monkeypatch):
+    monkeypatch.setenv("VLMS_TEST_KEY", KEY)
+    s = FakeServer()
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def prompts(small_synth_corpus):
+    c = load_corpus(small_synth_corpus)
+    spec = AnswerSpec.from_corpus(c)
+    return [build_prompt(load_template("combined"), it, spec) for it in c.items[:6]], spec
+
+
+def _cfg(server, **kw):
+    return APIModelConfig(name="api", model="served-vlm", base_url=server.url, api_key_env="VLMS_TEST_KEY",
+                          backoff_s=0.01, **kw)
+
+
+def test_scores_from_logprobs_with_a_concurrency_limit(server, prompts):
+    ps, spec = prompts
+    backend = OpenAIBackend(_cfg(server, concurrency=2))
+    out = backend.score(ps, spec.slots())
+    assert len(out) == 6 and server.max_in_flight <= 2
+    emo = np.exp(out[0]["emotion"])
+    emo /= emo.sum()
+    assert emo.argmax() == spec.labels.index("joy") and emo[spec.labels.index("sadness")] > 0.2
+    val = np.exp(out[0]["valence"])
+    val /= val.sum()
+    assert val.argmax() == 4 and val[3] > val[5] > 0  # 5 (0.7), then 4 (0.2), then 6 (0.1)
+    body = server.requests[0]["body"]
+    parts = body["messages"][1]["content"]
+    assert any(p["type"] == "image_url" and p["image_url"]["url"].startswith("data:image/png;base64,")
+               for p in parts)  # the image travels as an image, not as a file name
+    assert body["logprobs"] is True and server.requests[0]["auth"] == f"Bearer {KEY}"
+
+
+def test_retries_500s_with_backoff(server, prompts):
+    ps, _ = prompts
+    server.fail_first = 2
+    backend = OpenAIBackend(_cfg(server, concurrency=1, max_retries=3))
+    texts = backend.generate(ps[:1], 32)
+    assert texts[0].startswith('{"valence": 5') and backend.retries == 2 and len(server.requests) == 3
+
+
+def test_persistent_errors_and_timeouts_become_per_item_errors(server, prompts):
+    ps, spec = prompts
+    server.fail_first = 100
+    backend = OpenAIBackend(_cfg(server, concurrency=2, max_retries=1))
+    out = backend.generate(ps[:2], 16)
+    assert all(isinstance(o, ItemError) and "HTTP 500 (after 1 retries)" in str(o) for o in out)
+    server.fail_first = 0
+    server.slow_marker = ps[1].text.split("<situation>")[1].split("</situation>")[0]  # only item 1 is slow
+    backend = OpenAIBackend(_cfg(server, concurrency=2, max_retries=0, timeout_s=0.4))
+    out = backend.score(ps[:3], spec.slots())
+    assert isinstance(out[1], ItemError) and "timed out" in str(out[1])
+    assert isinstance(out[0], dict) and isinstance(out[2], dict)
+
+
+def test_api_keys_come_from_the_environment_only():
+    with pytest.raises(ValueError, match="environment only"):
+        APIModelConfig(name="x", model="m", api_key="sk-123")
+
+
+def test_an_experiment_against_the_server_keeps_the_key_out_of_every_file(server, tmp_path, small_synth_corpus):
+    from vlm_salience.prompting.experiment import ExperimentConfig, run_experiment
+    from vlm_salience.report import write_experiment_outputs
+
+    server.logprobs = False  # this server offers no logprobs: answers are read by generate-and-parse
+    cfg = ExperimentConfig.model_validate({
+        "name": "api", "data": str(small_synth_corpus),
+        "study": str(REPO / "configs" / "experiment" / "bci_synthetic.yaml"),
+        "split": {"test_fraction": 0.25, "group": "participant"},
+        "models": [{"backend": "openai", "name": "api", "model": "served-vlm", "base_url": server.url,
+                    "api_key_env": "VLMS_TEST_KEY", "concurrency": 3, "backoff_s": 0.01}],
+        "strategies": [{"name": "combined", "template": "combined"}], "out": str(tmp_path / "out"),
+        "bootstrap": 20,
+    })
+    res = run_experiment(cfg, progress=False)
+    pred = res.predictions["api/combined"]
+    assert pred.ok.all() and np.allclose(pred.valence, 5.0)
+    assert any("generate-and-parse" in n for n in res.notes)
+    write_experiment_outputs(res, cfg.out)
+    for f in (tmp_path / "out").rglob("*"):
+        if f.is_file():
+            assert KEY.encode() not in f.read_bytes(), f
