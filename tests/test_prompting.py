@@ -18,7 +18,8 @@ from vlm_salience.prompting.hf_backend import HFBackend
 from vlm_salience.prompting.inputs import ItemError, build_prompt
 from vlm_salience.prompting.templates import load_template, split_messages
 
-TEMPLATES = sorted(p.stem for p in (REPO / "prompts").glob("*.j2") if not p.stem.startswith("_"))
+TEMPLATES = sorted(p.stem for p in (REPO / "prompts").glob("*.j2")
+                   if not p.stem.startswith("_") and load_template(p.stem).header.kind == "prompt")
 
 
 @pytest.fixture(scope="module")
@@ -123,12 +124,17 @@ def test_rating_corpora_read_and_score_ratings(affcog_config):
 # The Hugging Face backend against per-item references, for every family
 
 def _reference_logp(backend, prompt, slot, cand):
-    """log P(candidate | prompt + slot prefix) from one full forward pass, no cache, no batching."""
+    """log P(value | prompt + slot prefix) * P(a terminator follows), from one full forward pass, no cache."""
     tok = backend.tok
-    text = backend.texts([prompt])[0] + slot.prefix + cand
+    clean = all(tok(slot.prefix + cand + t, add_special_tokens=False).input_ids[
+        :len(tok(slot.prefix + cand, add_special_tokens=False).input_ids)] ==
+        tok(slot.prefix + cand, add_special_tokens=False).input_ids
+        for t in (*slot.terminators, *(f"{t}," for t in slot.terminators)))
+    value = cand if clean or not slot.terminators else cand + slot.terminators[0]
+    text = backend.texts([prompt])[0] + slot.prefix + value
     inputs = backend._processor_inputs([text], [prompt])
     head = tok(slot.prefix, add_special_tokens=False).input_ids
-    ids = tok(slot.prefix + cand, add_special_tokens=False).input_ids
+    ids = tok(slot.prefix + value, add_special_tokens=False).input_ids
     k = 0
     while k < min(len(head), len(ids)) and head[k] == ids[k]:
         k += 1
@@ -136,7 +142,10 @@ def _reference_logp(backend, prompt, slot, cand):
     with torch.no_grad():
         logp = torch.log_softmax(backend.model(**inputs).logits[0].float(), -1)
     target = inputs["input_ids"][0, -n:]
-    return float(logp[-n - 1:-1].gather(-1, target[:, None]).sum())
+    total = float(logp[-n - 1:-1].gather(-1, target[:, None]).sum())
+    if clean and slot.terminators:
+        total += float(torch.logsumexp(logp[-1, backend._terminator_ids(slot.terminators)], -1))
+    return total
 
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "llava", "idefics3"])

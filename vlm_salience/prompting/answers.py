@@ -28,8 +28,11 @@ class AnswerError(ValueError):
 class Slot:
     name: str  # "emotion", "valence" or "rating:<label>"
     prefix: str  # the start of a valid JSON answer, up to the value
-    candidates: tuple[str, ...]  # each value as written, with the character that ends it
+    candidates: tuple[str, ...]  # each value as written
     values: tuple[Any, ...]
+    # What may follow a complete value. A candidate's probability includes that of ending there: the mass of
+    # every token starting with a terminator (tokenisers merge a closing quote with what follows, e.g. '",').
+    terminators: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -53,15 +56,29 @@ class AnswerSpec:
         return v
 
     def slots(self) -> list[Slot]:
+        numeric_end = (",", "}", "\n")
         if self.response == "choice":
-            out = [Slot("emotion", '{"emotion": "', tuple(f'{lab}"' for lab in self.labels), self.labels)]
+            out = [Slot("emotion", '{"emotion": "', tuple(self.labels), self.labels, ('"',))]
             if self.valence_scale is not None:
                 pts = [_num(p) for p in self.valence_scale.points]
-                out.append(Slot("valence", '{"valence": ', tuple(f"{p}," for p in pts), tuple(pts)))
+                out.append(Slot("valence", '{"valence": ', tuple(str(p) for p in pts), tuple(pts), numeric_end))
             return out
         pts = [_num(p) for p in self.scale.points]
-        return [Slot(f"rating:{lab}", '{"ratings": {"' + lab + '": ', tuple(f"{p}," for p in pts), tuple(pts))
-                for lab in self.labels]
+        return [Slot(f"rating:{lab}", '{"ratings": {"' + lab + '": ', tuple(str(p) for p in pts), tuple(pts),
+                     numeric_end) for lab in self.labels]
+
+    def answer_fields(self, observed: dict[str, Any], full: bool = True) -> dict[str, Any]:
+        """The answer's fields from observed ratings (few-shot examples and training targets)."""
+        if self.response == "ratings":
+            return {"ratings": {k: int(round(v)) for k, v in observed["ratings"].items()}}
+        dist = observed["emotion_dist"]
+        fields: dict[str, Any] = {"emotion": max(dist, key=dist.get)}
+        if self.valence_scale is not None:
+            v = float(np.clip(round(observed["valence"]), self.valence_scale.low, self.valence_scale.high))
+            fields["valence"] = _num(v)
+        if full:
+            fields["distribution"] = {k: round(float(v), 2) for k, v in dist.items()}
+        return fields
 
     def example_answer(self, observed: dict[str, Any]) -> str:
         """How a retrieved case's observer ratings are shown in a few-shot example (the answer format)."""
@@ -70,6 +87,24 @@ class AnswerSpec:
             top = max(dist, key=dist.get)
             return json.dumps({"valence": round(observed["valence"], 1), "emotion": top, "distribution": dist})
         return json.dumps({"ratings": {k: round(v, 1) for k, v in observed["ratings"].items()}})
+
+
+def compose_answer(fields: dict[str, Any], rng: np.random.Generator | None = None) -> str:
+    """The JSON answer text; with an rng, keys (and the ratings' emotions) come in a random order: JSON key order
+    is free, and training on every order teaches every answer slot label scoring reads."""
+    if rng is None:
+        return json.dumps(fields)
+    keys = list(fields)
+    rng.shuffle(keys)
+    out = {}
+    for k in keys:
+        v = fields[k]
+        if k == "ratings" and isinstance(v, dict):
+            inner = list(v)
+            rng.shuffle(inner)
+            v = {e: v[e] for e in inner}
+        out[k] = v
+    return json.dumps(out)
 
 
 def _num(x: float) -> int | float:

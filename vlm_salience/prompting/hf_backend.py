@@ -32,6 +32,7 @@ class _State:
     last_logits: Any  # (B, V)
     full_mask: Any  # (B, L)
     last_pos: Any  # (B,) or (3, B) for Qwen2-VL
+    adapters: list[str] | None = None  # peft adapter per row (mixed batches)
 
 
 class HFBackend:
@@ -51,6 +52,10 @@ class HFBackend:
         if self.tok.eos_token_id is not None:
             self.eos_ids.add(self.tok.eos_token_id)
         self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else next(iter(self.eos_ids))
+        # Qwen2-VL's multimodal rope lives on its inner model, wherever peft or DDP wrapped it
+        self.rope = next((m for m in self.model.modules() if hasattr(m, "get_rope_index")
+                          and hasattr(m, "rope_deltas")), None)
+        self.adapter_names: list[str] | None = None  # per prompt, for mixed-adapter batches (peft)
 
     @property
     def name(self) -> str:
@@ -113,7 +118,7 @@ class HFBackend:
                              position_ids=pos.to(self.vlm.device), use_cache=True, logits_to_keep=1)
         return out.past_key_values
 
-    def _prefill(self, prompts: list[Prompt], prefix: list[int], prefix_cache) -> _State:
+    def _prefill(self, prompts: list[Prompt], prefix: list[int], prefix_cache, adapters=None) -> _State:
         import torch
 
         texts = self.texts(prompts)
@@ -148,12 +153,12 @@ class HFBackend:
             mm = inputs.get("mm_token_type_ids")
             full_mm = torch.cat([torch.zeros((B, P), dtype=mm.dtype), mm], 1) if mm is not None else None
             if inputs.get("image_grid_thw") is not None:
-                pos, deltas = self.model.model.get_rope_index(full_ids, full_mm, image_grid_thw=inputs["image_grid_thw"],
-                                                              attention_mask=full_mask)
+                pos, deltas = self.rope.get_rope_index(full_ids, full_mm, image_grid_thw=inputs["image_grid_thw"],
+                                                       attention_mask=full_mask)
             else:
                 pos = pos[None].expand(3, -1, -1)
                 deltas = torch.zeros((B, 1), dtype=torch.long)
-            self.model.model.rope_deltas = deltas.to(self.vlm.device)
+            self.rope.rope_deltas = deltas.to(self.vlm.device)
             pos = pos[..., P:]
         else:
             pos = pos[:, P:]
@@ -165,26 +170,55 @@ class HFBackend:
         kwargs = {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in inputs.items()}
         if "pixel_values" in kwargs and kwargs["pixel_values"].is_floating_point():
             kwargs["pixel_values"] = kwargs["pixel_values"].to(self.model.dtype)
+        if adapters is not None:
+            kwargs["adapter_names"] = adapters
         with torch.inference_mode():
             out = self.model(input_ids=suffix.to(dev), attention_mask=full_mask.to(dev), position_ids=pos.to(dev),
                              past_key_values=cache, use_cache=True, logits_to_keep=1, **kwargs)
         return _State(cache=out.past_key_values, last_logits=out.logits[:, -1].float(), full_mask=full_mask.to(dev),
-                      last_pos=pos[..., -1].to(dev))
+                      last_pos=pos[..., -1].to(dev), adapters=adapters)
 
-    def _batches(self, prompts: list[Prompt]):
-        prefix = self.shared_prefix(self.texts(prompts))
+    def _batches(self, prompts: list[Prompt], adapters: list[str] | None = None):
+        # With one adapter per row the prefix's cache differs by adapter: no shared prefix then.
+        prefix = [] if adapters is not None else self.shared_prefix(self.texts(prompts))
         prefix_cache = self._prefix_state(prefix)
         for s in range(0, len(prompts), self.batch_size):
-            yield s, self._prefill(prompts[s:s + self.batch_size], prefix, prefix_cache)
+            rows = None if adapters is None else adapters[s:s + self.batch_size]
+            yield s, self._prefill(prompts[s:s + self.batch_size], prefix, prefix_cache, rows)
 
     # -- label scoring ----------------------------------------------------------------------------------------
+    def _terminator_ids(self, terminators: tuple[str, ...]) -> list[int]:
+        key = tuple(terminators)
+        cache = self.__dict__.setdefault("_term_cache", {})
+        if key not in cache:
+            vocab = self.tok.get_vocab()
+            ids = sorted(vocab.values())
+            pieces = self.tok.batch_decode([[i] for i in ids])
+            marks = tuple(t for t in key if t.strip())
+            spaces = any(not t.strip() for t in key)  # whitespace terminators: tokens of whitespace only
+            cache[key] = [i for i, p in zip(ids, pieces)
+                          if p and ((marks and p.startswith(marks)) or (spaces and not p.strip()))]
+        return cache[key]
+
     def _trees(self, slots: list[Slot]) -> list[dict[str, Any]]:
-        """Per slot: the trunk (tokens every candidate continuation shares after the prompt) and the branches
-        (each candidate's remaining tokens, and the index from which they count toward its score)."""
+        """Per slot: the trunk (tokens every candidate continuation shares after the prompt), the branches (each
+        candidate's remaining tokens and the index from which they count toward its score), and the tokens that
+        may end a value. Where a tokeniser would merge a value's last token with what follows, the value's
+        branch carries the terminator explicitly instead."""
         trees = []
         for slot in slots:
             head = self.tok(slot.prefix, add_special_tokens=False).input_ids
-            full = [self.tok(slot.prefix + c, add_special_tokens=False).input_ids for c in slot.candidates]
+            full, ends = [], []
+            for c in slot.candidates:
+                ids = self.tok(slot.prefix + c, add_special_tokens=False).input_ids
+                clean = all(self.tok(slot.prefix + c + t, add_special_tokens=False).input_ids[:len(ids)] == ids
+                            for t in (*slot.terminators, *(f"{t}," for t in slot.terminators)))
+                if not slot.terminators or clean:
+                    ends.append(True)
+                else:  # the value's last token merges with a terminator: score the terminator literally
+                    ids = self.tok(slot.prefix + c + slot.terminators[0], add_special_tokens=False).input_ids
+                    ends.append(False)
+                full.append(ids)
             trunk = len(head)
             for ids in full:  # the shared trunk: no longer than the slot prefix nor any candidate's tokens
                 k = 0
@@ -197,14 +231,15 @@ class HFBackend:
                 while k < min(len(head), len(ids)) and ids[k] == head[k]:
                     k += 1
                 starts.append(k)  # the candidate's own tokens begin here
-            trees.append({"slot": slot.name, "trunk": head[:trunk],
-                          "branches": [(j, ids[trunk:], starts[j] - trunk) for j, ids in enumerate(full)]})
+            term = self._terminator_ids(slot.terminators) if slot.terminators else []
+            trees.append({"slot": slot.name, "trunk": head[:trunk], "terminators": term,
+                          "branches": [(j, ids[trunk:], starts[j] - trunk, ends[j]) for j, ids in enumerate(full)]})
         return trees
 
     def _layout(self, trees: list[dict[str, Any]]):
         """Flatten trees into one continuation: token ids, offsets (positions after the prompt), the token whose
         logits predict each token (-1: the prompt's last), who may attend to whom, and what each token scores."""
-        ids, off, prev, seg, parent, score_key = [], [], [], [], [], []
+        ids, off, prev, seg, parent, score_key, ends = [], [], [], [], [], [], []
         nseg = 0
         for tree in trees:
             trunk_seg, trunk_last = None, -1
@@ -216,7 +251,7 @@ class HFBackend:
                     seg.append(trunk_seg), parent.append(-1), score_key.append(None)
                 trunk_last = len(ids) - 1
             n_trunk = len(tree["trunk"])
-            for j, toks, start in tree["branches"]:
+            for j, toks, start, terminated in tree["branches"]:
                 b_seg = nseg
                 nseg += 1
                 for u, t in enumerate(toks):
@@ -224,15 +259,19 @@ class HFBackend:
                     prev.append(len(ids) - 2 if u else trunk_last)
                     seg.append(b_seg), parent.append(-1 if trunk_seg is None else trunk_seg)
                     score_key.append((tree["slot"], j) if u >= start else None)
-        return ids, off, prev, seg, parent, score_key
+                if terminated and tree["terminators"]:  # P(the value ends here), from its last token's logits
+                    ends.append((len(ids) - 1, tree["slot"], j, tree["terminators"]))
+        return ids, off, prev, seg, parent, score_key, ends
 
-    def score(self, prompts: list[Prompt], slots: list[Slot], *, on_batch=None) -> list[dict[str, np.ndarray]]:
+    def score(self, prompts: list[Prompt], slots: list[Slot], *, on_batch=None,
+              adapters: list[str] | None = None) -> list[dict[str, np.ndarray]]:
         """Per prompt: slot name -> log P of each candidate (normalise within the slot for a distribution).
 
         All candidates of an item continue its prompt in one sequence, as a tree: each slot's shared prefix is a
         trunk, each candidate a branch that attends to the prompt, its trunk and its own earlier tokens only, with
         positions that continue from the trunk. Every candidate is thus scored exactly as if it alone followed the
-        prompt, and the prompt's cache is shared, never copied.
+        prompt, and the prompt's cache is shared, never copied. `adapters` names a peft adapter per prompt: a
+        batch that mixes experts runs in one pass.
         """
         import torch
 
@@ -249,10 +288,10 @@ class HFBackend:
         layouts = [self._layout(c) for c in chunks]
         results: list[dict[str, np.ndarray]] = [
             {s.name: np.zeros(len(s.candidates)) for s in slots} for _ in prompts]
-        for start, state in self._batches(prompts):
+        for start, state in self._batches(prompts, adapters):
             B, L = state.full_mask.shape
             dev = state.full_mask.device
-            for ids, off, prev, seg, parent, score_key in layouts:
+            for ids, off, prev, seg, parent, score_key, ends in layouts:
                 T = len(ids)
                 ids_t, off_t = torch.tensor(ids, device=dev), torch.tensor(off, device=dev)
                 seg_t, par_t = torch.tensor(seg, device=dev), torch.tensor(parent, device=dev)
@@ -264,12 +303,18 @@ class HFBackend:
                 mask4d = torch.zeros((B, 1, T, L + T), dtype=dtype, device=dev)
                 mask4d.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
                 pos = state.last_pos[..., None] + 1 + off_t  # (B, T) or (3, B, T)
+                extra = {} if state.adapters is None else {"adapter_names": state.adapters}
                 with torch.inference_mode():
                     out = self.model(input_ids=ids_t[None].expand(B, T), attention_mask=mask4d, position_ids=pos,
-                                     past_key_values=state.cache, use_cache=True)
+                                     past_key_values=state.cache, use_cache=True, **extra)
                 state.cache.crop(-T)  # drop the continuation again: the prompt cache serves the next chunk
+                raw = out.logits.float()
+                for pos_end, slot, j, term in ends:
+                    lse = torch.logsumexp(torch.log_softmax(raw[:, pos_end], -1)[:, term], -1).cpu().numpy()
+                    for b in range(B):
+                        results[start + b][slot][j] += lse[b]
                 prev_t = torch.tensor(prev, device=dev)
-                logits = out.logits.float()[:, prev_t.clamp(min=0)]
+                logits = raw[:, prev_t.clamp(min=0)]
                 from_prompt = prev_t < 0
                 logits[:, from_prompt] = state.last_logits[:, None].expand(B, int(from_prompt.sum()), -1)
                 logp = torch.log_softmax(logits, -1).gather(-1, ids_t[None, :, None].expand(B, T, 1))[..., 0]

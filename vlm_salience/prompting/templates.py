@@ -29,6 +29,7 @@ class TemplateHeader(StrictModel):
     requires: list[Input] = Field(default_factory=list)
     optional: list[Input] = Field(default_factory=list)
     reasoning: bool = False
+    kind: Literal["prompt", "target"] = "prompt"  # target: text written for training answers, not a prompt
 
 
 def data_filter(value: Any) -> str:
