@@ -392,7 +392,7 @@ def plot_strategy(res, name: str, path: Path) -> bool:
 
 def plot_expressivity_agreement(res, path: Path) -> bool:
     entries = [(m, e) for m, e in res.expressivity.items() if "agreement_with_judgements" in e]
-    if not entries or res.corpus is None:
+    if not entries:
         return False
     from vlm_salience.expressivity import Normaliser, raw_scores
 
@@ -417,7 +417,6 @@ def plot_expressivity_agreement(res, path: Path) -> bool:
 
 def write_experiment_outputs(res, out: str | Path) -> Path:
     out = Path(out)
-    cfg = res.config
     methods: dict[str, Any] = {}
     for name, pred in res.predictions.items():
         entry: dict[str, Any] = dict(res.metrics.get(name, {}))
@@ -427,12 +426,11 @@ def write_experiment_outputs(res, out: str | Path) -> Path:
             entry["items_per_s"] = res.throughput[name]
         methods[name] = entry
     doc = _clean({
-        "package_version": __version__, "experiment": cfg.name,
+        "package_version": __version__, "experiment": res.title,
         "corpus": {"name": res.corpus.name, "fingerprint": res.corpus.fingerprint, "test_items": len(res.test_ids),
-                   "split": cfg.split.model_dump()},
-        "models": [m.name for m in cfg.models], "strategies": [s.model_dump() for s in cfg.strategies],
-        "expressivity": res.expressivity, "notes": res.notes, "methods": methods,
-        "config": cfg.model_dump(mode="json"),
+                   "split": res.split},
+        "models": [m["name"] for m in res.models], "expressivity": res.expressivity, "notes": res.notes,
+        **res.extra, "methods": methods, "config": res.config,
     })
     frames = []
     for name, pred in res.predictions.items():
@@ -459,12 +457,11 @@ def write_experiment_outputs(res, out: str | Path) -> Path:
 
 
 def experiment_markdown(res, figures: list[str]) -> str:
-    cfg = res.config
-    lines = [f"# Prompting experiment: {cfg.name}", "",
-             f"Corpus {res.corpus.name}: {len(res.test_ids)} held-out test items (split over `{cfg.split.group}`); "
-             "BCI baselines and salience laws fitted on the training items. Models: "
-             + ", ".join(f"`{m.name}`" for m in cfg.models) + ".", ""]
-    tiny = [m.name for m in cfg.models if getattr(m, "build", None) is not None]
+    lines = [f"# {res.title}", "",
+             f"Corpus {res.corpus.name}: {len(res.test_ids)} held-out test items (split over "
+             f"`{res.split.get('group')}`); BCI baselines and salience laws fitted on the training items. Models: "
+             + ", ".join(f"`{m['name']}`" for m in res.models) + ".", ""]
+    tiny = [m["name"] for m in res.models if m.get("tiny")]
     if tiny:
         lines += [f"**{', '.join(tiny)} is a tiny randomly initialised model: a stand-in that exercises the whole "
                   "pipeline, not a real VLM. Its scores are chance-level by construction.**", ""]
@@ -478,6 +475,22 @@ def experiment_markdown(res, figures: list[str]) -> str:
         lines += ["## Failed items", "", "| method | failed | unparseable | by kind |", "|---|---|---|---|"]
         lines += [f"| {k} | {v['failed']}/{v['items']} | {v['unparseable']} | "
                   + "; ".join(f"{kk}: {vv}" for kk, vv in v["by_kind"].items()) + " |" for k, v in fails]
+        lines.append("")
+    if res.extra.get("gate"):
+        g = res.extra["gate"]
+        lines += ["## Learned gate", "", f"share of the face expert = sigmoid(w . features), fitted on "
+                  f"{g['validation_items']} validation items: " + ", ".join(
+                      f"{f} {w:+.2f}" for f, w in zip(g["features"], g["weights"])), ""]
+    if res.extra.get("routing_vs_best_single"):
+        rv = res.extra["routing_vs_best_single"]
+        lines += [f"## Routed mixtures against the best single adapter ({rv['best_single']}, by KLD)", "",
+                  "| routed | KLD diff [95% CI] | valence r diff [95% CI] | worse on |", "|---|---|---|---|"]
+        for name, c in rv["comparisons"].items():
+            worse = [m for m, v in c.items() if v["ci95"][0] is not None and (
+                (v["ci95"][0] > 0) if m in ("rmse", "kld", "valence_mse") else (v["ci95"][1] < 0))]
+            lines.append(f"| {name} | {c['kld']['diff']:+.4f} [{c['kld']['ci95'][0]:+.4f}, {c['kld']['ci95'][1]:+.4f}] | "
+                         f"{c['valence_r']['diff']:+.3f} [{c['valence_r']['ci95'][0]:+.3f}, "
+                         f"{c['valence_r']['ci95'][1]:+.3f}] | {', '.join(worse) or 'nothing'} |")
         lines.append("")
     if res.expressivity:
         lines += ["## Expressivity from the model", ""]
@@ -503,9 +516,9 @@ def print_experiment_table(res) -> None:
     console = Console(width=None if sys.stdout.isatty() else 180)
     rows = experiment_rows(res)
     if not rows:
-        console.print(f"{res.config.name}: predictions only (no combined judgements to score against)")
+        console.print(f"{res.title}: predictions only (no combined judgements to score against)")
         return
-    table = Table(title=f"{res.config.name}: {len(res.test_ids)} test items")
+    table = Table(title=f"{res.title}: {len(res.test_ids)} test items")
     for i, col in enumerate(rows[0]):
         table.add_column(col, no_wrap=i == 0, overflow="fold")
     for r in rows:

@@ -177,6 +177,19 @@ def _verdict(comp: dict[str, Any], primary: str, reference: str) -> dict[str, An
     return out
 
 
+def holdout_baselines(corpus: Corpus, cfg: StudyConfig, cues: CueTable, train: np.ndarray, test: np.ndarray,
+                      x: np.ndarray) -> tuple[dict[str, Predictions], dict[str, SalienceLaw]]:
+    """Every method of the study fitted on training items and predicted on test items (for comparison tables
+    beside prompting and fine-tuning), and the fitted laws by "rule/salience" (for VLM-level fusion)."""
+    preds, laws = {}, {}
+    thr = cfg.expressivity.threshold
+    for m in cfg.methods:
+        law = bci.fit_law(cues.take(train), m.rule, m.salience, x[train], threshold=thr)
+        laws[f"{m.rule}/{m.salience}"] = law
+        preds[m.name] = _predict(corpus, cues, m, law, x, test)
+    return preds, laws
+
+
 def _fitted_weights(corpus: Corpus, cues: CueTable, cfg: StudyConfig, x: np.ndarray,
                     fold_laws: dict[str, list[dict]], progress: bool) -> dict[str, dict[str, Any]]:
     """Full-data fit per weighted method, with bootstrap intervals (refits on resampled groups) of the face-weight

@@ -20,14 +20,14 @@ from tqdm.auto import tqdm
 
 from vlm_salience import bci
 from vlm_salience.config import RelPath, StrictModel, load_config
-from vlm_salience.cue_models import Block, CueTable, build_cues
+from vlm_salience.cue_models import build_cues
 from vlm_salience.data import load_corpus
 from vlm_salience.data.corpus import Corpus
 from vlm_salience.errors import ConfigError
 from vlm_salience.expressivity import Normaliser, raw_scores
 from vlm_salience.metrics import pearson, score
 from vlm_salience.models.loading import ModelConfig
-from vlm_salience.predictions import Predictions, from_blocks, observed, ratings_to_distribution
+from vlm_salience.predictions import Predictions, observed, ratings_to_distribution
 from vlm_salience.prompting.answers import AnswerError, AnswerSpec, parse_answer
 from vlm_salience.prompting.cache import AnswerCache, answer_key
 from vlm_salience.prompting.inputs import ItemError, Prompt, build_prompt
@@ -118,8 +118,13 @@ class ExperimentConfig(StrictModel):
 
 @dataclass
 class ExperimentResult:
+    """Predictions of several methods on the same held-out items, and what the report needs to describe them."""
+
     corpus: Corpus
-    config: ExperimentConfig
+    title: str
+    split: dict[str, Any]
+    models: list[dict[str, Any]]  # name, and whether it is a tiny random stand-in
+    config: dict[str, Any]  # the run's config, as JSON
     test_ids: np.ndarray
     predictions: dict[str, Predictions] = field(default_factory=dict)  # "<model>/<strategy>" or "bci/<method>"
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -128,6 +133,7 @@ class ExperimentResult:
     expressivity: dict[str, Any] = field(default_factory=dict)
     observed: Predictions | None = None
     notes: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. a learned gate's weights
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -236,7 +242,10 @@ class Runner:
         self.train, self.test = split_items(self.corpus, cfg.split)
         self.test_ids = self.corpus.item_ids[self.test]
         self.cache = AnswerCache(cfg.cache or Path(cfg.out) / "cache.sqlite")
-        self.result = ExperimentResult(corpus=self.corpus, config=cfg, test_ids=self.test_ids)
+        self.result = ExperimentResult(
+            corpus=self.corpus, title=cfg.name, split=cfg.split.model_dump(), config=cfg.model_dump(mode="json"),
+            models=[{"name": m.name, "tiny": getattr(m, "build", None) is not None} for m in cfg.models],
+            test_ids=self.test_ids)
         self._index = None
         self._fixed_examples = None
         self.x_judgements = None
@@ -254,14 +263,12 @@ class Runner:
         if not self.corpus.has_targets or self.x_judgements is None:
             self.result.notes.append("no BCI baselines: the corpus lacks combined judgements or face-only ones")
             return laws
+        from vlm_salience.study import holdout_baselines
+
         self.cues = build_cues(self.corpus, self.study.cue_models)
-        x = self.x_judgements
-        for m in self.study.methods:
-            law = bci.fit_law(self.cues.take(self.train), m.rule, m.salience, x[self.train], threshold=self.threshold)
-            laws[f"{m.rule}/{m.salience}"] = law
-            blocks, w = bci.predict(self.cues.take(self.test), m.rule, law, x[self.test])
-            self.result.predictions[f"bci/{m.name}"] = from_blocks(
-                self.corpus, m.name, self.test_ids, blocks, w if m.rule in ("product", "pool") else None, x[self.test])
+        preds, laws = holdout_baselines(self.corpus, self.study, self.cues, self.train, self.test, self.x_judgements)
+        for name, pred in preds.items():
+            self.result.predictions[f"bci/{name}"] = pred
         return laws
 
     def law_for(self, laws: dict[str, SalienceLaw], rule: str, kind: str) -> SalienceLaw:
@@ -381,30 +388,10 @@ class Runner:
     def run_fusion(self, strategy: StrategyConfig, face: Predictions, context: Predictions,
                    laws: dict[str, SalienceLaw]) -> Predictions:
         """VLM-BCI: the model's face-only and context-only distributions fused with a salience law."""
+        from vlm_salience.prompting.fusion import fuse
+
         law = self.law_for(laws, strategy.rule, strategy.salience)
-        x = self.expressivity()[self.test]
-        ok = face.ok & context.ok
-        blocks = {}
-        if self.spec.response == "choice":
-            pairs = {"emotions": (face.emotion_dist[:, None, :], context.emotion_dist[:, None, :])}
-            if face.valence_dist is not None:
-                pairs["valence"] = (face.valence_dist[:, None, :], context.valence_dist[:, None, :])
-        else:
-            pairs = {"emotions": (face.rating_dist, context.rating_dist)}
-        for name, (pf, pc) in pairs.items():
-            pf, pc = np.where(ok[:, None, None], pf, 1.0), np.where(ok[:, None, None], pc, 1.0)
-            pf = np.clip(pf, 1e-6, None) / np.clip(pf, 1e-6, None).sum(-1, keepdims=True)
-            pc = np.clip(pc, 1e-6, None) / np.clip(pc, 1e-6, None).sum(-1, keepdims=True)
-            prior = np.repeat(pc[ok].mean(axis=0, keepdims=True) if ok.any() else pc[:1], len(pc), axis=0)
-            blocks[name] = Block(name, np.arange(pf.shape[-1], dtype=float), pf, pc, prior)
-        table = CueTable(item_ids=self.test_ids, blocks=list(blocks.values()))
-        combined, w = bci.predict(table, strategy.rule, law, x)
-        pred = from_blocks(self.corpus, strategy.name, self.test_ids, combined, w, x)
-        why = np.where(~face.ok, "face-only answer failed: " + face.error.astype(str),
-                       np.where(~context.ok, "context-only answer failed: " + context.error.astype(str), ""))
-        pred.error = why.astype(object)
-        pred.emotion_dist[~ok] = np.nan
-        return pred
+        return fuse(self.corpus, strategy.name, face, context, strategy.rule, law, self.expressivity()[self.test])
 
     # -- the grid -------------------------------------------------------------------------------------------
     def run(self) -> ExperimentResult:
