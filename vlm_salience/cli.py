@@ -123,6 +123,53 @@ def cmd_prompt_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    import json
+
+    from vlm_salience.config import load_config
+    from vlm_salience.training.config import TrainConfig
+    from vlm_salience.training.loop import train_all
+
+    cfg = load_config(args.config, TrainConfig, args.set)
+    results = train_all(cfg, resume=args.resume, progress=not args.quiet, only=args.adapter or None)
+    if not all(r.get("main_process", True) for r in results.values()):
+        return 0  # under `accelerate launch`, the main process reports
+    for name, r in results.items():
+        if "stopped_at" in r:
+            print(f"{name}: stopped at step {r['stopped_at']} (SIGTERM); checkpoint {r['checkpoint']}; "
+                  "continue with --resume")
+            return 0
+        ev = r.get("final_eval") or {}
+        print(f"{name}: {r['steps']} steps, {r['tokens_per_s']:.0f} tokens/s, validation valence r "
+              f"{ev.get('eval/valence_r', float('nan')):.3f}, KLD {ev.get('eval/kld', float('nan')):.3f} -> "
+              f"{Path(cfg.out) / 'adapters' / name}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=float))
+    return 0
+
+
+def cmd_route(args: argparse.Namespace) -> int:
+    from vlm_salience.config import load_config
+    from vlm_salience.report import print_experiment_table, write_experiment_outputs
+    from vlm_salience.training.config import TrainConfig
+    from vlm_salience.training.routing import route
+
+    cfg = load_config(args.config, TrainConfig, args.set)
+    result = route(cfg, progress=not args.quiet)
+    out = write_experiment_outputs(result, Path(cfg.out) / "routing")
+    print_experiment_table(result)
+    print(f"wrote {out}/metrics.json, predictions.csv, report.md and plots")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from vlm_salience.training.routing import export_merged
+
+    out = export_merged(args.adapter, args.out, base=args.base)
+    print(f"merged {args.adapter} into its base: {out} (load it like any checkpoint)")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from vlm_salience.demo import run_demo
 
@@ -188,6 +235,25 @@ def build_parser() -> argparse.ArgumentParser:
     prun.add_argument("--quiet", action="store_true")
     _add_overrides(prun)
     prun.set_defaults(func=cmd_prompt_run)
+
+    tr = sub.add_parser("train", help="LoRA/QLoRA fine-tuning (works under `accelerate launch`)")
+    tr.add_argument("config", help="configs/train/<name>.yaml")
+    tr.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    tr.add_argument("--adapter", action="append", default=[], help="train only this adapter (repeatable)")
+    tr.add_argument("--json", help="also write the training results to this file")
+    tr.add_argument("--quiet", action="store_true")
+    _add_overrides(tr)
+    tr.set_defaults(func=cmd_train)
+    ro = sub.add_parser("route", help="evaluate face/context experts routed by salience beside single adapters")
+    ro.add_argument("config", help="the training YAML whose adapters are routed")
+    ro.add_argument("--quiet", action="store_true")
+    _add_overrides(ro)
+    ro.set_defaults(func=cmd_route)
+    ex = sub.add_parser("export", help="merge an adapter into its base model for serving")
+    ex.add_argument("adapter", help="an adapter folder (runs/train/<name>/adapters/<adapter>)")
+    ex.add_argument("--out", required=True)
+    ex.add_argument("--base", help="the base model (default: the one the adapter names)")
+    ex.set_defaults(func=cmd_export)
 
     demo = sub.add_parser("demo", help="synthesise a corpus and run everything on it")
     demo.add_argument("--out", default="runs/demo")

@@ -1,0 +1,110 @@
+"""Training configs (configs/train/*.yaml): one dataclass tree next to the trainer it configures."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from vlm_salience.config import RelPath, StrictModel
+from vlm_salience.models.loading import ModelConfig
+
+
+class TrainModelConfig(ModelConfig):
+    build: RelPath | None = None  # a tiny-model YAML: build the base at `path` first if it is missing
+
+
+class SplitConfig(StrictModel):
+    test_fraction: float = Field(0.25, gt=0.0, lt=1.0)
+    validation_fraction: float = Field(0.15, ge=0.0, lt=1.0)  # of the training groups: eval and the learned gate
+    group: str = "participant"
+    seed: int = 0
+
+
+class AdapterSpec(StrictModel):
+    """One LoRA adapter and the instruction data it learns from."""
+
+    name: str
+    template: str = "combined"
+    subset: Literal["all", "expressive", "subtle"] = "all"  # items by the expressivity threshold
+    examples: Literal["none", "retrieved"] = "none"
+    k: int = 3
+
+
+class DataConfig(StrictModel):
+    config: RelPath  # the corpus's data config
+    rationale: bool = False  # a short chain of thought, written from the item's fields, before the JSON answer
+    max_length: int = Field(1024, ge=16)  # longer examples are an error, never silently truncated
+    key_order: Literal["shuffled", "fixed"] = "shuffled"  # answer JSON key order: shuffled teaches every slot
+    answer: Literal["compact", "full"] = "compact"  # compact: valence and the modal emotion (label scoring reads
+    # full distributions either way); full: also the observed distribution over labels
+
+
+class LoraConfig(StrictModel):
+    r: int = Field(8, ge=1)
+    alpha: float = 16.0
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target: Literal["language", "language+projector", "all"] = "language"  # "all" adds the vision tower
+    target_modules: list[str] | str | None = None  # explicit names or a regex, overriding `target`
+    quantization: Literal["none", "8bit", "4bit"] = "none"  # QLoRA: the frozen base in 8-bit or 4-bit nf4
+    modules_to_save: list[str] = Field(default_factory=list)  # trained in full beside LoRA (e.g. lm_head)
+
+
+class OptimConfig(StrictModel):
+    lr: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    batch_size: int = Field(8, ge=1)  # per process
+    grad_accum: int = Field(1, ge=1)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
+    max_grad_norm: float | None = 1.0
+
+
+class EvalConfig(StrictModel):
+    every_steps: int | None = Field(None, ge=1)  # None: at the end only
+    max_items: int = Field(64, ge=1)
+
+
+class CheckpointConfig(StrictModel):
+    every_steps: int | None = Field(50, ge=1)
+    keep: int = Field(2, ge=1)
+
+
+class RoutingConfig(StrictModel):
+    face: str = "face"  # adapter names of the two experts
+    context: str = "context"
+    single: list[str] = Field(default_factory=lambda: ["combined"])  # single adapters to compare against
+    template: str = "combined"  # the prompt every routed and single adapter answers
+    zero_shot: bool = True
+    gate_features: list[str] = Field(default_factory=list)  # context features beside expressivity for the gate
+    salience: Literal["plain", "control", "hard", "logistic"] = "logistic"  # soft routing's law (fitted by BCI)
+
+
+class TrainConfig(StrictModel):
+    name: str
+    model: TrainModelConfig
+    data: DataConfig
+    study: RelPath  # BCI study config: expressivity estimator and threshold, salience laws for soft routing
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    adapters: list[AdapterSpec]
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    precision: Literal["no", "bf16", "fp16"] = "no"
+    gradient_checkpointing: bool = False
+    group_by_length: bool = True  # batches of similar length: less padding
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    tensorboard: bool = True
+    log_every: int = Field(10, ge=1)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    seed: int = 0
+    out: RelPath
+
+    @model_validator(mode="after")
+    def _names(self) -> TrainConfig:
+        names = [a.name for a in self.adapters]
+        if len(set(names)) != len(names):
+            raise ValueError(f"adapter names must be unique: {names}")
+        return self

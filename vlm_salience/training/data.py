@@ -1,0 +1,129 @@
+"""Instruction data from any corpus: a prompt from prompts/ and a target answer written from observer ratings.
+
+The target is the JSON answer format of the prompting templates, optionally after a short rationale written from
+the item's fields (prompts/rationale.j2). The answer's fields are stored; the collator writes them in a fresh key
+order each epoch (by default), so that every answer slot label scoring reads (`{"emotion": "`, `{"valence": `,
+each rating) is a trained start of an answer for every item. Stored as a Hugging Face `datasets.Dataset`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vlm_salience.config import load_config
+from vlm_salience.data import load_corpus
+from vlm_salience.data.corpus import Corpus
+from vlm_salience.errors import ConfigError
+from vlm_salience.expressivity import Normaliser, raw_scores
+from vlm_salience.predictions import Predictions, observed
+from vlm_salience.prompting.answers import AnswerSpec
+from vlm_salience.prompting.inputs import ItemError, build_prompt
+from vlm_salience.prompting.templates import load_template
+from vlm_salience.study import StudyConfig
+from vlm_salience.training.config import AdapterSpec, SplitConfig, TrainConfig
+
+
+@dataclass
+class Splits:
+    train: np.ndarray
+    validation: np.ndarray
+    test: np.ndarray
+
+
+def split_groups(corpus: Corpus, cfg: SplitConfig) -> Splits:
+    """Test groups first (the same rule as prompting experiments), then validation groups from the rest."""
+    from vlm_salience.prompting.experiment import SplitConfig as PromptSplit, split_items
+
+    train, test = split_items(corpus, PromptSplit(test_fraction=cfg.test_fraction, group=cfg.group, seed=cfg.seed))
+    validation = np.zeros(0, dtype=int)
+    if cfg.validation_fraction > 0:
+        groups = corpus.groups(cfg.group)
+        uniq = np.array(sorted(set(groups[train])), dtype=object)
+        rng = np.random.default_rng(cfg.seed + 1)
+        n_val = max(1, int(round(cfg.validation_fraction * len(uniq))))
+        val_groups = set(uniq[rng.permutation(len(uniq))[:n_val]])
+        validation = np.array([i for i in train if groups[i] in val_groups], dtype=int)
+        train = np.setdiff1d(train, validation)
+    return Splits(train=train, validation=validation, test=test)
+
+
+class TrainingData:
+    """The corpus, its splits, expressivity and targets, shared by every adapter of a training config."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.corpus = load_corpus(cfg.data.config)
+        if not self.corpus.has_targets:
+            raise ConfigError(f"corpus '{self.corpus.name}' has no combined judgements: nothing to train on")
+        self.spec = AnswerSpec.from_corpus(self.corpus)
+        self.study = load_config(cfg.study, StudyConfig)
+        self.splits = split_groups(self.corpus, cfg.split)
+        raw = raw_scores(self.corpus, self.study.expressivity.estimator)
+        self.expressivity = Normaliser.fit(raw[self.splits.train], self.study.expressivity.normalise)(raw)
+        self.threshold = self.study.expressivity.threshold
+        self.observed: Predictions = observed(self.corpus)
+
+    def items_for(self, adapter: AdapterSpec, part: str = "train") -> np.ndarray:
+        idx = getattr(self.splits, part)
+        x = self.expressivity[idx]
+        if adapter.subset == "expressive":
+            idx = idx[x > self.threshold]
+        elif adapter.subset == "subtle":
+            idx = idx[x <= self.threshold]
+        return idx
+
+    def answer_fields(self, i: int) -> dict[str, Any]:
+        o = self.observed
+        payload = {"emotion_dist": dict(zip(self.spec.labels, o.emotion_dist[i])), "valence": float(o.valence[i])}
+        if o.ratings is not None:
+            payload["ratings"] = dict(zip(self.spec.labels, o.ratings[i]))
+        return self.spec.answer_fields(payload, full=self.cfg.data.answer == "full")
+
+    def rationale(self, i: int) -> str:
+        from vlm_salience.retrieval.cases import expressivity_phrase
+
+        item, x = self.corpus.items[i], float(self.expressivity[i])
+        top = None
+        if self.spec.response == "choice":
+            top = self.spec.labels[int(np.argmax(self.observed.emotion_dist[i]))]
+        face = expressivity_phrase(x) if item.face.media else (f'"{item.face.text}"' if item.face.text else None)
+        msgs = load_template("rationale").render({"face": face, "situation": item.situation.text.rstrip("."),
+                                                  "weighted": "face" if x > self.threshold else "situation",
+                                                  "top": top})
+        return msgs[0]["content"][0]["text"].rstrip() + " "
+
+    def dataset(self, adapter: AdapterSpec, part: str = "train", examples_index=None):
+        """A datasets.Dataset of (item_id, messages, image, answer, expressivity) for one adapter and split."""
+        from datasets import Dataset
+
+        template = load_template(adapter.template)
+        rows = []
+        for i in self.items_for(adapter, part):
+            item = self.corpus.items[i]
+            examples = []
+            if adapter.examples == "retrieved" and examples_index is not None:
+                examples = examples_index(i, adapter.k)
+            try:
+                prompt = build_prompt(template, item, self.spec, examples=examples,
+                                      expressivity=float(self.expressivity[i]))
+            except ItemError as exc:
+                raise ConfigError(f"adapter '{adapter.name}': {exc}") from None
+            rows.append({"item_id": item.id, "messages": json.dumps(prompt.messages),
+                         "image": str(item.face.media[0]) if prompt.images else "",
+                         "answer_fields": json.dumps(self.answer_fields(i)),
+                         "rationale": self.rationale(i) if self.cfg.data.rationale else "",
+                         "expressivity": float(self.expressivity[i])})
+        if not rows:
+            raise ConfigError(f"adapter '{adapter.name}' has no {part} items (subset {adapter.subset})")
+        return Dataset.from_list(rows)
+
+    def save(self, dataset, folder: Path) -> None:
+        from vlm_salience.atomic import replaced_dir
+
+        with replaced_dir(folder) as stage:
+            dataset.save_to_disk(str(stage))

@@ -1,0 +1,229 @@
+"""Routing between a face-focused and a context-focused LoRA expert by the salience of each item.
+
+- hard: expressive faces (above the threshold) go to the face expert, the others to the context expert; a batch
+  that mixes both runs in one forward pass with peft's per-sample `adapter_names`;
+- soft: both experts answer and their distributions are pooled by the face share of the salience law BCI fits on
+  the training items (`vlm_salience.salience`, the same weights BCI uses);
+- learned: a small logistic gate on expressivity and cheap context features, fitted on the validation split by
+  the likelihood of the combined judgements under the gated mixture.
+Results are scored beside the BCI baselines, zero-shot prompting and every single adapter on the same test items.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import minimize
+
+from vlm_salience.cue_models import build_cues
+from vlm_salience.errors import ConfigError
+from vlm_salience.prompting.answers import AnswerSpec
+from vlm_salience.prompting.experiment import ExperimentResult, answers_to_predictions
+from vlm_salience.prompting.fusion import answer_blocks, fuse, mixture
+from vlm_salience.prompting.inputs import build_prompt
+from vlm_salience.prompting.templates import load_template
+from vlm_salience.study import holdout_baselines
+from vlm_salience.training.config import TrainConfig
+from vlm_salience.training.data import TrainingData
+from vlm_salience.training.loop import adapter_path, base_fingerprint
+
+
+def load_with_adapters(cfg: TrainConfig, names: list[str]):
+    """The base model with the named adapters loaded side by side (each checked against the base)."""
+    import json
+
+    from peft import PeftModel
+
+    from vlm_salience.models.loading import LoadedVLM, ModelConfig, load_vlm
+
+    mc = ModelConfig(**{k: v for k, v in cfg.model.model_dump().items() if k in ModelConfig.model_fields})
+    base = load_vlm(mc)
+    fp = base_fingerprint(cfg.model.path)
+    model = None
+    for name in names:
+        path = adapter_path(cfg, name)
+        if not (path / "adapter_config.json").is_file():
+            raise ConfigError(f"adapter '{name}' not found at {path}; train it first (vlm-salience train)")
+        meta = json.loads((path / "training.json").read_text()) if (path / "training.json").is_file() else {}
+        if meta.get("base_fingerprint") not in (None, fp):
+            raise ConfigError(f"adapter '{name}' was trained on another base model than {cfg.model.path}")
+        if model is None:
+            model = PeftModel.from_pretrained(base.model, str(path), adapter_name=name, is_trainable=False)
+        else:
+            model.load_adapter(str(path), adapter_name=name, is_trainable=False)
+    model.eval()
+    return LoadedVLM(model=model, processor=base.processor, family=base.family, config=base.config)
+
+
+def _score(backend, prompts, spec: AnswerSpec, name: str, corpus, ids, adapters=None):
+    t0 = time.perf_counter()
+    scores = backend.score(prompts, spec.slots(), adapters=adapters)
+    seconds = time.perf_counter() - t0
+    pred = answers_to_predictions(corpus, spec, name, ids,
+                                  [{"slots": {k: v.tolist() for k, v in s.items()}} for s in scores])
+    return pred, seconds
+
+
+def _fit(blocks, targets, features, ok, ridge):
+    """Logistic gate weights w: share = sigmoid(features @ w), maximising the likelihood of the targets."""
+    def nll(w):
+        s = 1.0 / (1.0 + np.exp(-(features @ w)))
+        total, n = 0.0, 0.0
+        for b, t in zip(blocks, targets):
+            mix = s[:, None, None] * b.face + (1 - s[:, None, None]) * b.context
+            total -= float((t[ok] * np.log(np.clip(mix[ok], 1e-12, None))).sum())
+            n += float(t[ok].sum())
+        return total / max(n, 1.0) + ridge * float(w[1:] @ w[1:])
+    res = minimize(nll, np.zeros(features.shape[1]), method="L-BFGS-B")
+    return res.x
+
+
+def gate_features(data: TrainingData, idx: np.ndarray, names: list[str], scaler=None):
+    """Bias, expressivity and the named context features (categories one-hot over the corpus's levels),
+    standardised with the statistics of the items the gate is fitted on."""
+    corpus = data.corpus
+    frame = pd.DataFrame([corpus.items[i].situation.features for i in idx])
+    cols = [np.ones(len(idx)), data.expressivity[idx] - 0.5]
+    for f in names:
+        if f not in frame:
+            raise ConfigError(f"routing.gate_features names '{f}', which is not a context feature")
+        if pd.api.types.is_numeric_dtype(frame[f]):
+            cols.append(frame[f].to_numpy(dtype=float))
+        else:
+            levels = sorted({str(s.features[f]) for s in corpus.situations.values()})
+            cols += [(frame[f].astype(str) == level).to_numpy(dtype=float) for level in levels[1:]]
+    X = np.column_stack(cols)
+    if scaler is None:
+        mu, sd = X.mean(0), X.std(0)
+        mu[:2], sd[:2] = 0.0, 1.0
+        scaler = (mu, np.where(sd > 0, sd, 1.0))
+    return (X - scaler[0]) / scaler[1], scaler
+
+
+def route(cfg: TrainConfig, *, progress: bool = True) -> ExperimentResult:
+    from vlm_salience.prompting.hf_backend import HFBackend
+
+    data = TrainingData(cfg)
+    r = cfg.routing
+    specs = {a.name: a for a in cfg.adapters}
+    for name in (r.face, r.context, *r.single):
+        if name not in specs:
+            raise ConfigError(f"routing names adapter '{name}', which the config does not train")
+    corpus, spec = data.corpus, data.spec
+    test, val = data.splits.test, data.splits.validation
+    ids = corpus.item_ids[test]
+    x = data.expressivity
+    result = ExperimentResult(
+        corpus=corpus, title=f"{cfg.name}: fine-tuned adapters and salience routing", split=cfg.split.model_dump(),
+        models=[{"name": cfg.model.name, "tiny": cfg.model.build is not None}], config=cfg.model_dump(mode="json"),
+        test_ids=ids)
+    # BCI baselines on the same test items, and the laws soft routing uses.
+    cues = build_cues(corpus, data.study.cue_models)
+    preds, laws = holdout_baselines(corpus, data.study, cues, data.splits.train, test, x)
+    for name, p in preds.items():
+        result.predictions[f"bci/{name}"] = p
+    loaded = load_with_adapters(cfg, list(dict.fromkeys([r.face, r.context, *r.single])))
+    backend = HFBackend(loaded, batch_size=cfg.optim.batch_size)
+    model = loaded.model
+
+    def prompts_for(template: str, idx: np.ndarray):
+        t = load_template(template)
+        return [build_prompt(t, corpus.items[i], spec) for i in idx]
+
+    if r.zero_shot:
+        with model.disable_adapter():
+            result.predictions[f"zero-shot/{r.template}"], _ = _score(
+                backend, prompts_for(r.template, test), spec, f"zero-shot/{r.template}", corpus, ids)
+    expert_preds, timing = {}, {}
+    for name in dict.fromkeys([*r.single, r.face, r.context]):
+        model.set_adapter(name)
+        tmpl = specs[name].template
+        pred, sec = _score(backend, prompts_for(tmpl, test), spec, f"adapter/{name}", corpus, ids)
+        result.predictions[f"adapter/{name}"] = pred
+        expert_preds[name] = pred
+        timing[name] = sec
+    # hard: one pass over a batch that mixes both experts
+    hard_names = [r.face if x[i] > data.threshold else r.context for i in test]
+    hard_prompts = [build_prompt(load_template(specs[n].template), corpus.items[i], spec)
+                    for n, i in zip(hard_names, test)]
+    pred, sec = _score(backend, hard_prompts, spec, "routed/hard", corpus, ids, adapters=hard_names)
+    pred.weights = np.column_stack([[float(n == r.face) for n in hard_names], [float(n == r.context)
+                                                                              for n in hard_names]])
+    pred.expressivity = x[test]
+    result.predictions["routed/hard"] = pred
+    result.throughput["routed/hard (mixed batch)"] = len(test) / sec
+    result.throughput[f"adapter/{r.face} (single adapter)"] = len(test) / timing[r.face]
+    # soft: the salience law's face share pools the two experts
+    from vlm_salience import bci
+
+    law = laws.get(f"pool/{r.salience}") or bci.fit_law(cues.take(data.splits.train), "pool", r.salience,
+                                                         x[data.splits.train], threshold=data.threshold)
+    result.predictions["routed/soft"] = fuse(corpus, "routed/soft", expert_preds[r.face], expert_preds[r.context],
+                                             "pool", law, x[test])
+    # learned: a gate fitted on the validation split
+    if len(val):
+        vids = corpus.item_ids[val]
+        model.set_adapter(r.face)
+        vf, _ = _score(backend, prompts_for(specs[r.face].template, val), spec, "val/face", corpus, vids)
+        model.set_adapter(r.context)
+        vc, _ = _score(backend, prompts_for(specs[r.context].template, val), spec, "val/context", corpus, vids)
+        Xv, scaler = gate_features(data, val, r.gate_features)
+        blocks, ok = answer_blocks(vf, vc, corpus.response)
+        targets = [b.targets for b in cues.take(val).blocks]
+        w = _fit(blocks, targets, Xv, ok, ridge=1e-2)
+        Xt, _ = gate_features(data, test, r.gate_features, scaler)
+        share = 1.0 / (1.0 + np.exp(-(Xt @ w)))
+        result.predictions["routed/learned"] = mixture(corpus, "routed/learned", expert_preds[r.face],
+                                                       expert_preds[r.context], share, x[test])
+        result.extra["gate"] = {"weights": w.tolist(), "features": ["bias", "expressivity", *r.gate_features],
+                                "validation_items": int(len(val))}
+    else:
+        result.notes.append("no validation split (split.validation_fraction = 0): no learned gate")
+    _score_all(result, data, test)
+    return result
+
+
+def _score_all(result: ExperimentResult, data: TrainingData, test: np.ndarray) -> None:
+    """Scores, and a paired bootstrap of every routed mixture against the best single adapter (by KLD)."""
+    from vlm_salience.metrics import paired_bootstrap, score
+
+    obs = data.observed.align(result.test_ids)
+    result.observed = obs
+    groups = data.corpus.groups(data.cfg.split.group)[test]
+    for name, pred in result.predictions.items():
+        result.metrics[name] = score(pred, obs, n_boot=500, groups=groups)
+        if not name.startswith("bci/"):
+            errs = pred.error[pred.error != ""] if pred.error is not None else []
+            result.failures[name] = {"items": len(pred), "failed": int(len(errs)), "unparseable": 0,
+                                     "by_kind": {}, "examples": [str(e) for e in list(errs)[:3]]}
+    singles = [n for n in result.predictions if n.startswith("adapter/")]
+    best = min(singles, key=lambda n: result.metrics[n]["kld"]["value"])
+    comparisons = {}
+    for name in [n for n in result.predictions if n.startswith("routed/")]:
+        comparisons[name] = paired_bootstrap(result.predictions[name], result.predictions[best], obs, n_boot=1000,
+                                             groups=groups)
+    result.extra["routing_vs_best_single"] = {"best_single": best, "comparisons": comparisons}
+
+
+def export_merged(adapter_dir: str | Path, out: str | Path, *, base: str | None = None) -> Path:
+    """Merge an adapter into its base and save a standalone checkpoint (safetensors + processor) for serving."""
+    import json
+
+    from peft import PeftModel
+
+    from vlm_salience.atomic import replaced_dir
+    from vlm_salience.models.loading import ModelConfig, load_vlm
+
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise ConfigError(f"{adapter_dir} holds no adapter (adapter_config.json is missing)")
+    base = base or json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+    loaded = load_vlm(ModelConfig(name="base", path=str(base)))
+    merged = PeftModel.from_pretrained(loaded.model, str(adapter_dir)).merge_and_unload()
+    with replaced_dir(out) as stage:
+        merged.save_pretrained(stage, safe_serialization=True)
+        loaded.processor.save_pretrained(stage)
+    return Path(out)
