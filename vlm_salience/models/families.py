@@ -19,15 +19,3 @@ def family_of(model_type: str) -> str:
         raise ValueError(f"model type '{model_type}' is not a supported VLM family; supported: "
                          f"{sorted(FAMILIES)}")
     return FAMILIES[model_type]
-
-
-def continuation_positions(model, family: str, full_mask, new_tokens: int, repeats: int):
-    """Position ids for `new_tokens` appended after a cached (left-padded) prefix whose batch was repeated
-    `repeats` times per item. Qwen2-VL adds its multimodal rope offset (rope_deltas) and uses 3 position axes."""
-    pos = (full_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -new_tokens:]
-    if family == "qwen2_vl":
-        deltas = getattr(getattr(model, "model", model), "rope_deltas", None)
-        if deltas is not None:
-            pos = pos + deltas.to(pos.device).repeat_interleave(repeats, dim=0)
-        return pos[None].expand(3, -1, -1)
-    return pos

@@ -103,11 +103,12 @@ class HFBackend:
         return dict(self.processor(**kwargs))
 
     # -- forward over [shared prefix][left-padded suffix] ---------------------------------------------------------
-    def _prefix_state(self, prefix: list[int]):
+    def _prefix_state(self, prefix: list[int], adapter: str | None = None):
         import torch
 
         if not prefix:
             return None
+        extra = {} if adapter is None else {"adapter_names": [adapter]}
         ids = torch.tensor([prefix])
         mask = torch.ones_like(ids)
         pos = (mask.cumsum(-1) - 1)
@@ -115,7 +116,7 @@ class HFBackend:
             pos = pos[None].expand(3, -1, -1)
         with torch.inference_mode():
             out = self.model(input_ids=ids.to(self.vlm.device), attention_mask=mask.to(self.vlm.device),
-                             position_ids=pos.to(self.vlm.device), use_cache=True, logits_to_keep=1)
+                             position_ids=pos.to(self.vlm.device), use_cache=True, logits_to_keep=1, **extra)
         return out.past_key_values
 
     def _prefill(self, prompts: list[Prompt], prefix: list[int], prefix_cache, adapters=None) -> _State:
@@ -163,7 +164,12 @@ class HFBackend:
         else:
             pos = pos[:, P:]
         cache = None
-        if prefix_cache is not None:
+        if isinstance(prefix_cache, dict):  # one prefix cache per adapter: each row takes its adapter's
+            cache = copy.deepcopy(prefix_cache[adapters[0]])
+            for i, layer in enumerate(cache.layers):
+                layer.keys = torch.cat([prefix_cache[a].layers[i].keys for a in adapters], 0)
+                layer.values = torch.cat([prefix_cache[a].layers[i].values for a in adapters], 0)
+        elif prefix_cache is not None:
             cache = copy.deepcopy(prefix_cache)
             cache.batch_repeat_interleave(B)
         dev = self.vlm.device
@@ -179,9 +185,11 @@ class HFBackend:
                       last_pos=pos[..., -1].to(dev), adapters=adapters)
 
     def _batches(self, prompts: list[Prompt], adapters: list[str] | None = None):
-        # With one adapter per row the prefix's cache differs by adapter: no shared prefix then.
-        prefix = [] if adapters is not None else self.shared_prefix(self.texts(prompts))
-        prefix_cache = self._prefix_state(prefix)
+        prefix = self.shared_prefix(self.texts(prompts))
+        if adapters is None:
+            prefix_cache = self._prefix_state(prefix)
+        else:  # the prefix's cache depends on the adapter: one per adapter, stacked row by row
+            prefix_cache = {a: self._prefix_state(prefix, a) for a in dict.fromkeys(adapters)} if prefix else None
         for s in range(0, len(prompts), self.batch_size):
             rows = None if adapters is None else adapters[s:s + self.batch_size]
             yield s, self._prefill(prompts[s:s + self.batch_size], prefix, prefix_cache, rows)
