@@ -237,7 +237,8 @@ def test_experts_route_in_one_pass_and_export(tmp_path, synth_corpus, tiny_vlms)
     assert np.allclose(hard.emotion_dist[to_face], face.emotion_dist[to_face], atol=1e-5)
     assert np.allclose(hard.emotion_dist[~to_face], ctx.emotion_dist[~to_face], atol=1e-5)
     assert res.extra["gate"]["features"][:2] == ["bias", "expressivity"]
-    assert res.extra["routing_vs_best_single"]["best_single"].startswith("adapter/")
+    assert res.extra["routing_vs_best_single"]["best_single"] in ("adapter/face", "adapter/context")
+    assert set(res.extra["routing_vs_other_adapters"]) == {"adapter/combined"}
     # export: the merged checkpoint answers as the base with the adapter does
     merged = export_merged(Path(cfg.out) / "adapters" / "face", tmp_path / "merged", base=str(tiny_vlms["qwen2_vl"]))
     assert (merged / "model.safetensors").is_file()

@@ -483,15 +483,10 @@ def experiment_markdown(res, figures: list[str]) -> str:
                       f"{f} {w:+.2f}" for f, w in zip(g["features"], g["weights"])), ""]
     if res.extra.get("routing_vs_best_single"):
         rv = res.extra["routing_vs_best_single"]
-        lines += [f"## Routed mixtures against the best single adapter ({rv['best_single']}, by KLD)", "",
-                  "| routed | KLD diff [95% CI] | valence r diff [95% CI] | worse on |", "|---|---|---|---|"]
-        for name, c in rv["comparisons"].items():
-            worse = [m for m, v in c.items() if v["ci95"][0] is not None and (
-                (v["ci95"][0] > 0) if m in ("rmse", "kld", "valence_mse") else (v["ci95"][1] < 0))]
-            lines.append(f"| {name} | {c['kld']['diff']:+.4f} [{c['kld']['ci95'][0]:+.4f}, {c['kld']['ci95'][1]:+.4f}] | "
-                         f"{c['valence_r']['diff']:+.3f} [{c['valence_r']['ci95'][0]:+.3f}, "
-                         f"{c['valence_r']['ci95'][1]:+.3f}] | {', '.join(worse) or 'nothing'} |")
-        lines.append("")
+        lines += _comparison_table(f"Routed mixtures against the better expert alone ({rv['best_single']}, by KLD)",
+                                   rv["comparisons"])
+        for other, comps in res.extra.get("routing_vs_other_adapters", {}).items():
+            lines += _comparison_table(f"Routed mixtures against {other}", comps)
     if res.expressivity:
         lines += ["## Expressivity from the model", ""]
         for model, e in res.expressivity.items():
@@ -505,6 +500,20 @@ def experiment_markdown(res, figures: list[str]) -> str:
     for fig in figures:
         lines += [f"![{fig}]({fig})", ""]
     return "\n".join(lines)
+
+
+def _comparison_table(title: str, comparisons: dict[str, Any]) -> list[str]:
+    lines = [f"## {title}", "", "| routed | KLD diff [95% CI] | valence r diff [95% CI] | worse on | better on |",
+             "|---|---|---|---|---|"]
+    for name, c in comparisons.items():
+        lower = ("rmse", "kld", "valence_mse")
+        worse = [m for m, v in c.items() if (v["ci95"][0] > 0 if m in lower else v["ci95"][1] < 0)]
+        better = [m for m, v in c.items() if v.get("a_better")]
+        lines.append(f"| {name} | {c['kld']['diff']:+.4f} [{c['kld']['ci95'][0]:+.4f}, {c['kld']['ci95'][1]:+.4f}] | "
+                     f"{c['valence_r']['diff']:+.3f} [{c['valence_r']['ci95'][0]:+.3f}, "
+                     f"{c['valence_r']['ci95'][1]:+.3f}] | {', '.join(worse) or 'nothing'} | "
+                     f"{', '.join(better) or 'nothing'} |")
+    return lines + [""]
 
 
 def print_experiment_table(res) -> None:

@@ -187,7 +187,8 @@ def route(cfg: TrainConfig, *, progress: bool = True) -> ExperimentResult:
 
 
 def _score_all(result: ExperimentResult, data: TrainingData, test: np.ndarray) -> None:
-    """Scores, and a paired bootstrap of every routed mixture against the best single adapter (by KLD)."""
+    """Scores, and paired bootstraps of every routed mixture against the better of the two experts alone (by KLD:
+    what routing must not lose to) and against every other single adapter (e.g. one trained on all items)."""
     from vlm_salience.metrics import paired_bootstrap, score
 
     obs = data.observed.align(result.test_ids)
@@ -199,13 +200,17 @@ def _score_all(result: ExperimentResult, data: TrainingData, test: np.ndarray) -
             errs = pred.error[pred.error != ""] if pred.error is not None else []
             result.failures[name] = {"items": len(pred), "failed": int(len(errs)), "unparseable": 0,
                                      "by_kind": {}, "examples": [str(e) for e in list(errs)[:3]]}
-    singles = [n for n in result.predictions if n.startswith("adapter/")]
-    best = min(singles, key=lambda n: result.metrics[n]["kld"]["value"])
-    comparisons = {}
-    for name in [n for n in result.predictions if n.startswith("routed/")]:
-        comparisons[name] = paired_bootstrap(result.predictions[name], result.predictions[best], obs, n_boot=1000,
-                                             groups=groups)
-    result.extra["routing_vs_best_single"] = {"best_single": best, "comparisons": comparisons}
+    r = data.cfg.routing
+    experts = [f"adapter/{r.face}", f"adapter/{r.context}"]
+    best = min(experts, key=lambda n: result.metrics[n]["kld"]["value"])
+    routed = [n for n in result.predictions if n.startswith("routed/")]
+    result.extra["routing_vs_best_single"] = {"best_single": best, "comparisons": {
+        name: paired_bootstrap(result.predictions[name], result.predictions[best], obs, n_boot=1000, groups=groups)
+        for name in routed}}
+    others = [f"adapter/{n}" for n in r.single if f"adapter/{n}" not in experts]
+    result.extra["routing_vs_other_adapters"] = {other: {
+        name: paired_bootstrap(result.predictions[name], result.predictions[other], obs, n_boot=1000, groups=groups)
+        for name in routed} for other in others}
 
 
 def export_merged(adapter_dir: str | Path, out: str | Path, *, base: str | None = None) -> Path:
