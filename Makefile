@@ -25,6 +25,10 @@ $(VENV)/.dev: pyproject.toml $(VENV)/.base
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $@
 
+$(VENV)/.bench: pyproject.toml $(VENV)/.dev
+	$(BIN)/python -m pip install -q -e ".[dev,bench]"
+	touch $@
+
 install: $(VENV)/.base
 install-dev: $(VENV)/.dev
 
@@ -34,10 +38,11 @@ demo: $(VENV)/.base
 test: $(VENV)/.dev
 	$(BIN)/python -m pytest -q
 
-bench: $(VENV)/.dev
+bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/bench_bci.py
 	$(BIN)/python benchmarks/bench_retrieval.py
 	$(BIN)/python benchmarks/bench_prompting.py
+	$(BIN)/python benchmarks/bench_training.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
