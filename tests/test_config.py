@@ -72,3 +72,28 @@ def test_missing_and_malformed_yaml(tmp_path):
     bad.write_text("methods: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad, StudyConfig)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "train").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_training_configs_validate(path):
+    from vlm_salience.training.config import TrainConfig
+
+    cfg = load_config(path, TrainConfig)
+    names = {a.name for a in cfg.adapters}
+    assert {cfg.routing.face, cfg.routing.context, *cfg.routing.single} <= names
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "accelerate").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_accelerate_configs_load(path):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    cfg = load_config_from_file(str(path))
+    assert cfg.num_processes >= 1 and cfg.compute_environment.name == "LOCAL_MACHINE"
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "models").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_model_configs_validate(path):
+    from vlm_salience.models.tiny import TinyVLMConfig
+
+    cfg = load_config(path, TinyVLMConfig)
+    assert cfg.text["hidden_size"] % cfg.text["num_attention_heads"] == 0
