@@ -7,7 +7,10 @@ with prompts of the `combined` template (face image + situation) on the syntheti
 3. bf16 against fp32 for label scoring: items/s of both and the KLD between their predicted distributions.
 Every measurement runs in its own process, so that its peak memory (max RSS) is its own.
 
-    python benchmarks/bench_prompting.py [--items 96] [--generate-items 24] [--json out.json]
+Every measurement is repeated (--repeats, in alternating order) and ratios are those of the medians: see
+benchmarks/_harness.py for why a shared virtual machine needs that.
+
+    python benchmarks/bench_prompting.py [--items 96] [--generate-items 24] [--repeats 3] [--json out.json]
 """
 
 from __future__ import annotations
@@ -15,13 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from _harness import alternating, describe, median_run, paired_ratio, run_child
 
 HERE = Path(__file__).resolve()
 
@@ -111,13 +113,9 @@ def measure(name: str, model_dir: Path, corpus_yaml: Path, items: int, batch: in
     return out
 
 
-def run_child(name: str, model: Path, corpus: Path, items: int, batch: int) -> dict:
-    cmd = [sys.executable, str(HERE), "--child", name, "--model", str(model), "--corpus", str(corpus),
-           "--items", str(items), "--batch", str(batch)]
-    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if res.returncode != 0:
-        raise RuntimeError(f"{name} failed:\n{res.stderr[-3000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
+def child_args(name: str, model: Path, corpus: Path, items: int, batch: int) -> list[str]:
+    return ["--child", name, "--model", str(model), "--corpus", str(corpus), "--items", str(items),
+            "--batch", str(batch)]
 
 
 def kld(a: list[dict], b: list[dict]) -> float:
@@ -134,6 +132,7 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=96)
     ap.add_argument("--generate-items", type=int, default=24)
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=3, help="rounds of every measurement, in alternating order")
     ap.add_argument("--work", help="folder for the model and corpus (default: a temporary one)")
     ap.add_argument("--json")
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -146,24 +145,28 @@ def main() -> None:
     tmp = tempfile.TemporaryDirectory()
     work = Path(args.work or tmp.name)
     model, corpus = setup(work)
-    r = {}
-    r["score_fp32"] = run_child("score_fp32", model, corpus, args.items, args.batch)
-    r["score_fp32_one_at_a_time"] = run_child("score_fp32", model, corpus, args.generate_items, 1)
-    r["generate_per_item"] = run_child("generate_per_item", model, corpus, args.generate_items, 1)
-    r["score_bf16"] = run_child("score_bf16", model, corpus, args.items, args.batch)
-    r["fewshot_generate_per_item"] = run_child("fewshot_generate_per_item", model, corpus, args.generate_items, 1)
-    r["fewshot_generate_batched"] = run_child("fewshot_generate_batched", model, corpus, args.generate_items * 2,
-                                              args.batch)
-    g = r["generate_per_item"]
-    s = r["score_fp32"]
-    summary = {
-        "label_scoring_vs_generate": s["items_per_s"] / g["items_per_s"],
-        "one_at_a_time_scoring_vs_generate": r["score_fp32_one_at_a_time"]["items_per_s"] / g["items_per_s"],
-        "fewshot_batched_vs_per_item_generate": r["fewshot_generate_batched"]["items_per_s"]
-        / r["fewshot_generate_per_item"]["items_per_s"],
-        "bf16_vs_fp32_scoring": r["score_bf16"]["items_per_s"] / s["items_per_s"],
-        "kld_fp32_bf16": kld(s["distributions"], r["score_bf16"]["distributions"][:len(s["distributions"])]),
+    plan = {  # name -> (measurement, items, batch)
+        "score_fp32": ("score_fp32", args.items, args.batch),
+        "score_fp32_one_at_a_time": ("score_fp32", args.generate_items, 1),
+        "generate_per_item": ("generate_per_item", args.generate_items, 1),
+        "score_bf16": ("score_bf16", args.items, args.batch),
+        "fewshot_generate_per_item": ("fewshot_generate_per_item", args.generate_items, 1),
+        "fewshot_generate_batched": ("fewshot_generate_batched", args.generate_items * 2, args.batch),
     }
+    runs = alternating(list(plan), args.repeats,
+                       lambda n: run_child(HERE, child_args(plan[n][0], model, corpus, *plan[n][1:])))
+    r = {k: median_run(v, "items_per_s") for k, v in runs.items()}
+    g, s = r["generate_per_item"], r["score_fp32"]
+    pairs = {
+        "label_scoring_vs_generate": paired_ratio(runs["score_fp32"], runs["generate_per_item"], "items_per_s"),
+        "one_at_a_time_scoring_vs_generate": paired_ratio(runs["score_fp32_one_at_a_time"],
+                                                          runs["generate_per_item"], "items_per_s"),
+        "fewshot_batched_vs_per_item_generate": paired_ratio(runs["fewshot_generate_batched"],
+                                                             runs["fewshot_generate_per_item"], "items_per_s"),
+        "bf16_vs_fp32_scoring": paired_ratio(runs["score_bf16"], runs["score_fp32"], "items_per_s"),
+    }
+    summary = {k: v["ratio"] for k, v in pairs.items()}
+    summary["kld_fp32_bf16"] = kld(s["distributions"], r["score_bf16"]["distributions"][:len(s["distributions"])])
     print(f"model: random Qwen2-VL, {s['params_m']:.1f}M parameters; combined prompts of {s['prompt_tokens']} "
           f"tokens (image included); few-shot prompts {r['fewshot_generate_batched']['prompt_tokens']} tokens, of "
           f"which {r['fewshot_generate_batched']['shared_prefix_tokens']} shared")
@@ -171,17 +174,17 @@ def main() -> None:
         print(f"  {k:28s} {v['items_per_s']:8.2f} items/s  ({v['items']} items, batch {v['batch_size']}, "
               f"{v['dtype']}, peak RSS {v['peak_rss_mb']:.0f} MB)")
     print(f"[1] label scoring / per-item generate-and-parse (48 tokens, fp32): "
-          f"{summary['label_scoring_vs_generate']:.1f}x (target >= 8x); one item at a time: "
+          f"{describe(pairs['label_scoring_vs_generate'])} (target >= 8x); one item at a time: "
           f"{summary['one_at_a_time_scoring_vs_generate']:.1f}x; unparseable generated answers: "
           f"{g['unparseable']}/{g['items']} (random model)")
     print(f"[2] batched few-shot generation with the shared prefix computed once / per-item model.generate: "
-          f"{summary['fewshot_batched_vs_per_item_generate']:.1f}x (target >= 3x)")
-    print(f"[3] bf16 / fp32 label scoring: {summary['bf16_vs_fp32_scoring']:.2f}x items/s; KLD(fp32 || bf16) "
+          f"{describe(pairs['fewshot_batched_vs_per_item_generate'])} (target >= 3x)")
+    print(f"[3] bf16 / fp32 label scoring: {describe(pairs['bf16_vs_fp32_scoring'])} items/s; KLD(fp32 || bf16) "
           f"between predicted distributions {summary['kld_fp32_bf16']:.2e}")
     if args.json:
-        for v in r.values():
+        for v in (x for rs in runs.values() for x in rs):
             v.pop("distributions", None)
-        Path(args.json).write_text(json.dumps({"runs": r, "summary": summary}, indent=2))
+        Path(args.json).write_text(json.dumps({"runs": runs, "pairs": pairs, "summary": summary}, indent=2))
 
 
 if __name__ == "__main__":

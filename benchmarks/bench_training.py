@@ -8,7 +8,10 @@
 3. Routed inference of a batch that mixes two LoRA experts (one pass, peft adapter_names) <= 1.3x the time of the
    same batch through a single adapter.
 
-    python benchmarks/bench_training.py [--steps 40] [--json out.json]      (needs: pip install ".[bench]")
+Each training run is repeated (--repeats, in alternating order) and the ratio is that of the medians: see
+benchmarks/_harness.py for why a shared virtual machine needs that.
+
+    python benchmarks/bench_training.py [--steps 30] [--repeats 2] [--json out.json]   (needs: pip install ".[bench]")
 """
 
 from __future__ import annotations
@@ -16,13 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from _harness import alternating, describe, median_run, paired_ratio, run_child
 
 HERE = Path(__file__).resolve()
 
@@ -200,19 +203,15 @@ def measure_routing(work: Path, model: Path, corpus: Path, items: int) -> dict:
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def run_child(kind: str, args) -> dict:
-    cmd = [sys.executable, str(HERE), "--child", kind, "--work", str(args.work), "--steps", str(args.steps),
-           "--items", str(args.items)]
-    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if res.returncode != 0:
-        raise RuntimeError(f"{kind} failed:\n{res.stderr[-4000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
+def child_args(kind: str, args) -> list[str]:
+    return ["--child", kind, "--work", str(args.work), "--steps", str(args.steps), "--items", str(args.items)]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--items", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=2, help="rounds of each training run, in alternating order")
     ap.add_argument("--work")
     ap.add_argument("--json")
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -233,26 +232,33 @@ def main() -> None:
         import trl  # noqa: F401
     except ImportError:
         sys.exit("TRL is needed for the baseline: pip install '.[bench]'")
-    peak = run_child("peak", args)
-    r = {k: run_child(k, args) for k in ("trl_fp32", "ours_fp32", "trl_bf16", "ours_bf16")}
-    routing = run_child("routing", args)
+
+    def run(kind: str) -> dict:
+        return run_child(HERE, child_args(kind, args))
+
+    peak = run("peak")
+    runs = alternating(["trl_fp32", "ours_fp32", "trl_bf16", "ours_bf16"], args.repeats, run)
+    routing = alternating(["routing"], 1, run)["routing"][0]
     print(f"matrix-multiply peak of this machine: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s")
+    summary = {}
     for prec in ("fp32", "bf16"):
-        ours, base = r[f"ours_{prec}"], r[f"trl_{prec}"]
+        p = paired_ratio(runs[f"ours_{prec}"], runs[f"trl_{prec}"], "tokens_per_s")
+        ours, base = median_run(runs[f"ours_{prec}"], "tokens_per_s"), median_run(runs[f"trl_{prec}"], "tokens_per_s")
         for k in (ours, base):
             k["mfu"] = k["achieved_gflops"] / peak[prec]
-        print(f"[1] {prec}: vlm-salience train {ours['tokens_per_s']:.0f} tokens/s (peak RSS "
-              f"{ours['peak_rss_mb']:.0f} MB, padded length {ours['mean_padded_length']:.0f}), TRL SFTTrainer "
-              f"{base['tokens_per_s']:.0f} tokens/s (peak RSS {base['peak_rss_mb']:.0f} MB, padded length "
-              f"{base['mean_padded_length']:.0f}): ratio {ours['tokens_per_s'] / base['tokens_per_s']:.2f}x "
-              "(target >= 1.0x, stretch 1.3x)")
+        summary[prec] = {**p, "mfu_ours": ours["mfu"], "mfu_trl": base["mfu"],
+                         "peak_rss_mb_ours": ours["peak_rss_mb"], "peak_rss_mb_trl": base["peak_rss_mb"]}
+        print(f"[1] {prec}: vlm-salience train {p['a_median']:.0f} tokens/s (peak RSS {ours['peak_rss_mb']:.0f} MB, "
+              f"padded length {ours['mean_padded_length']:.0f}), TRL SFTTrainer {p['b_median']:.0f} tokens/s (peak "
+              f"RSS {base['peak_rss_mb']:.0f} MB, padded length {base['mean_padded_length']:.0f}): ratio "
+              f"{describe(p)} (target >= 1.0x, stretch 1.3x)")
         print(f"[2] {prec}: MFU vlm-salience {ours['mfu']:.1%}, TRL {base['mfu']:.1%} "
               f"({ours['flops_per_token'] / 1e6:.0f} MFLOP per token)")
     print(f"[3] routed mixed batch of {routing['items']} items: {routing['mixed_batch_seconds']:.2f} s, single "
           f"adapter {routing['single_adapter_seconds']:.2f} s: ratio {routing['ratio']:.2f}x (target <= 1.3x)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"peak": peak, "train": r, "routing": routing}, indent=2))
-
+        Path(args.json).write_text(json.dumps({"peak": peak, "runs": runs, "summary": summary, "routing": routing},
+                                              indent=2))
 
 if __name__ == "__main__":
     main()
