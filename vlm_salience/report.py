@@ -103,26 +103,37 @@ def markdown_table(rows: list[dict[str, str]]) -> str:
 
 
 def print_table(result: StudyResult) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    import sys
-
-    console = Console(width=None if sys.stdout.isatty() else 160)
     rows = summary_rows(result)
-    title = f"{result.corpus.name}: {len(result.corpus.items)} items, 95% bootstrap intervals"
     if not rows:
+        console = _console(160)
         console.print(f"[bold]{result.corpus.name}[/bold]: no combined-condition judgements, nothing to score.")
         for note in result.notes:
             console.print(f"- {note}")
         return
+    _print_rows(f"{result.corpus.name}: {len(result.corpus.items)} items, 95% bootstrap intervals", rows,
+                result.notes, width=160)
+
+
+def _console(width: int):
+    """A console that wraps at `width` when the output is not a terminal (logs, CI), so tables stay readable."""
+    import sys
+
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else width)
+
+
+def _print_rows(title: str, rows: list[dict[str, str]], notes: list[str], *, width: int) -> None:
+    from rich.table import Table
+
+    console = _console(width)
     table = Table(title=title)
     for i, col in enumerate(rows[0]):
         table.add_column(col, no_wrap=i == 0, overflow="fold")
     for r in rows:
         table.add_row(*r.values())
     console.print(table)
-    for note in result.notes:
+    for note in notes:
         console.print(f"[yellow]note[/yellow]: {note}")
 
 
@@ -517,21 +528,8 @@ def _comparison_table(title: str, comparisons: dict[str, Any]) -> list[str]:
 
 
 def print_experiment_table(res) -> None:
-    import sys
-
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(width=None if sys.stdout.isatty() else 180)
     rows = experiment_rows(res)
     if not rows:
-        console.print(f"{res.title}: predictions only (no combined judgements to score against)")
+        _console(180).print(f"{res.title}: predictions only (no combined judgements to score against)")
         return
-    table = Table(title=f"{res.title}: {len(res.test_ids)} test items")
-    for i, col in enumerate(rows[0]):
-        table.add_column(col, no_wrap=i == 0, overflow="fold")
-    for r in rows:
-        table.add_row(*r.values())
-    console.print(table)
-    for n in res.notes:
-        console.print(f"[yellow]note[/yellow]: {n}")
+    _print_rows(f"{res.title}: {len(res.test_ids)} test items", rows, res.notes, width=180)

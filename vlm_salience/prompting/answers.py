@@ -107,6 +107,15 @@ def compose_answer(fields: dict[str, Any], rng: np.random.Generator | None = Non
     return json.dumps(out)
 
 
+def _known_labels(obj: dict[str, Any], index: dict[str, int]) -> dict[str, Any]:
+    """Keys lower-cased; any label outside the corpus's label set makes the answer invalid (never dropped)."""
+    obj = _lower_keys(obj)
+    unknown = sorted(set(obj) - set(index))
+    if unknown:
+        raise AnswerError(f"labels outside the corpus's label set: {unknown}")
+    return obj
+
+
 def _num(x: float) -> int | float:
     return int(x) if float(x).is_integer() else float(x)
 
@@ -185,10 +194,7 @@ def parse_answer(text: str, spec: AnswerSpec) -> ParsedAnswer:
         ratings = obj["ratings"]
         if not isinstance(ratings, dict):
             raise AnswerError("'ratings' is not an object of emotion: rating")
-        ratings = _lower_keys(ratings)
-        unknown = sorted(set(ratings) - set(index))
-        if unknown:
-            raise AnswerError(f"labels outside the corpus's label set: {unknown}")
+        ratings = _known_labels(ratings, index)
         missing = [lab for lab in spec.labels if lab.lower() not in ratings]
         if missing:
             raise AnswerError(f"no rating for {missing}")
@@ -203,10 +209,7 @@ def parse_answer(text: str, spec: AnswerSpec) -> ParsedAnswer:
         d = obj["distribution"]
         if not isinstance(d, dict):
             raise AnswerError("'distribution' is not an object of emotion: probability")
-        d = _lower_keys(d)
-        unknown = sorted(set(d) - set(index))
-        if unknown:
-            raise AnswerError(f"labels outside the corpus's label set: {unknown}")
+        d = _known_labels(d, index)
         for lab, v in d.items():
             dist[index[lab]] = _number(v, f"probability of {lab}")
         if (dist < 0).any() or dist.sum() <= 0:
