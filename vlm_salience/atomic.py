@@ -30,6 +30,18 @@ def write_text(path: str | Path, text: str) -> Path:
     return write_bytes(path, text.encode("utf-8"))
 
 
+def _stage(out: Path, kind: str) -> Iterator[Path]:
+    """Yield (once) an empty folder beside `out`, removed again if the caller's block fails; return it."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.{kind}-", dir=out.parent))
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return stage
+
+
 @contextmanager
 def staged_dir(out: str | Path) -> Iterator[Path]:
     """Yield an empty staging folder beside `out`; on success its files move into `out`, on failure it vanishes.
@@ -38,13 +50,7 @@ def staged_dir(out: str | Path) -> Iterator[Path]:
     other things in. Each move is an atomic rename on the same file system.
     """
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
-    try:
-        yield stage
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+    stage = yield from _stage(out, "staging")
     if not out.exists():
         os.replace(stage, out)
         return
@@ -66,13 +72,7 @@ def replaced_dir(out: str | Path) -> Iterator[Path]:
     folder untouched, and readers never see a mix of old and new files.
     """
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
-    try:
-        yield stage
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+    stage = yield from _stage(out, "building")
     old = None
     if out.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
