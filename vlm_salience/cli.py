@@ -15,6 +15,16 @@ def _add_overrides(p: argparse.ArgumentParser, flag: str = "--set", what: str = 
                    metavar="KEY=VALUE", help=f"override a {what} field, e.g. cv.k=10 (repeatable)")
 
 
+def _config_command(sub, name: str, func, config_help: str, *, help: str) -> argparse.ArgumentParser:
+    """A subcommand that runs one config YAML: the config, --quiet and --set overrides."""
+    p = sub.add_parser(name, help=help)
+    p.add_argument("config", help=config_help)
+    p.add_argument("--quiet", action="store_true")
+    _add_overrides(p)
+    p.set_defaults(func=func)
+    return p
+
+
 def cmd_data_synth(args: argparse.Namespace) -> int:
     from vlm_salience.config import load_config
     from vlm_salience.data.synth import SynthConfig, write_corpus
@@ -230,25 +240,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("prompt", help="zero-shot VLM prompting experiments")
     psub = pr.add_subparsers(dest="prompt_command", required=True)
-    prun = psub.add_parser("run", help="run a grid of models x strategies from an experiment YAML (resumable)")
-    prun.add_argument("config", help="configs/experiment/<name>.yaml")
-    prun.add_argument("--quiet", action="store_true")
-    _add_overrides(prun)
-    prun.set_defaults(func=cmd_prompt_run)
+    _config_command(psub, "run", cmd_prompt_run, "configs/experiment/<name>.yaml",
+                    help="run a grid of models x strategies from an experiment YAML (resumable)")
 
-    tr = sub.add_parser("train", help="LoRA/QLoRA fine-tuning (works under `accelerate launch`)")
-    tr.add_argument("config", help="configs/train/<name>.yaml")
+    tr = _config_command(sub, "train", cmd_train, "configs/train/<name>.yaml",
+                         help="LoRA/QLoRA fine-tuning (works under `accelerate launch`)")
     tr.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     tr.add_argument("--adapter", action="append", default=[], help="train only this adapter (repeatable)")
     tr.add_argument("--json", help="also write the training results to this file")
-    tr.add_argument("--quiet", action="store_true")
-    _add_overrides(tr)
-    tr.set_defaults(func=cmd_train)
-    ro = sub.add_parser("route", help="evaluate face/context experts routed by salience beside single adapters")
-    ro.add_argument("config", help="the training YAML whose adapters are routed")
-    ro.add_argument("--quiet", action="store_true")
-    _add_overrides(ro)
-    ro.set_defaults(func=cmd_route)
+    _config_command(sub, "route", cmd_route, "the training YAML whose adapters are routed",
+                    help="evaluate face/context experts routed by salience beside single adapters")
     ex = sub.add_parser("export", help="merge an adapter into its base model for serving")
     ex.add_argument("adapter", help="an adapter folder (runs/train/<name>/adapters/<adapter>)")
     ex.add_argument("--out", required=True)
