@@ -55,7 +55,9 @@ class HFBackend:
         # Qwen2-VL's multimodal rope lives on its inner model, wherever peft or DDP wrapped it
         self.rope = next((m for m in self.model.modules() if hasattr(m, "get_rope_index")
                           and hasattr(m, "rope_deltas")), None)
-        self.adapter_names: list[str] | None = None  # per prompt, for mixed-adapter batches (peft)
+        # label-scoring layouts depend on the slots and the tokenizer only: built once, reused every call
+        self._terminators: dict[tuple[str, ...], list[int]] = {}
+        self._layouts: dict[tuple[Slot, ...], list] = {}
 
     @property
     def name(self) -> str:
@@ -197,7 +199,7 @@ class HFBackend:
     # -- label scoring ----------------------------------------------------------------------------------------
     def _terminator_ids(self, terminators: tuple[str, ...]) -> list[int]:
         key = tuple(terminators)
-        cache = self.__dict__.setdefault("_term_cache", {})
+        cache = self._terminators
         if key not in cache:
             vocab = self.tok.get_vocab()
             ids = sorted(vocab.values())
@@ -271,6 +273,22 @@ class HFBackend:
                     ends.append((len(ids) - 1, tree["slot"], j, tree["terminators"]))
         return ids, off, prev, seg, parent, score_key, ends
 
+    def _slot_layouts(self, slots: list[Slot]) -> list:
+        """The slots' trees, split into chunks of bounded continuation length, each flattened into a layout."""
+        key = tuple(slots)
+        if key not in self._layouts:
+            chunks, cur, size = [], [], 0
+            for t in self._trees(slots):  # slots per forward pass, to bound the continuation length
+                n = len(t["trunk"]) + sum(len(b[1]) for b in t["branches"])
+                if cur and size + n > self.max_rows:
+                    chunks.append(cur)
+                    cur, size = [], 0
+                cur.append(t)
+                size += n
+            chunks.append(cur)
+            self._layouts[key] = [self._layout(c) for c in chunks]
+        return self._layouts[key]
+
     def score(self, prompts: list[Prompt], slots: list[Slot], *, on_batch=None,
               adapters: list[str] | None = None) -> list[dict[str, np.ndarray]]:
         """Per prompt: slot name -> log P of each candidate (normalise within the slot for a distribution).
@@ -283,17 +301,7 @@ class HFBackend:
         """
         import torch
 
-        trees = self._trees(slots)
-        chunks, cur, size = [], [], 0
-        for t in trees:  # slots per forward pass, to bound the continuation length
-            n = len(t["trunk"]) + sum(len(b[1]) for b in t["branches"])
-            if cur and size + n > self.max_rows:
-                chunks.append(cur)
-                cur, size = [], 0
-            cur.append(t)
-            size += n
-        chunks.append(cur)
-        layouts = [self._layout(c) for c in chunks]
+        layouts = self._slot_layouts(slots)
         results: list[dict[str, np.ndarray]] = [
             {s.name: np.zeros(len(s.candidates)) for s in slots} for _ in prompts]
         for start, state in self._batches(prompts, adapters):
