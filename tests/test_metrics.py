@@ -74,3 +74,95 @@ def test_resample_weights_keep_groups_together():
     w = metrics.resample_weights(6, 50, seed=0, groups=np.array(["a", "a", "b", "b", "c", "c"]))
     assert np.all(w[0] == 1)
     assert np.all(w[1:, 0] == w[1:, 1]) and np.all(w[1:].sum(1) == 6)
+
+
+# -- classification metrics for video ------------------------------------------------------------------------
+from vlm_salience import metrics
+
+# On paper: true 0,0,0,1,1,2 / predicted 0,0,1,1,0,2.
+# confusion rows (true) -> [2,1,0], [1,1,0], [0,0,1]; recalls 2/3, 1/2, 1; UAR 13/18; WAR 4/6.
+Y = np.array([0, 0, 0, 1, 1, 2])
+YHAT = np.array([0, 0, 1, 1, 0, 2])
+
+
+def test_hand_computed_values():
+    assert metrics.confusion_matrix(Y, YHAT, 3).tolist() == [[2, 1, 0], [1, 1, 0], [0, 0, 1]]
+    assert metrics.per_class_recall(Y, YHAT, 3) == pytest.approx([2 / 3, 1 / 2, 1.0])
+    s = metrics.score_classification(Y, YHAT, n_classes=4, n_boot=50)  # class 3 never occurs
+    assert s["uar"]["value"] == pytest.approx(13 / 18)  # the absent class is not counted as recall 0
+    assert s["war"]["value"] == pytest.approx(4 / 6)
+    assert np.isnan(s["per_class_recall"]["value"][3]) and s["classes_absent"] == [3]
+    assert s["per_class_recall"]["support"] == [3, 2, 1, 0] and s["n"] == 6
+    assert s["uar"]["value"] == pytest.approx(metrics.uar(Y, YHAT))
+
+
+def test_weighted_resample_by_hand():
+    # a resample drawing clip 0 twice, clip 3 twice, clip 4 and clip 5 once (clips 1, 2 not drawn):
+    # class 0: 2 clips both right -> 1; class 1: 3 clips, 2 right -> 2/3; class 2: 1 -> 1.
+    w = np.array([[1, 1, 1, 1, 1, 1], [2, 0, 0, 2, 1, 1]], dtype=float)
+    rows = metrics._classification_rows(Y, YHAT, 3, w)
+    assert rows["recall"][1] == pytest.approx([1.0, 2 / 3, 1.0])
+    assert rows["uar"][1] == pytest.approx((1 + 2 / 3 + 1) / 3)
+    assert rows["war"][1] == pytest.approx(5 / 6)
+    # a resample without class 2: UAR over the two classes it holds, recall of class 2 undefined
+    w2 = np.array([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 2, 0]], dtype=float)
+    r2 = metrics._classification_rows(Y, YHAT, 3, w2)
+    assert np.isnan(r2["recall"][1, 2]) and r2["uar"][1] == pytest.approx((2 / 3 + 1 / 3) / 2)
+
+
+def test_interval_does_not_collapse_and_groups_widen_it():
+    rng = np.random.default_rng(0)
+    subject = np.repeat(np.arange(20), 10)
+    y = rng.integers(0, 4, len(subject))
+    good_subject = rng.random(20) < 0.5  # whole subjects right or at chance: clips of a subject are not independent
+    yhat = np.where(good_subject[subject], y, rng.integers(0, 4, len(subject)))
+    s = metrics.score_classification(y, yhat, n_classes=4, n_boot=400)
+    for m in ("uar", "war"):
+        lo, hi = s[m]["ci95"]
+        assert lo < s[m]["value"] < hi and hi - lo > 0.05
+    lo_c, hi_c = s["per_class_recall"]["ci95"][0]
+    assert hi_c - lo_c > 0.05
+    sg = metrics.score_classification(y, yhat, n_classes=4, n_boot=400, groups=subject)
+    assert sg["resampled"] == "groups"
+    assert (sg["war"]["ci95"][1] - sg["war"]["ci95"][0]) > 1.5 * (s["war"]["ci95"][1] - s["war"]["ci95"][0])
+
+
+def test_rare_class_missing_from_resamples_is_reported():
+    y = np.array([0] * 30 + [1] * 30 + [2])
+    s = metrics.score_classification(y, y.copy(), n_classes=3, n_boot=300)
+    assert 0.2 < s["resamples_missing_a_class"] < 0.5  # (60/61)^61 ~ 0.37 of resamples miss class 2
+    assert s["uar"]["ci95"] == pytest.approx([1.0, 1.0])  # perfect on every class a resample holds
+
+
+def test_paired_classification():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 5, 400)
+
+    def classifier(acc, seed):
+        r = np.random.default_rng(seed)
+        return np.where(r.random(len(y)) < acc, y, r.integers(0, 5, len(y)))
+
+    cmp = metrics.paired_bootstrap_classification(classifier(0.8, 2), classifier(0.5, 3), y, n_classes=5,
+                                                  n_boot=400)
+    assert cmp["uar"]["a_better"] and cmp["war"]["a_better"] and cmp["war"]["diff"] > 0.2
+    # no planted difference: equally good classifiers, many tries; a winner no more often than the nominal 5%
+    wins = 0
+    for s in range(20):
+        c = metrics.paired_bootstrap_classification(classifier(0.6, 10 + s), classifier(0.6, 50 + s), y,
+                                                    n_classes=5, n_boot=300, seed=s)
+        wins += c["uar"]["a_better"] or c["war"]["a_better"]
+        wins += metrics.paired_bootstrap_classification(classifier(0.6, 50 + s), classifier(0.6, 10 + s), y,
+                                                        n_classes=5, n_boot=300, seed=s)["war"]["a_better"]
+        assert c["war"]["ci95"][0] < c["war"]["diff"] < c["war"]["ci95"][1]
+    assert wins <= 4
+
+
+def test_fold_summary_and_bad_input():
+    folds = [{"uar": {"value": 0.5}, "war": 0.6}, {"uar": {"value": 0.7}, "war": 0.8}]
+    f = metrics.fold_summary(folds)
+    assert f["uar"]["mean"] == pytest.approx(0.6) and f["uar"]["sd"] == pytest.approx(np.sqrt(0.02))
+    assert f["war"]["per_fold"] == [0.6, 0.8] and f["war"]["n_folds"] == 2
+    with pytest.raises(ValueError, match="class indices"):
+        metrics.score_classification(np.array(["a", "b"]), np.array(["a", "a"]), n_classes=2)
+    with pytest.raises(ValueError, match=r"\[0, 2\)"):
+        metrics.confusion_matrix(np.array([0, 2]), np.array([0, 1]), 2)
