@@ -106,9 +106,64 @@ def test_index_build_query_info(small_synth_corpus, tmp_path, capsys):
                  "--exclude", "participant=p000"]) == 0
     text = capsys.readouterr().out
     assert text.count("Situation:") == 3 and "p000_" not in text
+    assert main(["index", "query", str(out), "a large pot", "-k", "2", "--json"]) == 0
+    assert [h["rank"] for h in json.loads(capsys.readouterr().out)] == [1, 2]
+    assert main(["index", "query", str(out), "a large pot", "-k", "2", "--json", str(tmp_path / "hits.json")]) == 0
+    assert "1. " in capsys.readouterr().out and len(json.loads((tmp_path / "hits.json").read_text())) == 2
     assert main(["index", "info", str(out)]) == 0
     assert '"count": 32' in capsys.readouterr().out
     assert main(["index", "query", str(out), "anything", "-k", "99"]) == 2
     assert "holds only 32" in capsys.readouterr().err
     assert main(["index", "info", str(tmp_path / "nothing")]) == 2
     assert "no index folder" in capsys.readouterr().err
+
+
+def test_help_version_and_options_after_the_subcommand(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.startswith("vlm-salience 0.")
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert text.splitlines()[2].startswith("vlm-salience: context-based emotion recognition")
+    assert "Heavy imports" not in text and "examples:" in text
+    with pytest.raises(SystemExit):
+        main(["index", "query", "--help"])
+    text = capsys.readouterr().out
+    assert "example:" in text and "how many cases" in text and "cv.k=10" not in text
+
+
+def test_out_that_is_a_file_is_a_clear_error_and_debug_works_after_the_command(tmp_path, capsys):
+    data = write_cue_tables(tmp_path / "d", face_rows=["r1,f1,yay,8,1", "r3,f2,oh,2,7"])
+    target = tmp_path / "taken"
+    target.write_text("mine")
+    assert main(["bci", "--data", str(data), "--out", str(target), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "is a file" in err and "Fix:" in err and "Traceback" not in err
+    assert target.read_text() == "mine"
+    from vlm_salience.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="is a file"):  # --debug after the sub-command re-raises
+        main(["bci", "--data", str(data), "--out", str(target), "--debug"])
+
+
+def test_bci_takes_one_run_yaml_and_flags_override_it(tmp_path, capsys):
+    """One convention: a run YAML may hold data and out (relative to the YAML); flags override them."""
+    import yaml
+
+    data = write_cue_tables(tmp_path / "d", face_rows=["r1,f1,yay,8,1", "r2,f1,yay,7,2", "r3,f2,oh,2,7",
+                                                       "r4,f2,oh,3,6"])
+    study = yaml.safe_load(open("configs/experiment/bci.yaml"))
+    study.update({"data": str(data), "out": "from_yaml"})
+    run = tmp_path / "run.yaml"
+    run.write_text(yaml.safe_dump(study))
+    sets = ["--set", "bootstrap.n=20", "--set", "bootstrap.weights_n=0", "--quiet"]
+    assert main(["bci", str(run), *sets]) == 0
+    assert (tmp_path / "from_yaml" / "metrics.json").exists()
+    assert main(["bci", str(run), "--out", str(tmp_path / "from_flag"), *sets]) == 0
+    assert (tmp_path / "from_flag" / "metrics.json").exists()
+    capsys.readouterr()
+    study.pop("data")
+    run.write_text(yaml.safe_dump(study))
+    assert main(["bci", str(run), *sets]) == 2
+    assert "--data" in capsys.readouterr().err

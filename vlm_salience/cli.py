@@ -1,4 +1,12 @@
-"""One entry point, `vlm-salience`, with sub-commands. Heavy imports happen inside each command."""
+"""vlm-salience: context-based emotion recognition from a face and the situation around it.
+
+Run a cross-validated Bayesian cue-integration study, build a retrieval index of past cases, prompt
+vision-language models zero-shot, fine-tune LoRA experts and route them by expression salience, and train video
+emotion recognisers; every method lands in the same metrics and report.
+
+Convention: one YAML per run (a positional CONFIG), flags override it; `--set key=value` overrides any field.
+`--quiet` and `--debug` work before or after the sub-command.
+"""
 
 from __future__ import annotations
 
@@ -6,23 +14,111 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
-from vlm_salience.errors import VlmSalienceError
+from vlm_salience.errors import ConfigError, VlmSalienceError
+
+EPILOG = """examples:
+  vlm-salience demo --out runs/demo                        everything on generated data
+  vlm-salience bci --data configs/data/affcog_utterances.yaml --out runs/affcog
+  vlm-salience index build --data configs/data/golden_balls.yaml
+  vlm-salience prompt run configs/experiment/prompt_synthetic.yaml
+  accelerate launch -m vlm_salience.cli train configs/train/experts_synthetic.yaml
+  vlm-salience <command> --help                             options and an example for each command
+"""
 
 
-def _add_overrides(p: argparse.ArgumentParser, flag: str = "--set", what: str = "config") -> None:
+def _version() -> str:
+    from vlm_salience import __version__
+
+    return __version__
+
+
+def _common() -> argparse.ArgumentParser:
+    """Options every sub-command accepts after its name too; SUPPRESS keeps a value given before it."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="show full Python tracebacks instead of one-line errors")
+    return p
+
+
+def _add_overrides(p: argparse.ArgumentParser, flag: str = "--set", what: str = "config",
+                   example: str = "seed=1") -> None:
     p.add_argument(flag, dest=flag.lstrip("-").replace("-", "_"), action="append", default=[],
-                   metavar="KEY=VALUE", help=f"override a {what} field, e.g. cv.k=10 (repeatable)")
+                   metavar="KEY=VALUE", help=f"override a {what} field, e.g. {example} (repeatable)")
 
 
-def _config_command(sub, name: str, func, config_help: str, *, help: str) -> argparse.ArgumentParser:
-    """A subcommand that runs one config YAML: the config, --quiet and --set overrides."""
-    p = sub.add_parser(name, help=help)
+def _parser(sub, name: str, *, help: str, example: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, description=help, parents=[_common()],
+                          epilog=f"example:\n  {example}", formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def _json_flag(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
+                   help=f"also write {what} as JSON to FILE (to stdout with no FILE or '-')")
+
+
+def _emit_json(target: str | None, payload: Any) -> None:
+    import json
+
+    from vlm_salience.atomic import write_text
+
+    if target is None:
+        return
+    text = json.dumps(payload, indent=2, default=float)
+    if target == "-":
+        print(text)
+    else:
+        write_text(target, text + "\n")
+
+
+def check_out_dir(out: str | Path) -> Path:
+    """--out is a folder: a file there, or a folder we cannot write, is the user's to fix before any work.
+
+    An existing folder is fine: the files a command writes replace their namesakes atomically and anything
+    else in it is left alone (documented in the README).
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: is a file, but the output is a folder of files (metrics.json, "
+                          "report.md, ...). Fix: pass a folder path, e.g. runs/<name>.")
+    parent = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out}: {parent} is not writable. Fix: pass a folder you can write to.")
+    return out
+
+
+def _run_yaml(path: str | Path, model: Any, overrides: list[str], keys: tuple[str, ...]) -> tuple[Any, dict]:
+    """Load a run YAML: the config itself plus run-level keys (data, out) that flags may override."""
+    from vlm_salience.config import apply_overrides, read_yaml, validate
+
+    path = Path(path)
+    data = apply_overrides(read_yaml(path), overrides)
+    run = {}
+    for k in keys:
+        if k in data:
+            value = data.pop(k)
+            run[k] = str((path.resolve().parent / value).resolve()) if value is not None else None
+    return validate(data, model, source=path, base_dir=path.resolve().parent), run
+
+
+def _config_command(sub, name: str, func, config_help: str, *, help: str, example: str) -> argparse.ArgumentParser:
+    """A subcommand that runs one config YAML: the config, --out and --set overrides."""
+    p = _parser(sub, name, help=help, example=example)
     p.add_argument("config", help=config_help)
-    p.add_argument("--quiet", action="store_true")
-    _add_overrides(p)
+    p.add_argument("--out", help="output folder (overrides the YAML's `out`)")
+    _add_overrides(p, example="optim.lr=1e-4")
     p.set_defaults(func=func)
     return p
+
+
+def _with_out(args: argparse.Namespace) -> list[str]:
+    sets = list(args.set)
+    if getattr(args, "out", None):
+        check_out_dir(args.out)
+        sets.append(f"out={Path(args.out).resolve()}")
+    return sets
 
 
 def cmd_data_synth(args: argparse.Namespace) -> int:
@@ -30,8 +126,9 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     from vlm_salience.data.synth import SynthConfig, write_corpus
     from vlm_salience.resources import shipped
 
-    cfg = load_config(args.config or shipped("configs/synth/split_steal.yaml"), SynthConfig, args.set)
-    path = write_corpus(cfg, args.out, progress=not args.quiet)
+    cfg = load_config(args.config or args.config_opt or shipped("configs/synth/split_steal.yaml"), SynthConfig,
+                      args.set)
+    path = write_corpus(cfg, check_out_dir(args.out), progress=not args.quiet)
     print(f"wrote the synthetic Split-Steal corpus to {args.out} ({cfg.participants} participants x "
           f"{cfg.rounds} rounds); its data config: {path}")
     return 0
@@ -50,36 +147,47 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 
 def cmd_bci(args: argparse.Namespace) -> int:
-    from vlm_salience.config import load_config
     from vlm_salience.data import load_corpus
     from vlm_salience.report import print_table, write_outputs
     from vlm_salience.resources import shipped
     from vlm_salience.study import StudyConfig, run_study
 
-    cfg = load_config(args.config or shipped("configs/experiment/bci.yaml"), StudyConfig, args.set)
-    corpus = load_corpus(args.data, drop_invalid=args.drop_invalid, overrides=args.data_set)
+    if args.config and args.config_opt and args.config != args.config_opt:
+        raise ConfigError(f"two study configs given ({args.config} and --config {args.config_opt}). Fix: pass one.")
+    cfg, run = _run_yaml(args.config or args.config_opt or shipped("configs/experiment/bci.yaml"), StudyConfig,
+                         args.set, ("data", "out"))
+    data, out = args.data or run.get("data"), args.out or run.get("out")
+    if not data or not out:
+        raise ConfigError("bci needs a data config and an output folder: pass --data and --out, or put "
+                          "`data:` and `out:` in the study YAML.")
+    check_out_dir(out)
+    corpus = load_corpus(data, drop_invalid=args.drop_invalid, overrides=args.data_set)
     if corpus.dropped.total:
         print(f"--drop-invalid: skipped {corpus.dropped.total} row(s):")
         for line in corpus.dropped.lines():
             print("  " + line)
     result = run_study(corpus, cfg, progress=not args.quiet)
-    out = write_outputs(result, args.out)
+    out = write_outputs(result, out)
     print_table(result)
     print(f"wrote {out}/metrics.json, predictions.csv, report.md and plots")
     return 0
 
 
 def cmd_index_build(args: argparse.Namespace) -> int:
-    from vlm_salience.config import load_config
     from vlm_salience.data import load_corpus
     from vlm_salience.resources import shipped
     from vlm_salience.retrieval.build import build_corpus_index
     from vlm_salience.retrieval.index import IndexConfig
 
-    cfg = load_config(args.config or shipped("configs/retrieval/default.yaml"), IndexConfig, args.set)
-    corpus = load_corpus(args.data, drop_invalid=args.drop_invalid, overrides=args.data_set)
-    out = Path(args.out) if args.out else Path("retrieval_index") / corpus.name
-    index = build_corpus_index(corpus, cfg, data_config=args.data, progress=not args.quiet)
+    cfg, run = _run_yaml(args.config or args.config_opt or shipped("configs/retrieval/default.yaml"), IndexConfig,
+                         args.set, ("data", "out"))
+    data = args.data or run.get("data")
+    if not data:
+        raise ConfigError("index build needs a data config: pass --data or put `data:` in the retrieval YAML.")
+    corpus = load_corpus(data, drop_invalid=args.drop_invalid, overrides=args.data_set)
+    out = Path(args.out or run.get("out") or Path("retrieval_index") / corpus.name)
+    check_out_dir(out)
+    index = build_corpus_index(corpus, cfg, data_config=data, progress=not args.quiet)
     index.save(out)
     spec = index.manifest["index"]
     print(f"indexed {len(index)} cases of {corpus.name} into {out} ({spec['type']}, "
@@ -89,8 +197,6 @@ def cmd_index_build(args: argparse.Namespace) -> int:
 
 
 def cmd_index_query(args: argparse.Namespace) -> int:
-    import json
-
     from vlm_salience.retrieval.index import CaseIndex
 
     index = CaseIndex.load(args.index)
@@ -99,10 +205,11 @@ def cmd_index_query(args: argparse.Namespace) -> int:
         key, _, value = item.partition("=")
         exclude.setdefault(key, []).append(value)
     hits = index.search(args.text, k=args.k, exclude=exclude or None)[0]
-    if args.json:
-        print(json.dumps([{"rank": h.rank, "id": h.id, "score": h.score, "text": h.text, "payload": h.payload}
-                          for h in hits], indent=2))
-        return 0
+    if args.json is not None:
+        _emit_json(args.json, [{"rank": h.rank, "id": h.id, "score": h.score, "text": h.text,
+                                "payload": h.payload} for h in hits])
+        if args.json == "-":
+            return 0
     for h in hits:
         obs = h.payload.get("observed") or {}
         extra = f"  valence {obs['valence']:.2f}" if obs.get("valence") is not None else ""
@@ -124,7 +231,7 @@ def cmd_prompt_run(args: argparse.Namespace) -> int:
     from vlm_salience.prompting.experiment import ExperimentConfig, run_experiment
     from vlm_salience.report import print_experiment_table, write_experiment_outputs
 
-    cfg = load_config(args.config, ExperimentConfig, args.set)
+    cfg = load_config(args.config, ExperimentConfig, _with_out(args))
     result = run_experiment(cfg, progress=not args.quiet)
     out = write_experiment_outputs(result, cfg.out)
     print_experiment_table(result)
@@ -134,13 +241,11 @@ def cmd_prompt_run(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import json
-
     from vlm_salience.config import load_config
     from vlm_salience.training.config import TrainConfig
     from vlm_salience.training.loop import train_all
 
-    cfg = load_config(args.config, TrainConfig, args.set)
+    cfg = load_config(args.config, TrainConfig, _with_out(args))
     results = train_all(cfg, resume=args.resume, progress=not args.quiet, only=args.adapter or None)
     if not all(r.get("main_process", True) for r in results.values()):
         return 0  # under `accelerate launch`, the main process reports
@@ -153,8 +258,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"{name}: {r['steps']} steps, {r['tokens_per_s']:.0f} tokens/s, validation valence r "
               f"{ev.get('eval/valence_r', float('nan')):.3f}, KLD {ev.get('eval/kld', float('nan')):.3f} -> "
               f"{Path(cfg.out) / 'adapters' / name}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2, default=float))
+    _emit_json(args.json, results)
     return 0
 
 
@@ -164,7 +268,7 @@ def cmd_route(args: argparse.Namespace) -> int:
     from vlm_salience.training.config import TrainConfig
     from vlm_salience.training.routing import route
 
-    cfg = load_config(args.config, TrainConfig, args.set)
+    cfg = load_config(args.config, TrainConfig, _with_out(args))
     result = route(cfg, progress=not args.quiet)
     out = write_experiment_outputs(result, Path(cfg.out) / "routing")
     print_experiment_table(result)
@@ -175,7 +279,7 @@ def cmd_route(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from vlm_salience.training.routing import export_merged
 
-    out = export_merged(args.adapter, args.out, base=args.base)
+    out = export_merged(args.adapter, check_out_dir(args.out), base=args.base)
     print(f"merged {args.adapter} into its base: {out} (load it like any checkpoint)")
     return 0
 
@@ -183,83 +287,100 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from vlm_salience.demo import run_demo
 
-    return run_demo(Path(args.out), quick=args.quick, progress=not args.quiet)
+    return run_demo(check_out_dir(args.out), quick=args.quick, progress=not args.quiet)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vlm-salience", description=__doc__)
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="vlm-salience", description=__doc__, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--debug", action="store_true", help="show full Python tracebacks instead of one-line errors")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     data = sub.add_parser("data", help="corpora: generate the synthetic one, check a data config")
-    dsub = data.add_subparsers(dest="data_command", required=True)
-    synth = dsub.add_parser("synth", help="write the synthetic Split-Steal corpus (manifest format)")
-    synth.add_argument("--config", help="synth YAML (default: configs/synth/split_steal.yaml)")
-    synth.add_argument("--out", required=True)
-    synth.add_argument("--quiet", action="store_true")
-    _add_overrides(synth)
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
+    synth = _parser(dsub, "synth", help="write the synthetic Split-Steal corpus (manifest format)",
+                    example="vlm-salience data synth --out runs/synth --set participants=20")
+    synth.add_argument("config", nargs="?", help="synth YAML (default: configs/synth/split_steal.yaml)")
+    synth.add_argument("--config", dest="config_opt", help=argparse.SUPPRESS)  # the older form
+    synth.add_argument("--out", required=True, help="folder for the corpus (images, CSVs and its data.yaml)")
+    _add_overrides(synth, example="participants=20")
     synth.set_defaults(func=cmd_data_synth)
-    check = dsub.add_parser("check", help="load a data config and summarise (or report) its rows")
-    check.add_argument("--data", required=True)
-    check.add_argument("--drop-invalid", action="store_true")
-    _add_overrides(check, "--data-set", "data config")
+    check = _parser(dsub, "check", help="load a data config and summarise (or report) its rows",
+                    example="vlm-salience data check --data configs/data/affcog_utterances.yaml")
+    check.add_argument("--data", required=True, help="data config YAML (configs/data/...)")
+    check.add_argument("--drop-invalid", action="store_true",
+                       help="skip invalid rows and list them, instead of stopping at the first")
+    _add_overrides(check, "--data-set", "data config", "root=/my/data")
     check.set_defaults(func=cmd_data_check)
 
-    b = sub.add_parser("bci", help="cross-validated cue-integration study (BCI, salience variants, control)")
-    b.add_argument("--data", required=True, help="data config YAML (configs/data/...)")
-    b.add_argument("--out", required=True, help="output folder")
-    b.add_argument("--config", help="study YAML (default: configs/experiment/bci.yaml)")
+    b = _parser(sub, "bci", help="cross-validated cue-integration study (BCI, salience variants, control)",
+                example="vlm-salience bci --data configs/data/affcog_utterances.yaml --out runs/affcog")
+    b.add_argument("config", nargs="?", help="study YAML (default: configs/experiment/bci.yaml); may hold "
+                   "`data:` and `out:`")
+    b.add_argument("--config", dest="config_opt", help="the study YAML, as an option (older form)")
+    b.add_argument("--data", help="data config YAML (configs/data/...); overrides the study YAML's `data`")
+    b.add_argument("--out", help="output folder; overrides the study YAML's `out`. Files already there that the "
+                   "study does not write are kept")
     b.add_argument("--drop-invalid", action="store_true", help="skip invalid rows and report them, not fail")
-    b.add_argument("--quiet", action="store_true", help="no progress bars")
-    _add_overrides(b)
-    _add_overrides(b, "--data-set", "data config")
+    _add_overrides(b, example="cv.k=10")
+    _add_overrides(b, "--data-set", "data config", "root=/my/data")
     b.set_defaults(func=cmd_bci)
 
     idx = sub.add_parser("index", help="retrieval index of past cases (build, query, info)")
-    isub = idx.add_subparsers(dest="index_command", required=True)
-    ib = isub.add_parser("build", help="embed a corpus's cases and build a FAISS index")
-    ib.add_argument("--data", required=True, help="data config YAML")
-    ib.add_argument("--out", help="index folder (default: retrieval_index/<corpus name>)")
-    ib.add_argument("--config", help="retrieval YAML (default: configs/retrieval/default.yaml)")
-    ib.add_argument("--drop-invalid", action="store_true")
-    ib.add_argument("--quiet", action="store_true")
-    _add_overrides(ib)
-    _add_overrides(ib, "--data-set", "data config")
+    isub = idx.add_subparsers(dest="index_command", required=True, metavar="COMMAND")
+    ib = _parser(isub, "build", help="embed a corpus's cases and build a FAISS index",
+                 example="vlm-salience index build --data configs/data/golden_balls.yaml --out retrieval_index/gb")
+    ib.add_argument("config", nargs="?", help="retrieval YAML (default: configs/retrieval/default.yaml); may "
+                    "hold `data:` and `out:`")
+    ib.add_argument("--config", dest="config_opt", help="the retrieval YAML, as an option (older form)")
+    ib.add_argument("--data", help="data config YAML; overrides the retrieval YAML's `data`")
+    ib.add_argument("--out", help="index folder (default: retrieval_index/<corpus name>); replaced as a whole")
+    ib.add_argument("--drop-invalid", action="store_true", help="skip invalid rows and report them, not fail")
+    _add_overrides(ib, example="index.type=flat")
+    _add_overrides(ib, "--data-set", "data config", "root=/my/data")
     ib.set_defaults(func=cmd_index_build)
-    iq = isub.add_parser("query", help="the k most similar cases to a text")
+    iq = _parser(isub, "query", help="the k most similar cases to a text",
+                 example='vlm-salience index query retrieval_index/gb "both players chose to steal" -k 3')
     iq.add_argument("index", help="index folder")
-    iq.add_argument("text")
-    iq.add_argument("-k", type=int, default=5)
+    iq.add_argument("text", help="the query, written like a case (situation, and the face where known)")
+    iq.add_argument("-k", type=int, default=5, help="how many cases to return (default 5)")
     iq.add_argument("--exclude", action="append", default=[], metavar="KEY=VALUE",
                     help="leave out cases with this guard key, e.g. participant=p001 (repeatable)")
-    iq.add_argument("--json", action="store_true")
+    _json_flag(iq, "the hits")
     iq.set_defaults(func=cmd_index_query)
-    ii = isub.add_parser("info", help="print an index's manifest")
-    ii.add_argument("index")
+    ii = _parser(isub, "info", help="print an index's manifest", example="vlm-salience index info retrieval_index/gb")
+    ii.add_argument("index", help="index folder")
     ii.set_defaults(func=cmd_index_info)
 
     pr = sub.add_parser("prompt", help="zero-shot VLM prompting experiments")
-    psub = pr.add_subparsers(dest="prompt_command", required=True)
+    psub = pr.add_subparsers(dest="prompt_command", required=True, metavar="COMMAND")
     _config_command(psub, "run", cmd_prompt_run, "configs/experiment/<name>.yaml",
-                    help="run a grid of models x strategies from an experiment YAML (resumable)")
+                    help="run a grid of models x strategies from an experiment YAML (resumable)",
+                    example="vlm-salience prompt run configs/experiment/prompt_synthetic.yaml --out runs/prompt")
 
     tr = _config_command(sub, "train", cmd_train, "configs/train/<name>.yaml",
-                         help="LoRA/QLoRA fine-tuning (works under `accelerate launch`)")
+                         help="LoRA/QLoRA fine-tuning (works under `accelerate launch`)",
+                         example="accelerate launch --config_file configs/accelerate/gpu.yaml -m vlm_salience.cli "
+                                 "train configs/train/experts_synthetic.yaml")
     tr.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     tr.add_argument("--adapter", action="append", default=[], help="train only this adapter (repeatable)")
-    tr.add_argument("--json", help="also write the training results to this file")
+    _json_flag(tr, "the training results")
     _config_command(sub, "route", cmd_route, "the training YAML whose adapters are routed",
-                    help="evaluate face/context experts routed by salience beside single adapters")
-    ex = sub.add_parser("export", help="merge an adapter into its base model for serving")
+                    help="evaluate face/context experts routed by salience beside single adapters",
+                    example="vlm-salience route configs/train/experts_synthetic.yaml")
+    ex = _parser(sub, "export", help="merge an adapter into its base model for serving",
+                 example="vlm-salience export runs/train/experts/adapters/combined --out runs/merged")
     ex.add_argument("adapter", help="an adapter folder (runs/train/<name>/adapters/<adapter>)")
-    ex.add_argument("--out", required=True)
+    ex.add_argument("--out", required=True, help="folder for the merged model (a checkpoint like any other)")
     ex.add_argument("--base", help="the base model (default: the one the adapter names)")
     ex.set_defaults(func=cmd_export)
 
-    demo = sub.add_parser("demo", help="synthesise a corpus and run everything on it")
-    demo.add_argument("--out", default="runs/demo")
+    demo = _parser(sub, "demo", help="synthesise a corpus and run everything on it",
+                   example="vlm-salience demo --out runs/demo --quick")
+    demo.add_argument("--out", default="runs/demo", help="folder for every demo output (default runs/demo)")
     demo.add_argument("--quick", action="store_true", help="fewer bootstrap resamples")
-    demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(func=cmd_demo)
     return parser
 
