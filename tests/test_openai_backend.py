@@ -42,6 +42,8 @@ class FakeServer:
     def __init__(self):
         self.requests, self.in_flight, self.max_in_flight = [], 0, 0
         self.fail_first = 0
+        self.script = []  # (status, headers, body) answered to the next requests, in order
+        self.trickle = None  # (chunks, seconds between chunks): a 200 answer sent slowly
         self.slow_marker = None
         self.logprobs = True
         self.lock = threading.Lock()
@@ -59,7 +61,17 @@ class FakeServer:
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
                     fail = server.fail_first > 0
                     server.fail_first -= 1
+                    scripted = server.script.pop(0) if server.script else None
                 try:
+                    if scripted is not None:
+                        status, headers, payload = scripted
+                        self.send_response(status)
+                        for k, v in headers.items():
+                            self.send_header(k, v)
+                        self.send_header("Content-Length", str(len(payload)))
+                        self.end_headers()
+                        self.wfile.write(payload)
+                        return
                     time.sleep(0.05)
                     text = json.dumps(body["messages"])
                     if server.slow_marker and server.slow_marker in text:
@@ -82,6 +94,14 @@ class FakeServer:
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()
+                    if server.trickle:
+                        n, gap = server.trickle
+                        step = -(-len(payload) // n)
+                        for s in range(0, len(payload), step):
+                            self.wfile.write(payload[s:s + step])
+                            self.wfile.flush()
+                            time.sleep(gap)
+                        return
                     self.wfile.write(payload)
                 finally:
                     with server.lock:
@@ -148,7 +168,7 @@ def test_persistent_errors_and_timeouts_become_per_item_errors(server, prompts):
     server.fail_first = 100
     backend = OpenAIBackend(_cfg(server, concurrency=2, max_retries=1))
     out = backend.generate(ps[:2], 16)
-    assert all(isinstance(o, ItemError) and "HTTP 500 (after 1 retries)" in str(o) for o in out)
+    assert all(isinstance(o, ItemError) and "HTTP 500: overloaded (after 1 retries)" in str(o) for o in out)
     server.fail_first = 0
     server.slow_marker = ps[1].text.split("<situation>")[1].split("</situation>")[0]  # only item 1 is slow
     backend = OpenAIBackend(_cfg(server, concurrency=2, max_retries=0, timeout_s=0.4))
@@ -184,3 +204,113 @@ def test_an_experiment_against_the_server_keeps_the_key_out_of_every_file(server
     for f in (tmp_path / "out").rglob("*"):
         if f.is_file():
             assert KEY.encode() not in f.read_bytes(), f
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Retries only where retrying can help
+
+@pytest.fixture
+def waits(monkeypatch):
+    """Every wait before a retry, recorded instead of slept."""
+    from vlm_salience.prompting import openai_backend
+
+    seen = []
+    monkeypatch.setattr(openai_backend, "_sleep", seen.append)
+    return seen
+
+
+def _err(message: str) -> bytes:
+    return json.dumps({"error": {"message": message, "type": "invalid_request_error"}}).encode()
+
+
+@pytest.mark.parametrize("status", [400, 422])
+def test_client_errors_are_not_retried_and_the_server_message_reaches_the_item(server, prompts, waits, status):
+    ps, _ = prompts
+    server.script = [(status, {}, _err("image too large: 9000x9000"))]
+    backend = OpenAIBackend(_cfg(server, concurrency=1, max_retries=3))
+    out = backend.generate(ps[:1], 16)
+    assert isinstance(out[0], ItemError) and f"HTTP {status}" in str(out[0])
+    assert "image too large: 9000x9000" in str(out[0])
+    assert len(server.requests) == 1 and backend.retries == 0 and waits == []
+
+
+@pytest.mark.parametrize("status", [401, 403, 404])
+def test_key_model_or_url_errors_stop_the_run_with_the_server_message(server, prompts, waits, status):
+    from vlm_salience.errors import VlmSalienceError
+    from vlm_salience.prompting.openai_backend import APIRequestError
+
+    ps, spec = prompts
+    server.script = [(status, {}, _err("Incorrect API key provided: sk-te***"))] * 3
+    backend = OpenAIBackend(_cfg(server, concurrency=1, max_retries=3))
+    with pytest.raises(APIRequestError, match=f"HTTP {status}.*Incorrect API key provided") as exc:
+        backend.score(ps[:3], spec.slots())
+    assert isinstance(exc.value, VlmSalienceError) and "VLMS_TEST_KEY" in str(exc.value)
+    assert KEY not in str(exc.value)
+    assert len(server.requests) == 1 and waits == []  # the first item's answer stops the run
+
+
+@pytest.mark.parametrize("status", [429, 500, 502, 503, 504, 408])
+def test_transient_statuses_are_retried(server, prompts, waits, status):
+    ps, _ = prompts
+    server.script = [(status, {}, _err("busy"))] * 2
+    backend = OpenAIBackend(_cfg(server, concurrency=1, max_retries=3))
+    out = backend.generate(ps[:1], 16)
+    assert out[0].startswith('{"valence": 5') and len(server.requests) == 3 and backend.retries == 2
+    assert len(waits) == 2 and 0 < waits[0] <= 0.01 and 0 < waits[1] <= 0.02  # exponential backoff, jittered
+
+
+@pytest.mark.parametrize("status", [501, 505])
+def test_statuses_that_stay_the_same_are_not_retried(server, prompts, waits, status):
+    ps, _ = prompts
+    server.script = [(status, {}, b"not implemented")]
+    out = OpenAIBackend(_cfg(server, concurrency=1, max_retries=3)).generate(ps[:1], 16)
+    assert isinstance(out[0], ItemError) and "not implemented" in str(out[0]) and len(server.requests) == 1
+
+
+def test_retry_after_in_seconds_and_as_an_http_date_is_honoured(server, prompts, waits):
+    import email.utils
+
+    ps, _ = prompts
+    date = email.utils.formatdate(time.time() + 30, usegmt=True)
+    server.script = [(429, {"Retry-After": "7"}, _err("rate limited")), (503, {"Retry-After": date}, b"down")]
+    backend = OpenAIBackend(_cfg(server, concurrency=1, max_retries=3))
+    out = backend.generate(ps[:1], 16)
+    assert out[0].startswith('{"valence": 5')
+    assert waits[0] == 7.0  # not the 0.01 s backoff
+    assert 25 < waits[1] <= 30  # the date, less the time since it was written
+    server.script = [(429, {"Retry-After": "100000"}, b"")]
+    OpenAIBackend(_cfg(server, concurrency=1, max_retries=1, max_wait_s=60)).generate(ps[:1], 16)
+    assert waits[-1] == 60  # capped by max_wait_s
+
+
+def test_retry_after_parsing():
+    from vlm_salience.prompting.openai_backend import retry_after_s
+
+    assert retry_after_s("120") == 120 and retry_after_s(" 1.5 ") == 1.5 and retry_after_s("-3") == 0
+    assert retry_after_s("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412480.0 - 60) == pytest.approx(60)
+    assert retry_after_s("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412480.0 + 60) == 0  # in the past: now
+    assert retry_after_s(None) is None and retry_after_s("soon") is None and retry_after_s("") is None
+
+
+def test_timeout_bounds_the_whole_request_not_each_read(server, prompts, waits):
+    ps, _ = prompts
+    server.trickle = (8, 0.15)  # every read is quick (0.15 s), the whole answer takes 1.2 s
+    backend = OpenAIBackend(_cfg(server, concurrency=1, max_retries=1, timeout_s=0.5))
+    out = backend.generate(ps[:1], 16)
+    assert isinstance(out[0], ItemError) and "timed out after 0.5 s (after 1 retries)" in str(out[0])
+    assert len(server.requests) == 2 and len(waits) == 1  # a timeout is retried
+    server.trickle = None
+    assert OpenAIBackend(_cfg(server, concurrency=1, timeout_s=0.5)).generate(ps[:1], 16)[0].startswith("{")
+
+
+def test_connection_errors_are_retried(prompts, waits):
+    import socket
+
+    ps, _ = prompts
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = APIModelConfig(name="api", model="m", base_url=f"http://127.0.0.1:{port}/v1", api_key_env=None,
+                         backoff_s=0.01, max_retries=2)
+    out = OpenAIBackend(cfg).generate(ps[:1], 16)
+    assert isinstance(out[0], ItemError) and "connection failed" in str(out[0]) and len(waits) == 2

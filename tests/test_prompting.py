@@ -319,3 +319,60 @@ def test_shipped_experiment_configs_validate():
     for path in sorted((REPO / "configs" / "experiment").glob("prompt_*.yaml")):
         cfg = load_config(path, ExperimentConfig)
         assert cfg.models and cfg.strategies
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# dtype: auto picks bf16 only where the hardware multiplies it natively
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
+    from vlm_salience.models import hardware
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 fma amx_bf16 amx_tile\n\nprocessor\t: 1\n"
+                    "flags\t\t: fpu sse avx2 fma amx_bf16 amx_tile\n")
+    assert {"avx2", "amx_bf16"} <= hardware.cpu_flags(info) and "avx512_bf16" not in hardware.cpu_flags(info)
+    assert hardware.cpu_flags(tmp_path / "missing") == set()
+    here = hardware.cpu_flags()
+    assert hardware.native_bf16("cpu") == bool(here & {"amx_bf16", "avx512_bf16"})  # this machine, as it is
+
+
+@pytest.mark.parametrize("flags, want", [({"avx2", "fma"}, "float32"), ({"avx2", "avx512f"}, "float32"),
+                                         ({"avx512_bf16", "avx512f"}, "bfloat16"), ({"amx_bf16"}, "bfloat16")])
+def test_auto_dtype_on_cpu_follows_the_flags(monkeypatch, caplog, flags, want):
+    import logging
+
+    from vlm_salience.models import hardware
+
+    monkeypatch.setattr(hardware, "cpu_flags", lambda path="/proc/cpuinfo": set(flags))
+    with caplog.at_level(logging.INFO, logger="vlm_salience.models.hardware"):
+        assert hardware.auto_dtype("cpu") == want
+    assert f"dtype auto: {want} on cpu" in caplog.text
+
+
+def test_auto_dtype_on_cuda_asks_cuda_not_the_cpu(monkeypatch):
+    from vlm_salience.models import hardware
+
+    monkeypatch.setattr(hardware, "cpu_flags", lambda path="/proc/cpuinfo": {"amx_bf16"})
+    monkeypatch.setattr(hardware, "cuda_bf16", lambda device: False)  # e.g. a V100 or T4
+    assert hardware.native_bf16("cuda:0") is False and hardware.auto_dtype("cuda:0") == "float32"
+    monkeypatch.setattr(hardware, "cuda_bf16", lambda device: True)
+    monkeypatch.setattr(hardware, "cpu_flags", lambda path="/proc/cpuinfo": set())
+    assert hardware.native_bf16("cuda") is True and hardware.native_bf16("mps") is False
+
+
+@pytest.mark.parametrize("flags, want", [(set(), torch.float32), ({"amx_bf16"}, torch.bfloat16)])
+def test_load_vlm_with_dtype_auto_loads_the_picked_dtype_and_records_it(tiny_vlms, monkeypatch, caplog, flags,
+                                                                         want):
+    import logging
+
+    from vlm_salience.models import hardware
+
+    monkeypatch.setattr(hardware, "cpu_flags", lambda path="/proc/cpuinfo": flags)
+    with caplog.at_level(logging.INFO, logger="vlm_salience.models"):
+        vlm = load_vlm(ModelConfig(name="auto", path=str(tiny_vlms["llava"]), dtype="auto"))
+    assert vlm.model.dtype == want
+    assert vlm.config.dtype == str(want).removeprefix("torch.")  # the cache key names what ran, not "auto"
+    assert "dtype auto -> " + vlm.config.dtype in caplog.text
+    assert HFBackend(vlm).fingerprint() != HFBackend(load_vlm(ModelConfig(
+        name="x", path=str(tiny_vlms["llava"]), dtype="float32" if want == torch.bfloat16 else "bfloat16"))
+    ).fingerprint()

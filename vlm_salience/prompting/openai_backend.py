@@ -1,14 +1,19 @@
 """OpenAI-compatible chat-completions backend (a vLLM server, or a hosted model).
 
-Retries with exponential backoff on timeouts, connection errors, 429 and 5xx; a concurrency limit; per-request
-timeouts; log-probabilities when the server offers them (used for label scoring of the answer's first value
-token). The API key is read from the environment variable the config names, sent only in the request header, and
+Retries only where retrying can help: timeouts, connection errors, 408, 425, 429 and 5xx (not 501 or 505), with
+exponential backoff, or after the server's `Retry-After` (seconds or an HTTP date) where it sends one. A client
+error is never retried: 401, 403 and 404 say the key, the model or the URL is wrong for every item, so they stop
+the run with the server's message; other 4xx (e.g. 400 for one oversized image) fail that item with the server's
+message. Each request has a timeout of its own (`timeout_s`, for the whole request, connect to last byte); a
+concurrency limit; log-probabilities when the server offers them (used for label scoring of the answer's first
+value token). The API key is read from the environment variable the config names, sent only in the request header, and
 never written to caches, logs, results or reports.
 """
 
 from __future__ import annotations
 
 import base64
+import email.utils
 import hashlib
 import io
 import json
@@ -23,10 +28,57 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from vlm_salience.config import StrictModel
+from vlm_salience.errors import VlmSalienceError
 from vlm_salience.prompting.answers import Slot
 from vlm_salience.prompting.inputs import ItemError, Prompt
 
-RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+FATAL_STATUS = {401: "the API key is missing or wrong", 403: "the key may not use this model",
+                404: "no such model or URL"}
+
+
+def retryable(status: int) -> bool:
+    """Whether a later attempt can get another answer: overload, rate limits, server faults (not 'not
+    implemented' nor 'HTTP version not supported', which stay the same)."""
+    return status in (408, 425, 429) or (500 <= status < 600 and status not in (501, 505))
+
+
+def retry_after_s(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a `Retry-After` header: a number of seconds or an HTTP date; None if absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _server_message(r) -> str:
+    """The server's own explanation: OpenAI-style {"error": {"message": ...}}, else the body's text."""
+    try:
+        data = r.json()
+        err = data.get("error") if isinstance(data, dict) else None
+        msg = err.get("message") if isinstance(err, dict) else (err if isinstance(err, str) else None)
+        if msg:
+            return str(msg)[:500]
+    except (ValueError, AttributeError):
+        pass
+    return (r.text or "").strip()[:500] or "(no message)"
+
+
+class APIRequestError(VlmSalienceError):
+    """The server refuses every request of this config (401, 403, 404): retrying or going on cannot help."""
+
+
+def _sleep(seconds: float) -> None:  # one place to wait, so that tests can record the waits
+    time.sleep(seconds)
 
 
 class APIModelConfig(StrictModel):
@@ -35,9 +87,10 @@ class APIModelConfig(StrictModel):
     model: str
     base_url: str = "http://127.0.0.1:8000/v1"
     api_key_env: str | None = "OPENAI_API_KEY"  # the name of the variable holding the key, never the key
-    timeout_s: float = Field(60.0, gt=0)
+    timeout_s: float = Field(60.0, gt=0)  # per request, connect to last byte
     max_retries: int = Field(4, ge=0)
     backoff_s: float = Field(1.0, ge=0)
+    max_wait_s: float = Field(300.0, ge=0)  # the longest wait before a retry, Retry-After included
     concurrency: int = Field(4, ge=1)
     max_tokens: int = Field(256, ge=1)
     temperature: float = 0.0
@@ -110,17 +163,19 @@ class OpenAIBackend:
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:
         import httpx
 
-        last = "no attempt"
+        last, wait = "no attempt", None
         for attempt in range(self.cfg.max_retries + 1):
             if attempt:
                 with self._lock:
                     self.retries += 1
-                time.sleep(self.cfg.backoff_s * (2 ** (attempt - 1)) * (0.5 + random.random() / 2))
+                backoff = self.cfg.backoff_s * (2 ** (attempt - 1)) * (0.5 + random.random() / 2)
+                _sleep(min(self.cfg.max_wait_s, backoff if wait is None else max(wait, 0.0)))
+            wait = None
             try:
                 with self._slots:
                     with self._lock:
                         self.requests_sent += 1
-                    r = self._client.post("/chat/completions", json=body)
+                    r = self._send(body)
             except httpx.TimeoutException:
                 last = f"timed out after {self.cfg.timeout_s:g} s"
                 continue
@@ -133,10 +188,30 @@ class OpenAIBackend:
                 except json.JSONDecodeError:
                     last = "server returned invalid JSON"
                     continue
-            last = f"server answered HTTP {r.status_code}"
-            if r.status_code not in RETRY_STATUS:
-                raise ItemError(f"{last}: {r.text[:200]}")
+            message = _server_message(r)
+            last = f"server answered HTTP {r.status_code}: {message}"
+            if r.status_code in FATAL_STATUS:
+                raise APIRequestError(
+                    f"{self.cfg.base_url} answered HTTP {r.status_code} for model '{self.cfg.model}' "
+                    f"({FATAL_STATUS[r.status_code]}): {message}. Fix: check base_url, model and the key in "
+                    f"${self.cfg.api_key_env or '(no api_key_env set)'}.")
+            if not retryable(r.status_code):
+                raise ItemError(last)
+            wait = retry_after_s(r.headers.get("Retry-After"))
         raise ItemError(f"{last} (after {self.cfg.max_retries} retries)")
+
+    def _send(self, body: dict[str, Any]):
+        """One POST whose total time is bounded by timeout_s (httpx bounds each phase, not the sum)."""
+        import httpx
+
+        deadline = time.monotonic() + self.cfg.timeout_s
+        with self._client.stream("POST", "/chat/completions", json=body) as r:
+            chunks = []
+            for chunk in r.iter_bytes():
+                chunks.append(chunk)
+                if time.monotonic() > deadline:
+                    raise httpx.ReadTimeout(f"request took longer than {self.cfg.timeout_s:g} s")
+            return httpx.Response(r.status_code, headers=r.headers, content=b"".join(chunks), request=r.request)
 
     def _request(self, prompt: Prompt, max_tokens: int, logprobs: bool) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.cfg.model, "messages": to_openai_messages(prompt),
@@ -146,16 +221,27 @@ class OpenAIBackend:
         return self._post(body)
 
     def _map(self, fn, prompts: list[Prompt], on_batch=None) -> list[Any]:
+        """fn on every prompt, `concurrency` at a time; an APIRequestError stops the prompts not yet sent."""
+        fatal: list[APIRequestError] = []
+
         def run(p):
+            if fatal:
+                return None
             try:
                 return fn(p)
             except ItemError as exc:
                 return exc
+            except APIRequestError as exc:
+                fatal.append(exc)
+                return None
             finally:
-                if on_batch:
+                if on_batch and not fatal:
                     on_batch(1)
         with ThreadPoolExecutor(max_workers=self.cfg.concurrency) as pool:
-            return list(pool.map(run, prompts))
+            out = list(pool.map(run, prompts))
+        if fatal:
+            raise fatal[0]
+        return out
 
     # -- the backend interface ----------------------------------------------------------------------------------
     def generate(self, prompts: list[Prompt], max_new_tokens: int, *, on_batch=None, **_) -> list[str | ItemError]:
