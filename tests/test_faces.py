@@ -121,3 +121,178 @@ def test_load_detector_by_name_and_unknown():
     assert isinstance(load_detector("haar"), HaarDetector)
     with pytest.raises(ConfigError, match="unknown face detector 'mtcnn'"):
         load_detector("mtcnn")
+
+
+# ---------------------------------------------------------------- expression classifiers
+
+from vlm_salience.models.faces.expression import (  # noqa: E402
+    FER_CLASSES, FerTorchConfig, HFClassifierConfig, fer_preprocess, load_classifier)
+
+CONFIGS = __import__("conftest").REPO / "configs"
+
+
+@pytest.fixture(scope="module")
+def fer_torch():
+    return load_classifier(CONFIGS / "models" / "face_fer_torch.yaml")
+
+
+@pytest.fixture(scope="module")
+def fer_litert():
+    pytest.importorskip("ai_edge_litert")
+    return load_classifier(CONFIGS / "models" / "face_fer_litert.yaml")
+
+
+@pytest.fixture(scope="module")
+def astronaut_face(detector, astronaut) -> np.ndarray:
+    return detector.largest(astronaut).crop(astronaut, 0.1)
+
+
+@pytest.fixture(scope="module")
+def face_set(astronaut, detector) -> list[np.ndarray]:
+    """Real and drawn faces for backend agreement: the astronaut's face cropped, flipped, darkened, blurred; and
+    the drawn faces of data/faces.py, one per emotion and style."""
+    from vlm_salience.data.faces import ACTIONS, FaceStyle, render_face
+
+    box = detector.largest(astronaut)
+    out = []
+    for m in (0.0, 0.1, 0.3):
+        c = box.crop(astronaut, m)
+        out += [c, c[:, ::-1], (c * 0.6).astype(np.uint8), cv2.GaussianBlur(c, (5, 5), 2)]
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        style = FaceStyle.sample(rng)
+        out += [np.asarray(render_face(e, 1.0, style, size=96)) for e in ACTIONS]
+    return out
+
+
+def test_fer_classes_and_preprocessing(fer_torch):
+    assert fer_torch.classes == FER_CLASSES and fer_torch.neutral == "neutral"
+    x = fer_preprocess([np.zeros((10, 12), np.uint8), np.full((100, 80, 3), 255, np.uint8)])
+    assert x.shape == (2, 64, 64) and x.min() == -1.0 and x.max() == 1.0
+
+
+def test_astronaut_is_happy_both_backends(fer_torch, fer_litert, astronaut_face):
+    for clf in (fer_torch, fer_litert):
+        p = clf.predict([astronaut_face])
+        assert p.shape == (1, 7) and p.sum() == pytest.approx(1.0)
+        assert clf.classes[int(p.argmax())] == "happy" and p[0, 3] > 0.8
+
+
+def test_torch_and_litert_agree(fer_torch, fer_litert, face_set):
+    """The torch port of the .hdf5 and the shipped quantised .tflite: same top class on nearly every face and close
+    probabilities (the .tflite's weights are quantised, so not identical). A wrong port (e.g. Keras's asymmetric
+    'same' pooling or BN epsilon missed) fails this."""
+    pt, pl = fer_torch.predict(face_set), fer_litert.predict(face_set)
+    agree = (pt.argmax(1) == pl.argmax(1)).mean()
+    assert agree >= 0.9
+    assert np.abs(pt - pl).max() < 0.1 and np.abs(pt - pl).mean() < 0.01
+
+
+def test_torch_port_catches_a_wrong_layer(fer_litert, face_set):
+    """The agreement test can fail: the same weights with torch's symmetric padding in the pools disagree."""
+    from torch.nn import functional as F
+
+    from vlm_salience.models.faces import fer_torch as ft
+
+    clf = load_classifier(FerTorchConfig(kind="fer_torch"))
+    orig = ft._same_max_pool
+    ft._same_max_pool = lambda x, k=3, s=2: F.max_pool2d(x, k, s, padding=1)
+    try:
+        wrong = clf.predict(face_set)
+    finally:
+        ft._same_max_pool = orig
+    assert np.abs(wrong - fer_litert.predict(face_set)).max() > 0.1
+
+
+def test_batching_does_not_change_results(fer_torch, face_set):
+    one_by_one = np.concatenate([fer_torch.predict([f]) for f in face_set[:6]])
+    small = load_classifier(FerTorchConfig(kind="fer_torch", batch_size=4))
+    np.testing.assert_allclose(small.predict(face_set[:6]), one_by_one, atol=1e-5)
+    np.testing.assert_allclose(fer_torch.predict(np.stack([face_set[0]] * 3)), np.repeat(one_by_one[:1], 3, 0),
+                               atol=1e-5)
+    assert fer_torch.predict([]).shape == (0, 7)
+
+
+def test_drawn_faces_at_their_planted_expressions(fer_torch, detector):
+    """How often the real FER2013 classifier reads the drawn faces of data/faces.py as the emotion planted in them.
+    This measures the drawn faces as much as the model: they are cartoons (ellipses and lines), far from FER2013's
+    photographs. Measured here: about chance (~0.17 over the 7 shared emotions, chance 1/7), with sadness and
+    surprise read as fear and anger as neutral: the drawn faces are not a valid test of a real face model, and a
+    real model is not a valid simulated observer of them. Asserted: the pipeline runs and the rate is computed."""
+    from vlm_salience.data.faces import ACTIONS, FaceStyle, render_face
+
+    to_fer = {"joy": "happy", "sadness": "sad", "anger": "angry", "fear": "fear", "surprise": "surprise",
+              "disgust": "disgust", "neutral": "neutral"}
+    rng = np.random.default_rng(0)
+    images, planted = [], []
+    for _ in range(6):
+        style = FaceStyle.sample(rng)
+        for e in ACTIONS:
+            if e in to_fer:
+                images.append(np.asarray(render_face(e, 1.0, style, size=112)))
+                planted.append(to_fer[e])
+    p = fer_torch.predict(images)
+    agreement = float(np.mean([fer_torch.classes[i] == e for i, e in zip(p.argmax(1), planted)]))
+    found = sum(bool(detector.detect(im)) for im in images)
+    print(f"drawn faces: classifier agrees with the planted expression on {agreement:.2f} of {len(images)} "
+          f"(chance {1 / 7:.2f}); the Haar detector finds a face in {found}")
+    assert 0.0 <= agreement <= 1.0 and np.allclose(p.sum(1), 1.0)
+
+
+@pytest.fixture(scope="module")
+def tiny_vit(tmp_path_factory):
+    """A tiny random ViT image classifier with expression labels, saved offline with save_pretrained."""
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    torch.manual_seed(0)
+    labels = ["Angry", "Happy", "Neutral", "Sad"]
+    cfg = transformers.ViTConfig(image_size=32, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2, intermediate_size=37, num_labels=4,
+                                 id2label=dict(enumerate(labels)), label2id={v: k for k, v in enumerate(labels)})
+    out = tmp_path_factory.mktemp("tiny_vit")
+    transformers.ViTForImageClassification(cfg).save_pretrained(out)
+    transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(out)
+    return out
+
+
+def test_hf_backend_from_a_yaml(tiny_vit, tmp_path, astronaut_face):
+    import torch
+    from transformers import ViTForImageClassification, ViTImageProcessor
+
+    (tmp_path / "face_tiny.yaml").write_text(f"kind: hf\nname: tiny\npath: {tiny_vit}\nbatch_size: 2\n")
+    clf = load_classifier(tmp_path / "face_tiny.yaml")
+    assert clf.classes == ["Angry", "Happy", "Neutral", "Sad"] and clf.neutral == "Neutral"
+    faces = [astronaut_face, to_grey_uint8(astronaut_face), astronaut_face[:40, :30]]
+    p = clf.predict(faces)
+    assert p.shape == (3, 4) and np.allclose(p.sum(1), 1.0)
+    # The same numbers as running the checkpoint by hand.
+    model, proc = ViTForImageClassification.from_pretrained(tiny_vit).eval(), ViTImageProcessor.from_pretrained(tiny_vit)
+    with torch.no_grad():
+        ref = torch.softmax(model(**proc(images=[to_rgb_uint8(f) for f in faces], return_tensors="pt")).logits, -1)
+    np.testing.assert_allclose(p, ref.numpy(), atol=1e-5)
+    # A relative path resolves against the YAML's folder.
+    (tiny_vit.parent / "rel.yaml").write_text(f"kind: hf\nname: tiny\npath: {tiny_vit.name}\n")
+    assert load_classifier(tiny_vit.parent / "rel.yaml").classes == clf.classes
+    assert isinstance(clf.cfg, HFClassifierConfig)
+
+
+def test_classifier_yaml_errors(tmp_path):
+    from vlm_salience.errors import ConfigError
+
+    (tmp_path / "bad.yaml").write_text("kind: fer_torch\nbatch_sise: 8\n")
+    with pytest.raises(ConfigError, match="batch_sise"):
+        load_classifier(tmp_path / "bad.yaml")
+    (tmp_path / "kind.yaml").write_text("kind: mtcnn\n")
+    with pytest.raises(ConfigError, match="kind"):
+        load_classifier(tmp_path / "kind.yaml")
+
+
+def test_every_face_yaml_loads():
+    from vlm_salience.models.faces.expression import read_classifier_config
+
+    for path in sorted((CONFIGS / "models").glob("face_*.yaml")):
+        if path.name == "face_haar.yaml":
+            assert isinstance(load_detector(path), HaarDetector)
+        else:
+            assert read_classifier_config(path).name
