@@ -137,7 +137,7 @@ def test_training_learns_saves_safetensors_and_resumes_exactly_after_sigkill(tmp
     ckpt = sorted((out_ref / "checkpoints" / "combined").glob("step-*"))
     assert [c.name for c in ckpt] == ["step-6", "step-8"]  # keep: 2
     torch.load(ckpt[-1] / "optimizer.pt", weights_only=True)  # state loads without unpickling code
-    base = load_file(str(ckpt[0] / "adapter" / "adapter_model.safetensors"))
+    base = load_file(str(ckpt[0] / "model" / "adapter_model.safetensors"))
     assert any(not torch.equal(base[k], v) for k, v in _weights(out_ref).items())  # it trained
 
     # the same run, killed (SIGKILL) after its step-4 checkpoint, then resumed

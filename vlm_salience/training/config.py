@@ -1,4 +1,6 @@
-"""Training configs (configs/train/*.yaml): one dataclass tree next to the trainer it configures."""
+"""The VLM LoRA task's config (configs/train/*.yaml), beside the task (training/vlm_task.py). It embeds the
+engine's config (`EngineConfig`: optim, precision, eval, checkpoint, tracker, seed, out) by subclassing it, so its
+YAML keeps those keys at the top level."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ from pydantic import Field, model_validator
 
 from vlm_salience.config import RelPath, StrictModel
 from vlm_salience.models.loading import ModelConfig
+from vlm_salience.training.engine_config import (  # noqa: F401  (re-exported: older imports name them here)
+    CheckpointConfig, EngineConfig, EvalConfig, OptimConfig, Precision)
 
 
 class TrainModelConfig(ModelConfig):
@@ -50,28 +54,6 @@ class LoraConfig(StrictModel):
     modules_to_save: list[str] = Field(default_factory=list)  # trained in full beside LoRA (e.g. lm_head)
 
 
-class OptimConfig(StrictModel):
-    lr: float = Field(2e-4, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    epochs: int = Field(1, ge=1)
-    max_steps: int | None = Field(None, ge=1)
-    batch_size: int = Field(8, ge=1)  # per process
-    grad_accum: int = Field(1, ge=1)
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
-    max_grad_norm: float | None = 1.0
-
-
-class EvalConfig(StrictModel):
-    every_steps: int | None = Field(None, ge=1)  # None: at the end only
-    max_items: int = Field(64, ge=1)
-
-
-class CheckpointConfig(StrictModel):
-    every_steps: int | None = Field(50, ge=1)
-    keep: int = Field(2, ge=1)
-
-
 class RoutingConfig(StrictModel):
     face: str = "face"  # adapter names of the two experts
     context: str = "context"
@@ -82,25 +64,17 @@ class RoutingConfig(StrictModel):
     salience: Literal["plain", "control", "hard", "logistic"] = "logistic"  # soft routing's law (fitted by BCI)
 
 
-class TrainConfig(StrictModel):
-    name: str
+class TrainConfig(EngineConfig):
+    """LoRA SFT of a VLM on a corpus: one adapter per `adapters` entry, each a fresh LoRA on the same base."""
+
     model: TrainModelConfig
     data: DataConfig
     study: RelPath  # BCI study config: expressivity estimator and threshold, salience laws for soft routing
     split: SplitConfig = Field(default_factory=SplitConfig)
     adapters: list[AdapterSpec]
     lora: LoraConfig = Field(default_factory=LoraConfig)
-    optim: OptimConfig = Field(default_factory=OptimConfig)
-    precision: Literal["no", "bf16", "fp16"] = "no"
     gradient_checkpointing: bool = False
-    group_by_length: bool = True  # batches of similar length: less padding
-    eval: EvalConfig = Field(default_factory=EvalConfig)
-    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
-    tensorboard: bool = True
-    log_every: int = Field(10, ge=1)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
-    seed: int = 0
-    out: RelPath
 
     @model_validator(mode="after")
     def _names(self) -> TrainConfig:

@@ -28,7 +28,7 @@ from vlm_salience.prompting.templates import load_template
 from vlm_salience.study import holdout_baselines
 from vlm_salience.training.config import TrainConfig
 from vlm_salience.training.data import TrainingData
-from vlm_salience.training.loop import adapter_path, base_fingerprint
+from vlm_salience.training.vlm_task import adapter_path, base_fingerprint
 
 
 def load_with_adapters(cfg: TrainConfig, names: list[str]):

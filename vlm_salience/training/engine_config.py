@@ -1,0 +1,66 @@
+"""The engine's config: what every task config embeds (by subclassing `EngineConfig`), whatever the model.
+
+Optimisation, precision, checkpoints, evaluation cadence, tracker, seed and output folder. A task's own settings
+(model, data, adapters) live in the task's config beside the task, e.g. `training/config.py:TrainConfig`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from vlm_salience.config import RelPath, StrictModel
+
+
+class OptimConfig(StrictModel):
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    momentum: float = Field(0.0, ge=0.0, lt=1.0)  # sgd only
+    lr: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1)  # optimizer steps; overrides epochs
+    batch_size: int = Field(8, ge=1)  # per process and micro-step
+    grad_accum: int = Field(1, ge=1)  # micro-steps per optimizer step: effective batch = batch_size x world x this
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
+    max_grad_norm: float | None = 1.0
+
+
+class EvalConfig(StrictModel):
+    every_steps: int | None = Field(None, ge=1)  # None: at the end only
+    max_items: int = Field(64, ge=1)  # tasks that evaluate on a sample read this
+
+
+class CheckpointConfig(StrictModel):
+    every_steps: int | None = Field(50, ge=1)  # None: no periodic checkpoints (SIGTERM still writes one)
+    keep: int = Field(2, ge=1)
+
+
+# None: take it from `accelerate launch` (its --mixed_precision flag or config file, i.e. the environment variable
+# ACCELERATE_MIXED_PRECISION; "no" without either). "auto": bf16 where the hardware multiplies it natively.
+Precision = Literal["no", "bf16", "fp16", "auto"] | None
+
+
+class EngineConfig(StrictModel):
+    name: str
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    precision: Precision = None
+    group_by_length: bool = True  # batches of similar length (from the task's lengths()): less padding
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    tracker: Literal["tensorboard", "wandb", "none"] = "tensorboard"
+    log_every: int = Field(10, ge=1)
+    seed: int = 0
+    out: RelPath
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_tensorboard(cls, data):
+        """`tensorboard: true|false` (older YAMLs) is `tracker: tensorboard|none`."""
+        if isinstance(data, dict) and "tensorboard" in data:
+            data = dict(data)
+            flag = data.pop("tensorboard")
+            if "tracker" not in data:
+                data["tracker"] = "tensorboard" if flag else "none"
+        return data

@@ -1,0 +1,196 @@
+"""The VLM LoRA SFT task: one LoRA adapter of a VLM on the instruction data of one `AdapterSpec`.
+
+The engine (`training/engine.py`) runs it; this module holds everything VLM-specific: loading (or building) the
+base, the collator (answer-only loss), LoRA/QLoRA, the retrieved few-shot examples in the prompts, evaluation by
+label scoring (valence MSE and r, KLD), and the adapter's safetensors export.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vlm_salience.errors import ConfigError
+from vlm_salience.training.collator import VLMCollator
+from vlm_salience.training.config import AdapterSpec, TrainConfig
+from vlm_salience.training.data import TrainingData
+from vlm_salience.training.task import Task
+
+
+def base_fingerprint(path: str | Path) -> str:
+    """Identity of a base model: its config and the names and sizes of its weight files."""
+    path = Path(path)
+    h = hashlib.sha256()
+    cfg = path / "config.json"
+    if cfg.is_file():
+        h.update(cfg.read_bytes())
+    for f in sorted(path.glob("*.safetensors")):
+        h.update(f"{f.name}:{f.stat().st_size}".encode())
+    if not cfg.is_file():
+        h.update(str(path).encode())  # a hub id
+    return h.hexdigest()[:16]
+
+
+def adapter_path(cfg: TrainConfig, name: str) -> Path:
+    return Path(cfg.out) / "adapters" / name
+
+
+def save_adapter(model, name: str, folder: Path) -> None:
+    """Save one adapter's weights (safetensors) and config directly into `folder` (peft nests every adapter not
+    called "default" in a subfolder of its name; readers find it at the top level instead)."""
+    import tempfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        model.save_pretrained(tmp, selected_adapters=[name], safe_serialization=True)
+        src = Path(tmp) / name if (Path(tmp) / name).is_dir() else Path(tmp)
+        for f in src.iterdir():
+            if f.is_file():
+                os.replace(f, folder / f.name)
+
+
+def retrieved_examples(data: TrainingData, adapter: AdapterSpec):
+    """`examples: retrieved`: a function (item index, k) -> the k most similar training cases as few-shot examples.
+
+    The index holds training items only, so no validation or test label reaches a prompt, and each item's own
+    case (and its group's, by the leakage guard) is excluded from its examples."""
+    from vlm_salience.config import load_config
+    from vlm_salience.resources import shipped
+    from vlm_salience.retrieval.cases import cases_from_corpus
+    from vlm_salience.retrieval.index import CaseIndex, IndexConfig
+
+    d = data
+    cases = cases_from_corpus(d.corpus, d.expressivity)
+    index = CaseIndex.build([cases[i] for i in d.splits.train], load_config(
+        shipped("configs/retrieval/default.yaml"), IndexConfig), progress=False)
+
+    def examples(i: int, k: int) -> list[dict]:
+        hits = index.search(cases[i].text, k=k, exclude=index.guard_for(cases[i]))[0]
+        return [{"situation": h.payload["situation"], "face": h.payload.get("face_text"),
+                 "answer": d.spec.example_answer(h.payload["observed"])} for h in hits]
+    return examples
+
+
+class VLMTask(Task):
+    """LoRA SFT of one adapter: answer-only cross-entropy of the assistant's JSON answer."""
+
+    def __init__(self, cfg: TrainConfig, adapter: AdapterSpec, data: TrainingData | None = None) -> None:
+        self.cfg, self.adapter = cfg, adapter
+        self.name = adapter.name
+        self.data = data or TrainingData(cfg)
+
+    def _load_base(self, accelerator):
+        from vlm_salience.models.loading import ModelConfig, load_vlm
+
+        m = self.cfg.model
+        if m.build is not None and not Path(m.path).exists():
+            from vlm_salience.config import load_config
+            from vlm_salience.models.tiny import TinyVLMConfig, build_tiny_vlm
+
+            if accelerator.is_main_process:
+                build_tiny_vlm(load_config(m.build, TinyVLMConfig), m.path)
+            accelerator.wait_for_everyone()
+        mc = ModelConfig(**{k: v for k, v in m.model_dump().items() if k in ModelConfig.model_fields})
+        if self.cfg.lora.quantization != "none":
+            mc.quantization = self.cfg.lora.quantization
+        return load_vlm(mc)
+
+    def setup(self, accelerator):
+        from vlm_salience.training.lora import apply_lora
+
+        cfg = self.cfg
+        self.loaded = self._load_base(accelerator)
+        tok = self.loaded.tokenizer
+        eos = tok.eos_token_id if tok.eos_token_id is not None else self.loaded.model.generation_config.eos_token_id
+        self.collator = VLMCollator(self.loaded.processor, self.loaded.family, max_length=cfg.data.max_length,
+                                    eos_token_id=int(eos if not isinstance(eos, list) else eos[0]),
+                                    pad_token_id=tok.pad_token_id, shuffle_keys=cfg.data.key_order == "shuffled",
+                                    seed=cfg.seed)
+        index = retrieved_examples(self.data, self.adapter) if self.adapter.examples == "retrieved" else None
+        self.train_set = self.data.dataset(self.adapter, "train", index)
+        self.examples = [dict(ex) for ex in self.train_set]
+        encoded = [self.collator.encode(ex, i) for i, ex in enumerate(self.examples)]
+        tokens = sum(len(self.collator.tok(self.collator.answer_text(ex, i, 0), add_special_tokens=False).input_ids)
+                     for i, ex in enumerate(self.examples))
+        if tokens == 0:
+            raise ConfigError(f"adapter '{self.adapter.name}': the training data has no trainable tokens (every "
+                              "answer is empty); check the corpus's combined ratings")
+        self._lengths = np.array([len(e["input_ids"]) for e in encoded])
+        self.base_fingerprint = base_fingerprint(cfg.model.path)
+        model = apply_lora(self.loaded.model, cfg.lora, self.adapter.name,
+                           gradient_checkpointing=cfg.gradient_checkpointing)
+        return model, [p for p in model.parameters() if p.requires_grad]
+
+    def num_examples(self) -> int:
+        return len(self.examples)
+
+    def lengths(self) -> np.ndarray:
+        return self._lengths
+
+    def collate(self, indices: list[int], epoch: int):
+        return self.collator([self.collator.encode(self.examples[i], i, epoch) for i in indices])
+
+    def loss(self, model, batch):
+        return model(**batch).loss  # mean over the micro-batch's answer tokens
+
+    def tokens(self, batch) -> int:
+        return int(batch["attention_mask"].sum())
+
+    def fingerprint(self) -> dict[str, str]:
+        c = self.cfg
+        task = {"adapter": self.adapter.model_dump(mode="json"), "lora": c.lora.model_dump(mode="json"),
+                "data": c.data.model_dump(mode="json"), "split": c.split.model_dump(mode="json"),
+                "dtype": c.model.dtype}
+        digest = hashlib.sha256(json.dumps(task, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return {"base model": self.base_fingerprint, "task config (adapter, lora, data, split)": digest}
+
+    def save(self, model, folder: Path) -> None:
+        save_adapter(model, self.adapter.name, folder)
+
+    def load(self, model, folder: Path) -> None:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        weights = load_file(str(folder / "adapter_model.safetensors"))
+        set_peft_model_state_dict(model, weights, adapter_name=self.adapter.name)
+
+    def evaluate(self, model) -> dict[str, float]:
+        """Label-scoring predictions of validation items with the current adapter: valence MSE/r and KLD."""
+        from vlm_salience.metrics import score
+        from vlm_salience.models.loading import LoadedVLM
+        from vlm_salience.prompting.experiment import answers_to_predictions
+        from vlm_salience.prompting.hf_backend import HFBackend
+        from vlm_salience.prompting.inputs import build_prompt
+        from vlm_salience.prompting.templates import load_template
+
+        d = self.data
+        idx = d.items_for(self.adapter, "validation")[:self.cfg.eval.max_items]
+        if not len(idx):
+            return {}
+        vlm = LoadedVLM(model=model, processor=self.loaded.processor, family=self.loaded.family,
+                        config=self.loaded.config)
+        backend = HFBackend(vlm, batch_size=self.cfg.optim.batch_size)
+        template = load_template(self.adapter.template)
+        prompts = [build_prompt(template, d.corpus.items[i], d.spec) for i in idx]
+        scores = backend.score(prompts, d.spec.slots())
+        ids = d.corpus.item_ids[idx]
+        pred = answers_to_predictions(d.corpus, d.spec, self.adapter.name, ids,
+                                      [{"slots": {k: v.tolist() for k, v in s.items()}} for s in scores])
+        m = score(pred, d.observed, n_boot=0)
+        return {"eval/valence_mse": m["valence_mse"]["value"], "eval/valence_r": m["valence_r"]["value"],
+                "eval/kld": m["kld"]["value"], "eval/r": m["r"]["value"]}
+
+    def finish(self, model, result: dict[str, Any]) -> None:
+        from vlm_salience.atomic import replaced_dir
+
+        with replaced_dir(adapter_path(self.cfg, self.adapter.name)) as stage:
+            save_adapter(model, self.adapter.name, stage)
+            meta = {"adapter": self.adapter.name, **result, "template": self.adapter.template,
+                    "subset": self.adapter.subset, "examples": self.adapter.examples, "base": self.cfg.model.path,
+                    "base_fingerprint": self.base_fingerprint}
+            (stage / "training.json").write_text(json.dumps(meta, indent=2, default=float))
