@@ -57,23 +57,32 @@ def actions(emotion: str, intensity: float) -> np.ndarray:
 
 
 def render_face(emotion: str, intensity: float, style: FaceStyle, size: int = 112,
-                jitter: np.random.Generator | None = None) -> Image.Image:
-    """Draw `emotion` at `intensity` (0 = a neutral face, 1 = the full display) in `style`."""
-    brow_raise, brow_inner, eye_open, curve, mouth_open, mouth_width, asym, wrinkle = actions(emotion, intensity)
+                jitter: np.random.Generator | None = None, *, acts: np.ndarray | None = None, yaw: float = 0.0,
+                transparent: bool = False) -> Image.Image:
+    """Draw `emotion` at `intensity` (0 = a neutral face, 1 = the full display) in `style`.
+
+    For animated clips: `acts` (the 8 action values of ACTIONS) replaces emotion x intensity, so a clip can show
+    a blend of two expressions or a talking mouth; `yaw` in [-1, 1] turns the head (the features slide sideways,
+    the far eye narrows); `transparent` gives an RGBA image whose background is clear, to paste over a scene.
+    """
+    a = actions(emotion, intensity) if acts is None else np.asarray(acts, dtype=float)
+    brow_raise, brow_inner, eye_open, curve, mouth_open, mouth_width, asym, wrinkle = a
     s = float(size)
-    img = Image.new("RGB", (size, size), style.background)
+    img = Image.new("RGBA", (size, size), (0, 0, 0, 0)) if transparent else Image.new("RGB", (size, size),
+                                                                                     style.background)
     d = ImageDraw.Draw(img)
     dx, dy = (jitter.normal(0, 0.012, size=2) * s) if jitter is not None else (0.0, 0.0)
-    cx, cy = s / 2 + dx, s / 2 + dy + 0.03 * s
+    hx, cy = s / 2 + dx, s / 2 + dy + 0.03 * s
+    cx = hx + 0.09 * s * float(np.clip(yaw, -1.0, 1.0))  # the features' centre; the head stays at hx
     hw, hh = style.width * s, style.height * s
-    d.ellipse([cx - hw - 0.02 * s, cy - hh - 0.05 * s, cx + hw + 0.02 * s, cy + 0.1 * s], fill=style.hair)
-    d.ellipse([cx - hw, cy - hh, cx + hw, cy + hh], fill=style.skin, outline=(60, 40, 30), width=max(1, size // 64))
+    d.ellipse([hx - hw - 0.02 * s, cy - hh - 0.05 * s, hx + hw + 0.02 * s, cy + 0.1 * s], fill=style.hair)
+    d.ellipse([hx - hw, cy - hh, hx + hw, cy + hh], fill=style.skin, outline=(60, 40, 30), width=max(1, size // 64))
 
     line = max(1, int(round(s / 40)))
     eye_y = cy - 0.10 * s
     for side in (-1, 1):
         ex = cx + side * style.eye_gap * s
-        ew, eh = 0.075 * s, 0.045 * s * (1.0 + 0.8 * eye_open)
+        ew, eh = 0.075 * s * (1.0 - 0.3 * max(0.0, -side * float(yaw))), 0.045 * s * (1.0 + 0.8 * eye_open)
         d.ellipse([ex - ew, eye_y - eh, ex + ew, eye_y + eh], fill=(250, 250, 250), outline=(40, 30, 30))
         pr = 0.028 * s
         d.ellipse([ex - pr, eye_y - pr, ex + pr, eye_y + pr], fill=(35, 25, 20))

@@ -88,7 +88,8 @@ class MafwConfig(_VideoBase):
 
 
 class VideoCsvConfig(_VideoBase):
-    """Any corpus as one CSV: `clip,label[,fold|split][,polarity][,face][,text]`, paths relative to the CSV."""
+    """Any corpus as one CSV: `clip,label[,fold|split][,polarity][,face][,text][,id]`, paths relative to the CSV
+    (`id` names the clip; without it the clip path is its id)."""
 
     format: Literal["video_csv"]
     file: str = "clips.csv"  # relative to root

@@ -15,7 +15,7 @@ from pathlib import Path
 from vlm_salience.data.corpus import DropReport
 from vlm_salience.data.tables import read_table
 from vlm_salience.data.video.config import DfewConfig, Ferv39kConfig, MafwConfig, VideoCsvConfig, VideoDataConfig
-from vlm_salience.data.video.frames import VIDEO_EXTS, is_video_file
+from vlm_salience.data.video.frames import VIDEO_EXTS, is_video_file, natural_key
 from vlm_salience.data.video.records import POLARITIES, VideoClip, VideoCorpus
 from vlm_salience.errors import DataError
 
@@ -72,8 +72,10 @@ class _Builder:
 
     def build(self, rows: list[Row], parse_label: Callable[[str], int | None],
               resolve: Callable[[Row], tuple[str, Path | None, Path | None, str]],
-              files: list[Path], *, meta: Callable[[Row], dict[str, str]] | None = None) -> VideoCorpus:
-        """`resolve(row)` -> (clip id, source or None if missing, face source or None, where it looked)."""
+              files: list[Path], *, meta: Callable[[Row], dict[str, str]] | None = None,
+              sort: bool = True) -> VideoCorpus:
+        """`resolve(row)` -> (clip id, source or None if missing, face source or None, where it looked).
+        Clips come sorted by id (numbers aware) when `sort`, else in the order the rows first name them."""
         cfg = self.cfg
         labels: dict[str, tuple[int, Row]] = {}
         seen: dict[tuple[Path, str, str], Row] = {}
@@ -128,11 +130,13 @@ class _Builder:
             if row.part and id(row) not in self.bad_rows and row.key in ids and row.key not in self.bad:
                 parts.setdefault(row.part, []).append(ids[row.key])
         clip_list = list(clips.values())
+        if sort:
+            clip_list.sort(key=lambda c: natural_key(c.clip_id))
         source = "column" if isinstance(cfg, VideoCsvConfig) and self.has_polarity else (
             "mapping" if cfg.polarity_map else "none")
         return VideoCorpus(name=cfg.name, classes=list(cfg.classes), clips=clip_list, folds=folds,
-                           polarity_source=source, dropped=self.report, fingerprint=_fingerprint(cfg, files, clip_list),
-                           root=Path(cfg.root))
+                           polarity_source=source, dropped=self.report,
+                           fingerprint=_fingerprint(cfg, files, clip_list), root=Path(cfg.root))
 
     has_polarity = False
 
@@ -219,7 +223,7 @@ def load_dfew(cfg: DfewConfig, *, drop_invalid: bool = False) -> VideoCorpus:
         for col in ("video_name", "label"):
             if col not in df.columns:
                 raise DataError(f"missing column '{col}'.", file=path, column=col,
-                                fix=f"DFEW split files have the columns video_name,label; this one has {list(df.columns)}.")
+                                fix=f"DFEW split files have the columns video_name,label; this has {list(df.columns)}.")
         files.append(path)
         for pos, (name, label) in enumerate(zip(df["video_name"], df["label"])):
             name = name.strip()
@@ -280,7 +284,8 @@ def load_video_csv(cfg: VideoCsvConfig, *, drop_invalid: bool = False) -> VideoC
     for col in ("clip", "label"):
         if col not in df.columns:
             raise DataError(f"missing column '{col}'.", file=path, column=col,
-                            fix=f"the CSV needs clip,label[,fold|split][,polarity][,face][,text]; it has {list(df.columns)}.")
+                            fix="the CSV needs clip,label[,fold|split][,polarity][,face][,text][,id]; "
+                            f"it has {list(df.columns)}.")
     if "fold" in df.columns and "split" in df.columns:
         raise DataError("has both a 'fold' and a 'split' column.", file=path, column="split",
                         fix="keep one: 'fold' (the test fold of each clip) or 'split' (train/val/test).")
@@ -293,7 +298,7 @@ def load_video_csv(cfg: VideoCsvConfig, *, drop_invalid: bool = False) -> VideoC
         fold_values = sorted({v.strip() for v in df["fold"] if v.strip().lower() not in _MISSING},
                              key=lambda v: (len(v), v))
     for pos, rec in enumerate(df.to_dict("records")):
-        extra = {k: rec.get(k, "") for k in ("polarity", "face", "text")}
+        extra = {k: rec.get(k, "") for k in ("polarity", "face", "text", "id")}
         base = dict(file=path, line=pos + 2, key=rec["clip"].strip(), label=rec["label"], id_column="clip",
                     extra=extra)
         if "fold" in df.columns:
@@ -329,9 +334,10 @@ def load_video_csv(cfg: VideoCsvConfig, *, drop_invalid: bool = False) -> VideoC
             if face is None:
                 builder.fail(f"names a face clip that does not exist (looked for {media / face_raw})", row, "face",
                              "correct the path, leave it empty, or pass --drop-invalid.", face_raw)
-        return row.key, src, face, str(media / row.key)
+        clip_id = row.extra.get("id", "").strip() or row.key  # an optional id column names the clip
+        return clip_id, src, face, str(media / row.key)
 
-    return builder.build(rows, _name_parser(cfg.classes), resolve, [path])
+    return builder.build(rows, _name_parser(cfg.classes), resolve, [path], sort=False)  # the CSV's order
 
 
 LOADERS: dict[type, Callable[..., VideoCorpus]] = {

@@ -77,8 +77,9 @@ class VideoCorpus:
         """The same corpus restricted to some clips; folds keep only those clips."""
         wanted = set(clip_ids)
         folds = {f: {p: [i for i in ids if i in wanted] for p, ids in parts.items()} for f, parts in self.folds.items()}
-        return VideoCorpus(name=self.name, classes=list(self.classes), clips=[c for c in self.clips if c.clip_id in wanted],
-                           folds=folds, polarity_source=self.polarity_source, dropped=self.dropped,
+        return VideoCorpus(name=self.name, classes=list(self.classes),
+                           clips=[c for c in self.clips if c.clip_id in wanted], folds=folds,
+                           polarity_source=self.polarity_source, dropped=self.dropped,
                            fingerprint=self.fingerprint, root=self.root)
 
     def summary(self) -> dict:
