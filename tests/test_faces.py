@@ -296,3 +296,211 @@ def test_every_face_yaml_loads():
             assert isinstance(load_detector(path), HaarDetector)
         else:
             assert read_classifier_config(path).name
+
+
+# ---------------------------------------------------------------- expressivity from the model, label maps
+
+from vlm_salience.models.faces.labelmap import LabelMap, LabelMapConfig, load_label_map  # noqa: E402
+from vlm_salience.models.faces.model_expressivity import (  # noqa: E402
+    js_from_neutral, kl_from_neutral, model_expressivity, not_neutral)
+
+
+def test_model_expressivity_hand_computed():
+    classes = ["happy", "sad", "neutral"]
+    p = np.array([[0.0, 0.0, 1.0], [0.5, 0.0, 0.5], [1.0, 0.0, 0.0], [0.2, 0.2, 0.6]])
+    np.testing.assert_allclose(not_neutral(p, classes), [0.0, 0.5, 1.0, 0.4])
+    js = js_from_neutral(p, classes)
+    # JS([.5, 0, .5] || [0, 0, 1]) = 0.5*KL(p||m) + 0.5*KL(q||m), m = [.25, 0, .75]
+    kl_pm = 0.5 * np.log(0.5 / 0.25) + 0.5 * np.log(0.5 / 0.75)
+    kl_qm = np.log(1 / 0.75)
+    np.testing.assert_allclose(js, [0.0, 0.5 * (kl_pm + kl_qm) / np.log(2), 1.0, js[3]], atol=1e-9)
+    assert 0 < js[3] < js[1] < 1
+    kl = kl_from_neutral(p, classes)
+    assert kl[0] == pytest.approx(-np.log(1 - 1e-3)) and kl[2] > kl[1] > kl[0]
+    # A measured neutral profile instead of one-hot: a face giving exactly that profile has divergence 0.
+    prof = np.array([0.1, 0.2, 0.7])
+    assert js_from_neutral(prof[None], classes, profile=prof)[0] == pytest.approx(0.0, abs=1e-12)
+    assert model_expressivity(p, classes, "kl_from_neutral")[1] == pytest.approx(kl[1])
+    with pytest.raises(ValueError, match="no 'neutral' class"):
+        not_neutral(p, ["a", "b", "c"])
+    with pytest.raises(ValueError, match="unknown model expressivity"):
+        model_expressivity(p, classes, "entropy")
+
+
+def test_astronaut_expressive_and_blank_face_not(fer_torch, astronaut_face):
+    """The smiling astronaut is far from neutral; her face smoothed flat (a blur that removes the smile) less so."""
+    flat = cv2.GaussianBlur(astronaut_face, (0, 0), 12)
+    p = fer_torch.predict([astronaut_face, flat])
+    e = not_neutral(p, fer_torch.classes)
+    assert e[0] > 0.95 and e[1] < e[0]
+
+
+LABELMAP = CONFIGS / "labelmaps" / "fer_to_affcog.yaml"
+
+
+def test_fer_to_affcog_label_map(fer_torch):
+    import yaml
+
+    lm = load_label_map(LABELMAP, fer_torch.classes)
+    corpus = yaml.safe_load((CONFIGS / "data" / "affcog_utterances.yaml").read_text())
+    assert lm.emotions == corpus["emotions"]  # the corpus's own names and order
+    assert lm.cfg.valence == corpus["valence"]["from_emotions"]
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(7), size=20)
+    q = lm.apply(p, fer_torch.classes)
+    assert q.shape == (20, 8) and np.allclose(q.sum(1), 1.0) and (q >= 0).all()
+    # Hand-computed: all mass on FER 'sad' goes 0.6 to sad and 0.4 to disapp; 'neutral' spreads evenly.
+    onehot = np.eye(7)
+    sad = lm.apply(onehot[[4]])[0]
+    assert sad[lm.emotions.index("sad")] == pytest.approx(0.6) and sad[lm.emotions.index("disapp")] == pytest.approx(0.4)
+    np.testing.assert_allclose(lm.apply(onehot[[6]])[0], np.full(8, 1 / 8))
+    # Valence: happy -> +1, angry -> -1, surprise -> 0, neutral -> (2 - 5) / 8.
+    np.testing.assert_allclose(lm.valence(lm.apply(onehot[[3, 0, 5, 6]])), [1.0, -1.0, 0.0, -3 / 8])
+    np.testing.assert_allclose(lm.class_valence, lm.valence(lm.apply(onehot)))
+    # Columns in another order are mapped by name.
+    perm = list(reversed(fer_torch.classes))
+    np.testing.assert_allclose(lm.apply(p[:, ::-1], perm), q)
+
+
+@pytest.mark.parametrize("edit, field", [
+    ("map:\n  angry: {anger: 1.0}\n  smug: {happy: 1.0}\n", "map.smug"),
+    ("map:\n  angry: {rage: 1.0}\n", "map.angry.rage"),
+    ("map:\n  angry: {anger: 0.5, sad: 0.4}\n", "map.angry"),
+    ("map:\n  angry: {anger: 1.0}\n", "map"),  # 'neutral' not mapped
+    ("map:\n  angry: {anger: 1.0}\n  neutral: uniform\nvalence: {joy: 1}\n", "valence.joy"),
+])
+def test_label_map_errors_name_file_and_field(tmp_path, edit, field):
+    from vlm_salience.errors import ConfigError
+
+    path = tmp_path / "lm.yaml"
+    path.write_text("name: t\nmodel_classes: [angry, neutral]\nemotions: [anger, sad, happy]\n" + edit)
+    with pytest.raises(ConfigError) as err:
+        load_label_map(path)
+    assert str(path) in str(err.value) and f"field '{field}'" in str(err.value)
+
+
+def test_label_map_for_another_model(tmp_path):
+    from vlm_salience.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model_classes"):
+        load_label_map(LABELMAP, ["Angry", "Happy", "Neutral", "Sad"])
+    lm = LabelMap(LabelMapConfig(name="x", model_classes=["a"], emotions=["e"], map={"a": {"e": 1.0}}))
+    with pytest.raises(ValueError, match="columns"):
+        lm.apply(np.ones((2, 3)) / 3)
+
+
+# ---------------------------------------------------------------- FaceAnalyzer and `face score`
+
+from vlm_salience.face_scoring import columns, score_faces  # noqa: E402
+from vlm_salience.models.faces.analyzer import FaceAnalyzer  # noqa: E402
+
+
+def test_face_analyzer_table(detector, fer_torch, astronaut):
+    fa = FaceAnalyzer(detector, fer_torch)
+    empty = np.full((200, 200, 3), 90, np.uint8)
+    t = fa.analyze([astronaut, empty], ["astro.png", "blank.png"])
+    assert list(t.columns) == ["path", "face", "x", "y", "w", "h", "score", *[f"p_{c}" for c in FER_CLASSES],
+                               "expressivity"]
+    assert t.loc[0, "face"] == 0 and FaceBox(*t.loc[0, ["x", "y", "w", "h", "score"]]).iou(HAND_BOX) >= 0.5
+    assert t.loc[0, "p_happy"] > 0.8 and t.loc[0, "expressivity"] == pytest.approx(1 - t.loc[0, "p_neutral"])
+    assert t.loc[1, "face"] == -1 and t.loc[1, ["x", "p_happy", "expressivity"]].isna().all()
+    # Two faces in one scene, all_faces: one row each, largest first not required, both found.
+    face = cv2.resize(astronaut, (256, 256), interpolation=cv2.INTER_AREA)
+    two = scene_with(face, size=(300, 600), at=(20, 20))
+    two[20:276, 320:576] = face
+    t2 = fa.analyze([two], ["two.png"], all_faces=True)
+    assert len(t2) == 2 and sorted(t2["x"] // 300) == [0, 1] and (t2["p_happy"] > 0.5).all()
+
+
+@pytest.fixture()
+def image_dir(tmp_path, astronaut):
+    from PIL import Image
+
+    d = tmp_path / "imgs"
+    (d / "sub").mkdir(parents=True)
+    Image.fromarray(astronaut).save(d / "astro.png")
+    Image.fromarray(np.dstack([astronaut, np.full(astronaut.shape[:2], 255, np.uint8)])).save(d / "sub" / "rgba.png")
+    Image.fromarray(to_grey_uint8(astronaut).astype(np.uint16) * 257).save(d / "grey16.png")
+    Image.fromarray(astronaut[300:, 300:]).save(d / "noface.jpg")
+    (d / "notes.txt").write_text("not scanned: not an image suffix")
+    (d / "fake.png").write_text("not an image")
+    (d / "empty.jpg").write_bytes(b"")
+    return d
+
+
+def read_rows(path):
+    import csv
+
+    with open(path, newline="") as fh:
+        return {r["path"].rsplit("/", 1)[-1]: r for r in csv.DictReader(fh)}
+
+
+def test_face_score_rows_and_summary(image_dir, tmp_path):
+    out = tmp_path / "out" / "scores.csv"
+    s = score_faces([image_dir], out, progress=False, chunk=2)
+    assert (s["images"], s["faces"], s["no_face"], s["errors"]) == (6, 3, 1, 2)
+    rows = read_rows(out)
+    assert set(rows) == {"astro.png", "rgba.png", "grey16.png", "noface.jpg", "fake.png", "empty.jpg"}
+    for name in ("astro.png", "rgba.png", "grey16.png"):
+        r = rows[name]
+        assert r["status"] == "ok" and FaceBox(*(int(r[k]) for k in "xywh"), 0.0).iou(HAND_BOX) >= 0.5
+        assert max(FER_CLASSES, key=lambda c: float(r[f"p_{c}"])) == "happy"
+    assert rows["noface.jpg"]["status"] == "no_face" and rows["noface.jpg"]["x"] == "" and rows["noface.jpg"]["error"] == ""
+    assert "fake.png" in rows["fake.png"]["error"] and "not a readable image" in rows["fake.png"]["error"]
+    assert "empty file" in rows["empty.jpg"]["error"]
+    import json
+    assert json.loads(out.with_suffix(".summary.json").read_text())["faces"] == 3
+
+
+def test_face_score_resume_skips_done_rows_and_keeps_them(image_dir, tmp_path, monkeypatch):
+    out = tmp_path / "scores.csv"
+    score_faces([image_dir / "astro.png", image_dir / "noface.jpg"], out, progress=False)
+    before = out.read_text()
+    # A half-written last line (an interrupted append) is dropped; finished rows are not scored again.
+    out.write_text(before + str(image_dir / "grey16.png") + ",ok,1,2")
+    calls = []
+    from vlm_salience.models.faces import detector as det
+    orig = det.read_image
+    monkeypatch.setattr(det, "read_image", lambda p: calls.append(p) or orig(p))
+    s = score_faces([image_dir], out, progress=False)
+    assert sorted(p.name for p in calls) == ["empty.jpg", "fake.png", "grey16.png", "rgba.png"]
+    assert s["resumed"] == 2 and s["images"] == 6 and out.read_text().startswith(before)
+    # Error rows are retried on the next resume (the user may have fixed the file); the rest is skipped.
+    (image_dir / "fake.png").unlink()
+    (image_dir / "empty.jpg").unlink()
+    calls.clear()
+    s = score_faces([image_dir], out, progress=False)
+    assert calls == [] and s["errors"] == 0 and s["images"] == 4
+    # resume=False starts again.
+    s = score_faces([image_dir / "astro.png"], out, progress=False, resume=False)
+    assert s["images"] == 1
+
+
+def test_face_score_errors_keep_what_was_written(image_dir, tmp_path):
+    from vlm_salience.errors import DataError
+
+    out = tmp_path / "scores.csv"
+    with pytest.raises(DataError, match="fake.png"):
+        score_faces([image_dir / "astro.png", image_dir / "fake.png"], out, progress=False, strict=True)
+    rows = read_rows(out)
+    assert rows["astro.png"]["status"] == "ok" and rows["fake.png"]["status"] == "error"
+    with pytest.raises(DataError, match="no such file"):
+        score_faces([image_dir / "missing.png"], out, progress=False)
+    # A CSV written by another model (other columns) is not overwritten by a resume.
+    other = tmp_path / "other.csv"
+    other.write_text("path,status,p_x\na.png,ok,1\n")
+    with pytest.raises(DataError, match="columns"):
+        score_faces([image_dir / "astro.png"], other, progress=False)
+    assert other.read_text() == "path,status,p_x\na.png,ok,1\n"
+    assert read_rows(out)["astro.png"]["status"] == "ok"
+    assert columns(["a"])[-3:] == ["p_a", "expressivity", "error"]
+
+
+def test_face_score_with_the_litert_and_hf_models(image_dir, tmp_path, tiny_vit):
+    out = tmp_path / "lite.csv"
+    s = score_faces([image_dir / "astro.png"], out, model_cfg=CONFIGS / "models" / "face_fer_litert.yaml",
+                    progress=False)
+    assert s["model"] == "fer_mini_xception_litert" and s["faces"] == 1
+    (tmp_path / "vit.yaml").write_text(f"kind: hf\nname: tiny\npath: {tiny_vit}\n")
+    s = score_faces([image_dir / "astro.png"], tmp_path / "vit.csv", model_cfg=tmp_path / "vit.yaml", progress=False)
+    assert "p_Happy" in read_rows(tmp_path / "vit.csv")["astro.png"] and s["faces"] == 1

@@ -206,6 +206,10 @@ def read_image(path: str | Path) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
+    if path.is_dir():
+        raise DataError("is a folder, not an image file.", file=path, fix="pass image files or a folder to scan.")
+    if path.is_file() and path.stat().st_size == 0:
+        raise DataError("empty file (0 bytes), not an image.", file=path, fix="remove the file or replace it.")
     try:
         with Image.open(path) as im:
             im.load()

@@ -1,0 +1,157 @@
+"""`face score`: one CSV row per image with its largest face's box, the classifier's probabilities and expressivity.
+
+Long runs resume: rows already in the CSV (faces found or not) are kept and their images skipped; rows that
+recorded an error are retried. Each chunk of rows is appended with one write and fsync, so an interruption loses at
+most the chunk in flight, and a half-written last line (no newline) is dropped on resume. A file that cannot be
+read as an image gets a row with status `error` and the reason (naming the file), instead of stopping the run;
+`strict=True` stops at the first one, after what was already scored is on disk.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from vlm_salience.atomic import write_text
+from vlm_salience.errors import DataError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm"}
+STATUS = ("ok", "no_face", "error")
+
+
+def collect_images(inputs: Iterable[str | Path]) -> list[Path]:
+    """Files as given (whatever their suffix), and image files (by suffix) anywhere under given folders, sorted."""
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            out += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.exists():
+            out.append(p)
+        else:
+            raise DataError("no such file or folder.", file=p, fix="pass existing image files or folders.")
+    return list(dict.fromkeys(out))
+
+
+def columns(classes: Sequence[str]) -> list[str]:
+    return ["path", "status", "x", "y", "w", "h", "score", *[f"p_{c}" for c in classes], "expressivity", "error"]
+
+
+def _read_existing(out: Path, header: list[str]) -> list[dict[str, str]]:
+    """Rows of a previous run's CSV, the last line dropped if it was cut off; error rows dropped (retried)."""
+    text = out.read_text(encoding="utf-8")
+    if not text.strip():
+        return []
+    if not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+    reader = csv.reader(io.StringIO(text))
+    found = next(reader, None)
+    if found != header:
+        raise DataError(f"has columns {found}, but this model writes {header}.", file=out, row=1,
+                        fix="score into another --out file, or pass --no-resume to start it again.")
+    rows = []
+    for line_no, r in enumerate(reader, start=2):
+        if len(r) != len(header):
+            raise DataError(f"has {len(r)} fields, expected {len(header)}.", file=out, row=line_no,
+                            fix="repair or remove the line, or pass --no-resume.")
+        row = dict(zip(header, r))
+        if row["status"] not in STATUS:
+            raise DataError(f"unknown status '{row['status']}' (expected one of {list(STATUS)}).", file=out,
+                            row=line_no, column="status", fix="repair the line, or pass --no-resume.")
+        if row["status"] != "error":
+            rows.append(row)
+    return rows
+
+
+def _csv_text(rows: Iterable[Sequence], header: list[str] | None = None) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    if header is not None:
+        w.writerow(header)
+    for r in rows:
+        w.writerow(["" if (isinstance(v, float) and np.isnan(v)) else (f"{v:.6g}" if isinstance(v, float) else v)
+                    for v in r])
+    return buf.getvalue()
+
+
+def _append(out: Path, text: str) -> None:
+    with open(out, "a", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def score_faces(inputs: Sequence[str | Path], out_csv: str | Path, model_cfg: str | Path | None = None,
+                detector_cfg: str | Path | None = None, progress: bool = True, resume: bool = True,
+                expressivity: str = "not_neutral", chunk: int = 64, strict: bool = False) -> dict:
+    """Score every image under `inputs` into `out_csv`; return (and write beside it as .summary.json) the counts."""
+    from tqdm.auto import tqdm
+
+    from vlm_salience.models.faces.analyzer import FaceAnalyzer
+    from vlm_salience.models.faces.detector import read_image
+
+    out = Path(out_csv)
+    images = collect_images(inputs)
+    analyzer = FaceAnalyzer.from_configs(detector_cfg, model_cfg, expressivity)
+    header = columns(analyzer.classifier.classes)
+    kept = _read_existing(out, header) if resume and out.is_file() else []
+    write_text(out, _csv_text([[r[c] for c in header] for r in kept], header))  # atomic: old rows, error rows out
+    done = {r["path"] for r in kept}
+    todo = [p for p in images if str(p) not in done]
+    C = len(analyzer.classifier.classes)
+    empty = [np.nan] * (5 + C + 1)
+    scored = 0
+    bar = tqdm(total=len(todo), desc="face score", unit="img", disable=not progress)
+    try:
+        for start in range(0, len(todo), chunk):
+            paths = todo[start:start + chunk]
+            arrays, ok_paths, rows = [], [], {}
+            first_error = None
+            for p in paths:
+                try:
+                    arrays.append(read_image(p))
+                    ok_paths.append(p)
+                except DataError as exc:
+                    rows[p] = [str(p), "error", *empty, str(exc)]
+                    first_error = first_error or exc
+            if arrays:
+                table = analyzer.analyze(arrays, [str(p) for p in ok_paths])
+                for p, rec in zip(ok_paths, table.itertuples(index=False)):
+                    rec = list(rec)
+                    status = "ok" if rec[1] >= 0 else "no_face"
+                    values = [int(v) if i < 4 and status == "ok" else float(v) for i, v in enumerate(rec[2:])]
+                    rows[p] = [str(p), status, *values, ""]
+            _append(out, _csv_text(rows[p] for p in paths))
+            scored += len(paths)
+            bar.update(len(paths))
+            if strict and first_error is not None:
+                raise first_error
+    finally:
+        bar.close()
+    summary = summarise(out, header)
+    summary.update({"out": str(out), "model": analyzer.classifier.name, "detector": analyzer.detector.name,
+                    "inputs": len(images), "scored_now": scored, "resumed": len(images) - len(todo)})
+    write_text(out.with_suffix(".summary.json"), json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def summarise(out: Path, header: list[str]) -> dict:
+    """Counts over the whole CSV: images, faces found, no-face rows, errors (and the first files that failed)."""
+    with open(out, encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    by = {s: [r for r in rows if r["status"] == s] for s in STATUS}
+    return {"images": len(rows), "faces": len(by["ok"]), "no_face": len(by["no_face"]), "errors": len(by["error"]),
+            "error_files": [r["path"] for r in by["error"][:20]]}
+
+
+def main_summary_text(summary: dict) -> str:
+    """The one-line human summary the CLI prints without --json."""
+    return (f"{summary['images']} images: {summary['faces']} with a face, {summary['no_face']} without, "
+            f"{summary['errors']} errors -> {summary['out']}")
+
