@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from vlm_salience.data.video import (
-    clip_fingerprint, count_frames, is_video_data_config, load_video_corpus, read_frames, sample_clip,
-    segment_indices,
+    clip_fingerprint, count_frames, is_video_data_config, load_video_corpus, load_video_data_config, read_frames,
+    sample_clip, segment_indices,
 )
 from vlm_salience.errors import ConfigError, DataError
 
@@ -142,6 +142,18 @@ def test_corrupt_empty_and_missing_clips_name_the_file(tmp_path):
     with pytest.raises(DataError, match="00002.png.*unreadable image"):
         read_frames(folder, [0, 1, 2])
     assert read_frames(folder, [0, 2]).shape[0] == 2  # only the frames asked for are opened
+
+
+def test_a_video_with_zero_frames_is_named(tmp_path):
+    path = tmp_path / "zero.mkv"
+    c = av.open(str(path), "w")
+    s = c.add_stream("mpeg4", rate=25)
+    s.width = s.height = 32
+    s.pix_fmt = "yuv420p"
+    c.start_encoding()  # a header and no frame
+    c.close()
+    with pytest.raises(DataError, match="zero.mkv.*no frames"):
+        count_frames(path)
 
 
 def test_clip_fingerprint_changes_with_the_frames(tmp_path):
@@ -388,3 +400,27 @@ def test_video_configs_reject_unknown_fields_and_partial_polarity_maps(tmp_path)
     y.write_text("format: video_csv\nname: m\nroot: .\nclasses: [a, b]\npolarity_map: {a: positive}\n")
     with pytest.raises(ConfigError, match=r"missing \['b'\]"):
         load_video_corpus(y)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "data").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_video_data_configs_validate(path):
+    if not is_video_data_config(path):
+        pytest.skip("not a video data config")
+    cfg = load_video_data_config(path)
+    assert cfg.name and cfg.root.is_absolute()
+
+
+def test_check_opens_every_clip_and_drops_unreadable_ones(tmp_path):
+    from vlm_salience.data.video.check import check_video_data
+
+    root = dfew_tree(tmp_path / "DFEW", faces=False)
+    y = dfew_yaml(tmp_path, root)
+    (root / "Clip" / "clip_224x224" / "00007.mp4").write_bytes(b"not a video at all" * 10)
+    summary = check_video_data(y)  # cheap checks only: the file exists
+    assert summary["clips"] == 10 and summary["folds"]["set_1"] == {"train": 8, "test": 2}
+    with pytest.raises(DataError, match="00007.mp4.*not a readable video"):
+        check_video_data(y, decode=True, progress=False)
+    summary = check_video_data(y, decode=True, drop_invalid=True, progress=False)
+    assert summary["clips"] == 9 and summary["dropped"]["total"] == 1
+    assert summary["folds"]["set_2"] == {"train": 8, "test": 1}
+    assert "00007.mp4" in summary["dropped_lines"][0]

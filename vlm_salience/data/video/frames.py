@@ -53,6 +53,9 @@ def _open(path: Path):
         raise DataError("the video file is empty (0 bytes).", file=path, fix="re-extract or re-download the clip.")
     try:
         container = av.open(str(path))
+    except av.error.EOFError:
+        raise DataError("the video holds no frames (the file ends before the first one).", file=path,
+                        fix="re-extract or re-download the clip, or pass --drop-invalid.") from None
     except (av.error.FFmpegError, OSError) as exc:
         raise DataError(f"not a readable video ({exc}).", file=path,
                         fix="re-extract or re-download the clip, or pass --drop-invalid.") from None

@@ -1,0 +1,42 @@
+"""`data check` for video data YAMLs: load the corpus (cheap checks), optionally open every clip (frame counts,
+which finds corrupt, empty and zero-frame clips before a long run), and summarise."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from vlm_salience.data.video import load_video_corpus
+from vlm_salience.data.video.frames import count_frames
+from vlm_salience.data.video.records import VideoCorpus
+from vlm_salience.errors import DataError
+
+
+def decodable(corpus: VideoCorpus, *, drop_invalid: bool = False, progress: bool = True) -> VideoCorpus:
+    """The corpus with every clip (and face clip) opened and its frames counted. Strict: the first bad clip
+    raises its DataError (file named); drop_invalid: bad clips leave the corpus and its folds, and are reported."""
+    keep = []
+    for clip in tqdm(corpus.clips, desc="checking clips", disable=not progress):
+        try:
+            count_frames(clip.source)
+            if clip.face_source is not None:
+                count_frames(clip.face_source)
+        except DataError as exc:
+            if not drop_invalid:
+                raise
+            corpus.dropped.add(Path(exc.file).name if exc.file else clip.clip_id,
+                               f"clip cannot be read: {exc.problem}", f"clip {clip.clip_id}")
+            continue
+        keep.append(clip.clip_id)
+    return corpus if len(keep) == len(corpus) else corpus.subset(keep)  # subset keeps the same DropReport
+
+
+def check_video_data(path: str | Path, *, drop_invalid: bool = False, overrides: list[str] | tuple[str, ...] = (),
+                     decode: bool = False, progress: bool = True) -> dict:
+    """Summary of a video data YAML (what `vlm-salience data check` prints): clips per class and fold part,
+    polarity source, face clips, dropped rows with reasons, fingerprint. `decode` also opens every clip."""
+    corpus = load_video_corpus(path, drop_invalid=drop_invalid, overrides=overrides)
+    if decode:
+        corpus = decodable(corpus, drop_invalid=drop_invalid, progress=progress)
+    return corpus.summary() | {"dropped_lines": corpus.dropped.lines(), "decoded": decode}
