@@ -15,9 +15,23 @@ from vlm_salience.study import StudyConfig
 REPO = Path(__file__).resolve().parent.parent
 
 
+VIDEO_FORMATS = {"dfew", "ferv39k", "mafw", "video_csv"}
+
+
+def _field(path: Path, key: str):
+    import yaml
+
+    return (yaml.safe_load(path.read_text()) or {}).get(key)
+
+
 @pytest.mark.parametrize("path", sorted((REPO / "configs" / "data").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_data_configs_validate(path):
-    cfg = load_data_config(path)
+    if _field(path, "format") in VIDEO_FORMATS:
+        from vlm_salience.data.video.config import load_video_data_config
+
+        cfg = load_video_data_config(path)
+    else:
+        cfg = load_data_config(path)
     assert cfg.name and cfg.root.is_absolute()
 
 
@@ -31,10 +45,23 @@ def test_shipped_study_configs_validate(path):
             assert cfg.control_of(m) is not None
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "configs" / "synth").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "synth").glob("split_steal*.yaml")), ids=lambda p: p.name)
 def test_shipped_synth_configs_validate(path):
     cfg = load_config(path, SynthConfig)
     assert set(cfg.appraisal) == {"CC", "CD", "DC", "DD"}
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "synth").glob("clips*.yaml")), ids=lambda p: p.name)
+def test_shipped_clip_synth_configs_validate(path):
+    from vlm_salience.data.video.synth import ClipSynthConfig
+
+    cfg = load_config(path, ClipSynthConfig)
+    assert cfg.seed >= 0
+
+
+def test_every_synth_config_is_checked():
+    names = {p.name for p in (REPO / "configs" / "synth").glob("*.yaml")}
+    assert all(n.startswith(("split_steal", "clips")) for n in names), names
 
 
 def test_dotted_overrides_parse_yaml_values():
@@ -93,7 +120,31 @@ def test_shipped_accelerate_configs_load(path):
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs" / "models").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_model_configs_validate(path):
-    from vlm_salience.models.tiny import TinyVLMConfig
+    """Three kinds live in configs/models: face models (`kind`), tiny dual encoders and tiny VLMs (`family`)."""
+    kind, family = _field(path, "kind"), _field(path, "family")
+    if kind is not None:
+        if kind == "haar":
+            from vlm_salience.models.faces.detector import HaarDetectorConfig
 
-    cfg = load_config(path, TinyVLMConfig)
-    assert cfg.text["hidden_size"] % cfg.text["num_attention_heads"] == 0
+            load_config(path, HaarDetectorConfig)
+        else:
+            from vlm_salience.models.faces.expression import read_classifier_config
+
+            assert read_classifier_config(path).kind == kind
+    elif family in ("clip", "siglip"):
+        from vlm_salience.models.encoders import TinyEncoderConfig
+
+        cfg = load_config(path, TinyEncoderConfig)
+        assert cfg.vision["hidden_size"] % cfg.vision["num_attention_heads"] == 0
+    else:
+        from vlm_salience.models.tiny import TinyVLMConfig
+
+        cfg = load_config(path, TinyVLMConfig)
+        assert cfg.text["hidden_size"] % cfg.text["num_attention_heads"] == 0
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "labelmaps").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_label_maps_validate(path):
+    from vlm_salience.models.faces.labelmap import load_label_map
+
+    assert load_label_map(path).emotions
