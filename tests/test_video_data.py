@@ -349,10 +349,10 @@ def test_generic_csv_with_folds_polarity_faces_and_text(tmp_path):
     make_frames(tmp_path / "clips" / "b", 4)
     make_frames(tmp_path / "clips" / "c", 4)
     make_frames(tmp_path / "faces" / "b", 2)
-    (tmp_path / "clips.csv").write_text("clip,label,fold,polarity,face,text\n"
-                                        "clips/a.mp4,happy,1,positive,,a smile\n"
-                                        "clips/b,sad,2,0,faces/b,\n"
-                                        "clips/c,happy,2,neutral,,\n")
+    (tmp_path / "clips.csv").write_text("clip,label,fold,polarity,face,text,source\n"
+                                        "clips/a.mp4,happy,1,positive,,a smile,film\n"
+                                        "clips/b,sad,2,0,faces/b,,tv\n"
+                                        "clips/c,happy,2,neutral,,,tv\n")
     y = tmp_path / "d.yaml"
     y.write_text("format: video_csv\nname: mine\nroot: .\nclasses: [happy, sad]\n")
     corpus = load_video_corpus(y)
@@ -362,6 +362,7 @@ def test_generic_csv_with_folds_polarity_faces_and_text(tmp_path):
     a, b = corpus.clip("clips/a.mp4"), corpus.clip("clips/b")
     assert (a.label, a.polarity, a.text, a.face_source) == (0, 2, "a smile", None)
     assert (b.label, b.polarity, b.face_source) == (1, 0, tmp_path / "faces" / "b")
+    assert (a.meta, b.meta) == ({"source": "film"}, {"source": "tv"})  # other columns: meta
     (tmp_path / "clips.csv").write_text("clip,label,split\nclips/a.mp4,happy,train\nclips/b,sad,test\n")
     corpus = load_video_corpus(y)
     assert corpus.folds == {"default": {"train": ["clips/a.mp4"], "test": ["clips/b"]}}

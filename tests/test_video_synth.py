@@ -59,6 +59,8 @@ def test_both_layouts_load_with_the_same_clips_labels_and_folds(small_corpus):
             == set(manifest.clip_id[manifest.fold == f])
     assert generic.polarity_source == "column" and dfew.polarity_source == "mapping"
     assert [POLARITIES[c.polarity] for c in generic.clips] == manifest.polarity.tolist()
+    amb = manifest.clip_id[manifest.ambiguous == 1].tolist()
+    assert [c.clip_id for c in generic.clips if c.meta["ambiguous"] == "1"] == amb and amb  # scored apart
     clip = generic.clips[0]
     assert clip.text == manifest.text[0] and clip.face_source.name == f"{clip.clip_id}.mp4"
     assert count_frames(clip.source) == 8 and count_frames(dfew.clips[0].source) == 8

@@ -33,7 +33,7 @@ class Row:
     part: str  # train / test / val
     id_column: str = "clip"
     label_column: str = "label"
-    extra: dict[str, str] = field(default_factory=dict)  # generic CSV: polarity, face, text columns
+    extra: dict = field(default_factory=dict)  # generic CSV: polarity, face, text, id columns; meta
 
 
 def find_clip(folder: Path, name: str) -> Path | None:
@@ -278,7 +278,11 @@ def load_mafw(cfg: MafwConfig, *, drop_invalid: bool = False) -> VideoCorpus:
     return _Builder(cfg, drop_invalid).build(rows, _name_parser(cfg.classes), resolve, files)
 
 
+_CSV_COLUMNS = {"clip", "label", "fold", "split", "polarity", "face", "text", "id"}
+
+
 def load_video_csv(cfg: VideoCsvConfig, *, drop_invalid: bool = False) -> VideoCorpus:
+    """Columns beyond the known ones land in VideoClip.meta as text (the synthetic corpus's ambiguous flag)."""
     path = Path(cfg.root) / cfg.file
     df = read_table(path)
     for col in ("clip", "label"):
@@ -299,6 +303,7 @@ def load_video_csv(cfg: VideoCsvConfig, *, drop_invalid: bool = False) -> VideoC
                              key=lambda v: (len(v), v))
     for pos, rec in enumerate(df.to_dict("records")):
         extra = {k: rec.get(k, "") for k in ("polarity", "face", "text", "id")}
+        extra["meta"] = {k: str(v).strip() for k, v in rec.items() if k not in _CSV_COLUMNS}  # e.g. ambiguous
         base = dict(file=path, line=pos + 2, key=rec["clip"].strip(), label=rec["label"], id_column="clip",
                     extra=extra)
         if "fold" in df.columns:
@@ -337,7 +342,8 @@ def load_video_csv(cfg: VideoCsvConfig, *, drop_invalid: bool = False) -> VideoC
         clip_id = row.extra.get("id", "").strip() or row.key  # an optional id column names the clip
         return clip_id, src, face, str(media / row.key)
 
-    return builder.build(rows, _name_parser(cfg.classes), resolve, [path], sort=False)  # the CSV's order
+    return builder.build(rows, _name_parser(cfg.classes), resolve, [path], sort=False,  # the CSV's order
+                         meta=lambda row: dict(row.extra["meta"]))
 
 
 LOADERS: dict[type, Callable[..., VideoCorpus]] = {

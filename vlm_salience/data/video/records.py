@@ -27,7 +27,7 @@ class VideoClip:
     face_source: Path | None = None  # pre-cropped face frames/video where the corpus ships them
     polarity: int | None = None  # 0 negative / 1 neutral / 2 positive (a column, or mapped from the label)
     text: str | None = None  # a reference description (the synthetic corpus writes one)
-    meta: dict[str, str] = field(default_factory=dict, compare=False, hash=False)  # e.g. FERV39k's scene
+    meta: dict[str, str] = field(default_factory=dict, compare=False, hash=False)  # FERV39k scene; CSV extras
 
 
 @dataclass

@@ -327,7 +327,8 @@ def write_clip_corpus(cfg: ClipSynthConfig, out: str | Path, progress: bool = Tr
             csv = pd.DataFrame({
                 "id": manifest.clip_id, "clip": "videos/" + manifest.clip_id + ".mp4", "label": manifest.label,
                 "fold": manifest.fold, "polarity": manifest.polarity,
-                "face": "faces/" + manifest.clip_id + ".mp4", "text": manifest.text})
+                "face": "faces/" + manifest.clip_id + ".mp4", "text": manifest.text,
+                **{k: manifest[k] for k in ("ambiguous", "pair", "expression", "distractor")}})  # -> clip.meta
             write_text(stage / "generic" / "clips.csv", csv.to_csv(index=False))
             write_text(stage / "generic" / "data.yaml", yaml.safe_dump(
                 {"format": "video_csv", "name": cfg.name, "root": ".", "file": "clips.csv", **common},
