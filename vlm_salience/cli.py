@@ -146,6 +146,20 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_export(args: argparse.Namespace) -> int:
+    from vlm_salience.config import load_config
+    from vlm_salience.training.config import TrainConfig
+    from vlm_salience.training.export_data import export_instruction_data
+
+    cfg = load_config(args.config, TrainConfig, args.set)
+    summary = export_instruction_data(cfg, check_out_dir(args.out), fmt=args.format, adapters=args.adapter or None)
+    for name, n in summary["files"].items():
+        print(f"  {name}: {n} examples")
+    print(f"wrote the instruction data of {cfg.name} to {args.out}")
+    _emit_json(args.json, summary)
+    return 0
+
+
 def cmd_bci(args: argparse.Namespace) -> int:
     from vlm_salience.data import load_corpus
     from vlm_salience.report import print_table, write_outputs
@@ -314,6 +328,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="skip invalid rows and list them, instead of stopping at the first")
     _add_overrides(check, "--data-set", "data config", "root=/my/data")
     check.set_defaults(func=cmd_data_check)
+    exp = _parser(dsub, "export", help="export a training config's instruction data (datasets folder, "
+                  "LLaMA-Factory ShareGPT JSON with images)",
+                  example="vlm-salience data export configs/train/experts_synthetic.yaml --out runs/sft_data")
+    exp.add_argument("config", help="training YAML (configs/train/...): its corpus, splits, adapters and prompts")
+    exp.add_argument("--out", required=True, help="folder for hf/<adapter>/<split>/ and sharegpt/*.json")
+    exp.add_argument("--format", choices=["hf", "sharegpt", "both"], default="both",
+                     help="hf: datasets.save_to_disk folders; sharegpt: LLaMA-Factory JSON (default both)")
+    exp.add_argument("--adapter", action="append", default=[], help="only this adapter's data (repeatable)")
+    _add_overrides(exp, example="data.rationale=true")
+    _json_flag(exp, "the export summary")
+    exp.set_defaults(func=cmd_data_export)
 
     b = _parser(sub, "bci", help="cross-validated cue-integration study (BCI, salience variants, control)",
                 example="vlm-salience bci --data configs/data/affcog_utterances.yaml --out runs/affcog")
