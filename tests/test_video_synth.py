@@ -101,6 +101,9 @@ def test_the_law_is_planted_ambiguous_faces_identical_across_the_pair():
     assert np.array_equal(a.frames[a.face_alpha], b.frames[b.face_alpha])
     scene_gap = np.abs(a.frames[~a.face_alpha].astype(int) - b.frames[~b.face_alpha].astype(int)).mean()
     assert scene_gap > 30
+    assert np.array_equal(a.faces, b.faces)  # the written face crops too: masked, they show no scene
+    as_cropped = cfg.model_copy(update={"face_crop_background": "scene"})
+    assert not np.array_equal(render_clip(spec, as_cropped).faces, render_clip(twin, as_cropped).faces)
     # a clear face is not like that: happy and sad faces differ at the apex
     clear = next(s for s in plan_clips(cfg) if not s.ambiguous and cfg.classes[s.label] == "happy")
     sad = dataclasses.replace(clear, label=cfg.classes.index("sad"), expression="sad")

@@ -92,6 +92,9 @@ class ClipSynthConfig(StrictModel):
     distractor_rate: float = Field(0.3, ge=0.0, le=1.0)
     distractors: list[Distractor] = Field(default_factory=lambda: ["head_turn", "talking"])
     scene_strength: float = Field(1.0, ge=0.0, le=1.0)  # 0: every scene looks neutral
+    # The written face crops: "mask" pastes the face on flat grey, so a face stream cannot read the scene from
+    # the crop's corners (the law's gap stays clean); "scene" crops the frame as a detector would.
+    face_crop_background: Literal["mask", "scene"] = "mask"
     layouts: list[Literal["generic", "dfew"]] = Field(default_factory=lambda: ["generic", "dfew"])
     codec: str = "mpeg4"
     jpeg_quality: int = 92
@@ -241,6 +244,10 @@ def render_clip(spec: ClipSpec, cfg: ClipSynthConfig) -> RenderedClip:
         img = scene.copy()
         img.paste(face, (x0, y0), face)
         frames[t] = np.asarray(img)
+        src = img
+        if cfg.face_crop_background == "mask":
+            src = Image.new("RGB", (S, S), (128, 128, 128))
+            src.paste(face, (x0, y0), face)
         mask = Image.new("L", (S, S), 0)
         mask.paste(face.getchannel("A"), (x0, y0))
         alpha[t] = np.asarray(mask) > 0
@@ -248,7 +255,7 @@ def render_clip(spec: ClipSpec, cfg: ClipSynthConfig) -> RenderedClip:
         boxes[t] = (bx0, by0, bx1, by1)
         side = int(round(1.2 * max(bx1 - bx0, by1 - by0)))  # a padded square around the face
         cx, cy = (bx0 + bx1) // 2, (by0 + by1) // 2
-        crops[t] = np.asarray(img.crop((cx - side // 2, cy - side // 2, cx - side // 2 + side, cy - side // 2 + side))
+        crops[t] = np.asarray(src.crop((cx - side // 2, cy - side // 2, cx - side // 2 + side, cy - side // 2 + side))
                               .resize((S, S), Image.BILINEAR))
     return RenderedClip(frames=frames, faces=crops, face_alpha=alpha, boxes=boxes, objects=objects)
 
