@@ -55,10 +55,10 @@ def find_clip(folder: Path, name: str) -> Path | None:
 class _Builder:
     def __init__(self, cfg: VideoDataConfig, drop_invalid: bool) -> None:
         self.cfg, self.drop_invalid, self.report = cfg, drop_invalid, DropReport()
-        self.lower = {c.lower(): i for i, c in enumerate(cfg.classes)}
         self.bad: set[str] = set()
         self.bad_rows: set[int] = set()
         self.reported: set[tuple[Path, int, str]] = set()
+        self.has_polarity = False  # the generic CSV has a polarity column
 
     def fail(self, problem: str, row: Row, column: str, fix: str, value: str, *, key: bool = True) -> None:
         if not self.drop_invalid:
@@ -137,8 +137,6 @@ class _Builder:
         return VideoCorpus(name=cfg.name, classes=list(cfg.classes), clips=clip_list, folds=folds,
                            polarity_source=source, dropped=self.report,
                            fingerprint=_fingerprint(cfg, files, clip_list), root=Path(cfg.root))
-
-    has_polarity = False
 
     def _expected(self) -> str:
         if isinstance(self.cfg, DfewConfig):
