@@ -167,3 +167,17 @@ def test_bci_takes_one_run_yaml_and_flags_override_it(tmp_path, capsys):
     run.write_text(yaml.safe_dump(study))
     assert main(["bci", str(run), *sets]) == 2
     assert "--data" in capsys.readouterr().err
+
+
+def test_video_synth_and_data_check_on_video_corpora(tmp_path, capsys):
+    out = tmp_path / "clips"
+    assert main(["video", "synth", "--out", str(out), "--quiet", "--set", "clips=14", "--set", "frames=8",
+                 "--set", "size=48"]) == 0
+    capsys.readouterr()
+    for layout in ("generic", "dfew"):
+        assert main(["data", "check", "--data", str(out / layout / "data.yaml"), "--decode", "--quiet",
+                     "--json"]) == 0
+        printed = capsys.readouterr().out
+        summary = json.loads(printed[printed.index("{\n"):])
+        assert summary["clips"] == 14 and summary["per_class"]["fear"] == 2
+        assert summary["dropped"]["total"] == 0

@@ -136,6 +136,19 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
 
 def cmd_data_check(args: argparse.Namespace) -> int:
     from vlm_salience.data import load_corpus
+    from vlm_salience.data.video import is_video_data_config
+
+    if is_video_data_config(args.data):
+        from vlm_salience.data.video.check import check_video_data
+
+        summary = check_video_data(args.data, drop_invalid=args.drop_invalid, overrides=args.data_set,
+                                   decode=args.decode, progress=not args.quiet)
+        lines = summary.pop("dropped_lines", [])
+        _print_summary(summary)
+        for line in lines:
+            print("  " + line)
+        _emit_json(args.json, summary | {"dropped_lines": lines})
+        return 0
 
     corpus = load_corpus(args.data, drop_invalid=args.drop_invalid, overrides=args.data_set)
     print(f"{corpus.name}: {len(corpus.items)} items, {len(corpus.labels)} labels ({corpus.response}); "
@@ -143,6 +156,27 @@ def cmd_data_check(args: argparse.Namespace) -> int:
           f"combined {0 if corpus.combined is None else len(corpus.combined)}; fingerprint {corpus.fingerprint}")
     for line in corpus.dropped.lines():
         print("  " + line)
+    return 0
+
+
+def _print_summary(summary: dict[str, Any], indent: str = "") -> None:
+    for k, v in summary.items():
+        if isinstance(v, dict):
+            print(f"{indent}{k}:")
+            _print_summary(v, indent + "  ")
+        else:
+            print(f"{indent}{k}: {v}")
+
+
+def cmd_video_synth(args: argparse.Namespace) -> int:
+    from vlm_salience.config import load_config
+    from vlm_salience.data.video.synth import ClipSynthConfig, write_clip_corpus
+    from vlm_salience.resources import shipped
+
+    cfg = load_config(args.config or shipped("configs/synth/clips.yaml"), ClipSynthConfig, args.set)
+    path = write_clip_corpus(cfg, check_out_dir(args.out), progress=not args.quiet)
+    print(f"wrote the synthetic clip corpus to {args.out}: generic layout {path}, DFEW-like layout "
+          f"{Path(args.out) / 'dfew' / 'data.yaml'}, per-clip manifest {Path(args.out) / 'manifest.csv'}")
     return 0
 
 
@@ -326,6 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--data", required=True, help="data config YAML (configs/data/...)")
     check.add_argument("--drop-invalid", action="store_true",
                        help="skip invalid rows and list them, instead of stopping at the first")
+    check.add_argument("--decode", action="store_true", help="video corpora: also open every clip (slow)")
+    _json_flag(check, "the summary (video corpora)")
     _add_overrides(check, "--data-set", "data config", "root=/my/data")
     check.set_defaults(func=cmd_data_check)
     exp = _parser(dsub, "export", help="export a training config's instruction data (datasets folder, "
@@ -339,6 +375,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overrides(exp, example="data.rationale=true")
     _json_flag(exp, "the export summary")
     exp.set_defaults(func=cmd_data_export)
+
+    video = sub.add_parser("video", help="video emotion recognition: synthetic clips, prepare, train, eval")
+    vsub = video.add_subparsers(dest="video_command", required=True, metavar="COMMAND")
+    vs = _parser(vsub, "synth", help="write the synthetic clip corpus (generic and DFEW-like layouts)",
+                 example="vlm-salience video synth --out runs/clips --config configs/synth/clips_no_law.yaml")
+    vs.add_argument("--out", required=True, help="folder for the clips, their CSVs, data YAMLs and manifest")
+    vs.add_argument("--config", help="clip synth YAML (default: configs/synth/clips.yaml)")
+    _add_overrides(vs, example="clips=70")
+    vs.set_defaults(func=cmd_video_synth)
+    _add_video_commands(vsub)
 
     b = _parser(sub, "bci", help="cross-validated cue-integration study (BCI, salience variants, control)",
                 example="vlm-salience bci --data configs/data/affcog_utterances.yaml --out runs/affcog")
@@ -408,6 +454,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="fewer bootstrap resamples")
     demo.set_defaults(func=cmd_demo)
     return parser
+
+
+def _add_video_commands(vsub) -> None:
+    """prepare / train / eval (wired as their modules land)."""
 
 
 def main(argv: list[str] | None = None) -> int:
