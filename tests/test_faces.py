@@ -504,3 +504,16 @@ def test_face_score_with_the_litert_and_hf_models(image_dir, tmp_path, tiny_vit)
     (tmp_path / "vit.yaml").write_text(f"kind: hf\nname: tiny\npath: {tiny_vit}\n")
     s = score_faces([image_dir / "astro.png"], tmp_path / "vit.csv", model_cfg=tmp_path / "vit.yaml", progress=False)
     assert "p_Happy" in read_rows(tmp_path / "vit.csv")["astro.png"] and s["faces"] == 1
+
+
+def test_min_face_fraction_skips_small_faces(astronaut):
+    """The speed option: faces under min_face_frac of the shorter side are not searched for (face: 93/512 = 0.18)."""
+    assert HaarDetector(min_face_frac=0.15).detect(astronaut)[0].iou(HAND_BOX) >= 0.5
+    assert HaarDetector(min_face_frac=0.3).detect(astronaut) == []
+
+
+def test_batch_buckets():
+    from vlm_salience.models.faces.expression import bucket
+
+    assert [bucket(n, 256) for n in (1, 2, 3, 5, 64, 65, 256)] == [1, 2, 4, 8, 64, 128, 256]
+    assert bucket(300, 256) == 300 and bucket(20, 16) == 20

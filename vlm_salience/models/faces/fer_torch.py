@@ -118,3 +118,27 @@ def load_mini_xception(h5_path: str | Path) -> MiniXception:
     if missing or unexpected:
         raise ValueError(f"{h5_path}: weights do not fit the mini-Xception (missing {missing}, unexpected {unexpected})")
     return model.eval()
+
+
+def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    """Fold an inference-mode batch norm into the conv before it (conv then computes both)."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    conv.weight.data = conv.weight.data * scale.reshape(-1, 1, 1, 1)
+    bias = conv.bias.data if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    conv.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias)
+
+
+def fused_for_inference(model: MiniXception) -> MiniXception:
+    """A copy with every batch norm folded into its conv: the same outputs (to float rounding), fewer passes
+    over memory. For inference only (the moving statistics are frozen into the weights); fine-tune the original."""
+    import copy
+
+    m = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        pairs = [(m.conv1, "bn1", m), (m.conv2, "bn2", m)]
+        for b in m.blocks:
+            pairs += [(b.sep1.pointwise, "bn1", b), (b.sep2.pointwise, "bn2", b), (b.shortcut, "bn_short", b)]
+        for conv, name, owner in pairs:
+            _fold(conv, getattr(owner, name))
+            setattr(owner, name, nn.Identity())
+    return m
