@@ -376,3 +376,187 @@ def test_load_vlm_with_dtype_auto_loads_the_picked_dtype_and_records_it(tiny_vlm
     assert HFBackend(vlm).fingerprint() != HFBackend(load_vlm(ModelConfig(
         name="x", path=str(tiny_vlms["llava"]), dtype="float32" if want == torch.bfloat16 else "bfloat16"))
     ).fingerprint()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Multi-token labels and values: a tokenizer too small to hold any label or value in one token
+
+@pytest.fixture(scope="module")
+def split_vlm(tmp_path_factory):
+    """A tiny LLaVA whose byte-level BPE has ~40 merges: every label and every multi-digit value is several
+    tokens, as on real tokenizers for rarer labels (the shipped tiny tokenizers hold each in one token)."""
+    from vlm_salience.config import load_config
+    from vlm_salience.models.tiny import TinyVLMConfig, build_tiny_vlm
+
+    cfg = load_config(REPO / "configs" / "models" / "tiny_llava.yaml", TinyVLMConfig, ["vocab_size=300"])
+    return build_tiny_vlm(cfg, tmp_path_factory.mktemp("split_vlm") / "llava")
+
+
+def _split_slots():
+    from vlm_salience.prompting.answers import Slot
+
+    labels = ("happiness", "sad", "sadness", "surprise", "contempt")  # "sad" is a prefix of "sadness"
+    values = ("-3", "7", "512", "1000", "-275")
+    return [Slot("emotion", '{"emotion": "', labels, labels, ('"',)),
+            Slot("valence", '{"valence": ', values, tuple(int(v) for v in values), (",", "}", "\n"))]
+
+
+def test_multi_token_labels_and_values_score_as_full_sequences(split_vlm, corpus, spec):
+    backend = HFBackend(load_vlm(ModelConfig(name="split", path=str(split_vlm))), batch_size=2,
+                        max_continuation_tokens=16)  # several chunks
+    slots = _split_slots()
+    tok = backend.tok
+    for slot in slots:  # the point of this test: values of several tokens after the slot prefix
+        head = len(tok(slot.prefix, add_special_tokens=False).input_ids)
+        lengths = [len(tok(slot.prefix + c, add_special_tokens=False).input_ids) - head for c in slot.candidates]
+        assert max(lengths) >= 3 and sum(n >= 2 for n in lengths) >= 3, (slot.name, lengths)
+    prompts = [build_prompt(load_template("combined"), it, spec) for it in corpus.items[:3]]
+    got = backend.score(prompts, slots)
+    for i in (0, 2):
+        for slot in slots:
+            want = [_reference_logp(backend, prompts[i], slot, c) for c in slot.candidates]
+            assert np.allclose(got[i][slot.name], want, atol=1e-4), (slot.name, got[i][slot.name], want)
+    # sad / sadness share their first tokens and still get different scores (the terminator decides)
+    assert abs(got[0]["emotion"][1] - got[0]["emotion"][2]) > 1e-3
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The answer cache: every component of the key counts
+
+def test_every_component_of_the_answer_key_changes_it(corpus, spec):
+    from dataclasses import replace
+
+    from vlm_salience.prompting.answers import Slot
+    from vlm_salience.prompting.cache import prompt_answer_key
+
+    t = load_template("combined")
+    p = build_prompt(t, corpus.items[0], spec)
+    slots = spec.slots()
+    base = prompt_answer_key("model-a", t.digest, p, "score", slots=slots)
+    assert base == prompt_answer_key("model-a", t.digest, p, "score", slots=list(slots))  # deterministic
+    assert prompt_answer_key("model-a", t.digest, p, "score", slots=slots, max_new_tokens=99) == base  # unused
+    with_examples = build_prompt(t, corpus.items[0], spec, examples=[{"situation": "s", "face": None,
+                                                                      "answer": "{}"}])
+    s0 = slots[0]
+    variants = {
+        "model": prompt_answer_key("model-b", t.digest, p, "score", slots=slots),
+        "template digest": prompt_answer_key("model-a", "other", p, "score", slots=slots),
+        "prompt digest (few-shot examples)": prompt_answer_key("model-a", t.digest, with_examples, "score",
+                                                               slots=slots),
+        "template name": prompt_answer_key("model-a", t.digest, replace(p, template="x"), "score", slots=slots),
+        "item": prompt_answer_key("model-a", t.digest, replace(p, item_id="other"), "score", slots=slots),
+        "read": prompt_answer_key("model-a", t.digest, p, "generate", max_new_tokens=64),
+        "candidates": prompt_answer_key("model-a", t.digest, p, "score",
+                                        slots=[replace(s0, candidates=s0.candidates[:-1]), *slots[1:]]),
+        "slot prefix": prompt_answer_key("model-a", t.digest, p, "score",
+                                         slots=[replace(s0, prefix='{"label": "'), *slots[1:]]),
+        "terminators": prompt_answer_key("model-a", t.digest, p, "score",
+                                         slots=[replace(s0, terminators=('"', "'")), *slots[1:]]),
+        "slots": prompt_answer_key("model-a", t.digest, p, "score", slots=slots[:1]),
+        "slot name": prompt_answer_key("model-a", t.digest, p, "score", slots=[Slot("x", s0.prefix,
+                                       s0.candidates, s0.values, s0.terminators), *slots[1:]]),
+    }
+    assert with_examples.digest != p.digest
+    for what, key in variants.items():
+        assert key != base, what
+    gen = prompt_answer_key("model-a", t.digest, p, "generate", max_new_tokens=64)
+    assert prompt_answer_key("model-a", t.digest, p, "generate", max_new_tokens=65) != gen
+    assert len(set(variants.values())) == len(variants)
+
+
+def test_backend_fingerprints_change_with_what_the_answers_depend_on(tiny_vlms, tmp_path):
+    import os
+
+    from vlm_salience.prompting.openai_backend import APIModelConfig, OpenAIBackend
+
+    base = dict(name="a", model="m", base_url="http://127.0.0.1:9/v1", api_key_env=None)
+    fp = OpenAIBackend(APIModelConfig(**base)).fingerprint()
+    for change in ({"model": "m2"}, {"base_url": "http://127.0.0.1:10/v1"}, {"temperature": 0.7},
+                   {"max_tokens": 100}, {"top_logprobs": 5}, {"logprobs": False}):
+        assert OpenAIBackend(APIModelConfig(**{**base, **change})).fingerprint() != fp, change
+    assert OpenAIBackend(APIModelConfig(**{**base, "concurrency": 9, "name": "b"})).fingerprint() == fp
+    model = tmp_path / "m"
+    shutil.copytree(tiny_vlms["llava"], model)
+    cfg = ModelConfig(name="m", path=str(model))
+    fp = HFBackend(load_vlm(cfg)).fingerprint()
+    assert HFBackend(load_vlm(cfg)).fingerprint() == fp
+    assert HFBackend(load_vlm(ModelConfig(name="m", path=str(model), dtype="bfloat16"))).fingerprint() != fp
+    weights = next(model.glob("*.safetensors"))  # retrained weights at the same path: a new model
+    st = weights.stat()
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert HFBackend(load_vlm(cfg)).fingerprint() != fp
+
+
+def test_changing_any_part_of_a_strategy_recomputes_its_answers_and_nothing_else(tmp_path, small_synth_corpus,
+                                                                                 tiny_vlms, monkeypatch):
+    """The shipped grid runs combined and combined_fewshot on one template: the few-shot answers must not be the
+    zero-shot ones from the cache. Then each change recomputes exactly the strategy it touches."""
+    from vlm_salience.prompting import experiment as ex
+
+    prompts = tmp_path / "prompts"
+    shutil.copytree(REPO / "prompts", prompts)
+    strategies = [{"name": "combined", "template": str(prompts / "combined.j2")},
+                  {"name": "combined_fewshot", "template": str(prompts / "combined.j2"), "examples": "retrieved",
+                   "k": 2},
+                  {"name": "cot", "template": "chain_of_thought", "read": "generate", "max_new_tokens": 3}]
+    asked: list[tuple[str, int]] = []
+    real_score, real_generate = HFBackend.score, HFBackend.generate
+
+    def score(self, ps, *a, **k):
+        asked.append(("score", len(ps)))
+        return real_score(self, ps, *a, **k)
+
+    def generate(self, ps, *a, **k):
+        asked.append(("generate", len(ps)))
+        return real_generate(self, ps, *a, **k)
+    monkeypatch.setattr(HFBackend, "score", score)
+    monkeypatch.setattr(HFBackend, "generate", generate)
+
+    def run(strats, model="qwen2_vl"):
+        asked.clear()
+        cfg = _experiment(tmp_path, small_synth_corpus, tiny_vlms[model], strats, chunk=100,
+                          split={"test_fraction": 0.25, "group": "participant", "seed": 0, "max_test_items": 4})
+        return ex.run_experiment(cfg, progress=False), list(asked)
+
+    res, calls = run(strategies)
+    n = len(res.test_ids)
+    assert calls == [("score", n), ("score", n), ("generate", n)]  # few-shot not served from zero-shot answers
+    zero, few = res.predictions["tiny/combined"], res.predictions["tiny/combined_fewshot"]
+    assert not np.allclose(zero.emotion_dist, few.emotion_dist)
+    assert run(strategies)[1] == []  # nothing changed: all from the cache
+    longer = [*strategies[:2], {**strategies[2], "max_new_tokens": 4}]
+    assert run(longer)[1] == [("generate", n)]  # a decoding parameter
+    assert run([*strategies[:1], {**strategies[1], "k": 1}, strategies[2]])[1] == [("score", n)]  # the examples
+    (prompts / "combined.j2").write_text((prompts / "combined.j2").read_text() + "{# reworded #}\n")
+    assert run(strategies)[1] == [("score", n), ("score", n)]  # the template file, even where it renders alike
+    assert sorted(run(strategies, model="llava")[1]) == sorted(calls)  # another model
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Few-shot examples come from training cases only
+
+def test_the_few_shot_index_holds_training_cases_only(tmp_path, small_synth_corpus, tiny_vlms):
+    from vlm_salience.prompting import experiment as ex
+
+    cfg = _experiment(tmp_path, small_synth_corpus, tiny_vlms["qwen2_vl"],
+                      [{"name": "fewshot", "template": "combined", "examples": "retrieved", "k": 3},
+                       {"name": "fixed", "template": "combined", "examples": "fixed", "k": 3}])
+    runner = ex.Runner(cfg, progress=False)
+    index = runner._retrieval_index()
+    ids = set(index.table["id"])
+    train, test = set(runner.corpus.item_ids[runner.train]), set(runner.corpus.item_ids[runner.test])
+    assert ids == train and not ids & test and test
+    groups = runner.corpus.groups("participant")
+    assert not set(groups[runner.train]) & set(groups[runner.test])  # participants never straddle the split
+    shown_ids: list[str] = []
+    real_search = index.search
+
+    def search(*a, **k):
+        res = real_search(*a, **k)
+        shown_ids.extend(h.id for hits in res for h in hits)
+        return res
+    index.search = search
+    for strategy in cfg.strategies:
+        for i in runner.test:
+            assert len(runner.examples_for(strategy, int(i))) == 3
+    assert shown_ids and set(shown_ids) <= train  # no test item (and its ratings) ever shown in a prompt

@@ -11,8 +11,30 @@ from pathlib import Path
 from typing import Any
 
 
+SCORING_VERSION = 2  # bump when label scoring or answer reading changes what a cached answer would be
+
+
 def answer_key(**parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def prompt_answer_key(model: str, template_digest: str, prompt, read: str, *, max_new_tokens: int | None = None,
+                      slots: list | None = None) -> str:
+    """The key of one answer: everything the answer depends on, and nothing else.
+
+    - model: the backend's fingerprint (weights, precision, quantisation; server, model, decoding parameters)
+    - template_digest: the template file and its includes; prompt.digest: the rendered messages and image bytes
+      (few-shot examples included), prompt.item_id: the item
+    - read: score or generate; generate: max_new_tokens; score: each slot's name, prefix, candidates and
+      terminators (what is scored, and how a value ends)
+    """
+    params: dict[str, Any] = {"read": read}
+    if read == "generate":
+        params["max_new_tokens"] = max_new_tokens
+    else:
+        params["slots"] = [[s.name, s.prefix, list(s.candidates), list(s.terminators)] for s in slots or []]
+    return answer_key(model=model, template=prompt.template, template_digest=template_digest,
+                      prompt=prompt.digest, item=prompt.item_id, version=SCORING_VERSION, **params)
 
 
 class AnswerCache:

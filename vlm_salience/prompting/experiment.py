@@ -29,7 +29,7 @@ from vlm_salience.metrics import pearson, score
 from vlm_salience.models.loading import ModelConfig
 from vlm_salience.predictions import Predictions, observed, ratings_to_distribution
 from vlm_salience.prompting.answers import AnswerError, AnswerSpec, parse_answer
-from vlm_salience.prompting.cache import AnswerCache, answer_key
+from vlm_salience.prompting.cache import AnswerCache, prompt_answer_key
 from vlm_salience.prompting.inputs import ItemError, Prompt, build_prompt
 from vlm_salience.prompting.openai_backend import APIModelConfig, LogprobsUnavailable
 from vlm_salience.prompting.templates import load_template
@@ -343,11 +343,10 @@ class Runner:
             except ItemError as exc:
                 prompts.append(None)
                 errors[j] = str(exc)
-        params = {"read": strategy.read, "max_new_tokens": strategy.max_new_tokens if strategy.read == "generate"
-                  else None, "slots": [s.candidates for s in self.spec.slots()] if strategy.read == "score" else None}
-        fp = backend.fingerprint()
-        keys = [answer_key(model=fp, template=p.template, prompt=p.digest, item=p.item_id, **params)
-                if p is not None else None for p in prompts]
+        fp, slots = backend.fingerprint(), self.spec.slots()
+        digests = {t.name: t.digest for t in templates}
+        keys = [prompt_answer_key(fp, digests[p.template], p, strategy.read, max_new_tokens=strategy.max_new_tokens,
+                                  slots=slots) if p is not None else None for p in prompts]
         cached = self.cache.get_many([k for k in keys if k])
         todo = [j for j, k in enumerate(keys) if k and k not in cached]
         bar = tqdm(total=len(items), desc=f"{backend.name}/{strategy.name}", unit="item",

@@ -64,11 +64,17 @@ class HFBackend:
         return self.vlm.config.name
 
     def fingerprint(self) -> str:
-        """Model identity for cache keys: path, revision, precision, quantisation and the config's content."""
+        """Model identity for cache keys: path, revision, precision, quantisation, the config's content and the
+        weight files (name, size, modification time: rebuilt or retrained weights at the same path are a new
+        model; hashing gigabytes of weights on every run would not be worth it)."""
         c = self.vlm.config
         h = hashlib.sha256(json.dumps([c.path, c.revision, c.dtype, c.quantization], default=str).encode())
-        cfg = Path(c.path) / "config.json"
+        folder = Path(c.path)
+        cfg = folder / "config.json"
         h.update(cfg.read_bytes() if cfg.is_file() else self.model.config.to_json_string().encode())
+        if folder.is_dir():
+            weights = sorted(folder.glob("*.safetensors"))
+            h.update(json.dumps([[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in weights]).encode())
         return h.hexdigest()[:16]
 
     # -- encoding ------------------------------------------------------------------------------------------------

@@ -153,8 +153,10 @@ class OpenAIBackend:
         return self.cfg.name
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps([self.cfg.base_url, self.cfg.model, self.cfg.temperature,
-                                          self.cfg.max_tokens]).encode()).hexdigest()[:16]
+        """Server, model and every decoding parameter an answer depends on (never the key)."""
+        c = self.cfg
+        return hashlib.sha256(json.dumps([c.base_url, c.model, c.temperature, c.max_tokens, c.logprobs,
+                                          c.top_logprobs]).encode()).hexdigest()[:16]
 
     def close(self) -> None:
         self._client.close()
