@@ -534,3 +534,14 @@ def test_folded_batch_norm_is_the_same_model(astronaut_face):
     with torch.no_grad():
         np.testing.assert_allclose(fused_for_inference(m)(x).numpy(), m(x).numpy(), atol=1e-4)
     assert any(isinstance(mod, torch.nn.BatchNorm2d) for mod in m.modules())  # the original is left trainable
+
+
+def test_demo_images_score(tmp_path):
+    from vlm_salience.face_scoring import demo_images
+
+    files = demo_images(tmp_path / "imgs", drawn=2)
+    assert [f.name for f in files] == ["astronaut.png", "astronaut_no_face.png", "drawn_joy.png", "drawn_anger.png"]
+    s = score_faces([tmp_path / "imgs"], tmp_path / "s.csv", progress=False)
+    rows = read_rows(tmp_path / "s.csv")
+    assert s["images"] == 4 and rows["astronaut.png"]["status"] == "ok"
+    assert rows["astronaut_no_face.png"]["status"] == "no_face"

@@ -155,3 +155,33 @@ def main_summary_text(summary: dict) -> str:
     return (f"{summary['images']} images: {summary['faces']} with a face, {summary['no_face']} without, "
             f"{summary['errors']} errors -> {summary['out']}")
 
+
+
+def demo_images(folder: str | Path, drawn: int = 4, seed: int = 0) -> list[Path]:
+    """Images for `make demo`: scikit-image's astronaut photograph (a real smiling face, public domain; only when
+    scikit-image is installed), a face-free crop of it, and `drawn` faces of data/faces.py (joy, anger, surprise,
+    neutral, ...). Returns the files written."""
+    from PIL import Image
+
+    from vlm_salience.data.faces import ACTIONS, FaceStyle, render_face
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    try:
+        from skimage import data
+
+        a = data.astronaut()
+        for name, img in [("astronaut.png", a), ("astronaut_no_face.png", a[300:, 300:])]:
+            Image.fromarray(img).save(folder / name)
+            out.append(folder / name)
+    except ImportError:
+        pass
+    rng = np.random.default_rng(seed)
+    emotions = ["joy", "anger", "surprise", "neutral", *[e for e in ACTIONS if e not in ("joy", "anger", "surprise",
+                                                                                         "neutral")]]
+    for e in emotions[:drawn]:
+        path = folder / f"drawn_{e}.png"
+        render_face(e, 1.0, FaceStyle.sample(rng), size=160).save(path)
+        out.append(path)
+    return out
