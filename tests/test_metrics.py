@@ -44,18 +44,65 @@ def test_score_intervals_and_paired_bootstrap():
     good = _pred("good", *_noisy(rng, obs, 0.02))
     bad = _pred("bad", *_noisy(rng, obs, 0.08))
     s = metrics.score(good, obs, n_boot=300)
-    for name in metrics.METRICS:
+    label_metrics = [m for m in metrics.METRICS if m != "rating_kld"]  # a choice corpus has no rating scale
+    for name in label_metrics:
         lo, hi = s[name]["ci95"]
-        assert lo <= s[name]["value"] <= hi
+        assert lo < s[name]["value"] < hi and hi - lo > 1e-3, name  # an interval that collapsed fails here
+    assert s["rating_kld"]["value"] is None or np.isnan(s["rating_kld"]["value"])
     assert set(s["per_emotion"]) == {"e0", "e1", "e2", "e3"}
     cmp = metrics.paired_bootstrap(good, bad, obs, n_boot=300)
-    assert all(cmp[m]["a_better"] for m in metrics.METRICS)
+    assert all(cmp[m]["a_better"] for m in label_metrics)
+    assert all(cmp[m]["ci95"][1] - cmp[m]["ci95"][0] > 0 for m in label_metrics)
     same = metrics.paired_bootstrap(good, good, obs, n_boot=300)
     assert not any(same[m]["a_better"] for m in metrics.METRICS)
-    # grouped resampling runs and gives intervals at least as wide as the point
+
+
+def test_grouped_intervals_are_wider_where_items_of_a_group_share_their_error():
+    rng = np.random.default_rng(5)
     g = np.repeat(np.arange(20), 10)
-    sg = metrics.score(good, obs, n_boot=300, groups=g)
-    assert sg["r"]["ci95"][0] <= sg["r"]["value"] <= sg["r"]["ci95"][1]
+    d = rng.dirichlet(np.ones(4), size=200)
+    obs = _pred("observed", d, rng.normal(size=200))
+    shift = rng.normal(0, 1.0, 20)[g]  # a per-group error: the items of a group are not independent
+    pred = _pred("p", d, obs.valence + shift + rng.normal(0, 0.1, 200))
+    s_items = metrics.score(pred, obs, n_boot=400)
+    s_groups = metrics.score(pred, obs, n_boot=400, groups=g)
+    width = {k: v["valence_mse"]["ci95"][1] - v["valence_mse"]["ci95"][0] for k, v in
+             (("items", s_items), ("groups", s_groups))}
+    assert width["groups"] > 2 * width["items"] > 0
+
+
+def test_kld_direction_on_hand_computed_values():
+    # KL(obs || pred) for obs (0.8, 0.2), pred (0.5, 0.5): 0.8 ln 1.6 + 0.2 ln 0.4 = 0.19274;
+    # the reverse, KL(pred || obs), is 0.5 ln 0.625 + 0.5 ln 2.5 = 0.22314
+    obs = _pred("observed", np.array([[0.8, 0.2], [0.8, 0.2]]), np.zeros(2))
+    pred = _pred("p", np.array([[0.5, 0.5], [0.5, 0.5]]), np.zeros(2))
+    assert metrics.score(pred, obs, n_boot=10)["kld"]["value"] == pytest.approx(0.19274, abs=1e-4)
+    # rating KLD: per emotion over the scale, averaged over emotions (emotion 2's is 0)
+    obs.rating_dist = np.array([[[0.8, 0.2], [0.5, 0.5]]] * 2)
+    pred.rating_dist = np.array([[[0.5, 0.5], [0.5, 0.5]]] * 2)
+    assert metrics.score(pred, obs, n_boot=10)["rating_kld"]["value"] == pytest.approx(0.19274 / 2, abs=1e-4)
+
+
+def test_two_way_cluster_bootstrap_resamples_both_factors():
+    rows, cols = np.repeat(np.arange(10), 10), np.tile(np.arange(10), 10)
+    w = metrics.resample_weights(100, 200, seed=0, groups=rows, crossed=cols)
+    # an item's weight is (times its row was drawn) x (times its column was drawn)
+    a = w[1:].reshape(200, 10, 10)
+    # (a rank-one table per resample: total x a = outer(row sums, column sums))
+    total = a.sum(axis=(1, 2))[:, None, None]
+    assert np.allclose(a * total, a.sum(axis=2)[:, :, None] * a.sum(axis=1)[:, None, :])
+    assert np.allclose(total, 100, rtol=0.9)  # the expected total is n; any one draw varies
+    one_way = metrics.resample_weights(100, 200, seed=0, groups=rows)[1:].reshape(200, 10, 10)
+    assert np.all(one_way == one_way[:, :, :1])  # one-way: every column of a drawn row counts alike
+    assert not np.all(a == a[:, :, :1])  # two-way: columns are drawn too
+    # items sharing a column are dependent: the two-way interval of a column effect is wider
+    rng = np.random.default_rng(0)
+    d = rng.dirichlet(np.ones(3), size=100)
+    obs = _pred("observed", d, rng.normal(size=100))
+    pred = _pred("p", d, obs.valence + rng.normal(0, 1.0, 10)[cols] + rng.normal(0, 0.1, 100))
+    one = metrics.score(pred, obs, n_boot=400, groups=rows)["valence_mse"]["ci95"]
+    two = metrics.score(pred, obs, n_boot=400, groups=rows, crossed=cols)["valence_mse"]["ci95"]
+    assert two[1] - two[0] > 2 * (one[1] - one[0])
 
 
 def test_failed_items_are_left_out_and_coverage_reported():
@@ -77,7 +124,6 @@ def test_resample_weights_keep_groups_together():
 
 
 # -- classification metrics for video ------------------------------------------------------------------------
-from vlm_salience import metrics
 
 # On paper: true 0,0,0,1,1,2 / predicted 0,0,1,1,0,2.
 # confusion rows (true) -> [2,1,0], [1,1,0], [0,0,1]; recalls 2/3, 1/2, 1; UAR 13/18; WAR 4/6.

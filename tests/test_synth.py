@@ -81,3 +81,43 @@ def test_written_manifest_is_complete(tmp_path):
     img = Image.open(folder / trials.face_image[0])
     assert img.size == (48, 48)
     assert {"data.yaml", "synth.yaml", "truth.csv", "ratings.csv"} <= {p.name for p in folder.iterdir()}
+
+
+def test_the_declared_outcomes_give_cue_models_the_generators_prior(tmp_path, monkeypatch):
+    """The generator's prior is the four outcomes, equally weighted, at the trial's own pot; the data config
+    declares them, so the prior built from the corpus is that one (not the average over observed situations)."""
+    from vlm_salience.cue_models import CueModelConfig, build_cues
+    from vlm_salience.data import load_corpus, synth
+
+    cfg = _cfg("participants=20", "rounds=6", "raters.context=30", "image_size=8")
+    priors = []
+    real = synth._temper
+    monkeypatch.setattr(synth, "_temper", lambda pf, pc, p0, wf, wc: priors.append(p0) or real(pf, pc, p0, wf, wc))
+    corpus = load_corpus(write_corpus(cfg, tmp_path / "c", progress=False))
+    declared = corpus.items[0].situation.outcomes
+    assert [f["outcome"] for _, f in declared] == ["CC", "CD", "DC", "DD"]
+    assert [p for p, _ in declared] == pytest.approx([0.25] * 4)
+    assert {f["log_pot"] for _, f in declared} == {corpus.items[0].situation.features["log_pot"]}
+    truth = priors[0]  # (n, K) in trial order, the corpus's order
+    got = build_cues(corpus, CueModelConfig(context_model="ols")).block("emotions").prior[:, 0, :]
+    err = np.abs(got - truth).mean()
+    pooled = np.abs(got.mean(axis=0, keepdims=True) - truth).mean()  # one prior for every trial, as before
+    assert err < 0.02 and err < 0.5 * pooled, (err, pooled)
+
+
+def test_fixed_outcome_levels_are_checked(tmp_path):
+    from vlm_salience.data import load_corpus
+    from vlm_salience.data.config import CueTablesConfig
+    from vlm_salience.errors import DataError
+
+    folder = write_corpus(_cfg(), tmp_path / "c", progress=False).parent
+    text = (folder / "data.yaml").read_text().replace("DD: 0.25", "XX: 0.25")
+    (folder / "data.yaml").write_text(text)
+    with pytest.raises(DataError, match="not one of the declared outcome levels"):
+        load_corpus(folder / "data.yaml")
+    with pytest.raises(ValueError, match="split_steal format only"):
+        CueTablesConfig.model_validate({
+            "format": "cue_tables", "name": "x", "root": ".", "files": {"face": "f", "context": "c"}, "rater": "r",
+            "emotions": ["a"], "scale": {"low": 1, "high": 9}, "valence": {"from_emotions": {"a": 1}},
+            "face": {"id": ["u"]}, "situation": {"features": ["win"], "text": "t",
+                                                 "outcomes": {"feature": "win", "levels": {"1": 1.0}}}})

@@ -45,6 +45,7 @@ class Block:
     context: np.ndarray
     prior: np.ndarray
     targets: np.ndarray | None = None  # (n, D, S) combined-condition counts, where the corpus has them
+    categorical: bool = False  # the support is labels (a choice), not points of a scale
     _logs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     def logs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -212,7 +213,7 @@ def build_cues(corpus: Corpus, cfg: CueModelConfig | None = None) -> CueTable:
         ctx, prior = context.choice()
         support = np.arange(K, dtype=float)
         blocks.append(Block("emotions", support, face[item_face][:, None, :], ctx, prior,
-                            _targets(corpus, "emotions", support)))
+                            _targets(corpus, "emotions", support), categorical=True))
     if corpus.rated_valence:
         vs = corpus.valence_scale.points
         vface = grouped_kde(fj.valence[keep][:, None], f_groups, len(face_index), vs, cfg.kde_bandwidth)[item_face]

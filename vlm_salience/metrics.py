@@ -3,7 +3,10 @@
 - r, RMSE: Pearson correlation and root mean squared error over (item x emotion) cells of the emotion profile
   (expected ratings where the corpus has rating scales, else label probabilities), as in Ong et al. (2015);
   also per emotion;
-- KLD: mean over items of KL(observed || predicted) between emotion distributions;
+- KLD: mean over items of KL(observed || predicted) between emotion distributions (label choices; on rating
+  corpora the normalised mean-profile heights, the "profile KLD" of Ong et al. 2015);
+- rating KLD (rating corpora): mean over items and emotions of KL(observed || predicted) between the distributions
+  of ratings over the scale, the quantity the weights are fitted on;
 - valence MSE and r;
 - UAR / WAR: unweighted (mean per-class recall) and weighted (overall) accuracy, for video emotion classification,
   with per-class recall, confusion matrix, bootstrap intervals over clips or groups, paired tests and fold summaries.
@@ -18,7 +21,8 @@ import numpy as np
 
 from vlm_salience.predictions import Predictions
 
-HIGHER_IS_BETTER = {"r": True, "rmse": False, "kld": False, "valence_mse": False, "valence_r": True}
+HIGHER_IS_BETTER = {"r": True, "rmse": False, "kld": False, "rating_kld": False, "valence_mse": False,
+                    "valence_r": True}
 METRICS = tuple(HIGHER_IS_BETTER)
 KLD_FLOOR = 1e-6
 
@@ -81,6 +85,10 @@ def _metric_rows(pred: Predictions, obs: Predictions, w: np.ndarray) -> dict[str
     cell_se = ((P - O) ** 2).mean(axis=1)  # mean over emotions, per item
     out = {"r": _weighted_r(P, O, w), "rmse": np.sqrt(w @ cell_se / tot)}
     out["kld"] = w @ kl_per_item(obs.emotion_dist, pred.emotion_dist) / tot
+    if pred.rating_dist is not None and obs.rating_dist is not None:
+        out["rating_kld"] = w @ kl_per_item(obs.rating_dist, pred.rating_dist).mean(axis=1) / tot
+    else:
+        out["rating_kld"] = np.full(len(w), np.nan)
     if np.isfinite(pred.valence).all() and np.isfinite(obs.valence).all():
         out["valence_mse"] = w @ (pred.valence - obs.valence) ** 2 / tot
         out["valence_r"] = _weighted_r(pred.valence[:, None], obs.valence[:, None], w)
@@ -96,21 +104,43 @@ def _common(pred: Predictions, obs: Predictions, *others: Predictions) -> np.nda
     return np.flatnonzero(ok)
 
 
-def resample_weights(n: int, n_boot: int, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
+def _group_draws(rng: np.random.Generator, groups: np.ndarray, n_boot: int) -> np.ndarray:
+    """(B, n) per item: how often its group was drawn when the groups are resampled with replacement."""
+    uniq, inv = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
+    g = len(uniq)
+    return rng.multinomial(g, np.full(g, 1.0 / g), size=n_boot)[:, inv].astype(float)
+
+
+def resample_weights(n: int, n_boot: int, seed: int, groups: np.ndarray | None = None,
+                     crossed: np.ndarray | None = None) -> np.ndarray:
     """(1 + B, n) item weights: row 0 is the data itself, then B bootstrap resamples. With groups, whole
-    groups (a face, a participant) are drawn, so that items sharing a face do not count as independent."""
+    groups (a face, a participant) are drawn, so that items sharing a face do not count as independent. With a
+    crossed factor as well (e.g. utterances x wheels), both factors are drawn independently and an item counts
+    (times its row was drawn) x (times its column was drawn): the two-way cluster ("pigeonhole") bootstrap of
+    Owen (2007), which keeps the dependence of items sharing either factor."""
     rng = np.random.default_rng(seed)
-    if groups is None:
+    if groups is None and crossed is None:
         draws = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(float)
+    elif crossed is None:
+        draws = _group_draws(rng, groups, n_boot)
+    elif groups is None:
+        draws = _group_draws(rng, crossed, n_boot)
     else:
-        uniq, inv = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
-        g = len(uniq)
-        draws = rng.multinomial(g, np.full(g, 1.0 / g), size=n_boot)[:, inv].astype(float)
+        draws = _group_draws(rng, groups, n_boot) * _group_draws(rng, crossed, n_boot)
     return np.vstack([np.ones((1, n)), draws])
 
 
+def resampling_label(groups_name: str | None, crossed_name: str | None = None) -> str:
+    """How a bootstrap resampled, in words, for reports."""
+    if groups_name and crossed_name:
+        return f"two-way cluster bootstrap over {groups_name} x {crossed_name}"
+    if groups_name or crossed_name:
+        return f"cluster bootstrap over {groups_name or crossed_name}"
+    return "bootstrap over items"
+
+
 def score(pred: Predictions, obs: Predictions, *, n_boot: int = 1000, seed: int = 0,
-          groups: np.ndarray | None = None) -> dict[str, Any]:
+          groups: np.ndarray | None = None, crossed: np.ndarray | None = None) -> dict[str, Any]:
     """Point estimates, 95% bootstrap intervals and per-emotion r/RMSE of pred against obs (aligned by item)."""
     obs = obs.align(pred.item_ids)
     keep = _common(pred, obs)
@@ -119,7 +149,8 @@ def score(pred: Predictions, obs: Predictions, *, n_boot: int = 1000, seed: int 
         return {**{m: dict(nan) for m in METRICS}, "per_emotion": {}, "n_items": 0, "coverage": 0.0}
     p, o = pred.take(keep), obs.take(keep)
     g = None if groups is None else np.asarray(groups)[keep]
-    rows = _metric_rows(p, o, resample_weights(len(keep), n_boot, seed, g))
+    x = None if crossed is None else np.asarray(crossed)[keep]
+    rows = _metric_rows(p, o, resample_weights(len(keep), n_boot, seed, g, x))
     result: dict[str, Any] = {}
     for name in METRICS:
         boot = rows[name][1:]
@@ -136,7 +167,7 @@ def score(pred: Predictions, obs: Predictions, *, n_boot: int = 1000, seed: int 
 
 
 def paired_bootstrap(a: Predictions, b: Predictions, obs: Predictions, *, n_boot: int = 1000, seed: int = 0,
-                     groups: np.ndarray | None = None) -> dict[str, Any]:
+                     groups: np.ndarray | None = None, crossed: np.ndarray | None = None) -> dict[str, Any]:
     """Is a better than b? Per metric: the difference a - b, its 95% interval over paired resamples of items,
     a two-sided bootstrap p, and `a_better` (the interval excludes zero in a's favour)."""
     b = b.align(a.item_ids)
@@ -147,20 +178,10 @@ def paired_bootstrap(a: Predictions, b: Predictions, obs: Predictions, *, n_boot
                     "a_better": False} for m in METRICS}
     pa, pb, o = a.take(keep), b.take(keep), obs.take(keep)
     g = None if groups is None else np.asarray(groups)[keep]
-    w = resample_weights(len(keep), n_boot, seed, g)
+    x = None if crossed is None else np.asarray(crossed)[keep]
+    w = resample_weights(len(keep), n_boot, seed, g, x)
     ma, mb = _metric_rows(pa, o, w), _metric_rows(pb, o, w)
-    out: dict[str, Any] = {}
-    for name, higher in HIGHER_IS_BETTER.items():
-        d = ma[name] - mb[name]
-        point, boot = float(d[0]), d[1:][np.isfinite(d[1:])]
-        if not len(boot):
-            out[name] = {"diff": point, "ci95": [np.nan, np.nan], "p": np.nan, "a_better": False}
-            continue
-        lo, hi = np.percentile(boot, [2.5, 97.5])
-        p = float(min(1.0, 2 * min((boot <= 0).mean(), (boot >= 0).mean())))
-        better = bool(lo > 0) if higher else bool(hi < 0)
-        out[name] = {"diff": point, "ci95": [float(lo), float(hi)], "p": p, "a_better": better}
-    return out
+    return {name: _paired_entry(ma[name] - mb[name], higher) for name, higher in HIGHER_IS_BETTER.items()}
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -163,6 +163,20 @@ def observed(corpus: Corpus, target: str = "mean") -> Predictions:
     ids = corpus.item_ids
     profile, dist, valence = aggregate(corpus, corpus.combined, ids)
     ratings = profile if corpus.response == "ratings" else None
+    rating_dist = None
+    if corpus.response == "ratings":  # each cell's distribution of ratings over the scale (for the rating KLD)
+        from vlm_salience.cue_models import counts_on_support
+
+        j = corpus.combined
+        index = {k: i for i, k in enumerate(ids)}
+        keep = np.array([k in index for k in j.key], dtype=bool)
+        rows = np.array([index[k] for k in j.key[keep]], dtype=int)
+        pts = corpus.scale.points
+        counts = np.zeros((len(ids), len(corpus.labels), len(pts)))
+        for k in range(len(corpus.labels)):
+            np.add.at(counts[:, k, :], rows, counts_on_support(j.emotions[keep][:, k], pts))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rating_dist = counts / counts.sum(axis=-1, keepdims=True)
     if target == "kde" and corpus.response == "ratings":
         from vlm_salience.cue_models import grouped_kde
 
@@ -170,6 +184,7 @@ def observed(corpus: Corpus, target: str = "mean") -> Predictions:
         index = {k: i for i, k in enumerate(ids)}
         rows = np.array([index[k] for k in j.key], dtype=int)
         kde = grouped_kde(j.emotions, rows, len(ids), corpus.scale.points)
+        rating_dist = kde
         ratings = (kde * corpus.scale.points).sum(axis=-1)
         dist = ratings_to_distribution(ratings, corpus.scale)
         if not corpus.rated_valence:
@@ -181,7 +196,7 @@ def observed(corpus: Corpus, target: str = "mean") -> Predictions:
     if len(missing):
         raise ValueError(f"items without combined judgements: {missing[:5].tolist()}")
     return Predictions(method="observed", item_ids=ids, labels=corpus.labels, emotion_dist=dist, valence=valence,
-                       ratings=ratings, meta={"n_judgements": n_judgements})
+                       ratings=ratings, rating_dist=rating_dist, meta={"n_judgements": n_judgements})
 
 
 def condition_profiles(corpus: Corpus, condition: str, by: str = "outcome") -> pd.DataFrame:

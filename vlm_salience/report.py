@@ -20,7 +20,19 @@ from vlm_salience.metrics import METRICS
 from vlm_salience.predictions import condition_profiles
 from vlm_salience.study import StudyResult
 
-LABELS = {"r": "r", "rmse": "RMSE", "kld": "KLD", "valence_mse": "valence MSE", "valence_r": "valence r"}
+LABELS = {"r": "r", "rmse": "RMSE", "kld": "KLD", "rating_kld": "rating KLD", "valence_mse": "valence MSE",
+          "valence_r": "valence r"}
+
+
+def metric_label(name: str, response: str) -> str:
+    """On rating corpora the label-distribution KLD is over normalised mean-profile heights: say so."""
+    return "profile KLD" if name == "kld" and response == "ratings" else LABELS[name]
+
+
+def _shown_metrics(result: StudyResult) -> list[str]:
+    """The metrics defined for this corpus (no rating KLD without a rating scale)."""
+    return [k for k in METRICS if any(np.isfinite(m[k]["value"]) for m in result.metrics.values()
+                                      if m.get(k, {}).get("value") is not None)]
 
 
 def _clean(obj: Any) -> Any:
@@ -59,6 +71,8 @@ def metrics_document(result: StudyResult) -> dict[str, Any]:
                          "threshold": thr, "n_expressive": int((x > thr).sum()) if x is not None else None,
                          "n_subtle": int((x <= thr).sum()) if x is not None else None},
         "config": cfg.model_dump(mode="json"),
+        "fit_objective": cfg.fit_objective if c.has_targets else None,
+        "resampling": result.resampling or None,
         "notes": result.notes,
         "methods": methods,
     }
@@ -86,8 +100,11 @@ def summary_rows(result: StudyResult) -> list[dict[str, str]]:
             beats.append(result.config.reference)
         if verdict.get("beats_control"):
             beats.append("control")
+        if verdict.get("beats_null"):
+            beats.append("null (product control)")
         row = {"method": m.name}
-        row.update({LABELS[k]: _fmt(met[k], 4 if k == "kld" else 3) for k in METRICS})
+        row.update({metric_label(k, result.corpus.response): _fmt(met[k], 4 if "kld" in k else 3)
+                    for k in _shown_metrics(result)})
         row[f"beats ({result.config.primary_metric})"] = ", ".join(beats) or "-"
         rows.append(row)
     return rows
@@ -110,8 +127,8 @@ def print_table(result: StudyResult) -> None:
         for note in result.notes:
             console.print(f"- {note}")
         return
-    _print_rows(f"{result.corpus.name}: {len(result.corpus.items)} items, 95% bootstrap intervals", rows,
-                result.notes, width=160)
+    _print_rows(f"{result.corpus.name}: {len(result.corpus.items)} items, 95% intervals ({result.resampling}); "
+                f"weights fitted by {result.config.fit_objective}", rows, result.notes, width=160)
 
 
 def _console(width: int):
@@ -269,11 +286,19 @@ def report_markdown(result: StudyResult, doc: dict[str, Any], figures: list[str]
                     profiles: dict[str, pd.DataFrame]) -> str:
     c, cfg = result.corpus, result.config
     lines = [f"# Cue-integration study: {c.name}", ""]
-    lines.append(f"{len(c.items)} items ({c.response} over {len(c.labels)} emotion labels). "
-                 f"Expressivity: `{cfg.expressivity.estimator}`, normalised ({cfg.expressivity.normalise}) on "
-                 f"training faces, expressive above {cfg.expressivity.threshold}. "
-                 f"Cross-validation: {cfg.cv.scheme} over `{cfg.cv.group}`; weights fitted on training folds only. "
-                 f"Context model: {cfg.cue_models.context_model}. Target: combined-condition cell {cfg.target}s.")
+    if c.has_targets:
+        lines.append(f"{len(c.items)} items ({c.response} over {len(c.labels)} emotion labels). "
+                     f"Expressivity: `{cfg.expressivity.estimator}`, normalised ({cfg.expressivity.normalise}) on "
+                     f"training items, expressive above {cfg.expressivity.threshold}. "
+                     f"Cross-validation: {cfg.cv.scheme} over `{cfg.cv.group}`; expressivity scale and weights "
+                     f"fitted on training folds only, by {cfg.fit_objective} (the same objective for every law). "
+                     f"Context model: {cfg.cue_models.context_model}. Target: combined-condition cell "
+                     f"{cfg.target}s. Intervals: {result.resampling}.")
+    else:
+        lines.append(f"{len(c.items)} items ({c.response} over {len(c.labels)} emotion labels). This corpus has no "
+                     "combined-condition judgements, so there is no target: nothing was cross-validated, no weights "
+                     "were fitted and nothing is scored. Plain BCI and the single cues predict every item from the "
+                     f"face-only and context-only judgements (context model: {cfg.cue_models.context_model}).")
     lines.append("")
     if c.dropped.total:
         lines += ["## Dropped rows (--drop-invalid)", ""] + [f"- {s}" for s in c.dropped.lines()] + [""]
@@ -281,22 +306,30 @@ def report_markdown(result: StudyResult, doc: dict[str, Any], figures: list[str]
         lines += ["## Notes", ""] + [f"- {n}" for n in result.notes] + [""]
     rows = summary_rows(result)
     if rows:
-        lines += ["## Scores (95% bootstrap intervals over resampled "
-                  f"{cfg.cv.group if cfg.bootstrap.by_group else 'item'}s)", "", markdown_table(rows), "",
+        lines += [f"## Scores (95% intervals: {result.resampling})", "", markdown_table(rows), "",
                   f"'beats' lists the comparisons a method wins on the primary metric ({cfg.primary_metric}) by a "
                   "paired bootstrap whose 95% interval excludes zero. Salience counts only where it beats the "
-                  "control (one global weight pair). Every metric's comparison is in metrics.json.", ""]
+                  "control (one global weight pair) and, for a pool, also the product control (a pool whose share "
+                  "moves with expressivity beats a constant pool even without a salience law). Every metric's "
+                  "comparison is in metrics.json."
+                  + (" Profile KLD compares normalised mean-profile heights (as in Ong et al. 2015); rating KLD "
+                     "compares each emotion's distribution of ratings over the scale, averaged over emotions."
+                     if c.response == "ratings" else ""), ""]
         won = []
         for name, m in doc["methods"].items():
             v = m.get("verdict") or {}
             if "metrics_won_vs_control" in v:
                 won.append(f"- {name} vs its control: wins on {', '.join(v['metrics_won_vs_control']) or 'nothing'}")
+            if "metrics_won_vs_null" in v:
+                won.append(f"- {name} vs the product control: wins on "
+                           f"{', '.join(v['metrics_won_vs_null']) or 'nothing'}")
         if won:
             lines += won + [""]
     if result.weights:
         lines += ["## Fitted weights (all items)", "",
-                  "| method | w_face subtle -> expressive | w_context subtle -> expressive | face-weight gap [95% CI] |",
-                  "|---|---|---|---|"]
+                  "| method | w_face subtle -> expressive | w_context subtle -> expressive | gap [95% CI] | "
+                  "null gap | excess over null | evidence |",
+                  "|---|---|---|---|---|---|---|"]
         x = result.expressivity
         thr = cfg.expressivity.threshold
         for name, w in result.weights.items():
@@ -307,10 +340,17 @@ def report_markdown(result: StudyResult, doc: dict[str, Any], figures: list[str]
 
             def mean(a, mask):
                 return f"{a[mask].mean():.2f}" if mask.any() else "n/a"
+            scale = "share" if m.rule == "pool" else "w_face"
             lines.append(f"| {name} | {mean(wf, lo)} -> {mean(wf, hi)} | {mean(wc, lo)} -> {mean(wc, hi)} | "
-                         f"{_fmt(w.get('face_weight_gap'))} |")
+                         f"{_fmt(w.get('face_weight_gap'))} ({scale}) | {_fmt(w.get('null_gap'))} | "
+                         f"{_fmt(w.get('excess_gap'))} | {'yes' if w.get('gap_evidence') else 'no'} |")
         lines += ["", "The gap is mean w_face over expressive items minus over subtle ones (refits on "
-                  f"{cfg.bootstrap.weights_n} resamples); the salience hypothesis predicts it to be positive.", ""]
+                  f"{cfg.bootstrap.weights_n} resamples, {result.resampling}); the salience hypothesis predicts it "
+                  "to be positive. A pool is fitted in face share alone (w_face + w_context = 1), so its gap is a "
+                  "gap in face share; a pool's share moves with expressivity even under a constant-weight product, "
+                  "so its null gap is what the same fit finds on the product control's predictions, and only the "
+                  "excess counts. 'evidence': the interval of the gap (products) or of the excess (pools) "
+                  "excludes zero.", ""]
     per = [(n, m["per_emotion"]) for n, m in doc["methods"].items() if m.get("per_emotion")]
     if per:
         labels = list(per[0][1])

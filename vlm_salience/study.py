@@ -3,24 +3,33 @@
 Honest evaluation: expressivity normalisation and salience weights are fitted on training folds only (folds over
 faces, or over participants, so that no face is both fitted and scored); test items are predicted out of fold.
 Every method is scored with bootstrap intervals and compared with plain BCI and with its control (one global
-weight pair) by a paired bootstrap. Fitted weights are refitted on resamples for their intervals.
+weight pair) by a paired bootstrap. The bootstrap resamples whole CV groups, and where the design crosses them
+with situations (utterances x wheels: every situation seen with several faces and every face with several
+situations) both factors (a two-way cluster bootstrap). Fitted weights are refitted on the same resamples for
+their intervals. Every law of a run is fitted by one objective (likelihood, KLD or RMSE).
+
+A pool's best face share moves with expressivity even where observers integrate by a constant-weight product
+(a subtle face carries little evidence, so the product leans on the context), so a pool's share gap is compared
+with the gap the same pool fit finds on the product control's own predictions (`null_gap`); only the excess is
+evidence of a salience law.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
+
 from vlm_salience import bci
 from vlm_salience.config import StrictModel
 from vlm_salience.cue_models import CueModelConfig, CueTable, build_cues
 from vlm_salience.data.corpus import Corpus
 from vlm_salience.expressivity import Normaliser, raw_scores
-from vlm_salience.metrics import paired_bootstrap, score
+from vlm_salience.metrics import paired_bootstrap, resample_weights, resampling_label, score
 from vlm_salience.predictions import Predictions, from_blocks, observed
 from vlm_salience.salience import DEFAULT_THRESHOLD, LawKind, SalienceLaw
 
@@ -49,6 +58,8 @@ class BootstrapConfig(StrictModel):
     weights_n: int = Field(200, ge=0)  # refits for intervals of the fitted weights
     seed: int = 0
     by_group: bool = True  # resample whole CV groups (faces / participants), not single items
+    # auto: also resample situations where the design crosses them with the CV groups (two-way cluster bootstrap)
+    crossed: Literal["auto", "off"] = "auto"
 
 
 class StudyConfig(StrictModel):
@@ -56,7 +67,8 @@ class StudyConfig(StrictModel):
     expressivity: ExpressivityConfig = Field(default_factory=ExpressivityConfig)
     cv: CVConfig = Field(default_factory=CVConfig)
     target: Literal["mean", "kde"] = "mean"
-    primary_metric: Literal["r", "rmse", "kld", "valence_mse", "valence_r"] = "kld"
+    fit_objective: bci.Objective = "likelihood"  # what every law of the run is fitted by
+    primary_metric: Literal["r", "rmse", "kld", "rating_kld", "valence_mse", "valence_r"] = "kld"
     bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
     reference: str = "bci"  # the method every other is compared with
     methods: list[MethodConfig]
@@ -76,6 +88,14 @@ class StudyConfig(StrictModel):
             return None
         return next((m.name for m in self.methods if m.rule == method.rule and m.salience == "control"), None)
 
+    def null_of(self, method: MethodConfig) -> str | None:
+        """The no-law model a pool's salience must also beat: the product control. A pool with a share that
+        moves with expressivity beats a constant pool even where observers integrate by a constant-weight
+        product (reliability, not salience), so beating the pool control is no evidence on its own."""
+        if method.rule != "pool" or method.salience in ("plain", "control"):
+            return None
+        return next((m.name for m in self.methods if m.rule == "product" and m.salience == "control"), None)
+
 
 @dataclass
 class StudyResult:
@@ -88,6 +108,7 @@ class StudyResult:
     weights: dict[str, dict[str, Any]] = field(default_factory=dict)
     expressivity: np.ndarray | None = None  # full-data normalised expressivity per item
     notes: list[str] = field(default_factory=list)
+    resampling: str = ""  # how the bootstrap resampled, in words
 
 
 def make_folds(corpus: Corpus, cv: CVConfig) -> list[np.ndarray]:
@@ -103,6 +124,30 @@ def make_folds(corpus: Corpus, cv: CVConfig) -> list[np.ndarray]:
         shuffled = uniq[rng.permutation(len(uniq))]
         parts = [list(p) for p in np.array_split(shuffled, min(cv.k, len(uniq)))]
     return [np.flatnonzero(np.isin(groups, np.array(p, dtype=object))) for p in parts]
+
+
+def bootstrap_factors(corpus: Corpus, cfg: StudyConfig) -> tuple[np.ndarray | None, np.ndarray | None, str]:
+    """The factors the bootstrap resamples: (CV groups or None, crossed situations or None, description)."""
+    if not cfg.bootstrap.by_group:
+        return None, None, resampling_label(None)
+    groups = corpus.groups(cfg.cv.group)
+    if cfg.bootstrap.crossed == "off":
+        return groups, None, resampling_label(cfg.cv.group)
+    sit = np.array([it.situation.id for it in corpus.items], dtype=object)
+    if is_crossed(groups, sit):
+        return groups, sit, resampling_label(cfg.cv.group, "situation")
+    return groups, None, resampling_label(cfg.cv.group)
+
+
+def is_crossed(a: np.ndarray, b: np.ndarray) -> bool:
+    """Two factors are crossed when, on average, each level of one occurs with at least two levels of the other
+    (utterances x wheels); a factor nested in the other (a trial's situation in its participant) is not."""
+    pairs = {(str(u), str(v)) for u, v in zip(a, b)}
+    if len({p[0] for p in pairs}) < 2 or len({p[1] for p in pairs}) < 2:
+        return False
+    per_a = len(pairs) / len({p[0] for p in pairs})
+    per_b = len(pairs) / len({p[1] for p in pairs})
+    return per_a >= 2 and per_b >= 2
 
 
 def _predict(corpus: Corpus, cues: CueTable, m: MethodConfig, law: SalienceLaw, x: np.ndarray,
@@ -140,40 +185,48 @@ def run_study(corpus: Corpus, cfg: StudyConfig, *, progress: bool = True) -> Stu
         x = Normaliser.fit(raw[train], cfg.expressivity.normalise)(raw)
         train_cues = cues.take(train)
         for m in cfg.methods:
-            law = bci.fit_law(train_cues, m.rule, m.salience, x[train], threshold=thr)
+            law = bci.fit_law(train_cues, m.rule, m.salience, x[train], threshold=thr, objective=cfg.fit_objective)
             parts[m.name].append(_predict(corpus, cues, m, law, x, test))
             fold_laws[m.name].append(law.describe())
-    groups = corpus.groups(cfg.cv.group) if cfg.bootstrap.by_group else None
+    groups, crossed, result.resampling = bootstrap_factors(corpus, cfg)
     bs = cfg.bootstrap
     for m in cfg.methods:
         pred = Predictions.concat(parts[m.name]).align(corpus.item_ids)
         result.predictions[m.name] = pred
-        result.metrics[m.name] = score(pred, obs, n_boot=bs.n, seed=bs.seed, groups=groups)
+        result.metrics[m.name] = score(pred, obs, n_boot=bs.n, seed=bs.seed, groups=groups, crossed=crossed)
     for m in cfg.methods:
         comp: dict[str, Any] = {}
         if m.name != cfg.reference:
             comp["vs_" + cfg.reference] = paired_bootstrap(result.predictions[m.name],
                                                            result.predictions[cfg.reference], obs,
-                                                           n_boot=bs.n, seed=bs.seed, groups=groups)
+                                                           n_boot=bs.n, seed=bs.seed, groups=groups, crossed=crossed)
         control = cfg.control_of(m)
         if control:
             comp["vs_control"] = {"control": control, **paired_bootstrap(
                 result.predictions[m.name], result.predictions[control], obs, n_boot=bs.n, seed=bs.seed,
-                groups=groups)}
+                groups=groups, crossed=crossed)}
+        null = cfg.null_of(m)
+        if null:
+            comp["vs_null"] = {"null": null, **paired_bootstrap(
+                result.predictions[m.name], result.predictions[null], obs, n_boot=bs.n, seed=bs.seed,
+                groups=groups, crossed=crossed)}
         comp["verdict"] = _verdict(comp, cfg.primary_metric, cfg.reference)
         result.comparisons[m.name] = comp
-    result.weights = _fitted_weights(corpus, cues, cfg, x_all, fold_laws, progress)
+    result.weights = _fitted_weights(corpus, cues, cfg, x_all, fold_laws, progress, groups, crossed)
     return result
 
 
 def _verdict(comp: dict[str, Any], primary: str, reference: str) -> dict[str, Any]:
-    """Which comparisons a method wins: on the primary metric, and the list of every metric it wins."""
+    """Which comparisons a method wins: on the primary metric, and the list of every metric it wins. A salience
+    method counts as evidence (`salience_evidence`) only where it beats its control and, for a pool, the null."""
     out: dict[str, Any] = {"primary_metric": primary}
-    for key in ("vs_" + reference, "vs_control"):
+    for key in ("vs_" + reference, "vs_control", "vs_null"):
         if key in comp:
             won = [name for name, v in comp[key].items() if isinstance(v, dict) and v.get("a_better")]
             out[key.replace("vs_", "beats_")] = primary in won
             out[key.replace("vs_", "metrics_won_vs_")] = won
+    if "vs_control" in comp:
+        out["salience_evidence"] = bool(out["beats_control"] and out.get("beats_null", True))
     return out
 
 
@@ -184,38 +237,62 @@ def holdout_baselines(corpus: Corpus, cfg: StudyConfig, cues: CueTable, train: n
     preds, laws = {}, {}
     thr = cfg.expressivity.threshold
     for m in cfg.methods:
-        law = bci.fit_law(cues.take(train), m.rule, m.salience, x[train], threshold=thr)
+        law = bci.fit_law(cues.take(train), m.rule, m.salience, x[train], threshold=thr, objective=cfg.fit_objective)
         laws[f"{m.rule}/{m.salience}"] = law
         preds[m.name] = _predict(corpus, cues, m, law, x, test)
     return preds, laws
 
 
 def _fitted_weights(corpus: Corpus, cues: CueTable, cfg: StudyConfig, x: np.ndarray,
-                    fold_laws: dict[str, list[dict]], progress: bool) -> dict[str, dict[str, Any]]:
-    """Full-data fit per weighted method, with bootstrap intervals (refits on resampled groups) of the face-weight
-    gap between expressive and subtle faces, the quantity the salience hypothesis predicts to be positive."""
-    thr = cfg.expressivity.threshold
+                    fold_laws: dict[str, list[dict]], progress: bool, groups: np.ndarray | None = None,
+                    crossed: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
+    """Full-data fit per weighted method, with bootstrap intervals (refits on the resamples the scores use) of
+    the face-weight gap between expressive and subtle faces, the quantity the salience hypothesis predicts to be
+    positive. A product's gap is in weights; a pool's in face share (the only thing that moves a pool), beside
+    the gap the pool finds on the product control's predictions (`null_gap`) and the excess over it."""
+    thr, obj = cfg.expressivity.threshold, cfg.fit_objective
     out: dict[str, dict[str, Any]] = {}
     fitted = [m for m in cfg.methods if m.rule in ("product", "pool") and m.salience != "plain"]
-    groups = corpus.groups(cfg.cv.group)
-    uniq, inv = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
-    members = [np.flatnonzero(inv == g) for g in range(len(uniq))]
-    rng = np.random.default_rng(cfg.bootstrap.seed)
-    draws = [np.concatenate([members[g] for g in rng.integers(0, len(uniq), len(uniq))])
-             for _ in range(cfg.bootstrap.weights_n)]
+    n = len(corpus.items)
+    counts = resample_weights(n, cfg.bootstrap.weights_n, cfg.bootstrap.seed, groups, crossed)[1:].astype(int)
+    draws = [np.repeat(np.arange(n), c) for c in counts]
+    pools = [m for m in fitted if m.rule == "pool"]
+    null_cues = [_null_targets(cues, x, thr, obj)] if pools else []
+    if pools:  # the product control per resample, shared by every pool method
+        null_cues += [_null_targets(cues.take(idx), x[idx], thr, obj) for idx in
+                      tqdm(draws, desc="null fits for pool laws", disable=not progress, unit="resample")]
     for m in tqdm(fitted, desc="bootstrapping fitted weights", disable=not progress or not fitted, unit="method"):
-        law = bci.fit_law(cues, m.rule, m.salience, x, threshold=thr)
-        gaps, shares = [], []
-        for idx in draws:
-            b_law = bci.fit_law(cues.take(idx), m.rule, m.salience, x[idx], threshold=thr)
+        law = bci.fit_law(cues, m.rule, m.salience, x, threshold=thr, objective=obj)
+        gaps, shares, nulls = [], [], []
+        for k, idx in enumerate(draws):
+            b_law = bci.fit_law(cues.take(idx), m.rule, m.salience, x[idx], threshold=thr, objective=obj)
             gaps.append(b_law.face_weight_gap(x[idx]))
             shares.append(_share_gap(b_law, x[idx]))
+            if m.rule == "pool":
+                nulls.append(bci.fit_law(null_cues[k + 1], m.rule, m.salience, x[idx], threshold=thr,
+                                         objective=obj).face_weight_gap(x[idx]))
         entry = law.describe()
+        entry["gap_scale"] = "face share" if m.rule == "pool" else "w_face"
         entry["face_weight_gap"] = _with_ci(law.face_weight_gap(x), gaps)
         entry["face_share_gap"] = _with_ci(_share_gap(law, x), shares)
+        if m.rule == "pool":
+            null = bci.fit_law(null_cues[0], m.rule, m.salience, x, threshold=thr, objective=obj).face_weight_gap(x)
+            entry["null_gap"] = _with_ci(null, nulls)
+            entry["excess_gap"] = _with_ci(law.face_weight_gap(x) - null, np.subtract(gaps, nulls).tolist())
+        evidence = entry.get("excess_gap", entry["face_weight_gap"])
+        entry["gap_evidence"] = bool(np.isfinite(evidence["ci95"][0]) and evidence["ci95"][0] > 0)
         entry["folds"] = fold_laws[m.name]
         out[m.name] = entry
     return out
+
+
+def _null_targets(cues: CueTable, x: np.ndarray, thr: float, objective: bci.Objective) -> CueTable:
+    """The same items with targets replaced by what the product control (no salience law) predicts, at each
+    cell's number of judgements: the data a pool would see if observers had no salience law."""
+    law = bci.fit_law(cues, "product", "control", x, threshold=thr, objective=objective)
+    blocks, _ = bci.predict(cues, "product", law, x)
+    return replace(cues, blocks=[replace(b, targets=blocks[b.name] * b.targets.sum(axis=-1, keepdims=True))
+                                 for b in cues.blocks])
 
 
 def _share_gap(law: SalienceLaw, x: np.ndarray) -> float:

@@ -48,14 +48,25 @@ class ValenceConfig(StrictModel):
 
 class OutcomesConfig(StrictModel):
     """The possible outcomes of a situation, e.g. a lottery's payoffs: used to average the context model into
-    the prior P(e) as the observer who has not seen the outcome would."""
+    the prior P(e) as the observer who has not seen the outcome would.
 
-    feature: str  # the situation feature each outcome sets (e.g. win)
-    values: list[str]  # columns holding the possible values (payoff1, payoff2, ...)
-    probs: list[str]  # columns holding their probabilities
+    Either per-row numeric outcomes (`values` and `probs` name columns), or fixed categorical `levels` with their
+    probabilities, the same for every row (e.g. the four joint decisions CC/CD/DC/DD of a split-or-steal game;
+    split_steal format only)."""
+
+    feature: str  # the situation feature each outcome sets (e.g. win, outcome)
+    values: list[str] = Field(default_factory=list)  # columns holding the possible values (payoff1, payoff2, ...)
+    probs: list[str] = Field(default_factory=list)  # columns holding their probabilities
+    levels: dict[str, float] | None = None  # fixed level -> probability (normalised)
 
     @model_validator(mode="after")
     def _paired(self) -> OutcomesConfig:
+        if self.levels is not None:
+            if self.values or self.probs:
+                raise ValueError("give either outcomes.levels or outcomes.values with outcomes.probs, not both")
+            if not self.levels or min(self.levels.values()) < 0 or sum(self.levels.values()) <= 0:
+                raise ValueError("outcomes.levels must map each level to a non-negative probability, not all 0")
+            return self
         if len(self.values) != len(self.probs) or not self.values:
             raise ValueError("outcomes.values and outcomes.probs must be non-empty and of equal length")
         return self
@@ -124,6 +135,13 @@ class CueTablesConfig(StrictModel):
     face: FaceConfig
     situation: SituationConfig
 
+    @model_validator(mode="after")
+    def _no_levels(self) -> CueTablesConfig:
+        if self.situation.outcomes is not None and self.situation.outcomes.levels is not None:
+            raise ValueError("situation.outcomes.levels (fixed categorical outcomes) is supported by the "
+                             "split_steal format only; give outcomes.values and outcomes.probs columns")
+        return self
+
 
 class GoldenBallsFiles(StrictModel):
     expression: str = "expression_only_ratings.csv"
@@ -142,6 +160,13 @@ class GoldenBallsConfig(StrictModel):
     scale: ScaleConfig
     valence: ValenceConfig
     situation: SituationConfig
+
+    @model_validator(mode="after")
+    def _no_levels(self) -> GoldenBallsConfig:
+        if self.situation.outcomes is not None and self.situation.outcomes.levels is not None:
+            raise ValueError("situation.outcomes.levels (fixed categorical outcomes) is supported by the "
+                             "split_steal format only; give outcomes.values and outcomes.probs columns")
+        return self
 
 
 class SplitStealFiles(StrictModel):

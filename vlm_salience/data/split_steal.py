@@ -10,13 +10,14 @@ ratings.csv: one row per observer judgement: trial_id, condition (face|context|c
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from vlm_salience.data.config import SplitStealConfig
-from vlm_salience.data.corpus import CONDITIONS, Corpus, DropReport, Face, Item, Judgements
+from vlm_salience.data.config import SituationConfig, SplitStealConfig
+from vlm_salience.data.corpus import CONDITIONS, Corpus, DropReport, Face, Item, Judgements, Situation
 from vlm_salience.data.situations import build_situations
 from vlm_salience.data.tables import TableChecker, read_table
 from vlm_salience.errors import DataError
@@ -58,7 +59,9 @@ def load_split_steal(cfg: SplitStealConfig, *, drop_invalid: bool = False) -> Co
     if cfg.expressivity_column:
         tc.require_columns([cfg.expressivity_column])
         given_expr = tc.numbers(cfg.expressivity_column)
-    situations = build_situations(tdf, trial_id, cfg.situation, tc)
+    situations = build_situations(tdf, trial_id, _without_levels(cfg.situation), tc)
+    if cfg.situation.outcomes is not None and cfg.situation.outcomes.levels is not None:
+        situations = _with_levels(situations, cfg.situation, trials_path)
 
     ratings_path = root / cfg.files.ratings
     rdf = read_table(ratings_path)
@@ -109,6 +112,36 @@ def load_split_steal(cfg: SplitStealConfig, *, drop_invalid: bool = False) -> Co
         context_interactions=tuple(tuple(i) for i in cfg.situation.interactions), dropped=report,
         root=root, situations=situations,
     )
+
+
+def _without_levels(sit: SituationConfig) -> SituationConfig:
+    """Fixed categorical outcome levels are attached here (`_with_levels`); the generic builder reads columns."""
+    if sit.outcomes is None or sit.outcomes.levels is None:
+        return sit
+    return sit.model_copy(update={"outcomes": None})
+
+
+def _with_levels(situations: dict[str, Situation], sit: SituationConfig, file: Path) -> dict[str, Situation]:
+    """Each situation's possible outcomes: the declared levels of one categorical feature (e.g. the joint
+    decisions), every other feature as observed (so a derived feature must not depend on this one)."""
+    oc = sit.outcomes
+    assert oc is not None and oc.levels is not None
+    if oc.feature not in sit.features:
+        raise DataError(f"situation.outcomes.feature '{oc.feature}' is not one of situation.features "
+                        f"{sit.features}.", file=file, column=oc.feature,
+                        fix="name the feature whose levels are the possible outcomes.")
+    levels = list(oc.levels)
+    probs = np.array([oc.levels[k] for k in levels], dtype=float)
+    probs = probs / probs.sum()
+    out = {}
+    for sid, s in situations.items():
+        if str(s.features[oc.feature]) not in levels:
+            raise DataError(f"situation '{sid}' has {oc.feature} = '{s.features[oc.feature]}', not one of the "
+                            f"declared outcome levels {levels}.", file=file, column=oc.feature,
+                            fix="list every level under situation.outcomes.levels.")
+        outcomes = tuple((float(p), {**s.features, oc.feature: lev}) for p, lev in zip(probs, levels))
+        out[sid] = replace(s, outcomes=outcomes)
+    return out
 
 
 def _flag(report: DropReport, path: Path, trial: str, drop_invalid: bool) -> bool:

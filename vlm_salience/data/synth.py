@@ -202,6 +202,9 @@ def data_config(cfg: SynthConfig) -> dict:
         "situation": {
             "features": ["outcome", "log_pot"], "interactions": [["outcome", "log_pot"]],
             "derived": {"log_pot": "log(pot)"},
+            # the generator's prior: the four joint outcomes, equally weighted, at the trial's own pot; declared
+            # so that plain BCI is correctly specified on its own corpus
+            "outcomes": {"feature": "outcome", "levels": {o: 1.0 / len(OUTCOMES) for o in OUTCOMES}},
             "bins": {"pot_size": {"column": "pot", "edges": [1000, 10000, 40000],
                                   "labels": ["a small", "a medium", "a large", "a very large"]}},
             "text": "In a split-or-steal game with {pot_size} pot of ${pot:,.0f}, the player chose to "
