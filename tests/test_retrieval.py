@@ -168,7 +168,7 @@ def test_bad_input(tmp_path, small_synth_corpus, embedder):
     index.save(tmp_path / "idx")
     raw = (tmp_path / "idx" / "index.faiss").read_bytes()
     (tmp_path / "idx" / "index.faiss").write_bytes(raw[: len(raw) // 2])
-    with pytest.raises(DataError, match="truncated or corrupt"):
+    with pytest.raises(DataError, match="index.faiss does not match the manifest"):
         CaseIndex.load(tmp_path / "idx")
     (tmp_path / "idx" / "index.faiss").unlink()
     with pytest.raises(DataError, match="index.faiss is missing"):
@@ -228,3 +228,188 @@ def test_batched_search_returns_what_faiss_returns(kind):
     assert np.allclose(s_batch, s_faiss, atol=1e-4)
     singles = np.vstack([index.search_vectors(q[j:j + 1], 8)[1] for j in range(20)])
     assert np.mean(singles == i_batch[:20]) > 0.99
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The leakage guard: every path (batched over-fetch and filter, the selector fallback), small and large exclusions
+
+def _random_index(n: int = 3000, d: int = 24, groups: int = 50, kind: str = "flat", seed: int = 5):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    cases = [Case(id=f"c{i}", text="", keys={"item": f"c{i}", "participant": f"p{i % groups}"}) for i in range(n)]
+    cfg = IndexConfig(kind=kind, exact_below=100, keys=["item", "participant"])
+    return CaseIndex.from_vectors(cases, x, cfg, progress=False), x, rng
+
+
+def _brute_force(x, q, k, excluded):
+    s = q @ x.T
+    s[list(excluded)] = -np.inf
+    top = np.argsort(-s, kind="stable")[:min(k, len(x) - len(excluded))]
+    return top, s[top]
+
+
+def _excluded(index, exclude):
+    rows = set()
+    for key, values in exclude.items():
+        values = [values] if isinstance(values, str) else values
+        rows |= {i for i, v in enumerate(index.table[f"key_{key}"]) if v in set(values)}
+    return rows
+
+
+@pytest.fixture
+def fallback_calls(monkeypatch):
+    calls = []
+    real = CaseIndex._search_excluding
+
+    def counted(self, vector, k, excl):
+        calls.append(len(excl))
+        return real(self, vector, k, excl)
+    monkeypatch.setattr(CaseIndex, "_search_excluding", counted)
+    return calls
+
+
+def test_guard_fast_path_and_fallback_return_exactly_the_nearest_allowed_cases(fallback_calls):
+    from vlm_salience.retrieval.index import OVERFETCH_MAX
+
+    index, x, rng = _random_index()
+    n, k = len(x), 8
+    stored = rng.integers(0, n, 40)
+    q = x[stored] + 0.02 * rng.standard_normal((40, x.shape[1])).astype(np.float32)  # near a stored case
+    nearest_first = np.argsort(-(q @ x.T), axis=1)
+    exclude = []
+    for j in range(40):
+        kind = j % 5
+        if kind == 0:
+            exclude.append(None)
+        elif kind == 1:  # itself: the nearest case
+            exclude.append({"item": f"c{stored[j]}"})
+        elif kind == 2:  # its 20 nearest cases: all of the over-fetch of k + 1 would be excluded
+            exclude.append({"item": [f"c{i}" for i in nearest_first[j, :20]]})
+        elif kind == 3:  # one participant: 60 rows
+            exclude.append({"participant": f"p{stored[j] % 50}"})
+        else:  # 25 participants (1,500 rows > OVERFETCH_MAX): the selector fallback
+            exclude.append({"participant": [f"p{g}" for g in range(25)], "item": f"c{stored[j]}"})
+    scores, ids = index.search_vectors(q, k, exclude=exclude)
+    for j in range(40):
+        excluded = _excluded(index, exclude[j] or {})
+        want, want_s = _brute_force(x, q[j], k, excluded)
+        assert ids[j].tolist() == want.tolist(), (j, exclude[j] and list(exclude[j]))
+        assert np.allclose(scores[j], want_s, atol=1e-5)
+        assert not set(ids[j].tolist()) & excluded
+    big = [len(_excluded(index, e)) for e in exclude if e and len(_excluded(index, e)) > OVERFETCH_MAX]
+    assert sorted(fallback_calls) == sorted(big) and len(big) == 8  # only the large sets took the fallback
+    # one query at a time (faiss's own path below MIN_BATCH) gives the same
+    for j in (1, 2, 3, 4):
+        s1, i1 = index.search_vectors(q[j:j + 1], k, exclude=[exclude[j]])
+        assert i1[0].tolist() == ids[j].tolist()
+
+
+def test_guard_that_leaves_fewer_than_k_cases(fallback_calls):
+    index, x, rng = _random_index(n=400, groups=4)
+    q = x[:30]
+    keep_one = [{"participant": ["p0", "p1", "p2"]}] * 30  # leaves the 100 rows of p3
+    _, ids = index.search_vectors(q, 8, exclude=keep_one)
+    assert all(set(index.table["key_participant"].iloc[row[row >= 0]]) == {"p3"} for row in ids)
+    almost_all = [{"item": [f"c{i}" for i in range(400) if i not in (7, 9, 11)]}] * 30
+    s, ids = index.search_vectors(q, 8, exclude=almost_all)
+    assert all(sorted(row[:3].tolist()) == [7, 9, 11] and (row[3:] == -1).all() for row in ids)
+    assert np.isneginf(s[:, 3:]).all()
+    assert all(len(h) == 3 for h in index.search(q, k=8, exclude=almost_all))  # short rows, no padding hits
+    small = [{"item": f"c{i}"} for i in range(30)]  # over-fetch of k + 1 always suffices: no fallback
+    fallback_calls.clear()
+    _, ids = index.search_vectors(q, 8, exclude=small)
+    assert fallback_calls == [] and all(i not in row for i, row in enumerate(ids))
+
+
+def test_guard_on_an_approximate_index_never_returns_excluded_cases(fallback_calls):
+    index, x, rng = _random_index(n=4000, kind="ivf")
+    q = x[:64]
+    exclude = [{"item": f"c{i}"} for i in range(32)] + [{"participant": [f"p{g}" for g in range(30)]}] * 32
+    _, ids = index.search_vectors(q, 8, exclude=exclude)
+    _, plain = index.search_vectors(q, 9)
+    for j in range(32):  # one excluded row: the rest of the unguarded answer, in order
+        assert j not in ids[j] and ids[j].tolist() == [i for i in plain[j] if i != j][:8]
+    allowed = set(np.flatnonzero(~index.table["key_participant"].isin([f"p{g}" for g in range(30)])))
+    assert all(set(row[row >= 0].tolist()) <= allowed for row in ids[32:])
+    assert len(fallback_calls) >= 32
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Batched search: what faiss returns, for many queries, on every index type
+
+def test_batched_ivf_search_equals_faiss_for_several_nprobe():
+    import faiss
+
+    index, x, rng = _random_index(n=6000, kind="ivf")
+    ivf = faiss.extract_index_ivf(index.index)
+    q = x[rng.integers(0, len(x), 300)] + 0.05 * rng.standard_normal((300, x.shape[1])).astype(np.float32)
+    for nprobe in (1, 3, 16):
+        ivf.nprobe = nprobe
+        s_b, i_b = index.search_vectors(q, 10)
+        s_f, i_f = index.index.search(q, 10)
+        assert np.mean(i_b == i_f) > 0.999 and np.allclose(s_b, s_f, atol=1e-5), nprobe
+    ivf.nprobe = 1
+    _, i_b = index.search_vectors(q, 400)  # k larger than most lists: short lists pad with -1 like faiss
+    _, i_f = index.index.search(q, 400)
+    assert ((i_b == -1) == (i_f == -1)).all() and (i_b == -1).any()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The on-disk format: a part from another build is refused, whatever it agrees on
+
+def _two_builds(tmp_path):
+    out = []
+    for name, seed in (("a", 1), ("b", 2)):
+        x = np.random.default_rng(seed).standard_normal((50, 16)).astype(np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        cases = [Case(id=f"{name}{i}", text=f"case {i}", keys={"item": f"{name}{i}"}) for i in range(50)]
+        index = CaseIndex.from_vectors(cases, x, IndexConfig(), progress=False)
+        out.append(index.save(tmp_path / name))
+    return out
+
+
+@pytest.mark.parametrize("part", ["index.faiss", "cases.parquet", "manifest.json"])
+def test_a_part_from_another_build_of_the_same_size_is_refused(tmp_path, part):
+    import shutil
+
+    a, b = _two_builds(tmp_path)
+    assert len(CaseIndex.load(a)) == 50 and len(CaseIndex.load(b)) == 50
+    shutil.copy(b / part, a / part)  # same count, same dimension, same type: only the content differs
+    with pytest.raises(DataError, match="does not match the manifest|not those the manifest recorded"):
+        CaseIndex.load(a)
+
+
+def test_reordered_payloads_and_stray_or_missing_image_index_are_refused(tmp_path):
+    import shutil
+
+    import pandas as pd
+
+    a, b = _two_builds(tmp_path)
+    table = pd.read_parquet(a / "cases.parquet")
+    table.iloc[::-1].to_parquet(a / "cases.parquet", index=False)  # rows no longer match the vectors
+    m = json.loads((a / "manifest.json").read_text())
+    from vlm_salience.retrieval.index import _file_sha256
+
+    m["files"]["cases.parquet"] = _file_sha256(a / "cases.parquet")  # even with a matching file digest
+    (a / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(DataError, match="not those the manifest recorded"):
+        CaseIndex.load(a)
+    shutil.copy(b / "index.faiss", b / "image_index.faiss")
+    with pytest.raises(DataError, match="image_index.faiss is there but the manifest names no image index"):
+        CaseIndex.load(b)
+    m = json.loads((b / "manifest.json").read_text())
+    m["files"]["image_index.faiss"] = _file_sha256(b / "image_index.faiss")
+    (b / "image_index.faiss").unlink()
+    (b / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(DataError, match="missing but the manifest names one"):
+        CaseIndex.load(b)
+
+
+def test_an_old_format_index_asks_for_a_rebuild(tmp_path):
+    a, _ = _two_builds(tmp_path)
+    m = json.loads((a / "manifest.json").read_text())
+    m["format_version"] = 1
+    (a / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(DataError, match="format 1 is not 2.*rebuild"):
+        CaseIndex.load(a)

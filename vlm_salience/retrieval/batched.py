@@ -1,49 +1,29 @@
-"""Batched search: many queries at once, each stored vector read once per batch.
+"""Batched search on IVF-Flat: many queries at once, each inverted list read once per batch.
 
-A single query against a flat or inverted-file index is bound by memory bandwidth (every candidate vector is read
-for one dot product each). A batch can share those reads: exact search becomes a blocked matrix product, and IVF
-search groups the queries by inverted list so that each probed list is scored against all its queries with one
-matrix product. The faiss-cpu wheel scans query by query in both cases (measured in
-benchmarks/bench_retrieval.py), so these paths use torch's matrix multiply and top-k on views of faiss's own
-storage (no copies). They return what faiss returns for the same index and nprobe (tests check it).
+Exact search needs nothing of ours: faiss scores a batch of 20 or more queries by blocked matrix products (BLAS)
+with the top-k kept per block, on all OpenMP threads (`IndexFlat.search`). IVF search in faiss scans query by
+query (in parallel over queries), so a list probed by 40 queries is read 40 times. Here the queries are grouped by
+probed list and each list is scored against all its queries with one matrix product. The coarse quantizer runs
+in faiss's BLAS path; the lists are split between worker threads (one per core) that each run single-threaded
+BLAS, so that a thousand small products do not each wait at an OpenMP barrier (on a loaded machine such a
+barrier costs a scheduler quantum). Results are those of faiss for the same index and nprobe (tests check it).
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+
 import numpy as np
 
-MIN_BATCH = 32  # below this, faiss's own per-query search is as fast
-BLOCK_FLOATS = 1 << 24  # scores held at once (64 MB)
-
-
-def _torch():
-    import torch
-
-    return torch
+MIN_BATCH = 20  # below this, faiss's own per-query search is as fast (its own BLAS threshold is 20 too)
 
 
 def flat_storage(index) -> np.ndarray:
-    """(n, d) float32 view of an IndexFlat's vectors."""
+    """(n, d) float32 view of an IndexFlat's vectors (no copy)."""
     import faiss
 
     return faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
-
-
-def flat_search(xb: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inner-product top-k by blocked matrix products."""
-    torch = _torch()
-    base = torch.from_numpy(xb)
-    q_all = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
-    m = len(queries)
-    block = max(1, BLOCK_FLOATS // max(len(xb), 1))
-    out_s = np.empty((m, k), np.float32)
-    out_i = np.empty((m, k), np.int64)
-    with torch.inference_mode():
-        for s in range(0, m, block):
-            scores = q_all[s:s + block] @ base.T
-            top = torch.topk(scores, k, dim=1)
-            out_s[s:s + block], out_i[s:s + block] = top.values.numpy(), top.indices.numpy()
-    return out_s, out_i
 
 
 class IVFLists:
@@ -54,7 +34,7 @@ class IVFLists:
 
         self.nlist, self.d = ivf.nlist, ivf.d
         invlists = ivf.invlists
-        self.centroids = flat_storage(faiss.downcast_index(ivf.quantizer))
+        self.quantizer = faiss.downcast_index(ivf.quantizer)
         self.vectors, self.ids = [], []
         for lst in range(self.nlist):
             n = invlists.list_size(lst)
@@ -67,31 +47,60 @@ class IVFLists:
             self.ids.append(faiss.rev_swig_ptr(invlists.get_ids(lst), n))
 
 
+def _one_thread_blas():
+    try:
+        from threadpoolctl import threadpool_limits  # installed with scikit-learn
+    except ImportError:  # pragma: no cover
+        return nullcontext()
+    return threadpool_limits(1, user_api="blas")
+
+
+def _workers() -> int:
+    import faiss
+
+    return max(1, faiss.omp_get_max_threads())
+
+
 def ivf_search(lists: IVFLists, queries: np.ndarray, k: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
     """IVF-Flat search with queries grouped by probed list; the same candidates as faiss with this nprobe."""
-    torch = _torch()
     q = np.ascontiguousarray(queries, dtype=np.float32)
     m = len(q)
     nprobe = min(nprobe, lists.nlist)
-    _, probes = flat_search(lists.centroids, q, nprobe)  # (m, nprobe) list ids per query
+    _, probes = lists.quantizer.search(q, nprobe)  # (m, nprobe) list ids per query
     flat_lists = probes.ravel()
     flat_queries = np.repeat(np.arange(m), nprobe)
+    valid = flat_lists >= 0
+    flat_lists, flat_queries = flat_lists[valid], flat_queries[valid]
     order = np.argsort(flat_lists, kind="stable")
     bounds = np.searchsorted(flat_lists[order], np.arange(lists.nlist + 1))
-    cand_q, cand_s, cand_i = [], [], []
-    qt = torch.from_numpy(q)
-    with torch.inference_mode():
-        for lst in np.flatnonzero(np.diff(bounds)):
+    active = [int(lst) for lst in np.flatnonzero(np.diff(bounds)) if len(lists.vectors[lst])]
+
+    def score(chunk: list[int]):
+        out_q, out_s, out_i = [], [], []
+        for lst in chunk:
             vecs = lists.vectors[lst]
-            if len(vecs) == 0:
-                continue
             members = flat_queries[order[bounds[lst]:bounds[lst + 1]]]
-            scores = qt[members] @ torch.from_numpy(vecs).T
+            scores = q[members] @ vecs.T
             kk = min(k, len(vecs))
-            top = torch.topk(scores, kk, dim=1)
-            cand_q.append(np.repeat(members, kk))
-            cand_s.append(top.values.numpy().ravel())
-            cand_i.append(lists.ids[lst][top.indices.numpy()].ravel())
+            top = np.argpartition(-scores, kk - 1, axis=1)[:, :kk] if kk < len(vecs) else \
+                np.broadcast_to(np.arange(kk), scores.shape)
+            out_q.append(np.repeat(members, kk))
+            out_s.append(np.take_along_axis(scores, top, 1).ravel())
+            out_i.append(lists.ids[lst][top].ravel())
+        return out_q, out_s, out_i
+
+    workers = min(_workers(), max(1, len(active)))
+    cand_q, cand_s, cand_i = [], [], []
+    with _one_thread_blas():
+        if workers == 1:
+            parts = [score(active)]
+        else:
+            with ThreadPoolExecutor(workers) as pool:  # BLAS releases the GIL: one list per core at a time
+                parts = list(pool.map(score, [active[w::workers] for w in range(workers)]))
+    for pq, ps, pi in parts:
+        cand_q += pq
+        cand_s += ps
+        cand_i += pi
     out_s = np.full((m, k), -np.inf, np.float32)
     out_i = np.full((m, k), -1, np.int64)
     if not cand_q:

@@ -8,8 +8,9 @@
   right clusters does not (measured: benchmarks/bench_retrieval.py).
 - On disk, a folder: `index.faiss`, `cases.parquet` (ids, texts, guard keys, JSON payloads) and `manifest.json`
   (embedding model and dimension, normalisation, index type and parameters, corpus fingerprint, counts, build time,
-  package version). A build writes a temporary folder and renames it, so an interrupted build leaves the previous
-  index intact. Loading checks every file against the manifest.
+  package version, and the SHA-256 of each file and of the ordered case ids). A build writes a temporary folder
+  and renames it, so an interrupted build leaves the previous index intact. Loading checks every file against the
+  manifest: a part from another build (same size and dimension or not) is refused.
 - The leakage guard: a search can exclude cases sharing any key with the query (same item, face, participant,
   episode, fold). Experiments pass the query item's keys, so an item never retrieves itself or its twin.
 """
@@ -33,7 +34,7 @@ from vlm_salience.errors import DataError
 from vlm_salience.retrieval.cases import TEXT_VERSION, Case
 from vlm_salience.retrieval.embed import DEFAULT_TEXT_MODEL
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the manifest records a digest of every file and of the case ids
 FILES = ("index.faiss", "cases.parquet", "manifest.json")
 
 
@@ -380,35 +381,19 @@ class CaseIndex:
         if exclude is None or not any(exclude):
             scores, ids = self._raw_search(vectors, k)
             return scores.astype(np.float32), ids.astype(np.int64)
+        if len(exclude) != m:
+            raise ValueError(f"{m} queries but {len(exclude)} exclusion sets")
         excl = [self.excluded_rows(e) for e in exclude]
-        if len(excl) != m:
-            raise ValueError(f"{m} queries but {len(excl)} exclusion sets")
-        extra = np.array([len(e) for e in excl])
-        small = extra <= 256
-        kf = int(min(n, k + (extra[small].max() if small.any() else 0)))
-        scores, ids = self._raw_search(vectors, kf)  # with separate image vectors: the text index alone
-        out_s = np.full((m, k), -np.inf, dtype=np.float32)
-        out_i = np.full((m, k), -1, dtype=np.int64)
-        for q in range(m):
-            row_i, row_s = ids[q], scores[q]
-            keep = row_i >= 0
-            if len(excl[q]):
-                keep &= ~np.isin(row_i, excl[q])
-            got_i, got_s = row_i[keep][:k], row_s[keep][:k]
-            wanted = min(k, n - len(excl[q]))
-            if len(got_i) < wanted:  # the guard removed too much of the over-fetch: search with a selector
-                got_s, got_i = self._search_excluding(vectors[q], k, excl[q])
-            out_s[q, :len(got_i)], out_i[q, :len(got_i)] = got_s, got_i
-        return out_s, out_i
+        return guarded_search(self._raw_search, self._search_excluding, vectors, k, excl, n)
 
     def _raw_search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """faiss for a few queries; for a batch, the paths that read each stored vector once (batched.py)."""
+        """faiss's own search, except for a batch on IVF-Flat: queries grouped by inverted list (batched.py).
+
+        Exact search needs nothing of ours: from `distance_compute_blas_threshold` (20) queries on, faiss scores a
+        batch by blocked matrix products (BLAS) with the top-k kept per block, on all OpenMP threads."""
         from vlm_salience.retrieval import batched
 
-        t = self.spec.get("type")
-        if len(vectors) >= batched.MIN_BATCH and t == "flat":
-            return batched.flat_search(batched.flat_storage(self.index), vectors, k)
-        if len(vectors) >= batched.MIN_BATCH and t == "ivf":
+        if len(vectors) >= batched.MIN_BATCH and self.spec.get("type") == "ivf":
             ivf = _ivf(self.index)
             if self._ivf_lists is None:
                 self._ivf_lists = batched.IVFLists(ivf)
@@ -496,9 +481,14 @@ class CaseIndex:
         folder = Path(folder)
         with replaced_dir(folder) as stage:
             faiss.write_index(self.index, str(stage / "index.faiss"))
+            names = ["index.faiss", "cases.parquet"]
             if self.image_index is not None:
                 faiss.write_index(self.image_index, str(stage / "image_index.faiss"))
+                names.append("image_index.faiss")
             self.table.to_parquet(stage / "cases.parquet", index=False)
+            self.manifest["files"] = {name: _file_sha256(stage / name) for name in names}
+            self.manifest["ids_sha256"] = _ids_sha256(self.table["id"])
+            self.manifest["image_count"] = None if self.image_index is None else int(self.image_index.ntotal)
             write_text(stage / "manifest.json", json.dumps(self.manifest, indent=2))
         return folder
 
@@ -524,6 +514,17 @@ class CaseIndex:
         if manifest.get("text_version") != TEXT_VERSION:
             raise DataError("the index was built with another version of the case text.",
                             file=folder / "manifest.json", fix="rebuild the index with this version.")
+        files = manifest.get("files") or {}
+        image_file = (folder / "image_index.faiss").is_file()
+        if image_file != ("image_index.faiss" in files):
+            raise DataError("image_index.faiss is " + ("there but the manifest names no image index" if image_file
+                            else "missing but the manifest names one") + ".", file=folder,
+                            fix="rebuild the index with `vlm-salience index build`.")
+        for name, digest in files.items():
+            if _file_sha256(folder / name) != digest:
+                raise DataError(f"{name} does not match the manifest (its SHA-256 differs): the files come from "
+                                "different builds, or the file was changed.", file=folder / name,
+                                fix="rebuild the index with `vlm-salience index build`.")
         try:
             index = faiss.read_index(str(folder / "index.faiss"))
         except RuntimeError as exc:
@@ -541,6 +542,10 @@ class CaseIndex:
         if not (index.ntotal == manifest["count"] == len(table)):
             raise DataError(f"counts disagree: index {index.ntotal}, manifest {manifest['count']}, payloads "
                             f"{len(table)}.", file=folder, fix="rebuild the index.")
+        if _ids_sha256(table["id"]) != manifest.get("ids_sha256"):
+            raise DataError("the case ids in cases.parquet are not those the manifest recorded: the payloads come "
+                            "from another build, or their order changed.", file=folder / "cases.parquet",
+                            fix="rebuild the index.")
         if text_model is not None and text_model != emb["text_model"]:
             raise DataError(f"the index was built with embedding model '{emb['text_model']}', not '{text_model}'.",
                             file=folder / "manifest.json",
@@ -553,12 +558,62 @@ class CaseIndex:
         if "nprobe" in search:
             _ivf(index).nprobe = search["nprobe"]
         image_index = None
-        if (folder / "image_index.faiss").is_file():
+        if image_file:
             image_index = faiss.read_index(str(folder / "image_index.faiss"))
+            if image_index.ntotal != manifest.get("image_count") or image_index.ntotal != len(table):
+                raise DataError(f"the image index holds {image_index.ntotal} vectors for {len(table)} cases.",
+                                file=folder / "image_index.faiss", fix="rebuild the index.")
         return cls(index, spec, table, manifest, cfg, image_index)
 
     def info(self) -> dict[str, Any]:
         return {**self.manifest, "size_bytes": int(self.index.ntotal) * int(self.index.d) * 4}
+
+
+OVERFETCH_MAX = 1024  # exclusion sets larger than this are searched with a selector (exact, one query at a time)
+
+
+def guarded_search(raw_search, search_excluding, vectors: np.ndarray, k: int, excl: list[np.ndarray], n: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k per query with each query's excluded rows removed, in batches.
+
+    Fast path: queries are grouped by how many rows they exclude (powers of two), each group searched at once for
+    k + that many hits, and the excluded rows filtered out of all rows at once. A query left with fewer than
+    min(k, n - excluded) hits (its exclusions were not among its nearest, but approximate search returned -1s), or
+    whose exclusion set is larger than OVERFETCH_MAX, falls back to a search with an exclusion selector.
+    """
+    m = len(vectors)
+    sizes = np.array([len(e) for e in excl], dtype=np.int64)
+    out_s = np.full((m, k), -np.inf, dtype=np.float32)
+    out_i = np.full((m, k), -1, dtype=np.int64)
+    wanted = np.minimum(k, n - sizes)
+    fallback = [q for q in np.flatnonzero(sizes > OVERFETCH_MAX)]
+    fast = np.flatnonzero(sizes <= OVERFETCH_MAX)
+    bucket = np.ceil(np.log2(sizes[fast] + 1)).astype(np.int64)  # 0, 1, 2, 3-4, 5-8, ...
+    for b in np.unique(bucket):
+        qs = fast[bucket == b]
+        kf = int(min(n, k + (2 ** int(b) if b else 0)))
+        scores, ids = raw_search(np.ascontiguousarray(vectors[qs]), kf)
+        ids = np.asarray(ids, dtype=np.int64)
+        keep = ids >= 0
+        ex_sizes = sizes[qs]
+        if ex_sizes.any():  # (query, row) pairs as one integer each: one membership test for the whole group
+            ex_pairs = np.repeat(np.arange(len(qs), dtype=np.int64), ex_sizes) * n + \
+                np.concatenate([excl[q] for q in qs]).astype(np.int64)
+            pairs = np.arange(len(qs), dtype=np.int64)[:, None] * n + ids
+            keep &= ~np.isin(pairs, ex_pairs)
+        rank = np.cumsum(keep, axis=1) - 1
+        take = keep & (rank < k)
+        rows, cols = np.nonzero(take)
+        out_s[qs[rows], rank[rows, cols]] = scores[rows, cols]
+        out_i[qs[rows], rank[rows, cols]] = ids[rows, cols]
+        got = take.sum(axis=1)
+        fallback += [q for q, g in zip(qs, got) if g < wanted[q]]
+    for q in fallback:
+        got_s, got_i = search_excluding(vectors[q], k, excl[q])
+        out_s[q] = -np.inf
+        out_i[q] = -1
+        out_s[q, :len(got_i)], out_i[q, :len(got_i)] = got_s[:k], got_i[:k]
+    return out_s, out_i
 
 
 def _check_query_text(text: str) -> None:
@@ -579,6 +634,22 @@ def _table(cases: list[Case], guard: list[str]) -> pd.DataFrame:
     for key in guard:
         data[f"key_{key}"] = [str(c.keys.get(key, "")) for c in cases]
     return pd.DataFrame(data)
+
+
+def _file_sha256(path: Path) -> str:
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _ids_sha256(ids) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for i in ids:
+        h.update(str(i).encode("utf-8") + b"\0")
+    return h.hexdigest()
 
 
 def _json_default(obj: Any) -> Any:
