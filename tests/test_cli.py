@@ -181,3 +181,41 @@ def test_video_synth_and_data_check_on_video_corpora(tmp_path, capsys):
         summary = json.loads(printed[printed.index("{\n"):])
         assert summary["clips"] == 14 and summary["per_class"]["fear"] == 2
         assert summary["dropped"]["total"] == 0
+
+
+@pytest.mark.slow
+def test_video_prepare_train_eval_from_the_command_line(tmp_path, capsys):
+    """The video commands end to end on a small synthetic corpus: prepare resumes, train writes a report whose
+    UAR equals the one recomputed from its predictions, eval rewrites it from the chosen weights."""
+    import numpy as np
+
+    from vlm_salience.metrics import uar
+
+    clips = tmp_path / "clips"
+    assert main(["video", "synth", "--out", str(clips), "--quiet", "--set", "clips=21", "--set", "frames=8",
+                 "--set", "size=48", "--set", "folds=3"]) == 0
+    data = clips / "generic" / "data.yaml"
+    cache = tmp_path / "cache"
+    sets = ["--set", "n_segments=4", "--set", "candidates_per_segment=2"]
+    assert main(["video", "prepare", "--data", str(data), "--out", str(cache), "--quiet", *sets, "--json"]) == 0
+    first = capsys.readouterr().out
+    assert "prepared 21 clip(s), 0 already cached" in first
+    assert main(["video", "prepare", "--data", str(data), "--out", str(cache), "--quiet", *sets]) == 0
+    assert "prepared 0 clip(s), 21 already cached" in capsys.readouterr().out
+    run = tmp_path / "run"
+    common = ["--out", str(run), "--quiet", "--set", f"data.config={data}", "--set", f"data.cache={tmp_path / 'c2'}",
+              "--set", "data.n_segments=4", "--set", "data.prepare.n_segments=4", "--set", "optim.epochs=1",
+              "--set", "report.n_boot=50", "--set", f"model.encoder.path={tmp_path / 'enc'}", "--set",
+              "report.tsne=false"]
+    assert main(["video", "train", "configs/video/baseline_synthetic.yaml", *common]) == 0
+    assert "baseline: UAR" in capsys.readouterr().out
+    doc = json.loads((run / "metrics.json").read_text())
+    preds = pd.read_csv(run / "predictions.csv")
+    classes = doc["corpus"]["classes"]
+    y = preds["label"].map({c: k for k, c in enumerate(classes)}).to_numpy()
+    yhat = preds[[f"p_{c}" for c in classes]].to_numpy().argmax(axis=1)
+    assert np.isclose(doc["methods"]["baseline"]["pooled"]["uar"]["value"], uar(y, yhat))
+    (run / "metrics.json").unlink()
+    assert main(["video", "eval", "configs/video/baseline_synthetic.yaml", *common]) == 0
+    again = json.loads((run / "metrics.json").read_text())
+    assert again["methods"]["baseline"]["pooled"]["uar"] == doc["methods"]["baseline"]["pooled"]["uar"]

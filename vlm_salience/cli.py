@@ -456,14 +456,100 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _ci(v: dict[str, Any] | None) -> str:
+    if not v:
+        return "n/a"
+    lo, hi = v.get("ci95", [float("nan")] * 2)
+    return f"{v['value']:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def _print_video_report(doc: dict[str, Any], out: str | Path) -> None:
+    for method, s in doc.get("methods", {}).items():
+        pooled = s.get("pooled", {})
+        line = f"{method}: UAR {_ci(pooled.get('uar'))}, WAR {_ci(pooled.get('war'))}"
+        summ = s.get("summary") or {}
+        if isinstance(summ.get("uar"), dict) and "mean" in summ["uar"] and len(s.get("folds", {})) > 1:
+            line += f"; over folds UAR {summ['uar']['mean']:.3f} ± {summ['uar'].get('sd', float('nan')):.3f}"
+        if "ambiguous" in s:
+            a = s["ambiguous"]
+            line += f"; ambiguous clips (n={a['n']}) UAR {_ci(a['uar'])}, pair chance {a['pair_chance']:.2f}"
+        print(line)
+    for note in doc.get("notes", []):
+        print("  note: " + note)
+    print(f"wrote {out}/metrics.json, predictions.csv, report.md and plots")
+
+
+def cmd_video_prepare(args: argparse.Namespace) -> int:
+    from vlm_salience.video.prepare import load_prepare_config, prepare_corpus
+
+    cfg = load_prepare_config(args.config, args.set)
+    out = args.out or "video_cache"
+    summary = prepare_corpus(args.data, cfg, check_out_dir(out), fold=args.fold, drop_invalid=args.drop_invalid,
+                             progress=not args.quiet, workers=args.workers)
+    invalid = summary.get("invalid") or []
+    print(f"prepared {summary.get('prepared')} clip(s), {summary.get('skipped')} already cached, "
+          f"{len(invalid)} invalid; face detection missed {summary.get('missed_detection_frames')} of "
+          f"{summary.get('detection_frames')} frames -> {out}")
+    for bad in invalid:
+        print(f"  skipped {bad.get('clip_id')}: {bad.get('error')}")
+    _emit_json(args.json, summary)
+    return 0
+
+
+def cmd_video_train(args: argparse.Namespace) -> int:
+    from vlm_salience.video.train import train_video
+
+    result = train_video(args.config, _with_out(args), resume=args.resume, progress=not args.quiet)
+    if result.get("stopped"):
+        print("stopped (SIGTERM) after a checkpoint; continue with --resume")
+        return 0
+    if result.get("report") is not None:
+        _print_video_report(result["report"], result["report"].get("config", {}).get("out", ""))
+    _emit_json(args.json, result.get("report"))
+    return 0
+
+
+def cmd_video_eval(args: argparse.Namespace) -> int:
+    from vlm_salience.video.train import eval_video
+
+    doc = eval_video(args.config, _with_out(args), progress=not args.quiet)
+    _print_video_report(doc, doc.get("config", {}).get("out", ""))
+    _emit_json(args.json, doc)
+    return 0
+
+
 def _add_video_commands(vsub) -> None:
-    """prepare / train / eval (wired as their modules land)."""
+    vp = _parser(vsub, "prepare", help="detect, track and crop the face and scene streams of every clip into a "
+                 "frame cache (resumable; training never decodes video again)",
+                 example="vlm-salience video prepare --data configs/data/dfew.yaml --out /data/dfew_cache")
+    vp.add_argument("--data", required=True, help="video data YAML (configs/data/dfew.yaml, ...)")
+    vp.add_argument("--config", help="prepare YAML (frames per segment, stream sizes, detector); default settings "
+                    "without it")
+    vp.add_argument("--out", help="cache folder (default ./video_cache)")
+    vp.add_argument("--fold", help="only the clips of this fold (train and test)")
+    vp.add_argument("--workers", type=int, default=1, help="processes decoding and detecting in parallel")
+    vp.add_argument("--drop-invalid", action="store_true", help="skip unreadable clips and report them, not fail")
+    _add_overrides(vp, example="streams.face_size=112")
+    _json_flag(vp, "the prepare summary")
+    vp.set_defaults(func=cmd_video_prepare)
+    vt = _config_command(vsub, "train", cmd_video_train, "configs/video/<name>.yaml",
+                         help="train a video emotion recogniser on every fold and report UAR/WAR (works under "
+                              "`accelerate launch`)",
+                         example="vlm-salience video train configs/video/baseline_synthetic.yaml")
+    vt.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of each fold")
+    _json_flag(vt, "the run's metrics")
+    ve = _config_command(vsub, "eval", cmd_video_eval, "the video YAML that was trained",
+                         help="predict every fold's test clips with the chosen weights and rewrite the report",
+                         example="vlm-salience video eval configs/video/baseline_synthetic.yaml")
+    _json_flag(ve, "the run's metrics")
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "quiet", False):  # transformers/hub read this when first imported (inside the commands)
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         return int(args.func(args) or 0)
     except VlmSalienceError as exc:
