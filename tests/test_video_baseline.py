@@ -264,3 +264,22 @@ def test_engine_resume_is_exact(planted, tmp_path, monkeypatch):
     sa = json.loads((straight / "run" / "models" / "set_1" / "task.json").read_text())["selection"]
     sb = json.loads((split / "run" / "models" / "set_1" / "task.json").read_text())["selection"]
     assert sa == sb
+
+
+def test_shipped_video_configs_validate_and_name_their_corpus_classes():
+    """Every configs/video/baseline_*.yaml loads against its schema; its class texts name classes of its
+    data YAML (a typo would only surface when the model is built)."""
+    from vlm_salience.data.video.config import load_video_data_config
+    from vlm_salience.video.config import load_video_config
+
+    found = 0
+    for path in sorted((ROOT / "configs/video").glob("baseline_*.yaml")):
+        cfg, task_cls = load_video_config(path)
+        assert task_cls.__name__ == "BaselineTask"
+        found += 1
+        data = Path(cfg.data.config)
+        if data.is_file():
+            classes = load_video_data_config(data).classes
+            assert set(cfg.model.class_text) <= set(classes), path
+        assert cfg.data.n_segments <= cfg.model.temporal.max_frames
+    assert found >= 4

@@ -16,6 +16,7 @@ from vlm_salience.config import RelPath, StrictModel, apply_overrides, read_yaml
 from vlm_salience.errors import ConfigError
 from vlm_salience.training.engine_config import EngineConfig
 from vlm_salience.video.baseline import BaselineModelConfig
+from vlm_salience.video.prepare import PrepareConfig
 
 
 class VideoDataSection(StrictModel):
@@ -24,7 +25,7 @@ class VideoDataSection(StrictModel):
     config: RelPath  # the corpus's data YAML (configs/data/*.yaml)
     overrides: list[str] = Field(default_factory=list)  # dotted overrides of the data YAML, e.g. root=/data/DFEW
     cache: RelPath  # the prepared frame cache (`vlm-salience video prepare`); filled first where clips are missing
-    prepare: RelPath | None = None  # the prepare YAML used to fill the cache (None: prepare's defaults)
+    prepare: RelPath | PrepareConfig | None = None  # a prepare YAML, or its settings inline (None: defaults)
     prepare_workers: int = Field(1, ge=1)
     drop_invalid: bool = False  # skip (and report) clips that cannot be decoded, instead of stopping
     folds: list[str] | None = None  # folds to run (None: every fold of the corpus)
@@ -49,8 +50,10 @@ class VideoTrainConfig(EngineConfig):
     report: ReportSection = Field(default_factory=ReportSection)
 
 
-# kind -> "module:TaskClass"; a task class names its config class (`config_class`).
-VIDEO_MODELS: dict[str, str] = {"baseline": "vlm_salience.video.task:BaselineTask"}
+# kind -> "module:TaskClass"; a task class names its config class (`config_class`). Imported only when used.
+VIDEO_MODELS: dict[str, str] = {"baseline": "vlm_salience.video.task:BaselineTask",
+                                "ous": "vlm_salience.ous.task:OusTask",
+                                "grace": "vlm_salience.grace.task:GraceTask"}
 
 
 def task_class(kind: str):
