@@ -219,3 +219,29 @@ def test_video_prepare_train_eval_from_the_command_line(tmp_path, capsys):
     assert main(["video", "eval", "configs/video/baseline_synthetic.yaml", *common]) == 0
     again = json.loads((run / "metrics.json").read_text())
     assert again["methods"]["baseline"]["pooled"]["uar"] == doc["methods"]["baseline"]["pooled"]["uar"]
+
+
+def test_face_score_writes_rows_resumes_and_counts(tmp_path, capsys):
+    """The astronaut's face is found and read as happy; a non-image is an error row naming the file; a rerun
+    resumes (nothing rescored) and the summary counts every kind."""
+    import skimage.data
+    from PIL import Image
+
+    Image.fromarray(skimage.data.astronaut()).save(tmp_path / "astronaut.png")
+    Image.new("RGB", (120, 90), (200, 190, 180)).save(tmp_path / "wall.png")
+    (tmp_path / "notes.png").write_text("not an image")
+    out = tmp_path / "scores.csv"
+    assert main(["face", "score", str(tmp_path), "--out", str(out), "--quiet", "--json"]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads(printed[printed.index("{"):])
+    assert (summary["images"], summary["faces"], summary["no_face"], summary["errors"]) == (3, 1, 1, 1)
+    rows = pd.read_csv(out).set_index("status")
+    probs = rows.loc["ok", [c for c in rows.columns if c.startswith("p_")]]
+    assert probs.idxmax() == "p_happy" and abs(probs.sum() - 1) < 1e-4
+    assert "notes.png" in rows.loc["error", "error"] and pd.isna(rows.loc["no_face", "x"])
+    assert main(["face", "score", str(tmp_path), "--out", str(out), "--quiet", "--json"]) == 0
+    printed = capsys.readouterr().out
+    again = json.loads(printed[printed.index("{"):])
+    assert again["resumed"] == 2 and again["images"] == 3  # the error row is retried, the others kept
+    assert main(["face", "score", str(tmp_path), "--out", str(tmp_path), "--quiet"]) == 2
+    assert "is a folder" in capsys.readouterr().err

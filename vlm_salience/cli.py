@@ -386,6 +386,25 @@ def build_parser() -> argparse.ArgumentParser:
     vs.set_defaults(func=cmd_video_synth)
     _add_video_commands(vsub)
 
+    face = sub.add_parser("face", help="real face models: detect faces and score their expressions")
+    fsub = face.add_subparsers(dest="face_command", required=True, metavar="COMMAND")
+    fs = _parser(fsub, "score", help="one CSV row per image: the largest face's box, class probabilities and "
+                 "expressivity (resumable)",
+                 example="vlm-salience face score photos/ --out runs/faces.csv --model "
+                         "configs/models/face_fer_torch.yaml")
+    fs.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files, or folders searched for images")
+    fs.add_argument("--out", required=True, help="the CSV to write (rows already there are kept and skipped)")
+    fs.add_argument("--model", help="expression classifier YAML (default: configs/models/face_fer_torch.yaml)")
+    fs.add_argument("--detector", help="face detector YAML (default: configs/models/face_haar.yaml)")
+    fs.add_argument("--expressivity", default="not_neutral",
+                    choices=["not_neutral", "js_from_neutral", "kl_from_neutral"],
+                    help="expressivity from the probabilities: 1 - P(neutral), or the JS / KL divergence from the "
+                         "neutral profile (default not_neutral)")
+    fs.add_argument("--fresh", action="store_true", help="start over instead of resuming the CSV")
+    fs.add_argument("--strict", action="store_true", help="stop at the first unreadable image (after saving)")
+    _json_flag(fs, "the summary")
+    fs.set_defaults(func=cmd_face_score)
+
     b = _parser(sub, "bci", help="cross-validated cue-integration study (BCI, salience variants, control)",
                 example="vlm-salience bci --data configs/data/affcog_utterances.yaml --out runs/affcog")
     b.add_argument("config", nargs="?", help="study YAML (default: configs/experiment/bci.yaml); may hold "
@@ -515,6 +534,21 @@ def cmd_video_eval(args: argparse.Namespace) -> int:
     doc = eval_video(args.config, _with_out(args), progress=not args.quiet)
     _print_video_report(doc, doc.get("config", {}).get("out", ""))
     _emit_json(args.json, doc)
+    return 0
+
+
+def cmd_face_score(args: argparse.Namespace) -> int:
+    from vlm_salience.face_scoring import main_summary_text, score_faces
+
+    out = Path(args.out)
+    if out.is_dir():
+        raise ConfigError(f"--out {out}: is a folder; face score writes one CSV. Fix: pass a file path, e.g. "
+                          f"{out / 'scores.csv'}.")
+    summary = score_faces(args.images, out, model_cfg=args.model, detector_cfg=args.detector,
+                          progress=not args.quiet, resume=not args.fresh, expressivity=args.expressivity,
+                          strict=args.strict)
+    print(main_summary_text(summary))
+    _emit_json(args.json, summary)
     return 0
 
 
