@@ -6,6 +6,8 @@ tests/test_faces.py, checked again here against a gridded view of the image).
 
 from __future__ import annotations
 
+import functools
+
 import cv2
 import numpy as np
 import pytest
@@ -31,11 +33,16 @@ def scene_background(h: int = 240, w: int = 320, seed: int = 0) -> np.ndarray:
     return img
 
 
+@functools.lru_cache(maxsize=8)
+def _astronaut_at(side: int) -> np.ndarray:
+    return cv2.resize(skdata.astronaut(), (side, side), interpolation=cv2.INTER_AREA)
+
+
 def pasted(face_side: int = 160, at: tuple[int, int] = (120, 40), h: int = 240, w: int = 320,
            seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """The astronaut resized to face_side and pasted at `at` into a generated scene; and the hand box there."""
     img = scene_background(h, w, seed)
-    astro = cv2.resize(skdata.astronaut(), (face_side, face_side), interpolation=cv2.INTER_AREA)
+    astro = _astronaut_at(face_side)
     x, y = at
     x1, y1 = min(w, x + face_side), min(h, y + face_side)
     img[y:y1, x:x1] = astro[:y1 - y, :x1 - x]

@@ -12,6 +12,7 @@ with an error naming the file, or are skipped and listed under `drop_invalid`.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
@@ -250,7 +251,10 @@ def _run_pool(todo: list[tuple[VideoClip, str]], cache: ClipCache, cfg: PrepareC
               handle: Any) -> None:
     """Clips in worker processes, at most 2 x workers in flight; results handled in the main process."""
     workers = min(workers, os.cpu_count() or 1, len(todo))
-    with ProcessPoolExecutor(workers, initializer=_worker_init, initargs=(cfg.model_dump_json(),)) as pool:
+    # "spawn": a forked child inherits the parent's OpenCV/FFmpeg thread pools mid-flight and can deadlock
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
+                             initargs=(cfg.model_dump_json(),)) as pool:
         pending: dict[Any, VideoClip] = {}
         it = iter(todo)
         try:
