@@ -560,3 +560,55 @@ def test_the_few_shot_index_holds_training_cases_only(tmp_path, small_synth_corp
         for i in runner.test:
             assert len(runner.examples_for(strategy, int(i))) == 3
     assert shown_ids and set(shown_ids) <= train  # no test item (and its ratings) ever shown in a prompt
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Label distributions sum to one over the label set wherever they are produced
+
+def test_scored_and_parsed_answers_give_distributions_over_the_label_set(corpus, spec, affcog_config):
+    from vlm_salience.prompting.experiment import answers_to_predictions, vlm_expressivity
+
+    K, V = len(spec.labels), len(spec.valence_scale.points)
+    p_emo = np.linspace(1, 2, K) / 10 * 0.4 / np.mean(np.linspace(1, 2, K) / 10) / K  # log P summing to 0.4
+    p_val = np.arange(1, V + 1) / V / V * 0.3
+    answers = [{"slots": {"emotion": np.log(p_emo).tolist(), "valence": np.log(p_val).tolist()}},
+               {"text": '{"valence": 3, "distribution": {"joy": 2, "anger": 2}}'},
+               {"text": '{"valence": 6, "emotion": "fear"}'}, {"error": "failed"}]
+    pred = answers_to_predictions(corpus, spec, "m", np.array(["a", "b", "c", "d"], dtype=object), answers)
+    assert np.allclose(pred.emotion_dist[:3].sum(1), 1.0) and np.isnan(pred.emotion_dist[3]).all()
+    assert np.allclose(pred.emotion_dist[0], p_emo / p_emo.sum())
+    assert np.allclose(pred.valence_dist[0], p_val / p_val.sum()) and np.isclose(pred.valence_dist[0].sum(), 1)
+    assert pred.valence[0] == pytest.approx(p_val / p_val.sum() @ spec.valence_scale.points)
+    joy, anger, fear = (spec.labels.index(x) for x in ("joy", "anger", "fear"))
+    assert pred.emotion_dist[1, joy] == pred.emotion_dist[1, anger] == 0.5 and pred.emotion_dist[2, fear] == 1
+    x = vlm_expressivity(pred, spec, "not_neutral")  # 1 - P(neutral) of a normalised distribution
+    assert x[0] == pytest.approx(1 - p_emo[spec.labels.index("neutral")] / p_emo.sum())
+    # ratings corpora: a distribution over scale points per emotion, and the emotion profile from the ratings
+    c = load_corpus(affcog_config)
+    s = AnswerSpec.from_corpus(c)
+    P = len(s.scale.points)
+    slots = {f"rating:{lab}": np.log(np.arange(1, P + 1) * (e + 1) / 1000).tolist() for e, lab in enumerate(s.labels)}
+    rp = answers_to_predictions(c, s, "m", np.array(["a"], dtype=object), [{"slots": slots}])
+    assert np.allclose(rp.rating_dist.sum(-1), 1.0) and np.allclose(rp.emotion_dist.sum(-1), 1.0)
+    w = np.arange(1, P + 1) / np.arange(1, P + 1).sum()
+    assert np.allclose(rp.ratings[0], w @ s.scale.points)
+
+
+def test_label_scores_from_a_model_and_a_server_normalise_to_one(tiny_vlms, corpus, spec):
+    from vlm_salience.prompting.experiment import answers_to_predictions
+    from vlm_salience.prompting.fusion import fuse
+    from vlm_salience.salience import SalienceLaw
+
+    backend = HFBackend(load_vlm(ModelConfig(name="q", path=str(tiny_vlms["qwen2_vl"]))))
+    prompts = [build_prompt(load_template(t), it, spec) for t in ("face_only", "context_only")
+               for it in corpus.items[:3]]
+    got = backend.score(prompts, spec.slots())
+    assert all(np.exp(g["emotion"]).sum() < 0.999 for g in got)  # raw model probabilities: not a distribution
+    answers = [{"slots": {k: v.tolist() for k, v in g.items()}} for g in got]
+    ids = np.array([it.id for it in corpus.items[:3]], dtype=object)
+    face = answers_to_predictions(corpus, spec, "f", ids, answers[:3])
+    context = answers_to_predictions(corpus, spec, "c", ids, answers[3:])
+    for pred in (face, context):
+        assert np.allclose(pred.emotion_dist.sum(1), 1) and np.allclose(pred.valence_dist.sum(1), 1)
+    fused = fuse(corpus, "vlm_bci", face, context, "product", SalienceLaw.plain(0.5), np.array([0.2, 0.5, 0.9]))
+    assert np.allclose(fused.emotion_dist.sum(1), 1)
