@@ -28,34 +28,65 @@ import torch
 
 from vlm_salience.errors import ConfigError
 from vlm_salience.training.task import Task
-from vlm_salience.video.cache import ClipCache, PreparedClip, sample
+from vlm_salience.video.cache import ClipCache, sample
 from vlm_salience.video.config import VideoTrainConfig
 
 WEIGHTS = "model.safetensors"
 BEST = "best.safetensors"
 
 
-class FrameStore:
-    """Cached clips by id, with the most recently used kept in memory up to a byte budget."""
+@dataclass
+class CachedFrames:
+    """The part of a cached clip a batch reads: the segment slots and the frames of the streams a model uses
+    (`video.cache.sample` works on it as on a full PreparedClip)."""
 
-    def __init__(self, cache: ClipCache, budget_mb: int = 1024) -> None:
-        self.cache, self.budget = cache, int(budget_mb) << 20
-        self._lru: OrderedDict[str, PreparedClip] = OrderedDict()
+    slots: np.ndarray  # (N, K) rows of each segment's candidates; column 0: the middle frame
+    arrays: dict[str, np.ndarray]  # stream -> (F, S, S, 3) uint8
+
+    @property
+    def n_segments(self) -> int:
+        return int(self.slots.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.arrays.values())
+
+
+class FrameStore:
+    """Cached clips by id, reading only the streams asked for (a clip file also holds boxes, indices and the
+    other stream), the most recently used kept in memory up to a byte budget."""
+
+    def __init__(self, cache: ClipCache, budget_mb: int = 1024, streams: tuple[str, ...] = ("face",)) -> None:
+        self.cache, self.budget, self.streams = cache, int(budget_mb) << 20, tuple(streams)
+        self._lru: OrderedDict[str, CachedFrames] = OrderedDict()
         self._bytes = 0
 
-    def get(self, clip_id: str) -> PreparedClip:
+    def _read(self, clip_id: str) -> CachedFrames:
+        from vlm_salience.errors import DataError
+
+        path = self.cache.root / self.cache.entry(clip_id)["file"]
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return CachedFrames(slots=z["slots"], arrays={s: z[s] for s in self.streams})
+        except FileNotFoundError:
+            raise DataError("cached clip file is missing.", file=path,
+                            fix="run `vlm-salience video prepare` again (it re-creates missing clips).") from None
+        except Exception as exc:  # zip or key errors: not a complete clip file
+            raise DataError(f"cached clip file is damaged ({exc}).", file=path,
+                            fix="delete it and run `vlm-salience video prepare` again.") from None
+
+    def get(self, clip_id: str) -> CachedFrames:
         clip = self._lru.get(clip_id)
         if clip is not None:
             self._lru.move_to_end(clip_id)
             return clip
-        clip = self.cache.load(clip_id)
-        size = clip.face.nbytes + clip.scene.nbytes
-        if size <= self.budget:
+        clip = self._read(clip_id)
+        if clip.nbytes <= self.budget:
             self._lru[clip_id] = clip
-            self._bytes += size
+            self._bytes += clip.nbytes
             while self._bytes > self.budget:
                 _, old = self._lru.popitem(last=False)
-                self._bytes -= old.face.nbytes + old.scene.nbytes
+                self._bytes -= old.nbytes
         return clip
 
 
@@ -142,6 +173,11 @@ class VideoClassifierTask(Task):
 
     # -- the engine's contract -----------------------------------------------------------------------------------
     def setup(self, accelerator=None):
+        missing = [s for s in self.streams if s not in self.store.streams]
+        if missing:
+            self.store.streams = tuple(dict.fromkeys([*self.store.streams, *missing]))
+            self.store._lru.clear()
+            self.store._bytes = 0
         self.model = self.build_model()
         groups = self.model.param_groups() if hasattr(self.model, "param_groups") else \
             [p for p in self.model.parameters() if p.requires_grad]
@@ -172,7 +208,7 @@ class VideoClassifierTask(Task):
                                                                           16)])
                 rows = sample(clip, n, train=True, rng=rng)
             for s in self.streams:
-                out[s].append(getattr(clip, s)[rows])
+                out[s].append(clip.arrays[s][rows])
         return {s: torch.from_numpy(np.stack(v)) for s, v in out.items()}
 
     def batch(self, clip_ids: list[str], epoch: int | None) -> dict[str, Any]:

@@ -101,7 +101,8 @@ def _setup(config_path, overrides, progress: bool):
     cfg, task_cls = load_video_config(config_path, overrides)
     corpus = load_corpus(cfg)
     folds = folds_of(cfg, corpus)
-    return cfg, task_cls, corpus, folds, lambda: FrameStore(ClipCache(cfg.data.cache), cfg.data.memory_cache_mb)
+    return cfg, task_cls, corpus, folds, lambda: FrameStore(ClipCache(cfg.data.cache), cfg.data.memory_cache_mb,
+                                                        streams=task_cls.streams)
 
 
 def train_video(config_path: str | Path, overrides: list[str] | tuple[str, ...] = (), *, resume: bool = False,
