@@ -114,6 +114,7 @@ def test_resume_after_a_crash_gives_the_weights_of_an_uninterrupted_run(tmp_path
     assert same(straight.final, resumed.final)
     # it saw exactly the batches the uninterrupted run saw from step 5 on (data position and epoch)
     assert resumed.calls == straight.calls[4:]
+    assert [e for _, e in straight.calls] == [0] * 6 + [1] * 4  # step 7 is the second epoch's first
     # and the planted difference is visible: without resume, a fresh run differs from the continued one
     fresh = LinearTask(dropout=0.5)
     train(config(tmp_path / "c", optim__max_steps=6), fresh, progress=False)
@@ -188,6 +189,32 @@ def test_logged_loss_is_the_mean_over_micro_steps(tmp_path):
     model.load_state_dict(task.final)  # lr ~ 0: the weights are the initial ones
     want = np.mean([float(fresh.loss(model, fresh.collate(c, e))) for c, e in task.calls[:2]])
     assert first["train/loss"] == pytest.approx(want, rel=1e-5)
+
+
+def test_gradients_are_clipped_to_max_grad_norm(tmp_path):
+    """One SGD step moves the weights by lr x the clipped gradient: its norm is at most lr x max_grad_norm."""
+    moved = {}
+    for clip in (None, 1e-3):
+        task = LinearTask(n=32)
+        torch.manual_seed(0)
+        init = {k: v.clone() for k, v in torch.nn.Sequential(torch.nn.Dropout(0.0),
+                                                              torch.nn.Linear(5, 1)).state_dict().items()}
+        train(config(tmp_path / str(clip), optim__optimizer="sgd", optim__max_grad_norm=clip, optim__max_steps=1,
+                     optim__warmup_ratio=0.0, optim__schedule="constant", optim__lr=0.1), task, progress=False)
+        moved[clip] = float(torch.sqrt(sum(((task.final[k] - init[k]) ** 2).sum() for k in init)))
+    assert moved[None] > 1e-3  # unclipped, the step is large
+    assert moved[1e-3] == pytest.approx(0.1 * 1e-3, rel=1e-3)
+
+
+def test_learning_rate_warms_up_then_follows_the_schedule(tmp_path):
+    task = LinearTask()
+    train(config(tmp_path, log_every=1, optim__max_steps=10, optim__warmup_ratio=0.2), task, progress=False)
+    lrs = [r["train/lr"] for r in map(json.loads, (tmp_path / "out" / "logs" / "linear" / "metrics.jsonl").open())
+           if "train/lr" in r]
+    assert len(lrs) == 10
+    # lr after step s (scheduler stepped s times): warm-up over 2 steps, then cosine down to 0 at step 10
+    want = [0.05 * min(1.0, s / 2) if s < 2 else 0.05 * 0.5 * (1 + np.cos(np.pi * (s - 2) / 8)) for s in range(1, 11)]
+    assert lrs == pytest.approx(want, abs=1e-9)
 
 
 # -- the batch plan ------------------------------------------------------------------------------------------------------
@@ -303,11 +330,13 @@ def test_an_unreadable_state_or_one_without_manifest_is_refused(tmp_path):
 
 def test_an_incomplete_checkpoint_folder_is_not_resumed(tmp_path):
     """A folder without its state file (written last) is not a checkpoint: the previous one is used."""
-    train(config(tmp_path, optim__max_steps=8), LinearTask(), progress=False)
+    train(config(tmp_path, optim__max_steps=12), LinearTask(), progress=False)
     ckpts = tmp_path / "out" / "checkpoints" / "linear"
-    (ckpts / "step-8" / "trainer_state.json").unlink()
-    (ckpts / "step-12").mkdir()
-    assert latest_checkpoint(ckpts).step == 4
+    assert latest_checkpoint(ckpts).step == 12  # the newest of step-4, step-8, step-12
+    (ckpts / "step-12" / "trainer_state.json").unlink()
+    (ckpts / "step-16").mkdir()
+    (ckpts / ".step-20.tmp").mkdir()
+    assert latest_checkpoint(ckpts).step == 8
 
 
 # -- precision -----------------------------------------------------------------------------------------------------------
@@ -366,3 +395,72 @@ def test_engine_never_reads_batch_keys():
     text = (Path(__file__).resolve().parents[1] / src).read_text()
     for key in ('"input_ids"', '"labels"', '"attention_mask"', '"pixel_values"', '["x"]'):
         assert key not in text
+
+
+# -- several processes ---------------------------------------------------------------------------------------------------
+
+def _multi_config(out: Path, world: int) -> EngineConfig:
+    """48 examples, an effective batch of 16 (8 per micro-step x 2 micro-steps): 3 steps an epoch, 5 steps."""
+    return EngineConfig.model_validate({
+        "name": "toy", "out": str(out), "tracker": "none", "group_by_length": True, "log_every": 1,
+        "optim": {"optimizer": "sgd", "lr": 0.05, "max_steps": 5, "batch_size": 8 // world, "grad_accum": 2,
+                  "warmup_ratio": 0.0, "schedule": "constant", "max_grad_norm": None},
+        "checkpoint": {"every_steps": None}})
+
+
+class RecordingTask(LinearTask):
+    def __init__(self, out: Path) -> None:
+        super().__init__(n=48)
+        self.out = out
+
+    def finish(self, model, result) -> None:
+        super().finish(model, result)
+        save_file({k: v.contiguous() for k, v in self.final.items()}, str(self.out / "final.safetensors"))
+
+
+def _multi_main(out: Path) -> None:
+    """Entry point under `accelerate launch`: train, then record what this rank collated."""
+    task = RecordingTask(out)
+    engine = Engine(_multi_config(out, int(os.environ.get("WORLD_SIZE", "1"))), task, progress=False)
+    engine.run()
+    rank = engine.accelerator.process_index
+    (out / f"calls.rank{rank}.json").write_text(json.dumps(task.calls))
+
+
+@pytest.mark.slow
+def test_two_processes_train_disjoint_shards_of_the_plan_and_equal_one_process(tmp_path):
+    """Under `accelerate launch` (2 processes, gloo on the CPU) each rank trains on its own shard of the plan, the
+    replicas stay identical, and the weights equal one process with the same effective batch."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "two"
+    out.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
+    r = subprocess.run([str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
+                        str(repo / "configs" / "accelerate" / "cpu_ddp.yaml"), "--main_process_port", "29547",
+                        str(Path(__file__).resolve()), str(out)], capture_output=True, text=True, env=env,
+                       timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    calls = [json.loads((out / f"calls.rank{k}.json").read_text()) for k in range(2)]
+    lengths = RecordingTask(out).lengths()
+    plans = {e: batch_plan(lengths, 4, 2, e, 0, True, 2) for e in (0, 1)}
+    for rank in range(2):  # rank k collated exactly shard k of every micro-step of the plan, in order
+        want = [(plans[e][m][rank], e) for e, m in [(0, m) for m in range(6)] + [(1, m) for m in range(4)]]
+        assert [(c, e) for c, e in calls[rank]] == want
+    for e in (0, 1):  # within an epoch no example is on both ranks
+        a, b = ({i for c, ep in calls[k] if ep == e for i in c} for k in range(2))
+        assert a and b and not a & b
+    digests = [json.loads(p.read_text()) for p in sorted((out / "rank_digests").glob("*.json"))]
+    assert len(digests) == 2 and digests[0]["sha256"] == digests[1]["sha256"]
+    one = RecordingTask(tmp_path)
+    Engine(_multi_config(tmp_path / "one", 1), one, progress=False).run()
+    two = load_file(str(out / "final.safetensors"))
+    assert all(torch.allclose(one.final[k], two[k], atol=1e-6) for k in two)
+
+
+if __name__ == "__main__":
+    import sys
+
+    _multi_main(Path(sys.argv[1]))

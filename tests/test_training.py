@@ -88,6 +88,43 @@ def test_instruction_data_masks_everything_but_the_answer(tmp_path, small_synth_
         assert len(orders) > 1 and col.answer_text(ex[0], 0, 3) == col.answer_text(ex[0], 0, 3)
 
 
+def test_retrieved_examples_come_from_training_items_of_other_participants(tmp_path, small_synth_corpus,
+                                                                           tiny_vlms):
+    """`examples: retrieved`: the SFT prompts carry similar past cases, drawn from training items only (never a
+    validation or test item: their labels would leak into training) and never the item's own participant."""
+    from vlm_salience.training.data import TrainingData
+    from vlm_salience.training.loop import Trainer
+    from vlm_salience.training.vlm_task import retrieved_examples
+
+    path = _config(tmp_path, small_synth_corpus, tiny_vlms["qwen2_vl"], optim__max_steps=2,
+                   checkpoint__every_steps=None, adapters=[{"name": "fewshot", "examples": "retrieved", "k": 2}])
+    cfg = load_config(path, TrainConfig)
+    data = TrainingData(cfg)
+    ids = data.corpus.item_ids
+    train_ids = set(ids[data.splits.train])
+    held_out = set(ids[data.splits.test]) | set(ids[data.splits.validation])
+    participant = dict(zip(ids, data.corpus.groups("participant")))
+    examples = retrieved_examples(data, cfg.adapters[0])
+    for i in data.splits.train:
+        got = examples(int(i), 2)
+        assert len(got) == 2
+        for ex in got:
+            assert ex["item_id"] in train_ids and ex["item_id"] not in held_out
+            assert ex["item_id"] != ids[i] and participant[ex["item_id"]] != participant[ids[i]]
+            assert ex["answer"]  # the observers' judgement, as the prompt shows it
+    ds = data.dataset(cfg.adapters[0], "train", examples)
+    first = json.loads(ds[0]["messages"])
+    text = json.dumps(first)
+    assert "Past cases" in text
+    shown = examples(int(data.items_for(cfg.adapters[0])[0]), 2)
+    assert all(json.dumps(ex["situation"])[1:-1] in text for ex in shown)
+    # and it trains end to end, recording where its examples came from
+    result = Trainer(cfg, cfg.adapters[0], data=data, progress=False).train()
+    assert result["steps"] == 2
+    meta = json.loads((Path(cfg.out) / "adapters" / "fewshot" / "training.json").read_text())
+    assert meta["examples"] == "retrieved"
+
+
 def test_lora_targets_the_language_model_unless_told_otherwise(tiny_vlms):
     from vlm_salience.models.loading import ModelConfig, load_vlm
     from vlm_salience.training.config import LoraConfig
@@ -158,24 +195,33 @@ def test_training_learns_saves_safetensors_and_resumes_exactly_after_sigkill(tmp
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _logged_steps(out: Path, adapter: str = "combined") -> list[int]:
+    """Steps the engine has logged so far (complete lines of its metrics.jsonl)."""
+    path = out / "logs" / adapter / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    lines = path.read_text().split("\n")[:-1]  # the last piece may be a line being written
+    return [json.loads(line)["step"] for line in lines if line.strip()]
+
+
 def test_sigterm_checkpoints_and_stops(tmp_path, small_synth_corpus, tiny_vlms):
     run = _config(tmp_path, small_synth_corpus, tiny_vlms["qwen2_vl"], optim__max_steps=400,
-                  checkpoint__every_steps=1000)
+                  checkpoint__every_steps=1000, log_every=1)
     out = tmp_path / "out"
     proc = subprocess.Popen([str(VENV_BIN / "vlm-salience"), "train", str(run)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 300
-    while True:  # wait until training has started (its progress bar is on stderr, merged)
-        line = proc.stdout.readline()
-        assert line and time.time() < deadline, "training did not start"
-        if "training combined" in line and "1/400" in line:
-            break
+    # the condition: a first optimizer step logged (never a time or a progress-bar frame, which tqdm may skip)
+    while not _logged_steps(out):
+        assert proc.poll() is None, "the run ended before its first logged step"
+        time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
-    text = proc.communicate(timeout=300)[0]
+    text = proc.communicate(timeout=600)[0]
     assert proc.returncode == 0, text[-2000:]
     assert "stopped at step" in text
     step = int(text.split("stopped at step ")[1].split()[0])
+    assert 1 <= step < 400 and max(_logged_steps(out)) == step  # it finished the step it was in, and no other
     assert (out / "checkpoints" / "combined" / f"step-{step}" / "trainer_state.json").is_file()
+    assert not (out / "adapters" / "combined").exists()  # a stopped run exports nothing
 
 
 def test_a_checkpoint_from_another_base_is_refused(tmp_path, small_synth_corpus, tiny_vlms):

@@ -58,7 +58,9 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
     for line in cpuinfo.splitlines():
         if line.startswith("flags"):
             flags.update(line.split(":", 1)[1].split())
-    return bool(flags & {"amx_bf16", "avx512_bf16"})
+    from vlm_salience.models.hardware import CPU_BF16_FLAGS
+
+    return bool(flags & set(CPU_BF16_FLAGS))
 
 
 def resolve_precision(requested: str | None, *, on_cpu: bool, env: dict | None = None,
@@ -75,9 +77,9 @@ def resolve_precision(requested: str | None, *, on_cpu: bool, env: dict | None =
         return requested, "from the training config"
     if not on_cpu:
         if cuda_bf16 is None:
-            import torch
+            from vlm_salience.models.hardware import cuda_bf16 as native
 
-            cuda_bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+            cuda_bf16 = native("cuda")
         if cuda_bf16:
             return "bf16", "auto: the GPU supports bf16"
         return "no", "auto: the GPU has no native bf16: fp32"

@@ -71,8 +71,9 @@ def retrieved_examples(data: TrainingData, adapter: AdapterSpec):
 
     def examples(i: int, k: int) -> list[dict]:
         hits = index.search(cases[i].text, k=k, exclude=index.guard_for(cases[i]))[0]
-        return [{"situation": h.payload["situation"], "face": h.payload.get("face_text"),
-                 "answer": d.spec.example_answer(h.payload["observed"])} for h in hits]
+        return [{"item_id": h.payload["item_id"], "situation": h.payload["situation"],
+                 "face": h.payload.get("face_text"), "answer": d.spec.example_answer(h.payload["observed"])}
+                for h in hits]
     return examples
 
 
