@@ -82,7 +82,7 @@ def test_padding_gets_no_mass_and_gradients_flow():
     np.testing.assert_allclose(out.plan.sum(2).detach().numpy(), a.numpy(), atol=1e-5)
     out.cost.sum().backward()
     assert torch.isfinite(c.grad).all() and c.grad[0, :4].abs().sum() > 0
-    assert c.grad[0, 4:].abs().sum() == 0
+    assert c.grad[0, 4:].abs().max() < 1e-4 * c.grad[0, :4].abs().max()  # padding: (numerically) no gradient
     # d<P, C>/dC moves mass towards cheaper cells: a gradient step lowers the cost
     with torch.no_grad():
         lower = sinkhorn_log(c - 0.5 * c.grad, a, b, 0.1, n_iters=40).cost.sum()

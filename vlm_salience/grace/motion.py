@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from vlm_salience.config import StrictModel
 
@@ -34,6 +34,12 @@ class MotionConfig(StrictModel):
     suppress_global: bool = True
     floor: float = Field(0.2, ge=0.0, le=1.0)  # share of each clip's weight spread uniformly
     sharpness: float = Field(1.0, gt=0.0)  # energy ** sharpness before normalising
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _yaml_off(cls, v):
+        """YAML reads a bare `off` as false: take it as the mode it means."""
+        return "off" if v is False else v
 
 
 def _grey(frames: np.ndarray) -> np.ndarray:
