@@ -42,7 +42,7 @@ def ensure_corpus(folder: Path) -> Path:
 def overrides(args) -> list[str]:
     work = Path(args.work)
     return [f"data.config={ensure_corpus(Path(args.corpus))}", f"data.cache={work / 'cache'}",
-            f"model.encoder.path={work / 'tiny_clip_video'}", f"out={work / 'run'}"]
+            f"model.encoder.path={work / 'tiny_clip'}", f"out={work / 'run'}"]
 
 
 def loading_vs_step(args, ov: list[str]) -> dict:

@@ -207,6 +207,7 @@ def test_baseline_learns_planted_classes_and_report_is_recomputable(planted, tmp
     assert "UAR" in (run / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_shuffled_labels_stay_at_chance(tmp_path):
     from vlm_salience.video.train import train_video
 
@@ -223,6 +224,7 @@ def _fold_weights(run: Path, fold: str) -> dict:
     return load_file(str(run / "checkpoints" / f"fold-{fold}" / "step-20" / "model" / "model.safetensors"))
 
 
+@pytest.mark.slow
 def test_engine_resume_is_exact(planted, tmp_path, monkeypatch):
     """Straight 20 steps vs SIGTERM during step 10 (the engine finishes the step, checkpoints, stops), then
     --resume to 20: identical weights, the same chosen weights and identical test predictions."""
@@ -283,3 +285,27 @@ def test_shipped_video_configs_validate_and_name_their_corpus_classes():
             assert set(cfg.model.class_text) <= set(classes), path
         assert cfg.data.n_segments <= cfg.model.temporal.max_frames
     assert found >= 4
+
+
+def test_ambiguous_clips_scored_apart_with_hand_computed_values():
+    """Two of six clips are ambiguous between happy and sad: their WAR, the pair's chance, the share predicted
+    within the pair, and the other clips' scores, against values worked out by hand."""
+    from vlm_salience.video.report import scores_from_predictions
+
+    rows = [  # fold, clip, label, predicted, ambiguous
+        ("1", "a", "happy", "happy", True), ("1", "b", "sad", "happy", True),
+        ("1", "c", "angry", "angry", False), ("2", "d", "happy", "happy", False),
+        ("2", "e", "sad", "angry", False), ("2", "f", "angry", "angry", False)]
+    df = pd.DataFrame([{"fold": f, "clip_id": c, "label": y, "predicted": p, "ambiguous": a,
+                        **{f"p_{k}": float(k == p) for k in CLASSES}} for f, c, y, p, a in rows])
+    s = scores_from_predictions(df, CLASSES, n_boot=50, seed=0,
+                                ambiguous={"a": ["happy", "sad"], "b": ["happy", "sad"]})
+    amb = s["ambiguous"]
+    assert amb["n"] == 2 and amb["war"]["value"] == pytest.approx(0.5) and amb["pair_chance"] == 0.5
+    assert amb["uar"]["value"] == pytest.approx(0.5)  # happy recall 1, sad recall 0
+    assert amb["predicted_within_pair"] == pytest.approx(1.0)
+    assert s["unambiguous"]["war"]["value"] == pytest.approx(3 / 4)
+    assert s["folds"]["1"]["war"]["value"] == pytest.approx(2 / 3)
+    assert s["folds"]["2"]["uar"]["value"] == pytest.approx((1 + 0 + 1) / 3)
+    assert s["summary"]["war"]["mean"] == pytest.approx((2 / 3 + 2 / 3) / 2)
+    assert s["pooled"]["uar"]["value"] == pytest.approx((1.0 + 0.0 + 1.0) / 3)

@@ -162,3 +162,29 @@ def evaluate_run(cfg, task_cls, corpus, folds, store, *, prepared: dict | None =
                           "missing_from_cache": len(corpus.folds[fold].get("test", [])) - len(test)}
         del model
     return write_video_report(cfg, corpus, per_fold, prepared=prepared, training=training)
+
+
+def demo_step(root: str | Path, *, folds: list[str] | None = None, progress: bool = True) -> dict[str, Any]:
+    """The demo's video step: write the synthetic clips (law on) under ROOT/clips if missing, train the face-only
+    baseline of configs/video/baseline_synthetic.yaml on them (resumable), and return its headline figures."""
+    import json
+
+    from vlm_salience.resources import shipped
+
+    root = Path(root)
+    data = root / "clips" / "generic" / "data.yaml"
+    if not data.is_file():
+        from vlm_salience.config import load_config
+        from vlm_salience.data.video.synth import ClipSynthConfig, write_clip_corpus
+
+        write_clip_corpus(load_config(shipped("configs/synth/clips.yaml"), ClipSynthConfig), root / "clips",
+                          progress=progress)
+    overrides = [f"data.config={data}", f"data.cache={root / 'clips_cache'}",
+                 f"model.encoder.path={root / 'models' / 'tiny_clip'}", f"out={root / 'video_baseline_synthetic'}"]
+    if folds:
+        overrides.append(f"data.folds={json.dumps(list(folds))}")
+    res = train_video(shipped("configs/video/baseline_synthetic.yaml"), overrides, resume=True, progress=progress)
+    m = (res.get("report") or {}).get("methods", {}).get("baseline", {})
+    return {"out": str(root / "video_baseline_synthetic"), "uar": m.get("pooled", {}).get("uar"),
+            "war": m.get("pooled", {}).get("war"), "fold_mean": m.get("summary", {}).get("uar"),
+            "ambiguous": m.get("ambiguous"), "unambiguous": m.get("unambiguous")}
