@@ -5,8 +5,8 @@ Workload: --images portraits of 128×128 px cut from scikit-image's astronaut ph
 face, mirrored every other one, brightness jittered), so every image has one real face.
 
 Measurements, each in a fresh child process (benchmarks/_harness.py), in alternating order over --repeats rounds:
-- e2e_batched_<rt>: FaceAnalyzer.analyze over all images: the Haar cascade per image, then every face crop in one
-  classifier call (batch_size 256);
+- e2e_batched_<rt>: FaceAnalyzer.analyze over all images: the Haar cascade per image, then all face crops in one
+  classifier.predict (batched by the YAML's batch_size: 16 torch, 8 LiteRT, the fastest on this CPU);
 - e2e_single_<rt>:  the same, one image at a time (one detector call and one classifier call per image);
 - classify_batched_<rt> / classify_single_<rt>: the classifier alone on the same crops, one call vs one per face.
 Both runtimes use one thread (`--threads`), so neither wins by taking more of a shared CPU.

@@ -499,6 +499,7 @@ def test_face_score_errors_keep_what_was_written(image_dir, tmp_path):
     assert columns(["a"])[-3:] == ["p_a", "expressivity", "error"]
 
 
+@pytest.mark.slow
 def test_face_score_with_the_litert_and_hf_models(image_dir, tmp_path, tiny_vit):
     out = tmp_path / "lite.csv"
     s = score_faces([image_dir / "astro.png"], out, model_cfg=CONFIGS / "models" / "face_fer_litert.yaml",
