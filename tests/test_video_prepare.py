@@ -355,3 +355,39 @@ def test_a_missing_cache_says_how_to_make_one(tmp_path):
         out.mkdir()
         ClipCache(out).write_manifest({}, "h", {})
         ClipCache(out).load("x")
+
+
+# -- shipped configs ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "configs" / "video").glob("prepare*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_prepare_configs_load(path):
+    from vlm_salience.video.prepare import load_prepare_config
+
+    cfg = load_prepare_config(path)
+    assert cfg.n_segments >= 1 and cfg.streams.face_size >= 16
+    with pytest.raises(Exception, match="face_sise"):
+        load_prepare_config(path, ["streams.face_sise=3"])  # a typo is an error, never ignored
+
+
+def test_default_yaml_is_the_default_config():
+    from vlm_salience.video.prepare import load_prepare_config
+
+    path = Path(__file__).parent.parent / "configs" / "video" / "prepare.yaml"
+    assert load_prepare_config(path) == PrepareConfig() == load_prepare_config(None)
+
+
+def test_detector_settings_a_yaml_sets_are_kept_unless_overridden(tmp_path):
+    from vlm_salience.video.streams import DetectionConfig, face_finder
+
+    plain = face_finder(DetectionConfig()).detector_config
+    assert (plain.scale_factor, plain.min_neighbors, plain.max_side) == (1.05, 3, 256)
+    yaml = tmp_path / "det.yaml"
+    yaml.write_text("kind: haar\nscale_factor: 1.2\nmin_neighbors: 6\n")
+    mine = face_finder(DetectionConfig(detector=yaml, max_side=None)).detector_config
+    assert (mine.scale_factor, mine.min_neighbors, mine.max_side) == (1.2, 6, None)
+    over = face_finder(DetectionConfig(detector=yaml, min_neighbors=2)).detector_config
+    assert (over.scale_factor, over.min_neighbors) == (1.2, 2)
+    # the detector's settings, not its file's path, go into the cache key
+    h = prep.hashed_settings
+    assert config_hash(h(small_cfg(), face_finder(DetectionConfig(detector=yaml)))) != \
+        config_hash(h(small_cfg(), face_finder(DetectionConfig())))

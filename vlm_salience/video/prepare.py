@@ -100,7 +100,7 @@ def prepare_clip(clip: VideoClip, cfg: PrepareConfig, finder: FaceFinder) -> Pre
         nf = count_frames(clip.face_source)
         mapped = np.round(frame_index * (nf - 1) / max(1, n - 1)).astype(np.int64)
         face_frames = read_frames(clip.face_source, mapped)
-    detect_rows = slots[:, 0] if cfg.streams.detection.on == "segment_middles" else None
+    detect_rows = slots[:, 0] if cfg.streams.detection.detect_on == "segment_middles" else None
     st = make_streams(frames, finder, cfg.streams, face_frames, frame_index=frame_index, detect_rows=detect_rows)
     detect_frames = len(np.unique(slots[:, 0])) if detect_rows is not None else len(frame_index)
     return PreparedClip(clip_id=clip.clip_id, face=st.face, scene=st.scene, slots=slots, frame_index=frame_index,
