@@ -1,0 +1,178 @@
+"""`model:` of an OUS video config (configs/video/ous_*.yaml), the ablation switches, the salience gate, the loss
+weights and their conditional switching, and the list of variants a run trains.
+
+The fields the face-only baseline also has (encoder, class_text, context_tokens, temporal, temperature, vision,
+text, lr) keep the baseline's names and meaning, so the `baseline` variant of a run is the same recipe on the same
+encoder: `baseline_model_section` derives it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from vlm_salience.config import StrictModel
+from vlm_salience.data.video.config import PolarityName
+from vlm_salience.models.encoders import EncoderConfig
+from vlm_salience.salience import LawKind
+from vlm_salience.video.baseline import BaselineModelConfig, LearningRates, TemporalConfig
+from vlm_salience.video.config import VideoTrainConfig
+
+
+class OusLearningRates(LearningRates):
+    """The baseline's per-part rates plus OUS's own parts."""
+
+    lstm: float = Field(1e-3, gt=0)
+    fusion: float = Field(1e-3, gt=0)  # Type Fusion Encoder (or the concatenation's projection), gate control
+    polarity: float = Field(1e-3, gt=0)
+    similarity: float = Field(1e-3, gt=0)  # the conv + FC projections of L_sim
+
+
+class FusionConfig(StrictModel):
+    """Type Fusion Encoder: cross-type attention blocks whose queries are one shared, Gaussian-initialised
+    parameter (one query per type token, as the authors' code has it)."""
+
+    layers: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    mlp_dim: int = Field(256, ge=1)
+    query_std: float = Field(1.0, gt=0)  # N(0, std^2) initialisation of the shared queries
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class LossConfig(StrictModel):
+    """L_global = w_cont L_cont + switch(epoch) (w_sim L_sim + w_pol L_pol) + w_face L_face.
+
+    Conditional switching (our reading of the paper and the authors' staged `state` training, in one run):
+    L_sim and L_pol shape the latent spaces early and are switched off from epoch `aux_until_epoch` on (None:
+    never); L_pol only counts clips with a polarity label; L_sim only exists with a scene stream. L_face (the
+    face-only head's cross-entropy) exists only where the salience gate reads that head's expressivity."""
+
+    contrastive: float = Field(1.0, ge=0)
+    similarity: float = Field(0.5, ge=0)
+    polarity: float = Field(0.5, ge=0)
+    face_head: float = Field(0.5, ge=0)
+    aux_until_epoch: int | None = Field(None, ge=0)
+
+
+class GateConfig(StrictModel):
+    """How much the fusion trusts the face stream against the scene, per clip.
+
+    - none: every type token as it is;
+    - control: one global face share (learned), the same for every clip: the control salience must beat;
+    - salience: face share = `SalienceLaw(kind, ...).face_share(expressivity)` of `vlm_salience.salience`, with the
+      clip's expressivity from the face-only head (1 - normalised entropy of its class distribution, detached):
+      a subtle, ambiguous face hands the decision to the scene.
+    Tokens are scaled by 2*share (face) and 2*(1-share) (scene, polarity): share 0.5 leaves them as they are."""
+
+    mode: Literal["none", "control", "salience"] = "none"
+    law: LawKind = "logistic"
+    total: float = Field(2.0, gt=0)  # logistic: w_face + w_context
+    slope: float = 12.0
+    alpha: float = 0.0
+    threshold: float = Field(0.6, ge=0, le=1)
+    subtle: tuple[float, float] = (0.5, 1.5)  # hard: (w_face, w_context) at or below the threshold
+    expressive: tuple[float, float] = (1.5, 0.5)  # hard: above it
+    control_init: float = Field(0.5, gt=0, lt=1)  # mode control: initial global face share
+
+
+class OusModelConfig(StrictModel):
+    """`model:` of an OUS config."""
+
+    kind: Literal["ous"] = "ous"
+    encoder: EncoderConfig
+    class_text: dict[str, str] = Field(default_factory=dict)
+    context_tokens: int = Field(8, ge=0)
+    class_specific_contexts: bool = True
+    temporal: TemporalConfig = Field(default_factory=TemporalConfig)  # the face stream's frame encoder
+    temperature: float = Field(0.01, gt=0)
+    learn_temperature: bool = False
+    vision: Literal["train", "frozen"] = "train"
+    text: Literal["train", "frozen"] = "frozen"
+    lr: OusLearningRates = Field(default_factory=OusLearningRates)
+
+    # OUS's own parts
+    lstm_layers: int = Field(1, ge=0)  # 0: no LSTM temporal fusion
+    scene_lstm: bool = True  # the scene stream goes through the (shared) LSTM too
+    polarity_blocks: list[int] = Field(default_factory=lambda: [1, 2, 3, 4])  # encoder blocks the polarity reads
+    polarity_dim: int = Field(64, ge=1)
+    fusion: FusionConfig = Field(default_factory=FusionConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    # where the corpus has no polarity (no column, no polarity_map in its data YAML): class -> polarity
+    polarity_map: dict[str, PolarityName] | None = None
+
+    # ablation switches
+    use_scene: bool = True  # False: face-only OUS (no scene stream, hence no polarity, no L_sim)
+    use_polarity: bool = True
+    use_tfe: bool = True  # False: concatenate the type tokens and project
+    learnable_prompts: bool = True  # False: the class texts as they are (no context tokens)
+    use_similarity: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> OusModelConfig:
+        if not self.polarity_blocks or any(b < 1 for b in self.polarity_blocks):
+            raise ValueError("polarity_blocks must list encoder blocks counted from 1, e.g. [1, 2, 3, 4]")
+        return self
+
+    @property
+    def scene(self) -> bool:
+        return self.use_scene
+
+    @property
+    def polarity(self) -> bool:
+        return self.use_scene and self.use_polarity
+
+    @property
+    def similarity(self) -> bool:
+        return self.use_scene and self.use_similarity
+
+
+class VariantConfig(StrictModel):
+    """One model a run trains: `baseline` (the face-only DFER-CLIP recipe on the same encoder) or OUS with
+    dotted overrides of `model:`, e.g. {name: ous_no_tfe, set: {use_tfe: false}}."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    kind: Literal["ous", "baseline"] = "ous"
+    set: dict[str, Any] = Field(default_factory=dict)
+
+
+DEFAULT_VARIANTS: list[dict[str, Any]] = [
+    {"name": "baseline", "kind": "baseline"},
+    {"name": "ous"},
+    {"name": "ous_no_scene", "set": {"use_scene": False}},
+    {"name": "ous_no_polarity", "set": {"use_polarity": False}},
+    {"name": "ous_no_tfe", "set": {"use_tfe": False}},
+    {"name": "ous_fixed_prompts", "set": {"learnable_prompts": False}},
+    {"name": "ous_no_similarity", "set": {"use_similarity": False}},
+    {"name": "ous_salience", "set": {"gate.mode": "salience"}},
+    {"name": "ous_control", "set": {"gate.mode": "control"}},
+]
+
+
+class OusTrainConfig(VideoTrainConfig):
+    """A video config whose model is OUS; `variants` (empty: just this model) is what `train_variants` runs."""
+
+    model: OusModelConfig  # type: ignore[assignment]
+    variants: list[VariantConfig] = Field(default_factory=list)
+    compare_to: str = "baseline"  # the variant every other is compared with
+
+    @model_validator(mode="after")
+    def _check_variants(self) -> OusTrainConfig:
+        names = [v.name for v in self.variants]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"variants: duplicate name(s) {dup}")
+        if self.variants and self.compare_to not in names:
+            raise ValueError(f"compare_to '{self.compare_to}' is not one of the variants {names}")
+        return self
+
+
+def baseline_model_section(model: dict[str, Any]) -> dict[str, Any]:
+    """The baseline's `model:` from an OUS `model:` (shared fields only; OUS's extra learning rates dropped)."""
+    keep = set(BaselineModelConfig.model_fields) - {"kind"}
+    out = {k: v for k, v in model.items() if k in keep}
+    if isinstance(out.get("lr"), dict):
+        out["lr"] = {k: v for k, v in out["lr"].items() if k in LearningRates.model_fields}
+    out["kind"] = "baseline"
+    return out

@@ -1,0 +1,86 @@
+"""OUS as a task for the engine: the foundation's `VideoClassifierTask` (cache batches, validation choice of weights,
+save/load, prediction) with OUS's model, its second stream, its polarity targets and its global loss.
+
+Polarity targets (0 negative, 1 neutral, 2 positive): the corpus's own (its polarity column, or the polarity_map of
+its data YAML) where it has them, else the OUS config's `model.polarity_map` from the class; `polarity_source`
+says which, and the report prints it. A value outside the three is an error naming the clip.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from vlm_salience.data.video.records import POLARITIES
+from vlm_salience.errors import ConfigError, DataError
+from vlm_salience.ous.config import OusTrainConfig
+from vlm_salience.ous.losses import global_loss
+from vlm_salience.video.task import VideoClassifierTask
+
+
+def polarity_targets(clip_ids: list[str], corpus_polarity: dict[str, Any], labels: dict[str, int],
+                     classes: list[str], mapping: dict[str, str] | None) -> tuple[dict[str, int], str]:
+    """clip id -> polarity index, and where the targets came from ("corpus", "model.polarity_map", "none")."""
+    if corpus_polarity:
+        out = {}
+        for cid in clip_ids:
+            if cid not in corpus_polarity or corpus_polarity[cid] is None:
+                continue
+            v = corpus_polarity[cid]
+            if isinstance(v, str) and v.strip().lower() in POLARITIES:
+                v = POLARITIES.index(v.strip().lower())
+            if isinstance(v, bool) or not isinstance(v, (int,)) or not 0 <= int(v) <= 2:
+                raise DataError(f"clip '{cid}' (its corpus row) has polarity {v!r}, outside the three values",
+                                column="polarity",
+                                fix=f"use one of {', '.join(POLARITIES)} (or 0/1/2)")
+            out[cid] = int(v)
+        return out, "corpus"
+    if mapping:
+        low = {k.lower(): v for k, v in mapping.items()}
+        missing = [c for c in classes if c.lower() not in low]
+        if missing:
+            raise ConfigError(f"model.polarity_map does not name class(es) {missing}; give every class a polarity "
+                              f"({', '.join(POLARITIES)})")
+        return {cid: POLARITIES.index(low[classes[labels[cid]].lower()]) for cid in clip_ids}, "model.polarity_map"
+    return {}, "none"
+
+
+class OusTask(VideoClassifierTask):
+    """OUS: face and scene streams (face only where `model.use_scene` is off)."""
+
+    config_class = OusTrainConfig
+
+    def __init__(self, cfg: OusTrainConfig, **kw: Any) -> None:
+        super().__init__(cfg, **kw)
+        m = cfg.model
+        self.streams = ("face", "scene") if m.scene else ("face",)
+        ids = list(self.train_ids) + list(self.val_ids)
+        self.polarity, self.polarity_source = polarity_targets(ids, self.polarity, self.labels, self.classes,
+                                                               m.polarity_map)
+        if m.polarity and m.loss.polarity > 0 and not self.polarity:
+            raise ConfigError("OUS's polarity encoder needs polarity targets, but the corpus has no polarity "
+                              "column or polarity_map; set model.polarity_map (class -> positive/neutral/negative) "
+                              "or model.use_polarity: false")
+        self.last_parts: dict[str, float] = {}
+
+    def build_model(self):
+        from vlm_salience.models.encoders import load_encoder
+        from vlm_salience.ous.model import OusModel
+
+        return OusModel(load_encoder(self.cfg.model.encoder), self.cfg.model, self.classes)
+
+    def collate(self, indices: list[int], epoch: int) -> dict[str, Any]:
+        b = super().collate(indices, epoch)
+        b["epoch"] = torch.tensor(int(epoch))
+        return b
+
+    def compute_loss(self, out: dict[str, torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:
+        epoch = int(batch["epoch"]) if "epoch" in batch else None
+        loss, self.last_parts = global_loss(out, batch["label"], batch["polarity"], self.cfg.model.loss, epoch)
+        return loss
+
+    def fingerprint(self) -> dict[str, str]:
+        fp = super().fingerprint()
+        fp["polarity targets"] = self.polarity_source
+        return fp
