@@ -91,8 +91,8 @@ class GraceTask(VideoClassifierTask):
         """Every clip's text (all folds' clips that the cache holds), resolved once, with its counts."""
         if self._texts is not None:
             return self._texts
-        from vlm_salience.grace.text import (load_lexicon, motion_profile, read_descriptions, refine_rules,
-                                             resolve_texts)
+        from vlm_salience.grace.text import (load_lexicon, middle_frames, motion_profile, read_descriptions,
+                                             refine_rules, resolve_texts)
 
         tc = self.cfg.model.text
         if tc.source == "none":
@@ -113,8 +113,7 @@ class GraceTask(VideoClassifierTask):
             for cid in ids:
                 profile = None
                 if tc.profile:
-                    clip = self.store.get(cid)
-                    profile = motion_profile(clip.face[clip.middle_rows()])
+                    profile = motion_profile(middle_frames(self.store.get(cid)))
                 refined[cid] = refine_rules(coarse.get(cid), lexicon, profile)
         resolved = resolve_texts(ids, coarse, refined, tc, lexicon)
         tok = self.tokenizer()

@@ -205,6 +205,20 @@ class DescribeConfig(StrictModel):
     batched: bool = True  # one shared-prefix cache per call (HF backend); False: plain generate per clip
 
 
+def stream_frames(clip, stream: str = "face") -> np.ndarray:
+    """The cached frames of one stream (rows as the cache holds them), from a PreparedClip or the video task's
+    CachedFrames."""
+    arrays = getattr(clip, "arrays", None)
+    return arrays[stream] if arrays is not None else getattr(clip, stream)
+
+
+def middle_frames(clip, stream: str = "face") -> np.ndarray:
+    """Each cached segment's middle frame (T, S, S, 3)."""
+    from vlm_salience.video.cache import sample
+
+    return stream_frames(clip, stream)[sample(clip, None, train=False)]
+
+
 def _pil(frame: np.ndarray, size: int | None):
     from PIL import Image
 
@@ -222,7 +236,7 @@ def coarse_prompts(clip_ids: list[str], store, cfg: DescribeConfig, template) ->
     for cid in clip_ids:
         clip = store.get(cid)
         rows = sample(clip, cfg.frames, train=False)
-        frames = getattr(clip, cfg.stream)[rows]
+        frames = stream_frames(clip, cfg.stream)[rows]
         images = [_pil(f, cfg.image_size) for f in frames]
         h = hashlib.sha256(template.digest.encode())
         for f in frames:
@@ -299,8 +313,7 @@ def describe_clips(clip_ids: list[str], store, backend, cfg: DescribeConfig, out
     else:
         refined = {}
         for c in clip_ids:
-            clip = store.get(c)
-            refined[c] = refine_rules(coarse[c], lexicon, motion_profile(clip.face[clip.middle_rows()])) or ""
+            refined[c] = refine_rules(coarse[c], lexicon, motion_profile(middle_frames(store.get(c)))) or ""
     status = ["ok" if usable(refined[c]) else ("empty" if not usable(coarse[c]) else "unparseable")
               for c in clip_ids]
     df = pd.DataFrame({"clip_id": clip_ids, "coarse": [coarse[c] for c in clip_ids],
