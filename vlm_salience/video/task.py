@@ -75,6 +75,18 @@ class FrameStore:
             raise DataError(f"cached clip file is damaged ({exc}).", file=path,
                             fix="delete it and run `vlm-salience video prepare` again.") from None
 
+    def preload(self, clip_ids: list[str]) -> int:
+        """Read clips into memory until the budget is full (so epochs after setup never touch the disk when the
+        training data fits); returns how many are held."""
+        for cid in clip_ids:
+            if cid not in self._lru:
+                clip = self._read(cid)
+                if self._bytes + clip.nbytes > self.budget:
+                    break
+                self._lru[cid] = clip
+                self._bytes += clip.nbytes
+        return len(self._lru)
+
     def get(self, clip_id: str) -> CachedFrames:
         clip = self._lru.get(clip_id)
         if clip is not None:
@@ -178,6 +190,7 @@ class VideoClassifierTask(Task):
             self.store.streams = tuple(dict.fromkeys([*self.store.streams, *missing]))
             self.store._lru.clear()
             self.store._bytes = 0
+        self.store.preload(self.train_ids + self.val_ids)
         self.model = self.build_model()
         groups = self.model.param_groups() if hasattr(self.model, "param_groups") else \
             [p for p in self.model.parameters() if p.requires_grad]
