@@ -344,7 +344,12 @@ def test_corrupt_and_empty_clips_are_named_or_dropped(tmp_path):
     assert bad["broken.mp4"]["file"].endswith("broken.mp4") and bad["empty"]["file"].endswith("empty")
     assert "no images" in bad["empty"]["error"]
     assert summary["cached"] == 4 and summary["skipped"] == 4 and summary["prepared"] == 0
-    assert "broken.mp4" not in ClipCache(out)
+    assert "broken.mp4" not in ClipCache(out) and summary["dropped_rows"]["total"] == 0
+    # a row naming a clip that does not exist: the loader drops it under drop_invalid, and the summary says so
+    with open(root / "clips.csv", "a") as fh:
+        fh.write("nowhere.mp4,happy,1,\n")
+    summary = prepare_corpus(yaml, small_cfg(), out, drop_invalid=True, progress=False)
+    assert summary["dropped_rows"]["total"] == 1 and summary["clips"] == 6
 
 
 def test_a_missing_cache_says_how_to_make_one(tmp_path):

@@ -172,7 +172,8 @@ def prepare_corpus(data: str | Path | VideoCorpus, prepare_cfg: str | Path | Pre
     """Prepare every clip of a corpus (a data YAML, or a loaded VideoCorpus) into `out_cache_dir`.
 
     Returns (and writes to CACHE/summary.json) {clips, prepared, skipped, cached, invalid: [{clip_id, file,
-    error}], missed_detection_frames, detection_frames, clips_with_missed, config_hash, out}. `skipped` clips
+    error}], missed_detection_frames, detection_frames, clips_with_missed, dropped_rows (what the corpus loader
+    skipped under drop_invalid), config_hash, out}. `skipped` clips
     were already cached with this config and unchanged source. Raises DataError naming the file for the first bad
     clip unless `drop_invalid`; whatever was prepared before it stays cached.
     """
@@ -242,7 +243,7 @@ def prepare_corpus(data: str | Path | VideoCorpus, prepare_cfg: str | Path | Pre
                "missed_detection_frames": missed, "detection_frames": detect,
                "clips_with_missed": sum(int(entries[c.clip_id]["missed"]) > 0 for c in clips
                                         if c.clip_id in entries),
-               "config_hash": h, "out": str(cache.root)}
+               "dropped_rows": corpus.dropped.to_dict(), "config_hash": h, "out": str(cache.root)}
     atomic.write_text(cache.root / "summary.json", json.dumps(summary, indent=2))
     return summary
 
