@@ -457,6 +457,11 @@ def test_every_component_of_the_answer_key_changes_it(corpus, spec):
                                        s0.candidates, s0.values, s0.terminators), *slots[1:]]),
     }
     assert with_examples.digest != p.digest
+    assert build_prompt(t, corpus.items[0], spec).digest == p.digest  # the same prompt, the same digest
+    item = corpus.items[0]
+    other_face = replace(item, face=replace(item.face, media=corpus.items[1].face.media))
+    q = build_prompt(t, other_face, spec)
+    assert q.text == p.text and q.digest != p.digest  # the same words about another face: another prompt
     for what, key in variants.items():
         assert key != base, what
     gen = prompt_answer_key("model-a", t.digest, p, "generate", max_new_tokens=64)

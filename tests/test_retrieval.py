@@ -413,3 +413,24 @@ def test_an_old_format_index_asks_for_a_rebuild(tmp_path):
     (a / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(DataError, match="format 1 is not 2.*rebuild"):
         CaseIndex.load(a)
+
+
+def test_the_default_guard_excludes_every_key_a_case_shares(fallback_calls):
+    """guard_for: the item itself, its face, its participant and its episode (the twin of an item shares its face
+    or its episode, not its id); keys the case lacks, or the index does not store, are left out."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((60, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    cases = [Case(id=f"c{i}", text="", keys={"item": f"c{i}", "face": f"f{i % 6}", "participant": f"p{i % 5}",
+                                             "episode": f"e{i % 4}", "situation": f"s{i % 3}"}) for i in range(60)]
+    index = CaseIndex.from_vectors(cases, x, IndexConfig(), progress=False)
+    guard = index.guard_for(cases[7])
+    assert guard == {"item": "c7", "face": "f1", "participant": "p2", "episode": "e3"}  # never the situation
+    hits = index.search(x[7:8], k=10, exclude=guard)[0]
+    for h in hits:
+        assert all(h.keys[k] != v for k, v in guard.items())
+    assert len(hits) == 10 and any(h.keys["situation"] == "s1" for h in hits)
+    bare = Case(id="z", text="", keys={"item": "z", "face": ""})
+    assert index.guard_for(bare) == {"item": "z"}
+    narrow = CaseIndex.from_vectors(cases, x, IndexConfig(keys=["item", "face"]), progress=False)
+    assert narrow.guard_for(cases[7]) == {"item": "c7", "face": "f1"}
