@@ -130,7 +130,7 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path, t
 
 
 def plot_tsne(features: np.ndarray, labels: np.ndarray, ambiguous: np.ndarray, classes: list[str], path: Path,
-              *, max_clips: int, seed: int) -> bool:
+              *, max_clips: int, seed: int, fold: str | None = None) -> bool:
     """t-SNE of clip features coloured by true class; clips with an ambiguous face drawn as crosses."""
     n = len(features)
     if n < 5:
@@ -151,7 +151,8 @@ def plot_tsne(features: np.ndarray, labels: np.ndarray, ambiguous: np.ndarray, c
         ax.scatter(emb[m & ~a, 0], emb[m & ~a, 1], s=14, color=cmap(k), label=c)
         if (m & a).any():
             ax.scatter(emb[m & a, 0], emb[m & a, 1], s=26, color=cmap(k), marker="x")
-    ax.set_title("t-SNE of clip features (x: ambiguous face)" if a.any() else "t-SNE of clip features")
+    where = f", test clips of fold {fold}" if fold else ""
+    ax.set_title(f"t-SNE of clip features{where}" + (" (x: ambiguous face)" if a.any() else ""))
     ax.legend(fontsize=7, markerscale=1.2, loc="best")
     ax.set_xticks([])
     ax.set_yticks([])
@@ -244,11 +245,12 @@ def write_video_report(cfg, corpus, per_fold: dict[str, dict[str, Any]], *, prep
                           f"{method}: confusion (pooled over folds, row-normalised)"):
             figures.append("confusion.png")
         if cfg.report.tsne:
-            feats = np.concatenate([e["test"].features for e in per_fold.values()])
-            labels = np.concatenate([e["test"].labels for e in per_fold.values()])
-            flags = df["ambiguous"].to_numpy(bool)
-            if plot_tsne(feats, labels, flags, classes, stage / "tsne.png", max_clips=cfg.report.tsne_max_clips,
-                         seed=cfg.report.seed):
+            # one fold's model: each fold's feature space is its own, pooling them would draw fold clusters
+            fold = next(iter(per_fold))
+            p = per_fold[fold]["test"]
+            flags = np.array([c in amb for c in p.clip_ids], dtype=bool)
+            if plot_tsne(p.features, p.labels, flags, classes, stage / "tsne.png",
+                         max_clips=cfg.report.tsne_max_clips, seed=cfg.report.seed, fold=fold):
                 figures.append("tsne.png")
         df.to_csv(stage / "predictions.csv", index=False)
         (stage / "metrics.json").write_text(json.dumps(doc, indent=2))
