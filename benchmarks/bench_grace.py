@@ -59,8 +59,14 @@ def bench_sinkhorn(args) -> dict:
         t_pot.append(time.perf_counter() - t0)
     diff = float(max(np.abs(p[i].numpy() - ref[i]).max() for i in range(b)))
     # small regularisation: the plain-domain form underflows, the log-domain ones stay finite
-    small = 1e-3
-    plain = ot.sinkhorn(an[0], wn[0], cn[0], small, numItermax=iters, stopThr=0.0)
+    from vlm_salience.grace.transport import sinkhorn_plain
+
+    small = 1e-3  # fp32: exp(-C/eps) underflows below C = 0.087
+    plain32 = sinkhorn_plain(cost[:1], a[:1], w[:1], small, iters)[0].numpy()
+    tiny_eps = 1e-5  # fp64 (POT): exp(-C/eps) underflows below C = 0.0075
+    plain = ot.sinkhorn(an[0], wn[0], cn[0], tiny_eps, numItermax=iters, stopThr=0.0)
+    logpot_tiny = ot.sinkhorn(an[0], wn[0], cn[0], tiny_eps, method="sinkhorn_log", numItermax=iters, stopThr=0.0)
+    ours_tiny = sinkhorn_log(cost[:1], a[:1], w[:1], tiny_eps, iters).plan[0].numpy()
     logpot = ot.sinkhorn(an[0], wn[0], cn[0], small, method="sinkhorn_log", numItermax=iters, stopThr=0.0)
     logours = sinkhorn_log(cost[:1], a[:1], w[:1], small, iters).plan[0].numpy()
     out = {"clips": b, "shape": [n, m], "iters": iters, "eps": eps, "threads": args.threads,
@@ -68,8 +74,14 @@ def bench_sinkhorn(args) -> dict:
            "speedup": float(np.median(t_pot) / np.median(t_ours)),
            "per_round_speedup": [float(x / y) for x, y in zip(t_pot, t_ours)],
            "max_abs_plan_diff_fp32_vs_pot_fp64": diff,
-           "small_eps": {"eps": small, "pot_plain_finite": bool(np.isfinite(plain).all()),
-                         "pot_plain_mass": float(np.nansum(plain)), "pot_log_finite": bool(np.isfinite(logpot).all()),
+           "small_eps": {"eps": small, "plain_fp32_finite": bool(np.isfinite(plain32).all()),
+                         "plain_fp32_mass": float(np.nansum(plain32)),
+                         "pot_plain_fp64_at_1e-5_finite": bool(np.isfinite(plain).all()),
+                         "pot_plain_fp64_at_1e-5_mass": float(np.nansum(plain)),
+                         "pot_log_at_1e-5_finite": bool(np.isfinite(logpot_tiny).all()),
+                         "ours_at_1e-5_finite": bool(np.isfinite(ours_tiny).all()),
+                         "ours_vs_pot_log_at_1e-5_max_diff": float(np.abs(ours_tiny - logpot_tiny).max()),
+                         "pot_log_finite": bool(np.isfinite(logpot).all()),
                          "ours_finite": bool(np.isfinite(logours).all()),
                          "ours_vs_pot_log_max_diff": float(np.abs(logours - logpot).max())}}
     print(json.dumps(out, indent=2))

@@ -329,3 +329,52 @@ def truncate_count(token_lengths: list[int], window: int) -> int:
     """How many texts are longer than the encoder's window (they are truncated, and counted in the report)."""
     return int(sum(1 for n in token_lengths if n > window))
 
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# `vlm-salience video describe CONFIG.yaml`
+
+
+class DescribeRunConfig(StrictModel):
+    """configs/grace/describe_*.yaml: which clips (a GRACE video YAML's data, cache and folds), which VLM, how."""
+
+    video: str  # the video YAML whose corpus, cache and folds to describe (relative to this file)
+    video_overrides: list[str] = Field(default_factory=list)  # dotted overrides of that YAML
+    model: Any  # a prompting model entry (backend: hf | openai), validated by prompting.experiment.ModelEntry
+    describe: DescribeConfig = Field(default_factory=DescribeConfig)
+    out: str  # folder of descriptions.csv and the answer cache (relative to this file)
+
+
+def describe_video(config_path: str | Path, overrides: list[str] | tuple[str, ...] = (), *,
+                   progress: bool = True) -> dict[str, Any]:
+    """CATE for every cached clip of a video config's folds: fills the frame cache where clips are missing,
+    describes (resumable), writes OUT/descriptions.csv; returns describe_clips' summary."""
+    from pydantic import TypeAdapter
+
+    from vlm_salience.config import apply_overrides, read_yaml
+    from vlm_salience.grace import register
+    from vlm_salience.prompting.experiment import ModelEntry, make_backend
+    from vlm_salience.video.cache import ClipCache
+    from vlm_salience.video.config import load_video_config
+    from vlm_salience.video.task import FrameStore
+    from vlm_salience.video.train import ensure_cache, folds_of, load_corpus
+
+    register()
+    from vlm_salience.config import validate
+
+    path = Path(config_path).resolve()
+    raw = apply_overrides(read_yaml(path), list(overrides))
+    run = validate(raw, DescribeRunConfig, source=path, base_dir=path.parent)
+    model_raw = dict(run.model)
+    entry = TypeAdapter(ModelEntry).validate_python(model_raw, context={"base_dir": path.parent})
+    video = (path.parent / run.video).resolve()
+    out = (path.parent / run.out).resolve()
+    vcfg, _ = load_video_config(video, run.video_overrides)
+    corpus = load_corpus(vcfg)
+    folds = folds_of(vcfg, corpus)
+    ensure_cache(vcfg, corpus, folds, progress=progress)
+    store = FrameStore(ClipCache(vcfg.data.cache), vcfg.data.memory_cache_mb, streams=(run.describe.stream,))
+    wanted = {i for f in folds for part in corpus.folds[f].values() for i in part}
+    ids = [i for i in sorted(store.cache.ids()) if i in wanted]
+    backend = make_backend(entry, progress=progress)
+    return describe_clips(ids, store, backend, run.describe, out, progress=progress)
