@@ -75,3 +75,44 @@ def test_mixed_model_recovers_the_ols_mean_when_rater_variance_is_zero(small_syn
     ols = build_cues(c, CueModelConfig(context_model="ols")).block("valence")
     mean = lambda b: (b.context[:, 0] * b.support).sum(-1)  # noqa: E731
     assert np.abs(mean(mixed) - mean(ols)).max() < 0.3
+
+
+def test_resimulated_faces_carry_sampling_error_of_the_right_size():
+    """A null model's face cues: estimated again from as many simulated raters as each face had; items sharing a
+    face share the re-estimate, and the error shrinks as the number of raters grows."""
+    from vlm_salience.cue_models import Block, CueModelConfig, CueTable, resimulate_faces
+
+    rng = np.random.default_rng(0)
+    faces = rng.dirichlet(np.ones(5), size=6)[:, None, :]  # 6 faces, a choice over 5 labels
+    face_index = np.repeat(np.arange(6), 3)  # 18 items, 3 per face
+
+    def table(raters):
+        f = faces[face_index]
+        return CueTable(item_ids=np.arange(18).astype(str).astype(object),
+                        blocks=[Block("emotions", np.arange(5.0), f, f, f, categorical=True)],
+                        face_index=face_index, face_raters=np.full(18, raters),
+                        config=CueModelConfig(choice_smoothing=0.0, floor=1e-9))
+
+    few = resimulate_faces(table(10), np.random.default_rng(1)).blocks[0].face
+    many = resimulate_faces(table(10_000), np.random.default_rng(1)).blocks[0].face
+    assert np.allclose(few.sum(-1), 1) and np.allclose(few[0], few[1]) and not np.allclose(few[0], few[3])
+    err_few, err_many = np.abs(few - faces[face_index]).mean(), np.abs(many - faces[face_index]).mean()
+    # a frequency from n raters errs by about sqrt(p(1-p)/n): ~0.1 for 10 raters, ~0.003 for 10,000
+    assert 0.04 < err_few < 0.15 and err_many < 0.01
+
+
+def test_resampling_face_raters_redraws_each_faces_own_judgements():
+    from vlm_salience.cue_models import Block, CueModelConfig, CueTable, resample_face_raters
+
+    # face 0: four raters who all chose label 0; face 1: raters split between labels 1 and 2
+    rows = np.eye(3)[[0, 0, 0, 0, 1, 2, 1, 2]]
+    groups = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    f = np.full((4, 1, 3), 1 / 3)
+    cues = CueTable(item_ids=np.array(list("abcd"), dtype=object),
+                    blocks=[Block("emotions", np.arange(3.0), f, f, f, categorical=True)],
+                    face_index=np.array([0, 1, 0, 1]), face_raters=np.array([4, 4, 4, 4]),
+                    config=CueModelConfig(choice_smoothing=0.0, floor=1e-9), face_rows={"emotions": (rows, groups)})
+    draws = [resample_face_raters(cues, np.random.default_rng(s)).blocks[0].face for s in range(30)]
+    assert all(np.allclose(d[0, 0], [1, 0, 0]) and np.allclose(d[0], d[2]) for d in draws)  # nothing to redraw
+    p1 = np.array([d[1, 0, 1] for d in draws])  # face 1's share of label 1 varies around 1/2, label 0 never
+    assert 0.3 < p1.mean() < 0.7 and p1.std() > 0.1 and all(d[1, 0, 0] < 1e-6 for d in draws)

@@ -97,8 +97,9 @@ def test_planted_salience_law_is_recovered_and_beats_bci_and_control(synth_corpu
     for name in ("salience_hard", "salience_logistic"):
         gap = res.weights[name]["face_weight_gap"]
         assert gap["value"] > 0 and gap["ci95"][0] > 0, (name, gap)
+        assert res.weights[name]["gap_evidence"], res.weights[name]["excess_gap"]  # beyond the no-law null
         verdict = res.comparisons[name]["verdict"]
-        assert verdict["beats_bci"] and verdict["beats_control"], (name, verdict)
+        assert verdict["beats_bci"] and verdict["beats_control"] and verdict["salience_evidence"], (name, verdict)
     assert res.weights["control"]["face_weight_gap"]["value"] == pytest.approx(0.0, abs=1e-9)
 
 
@@ -137,9 +138,10 @@ def _golden_balls_report_claims_no_fit(res, tmp_path):
 
 
 LAW_OFF_SEEDS = (0, 1, 2, 3)
-LAW_OFF_SYNTH = ["participants=16", "rounds=6", "raters.face=12", "raters.context=6", "raters.combined=6",
+# the settings of `python benchmarks/law_off_study.py --small`, which prints the same figures per seed
+LAW_OFF_SYNTH = ["participants=24", "rounds=6", "raters.face=12", "raters.context=6", "raters.combined=6",
                  "image_size=8"]
-LAW_OFF_STUDY = ["cue_models.context_model=ols", "bootstrap.n=200", "bootstrap.weights_n=25", "cv.k=4"]
+LAW_OFF_STUDY = ["cue_models.context_model=ols", "bootstrap.n=300", "bootstrap.weights_n=40", "cv.k=4"]
 
 
 @pytest.mark.slow

@@ -62,15 +62,23 @@ class CueTable:
     item_ids: np.ndarray
     blocks: list[Block]
     notes: list[str] = field(default_factory=list)
+    face_index: np.ndarray | None = None  # (n,) which face each item shows (items may share one)
+    face_raters: np.ndarray | None = None  # (n,) how many face-only judgements that face's cue was estimated from
+    config: CueModelConfig | None = None  # how the face cues were estimated (to estimate them again)
+    # per block: the face-only judgements the face cues were estimated from, (rows (N, D or K), face of each row)
+    face_rows: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     def take(self, idx: np.ndarray) -> CueTable:
+        def cut(a):
+            return None if a is None else a[idx]
         return CueTable(
             item_ids=self.item_ids[idx],
             blocks=[replace(b, face=b.face[idx], context=b.context[idx], prior=b.prior[idx],
                             targets=None if b.targets is None else b.targets[idx],
                             _logs=None if b._logs is None else tuple(a[idx] for a in b._logs))
                     for b in self.blocks],
-            notes=self.notes,
+            notes=self.notes, face_index=cut(self.face_index), face_raters=cut(self.face_raters),
+            config=self.config, face_rows=self.face_rows,
         )
 
     def block(self, name: str) -> Block | None:
@@ -224,7 +232,82 @@ def build_cues(corpus: Corpus, cfg: CueModelConfig | None = None) -> CueTable:
             arr = np.clip(getattr(b, part), cfg.floor, None)
             setattr(b, part, arr / arr.sum(axis=-1, keepdims=True))
         b.logs()
-    return CueTable(item_ids=corpus.item_ids, blocks=blocks, notes=notes)
+    rows = {"emotions": (fj.emotions[keep] if corpus.response == "ratings"
+                         else fj.emotions[keep] / fj.emotions[keep].sum(axis=1, keepdims=True), f_groups)}
+    if corpus.rated_valence:
+        rows["valence"] = (fj.valence[keep][:, None], f_groups)
+    return CueTable(item_ids=corpus.item_ids, blocks=blocks, notes=notes, face_index=item_face,
+                    face_raters=np.bincount(f_groups, minlength=len(face_index))[item_face], config=cfg,
+                    face_rows=rows)
+
+
+def _estimate_faces(b: Block, values: np.ndarray, groups: np.ndarray, n_faces: int, cfg: CueModelConfig
+                    ) -> np.ndarray:
+    """(G, D, S) face cues from face-only rows, the way build_cues estimates them."""
+    if b.categorical:
+        counts = np.zeros((n_faces, values.shape[1]))
+        np.add.at(counts, groups, values)
+        a = cfg.choice_smoothing
+        est = ((counts + a) / (counts + a).sum(axis=1, keepdims=True))[:, None, :]
+    else:
+        est = grouped_kde(values, groups, n_faces, b.support, cfg.kde_bandwidth)
+    est = np.clip(est, cfg.floor, None)
+    return est / est.sum(axis=-1, keepdims=True)
+
+
+def resample_face_raters(cues: CueTable, rng: np.random.Generator) -> CueTable:
+    """The same items with every face cue estimated again from its own face-only judgements drawn with
+    replacement: a bootstrap that carries the face cues' estimation error (resampling items or participants
+    alone keeps each face's estimate fixed, and its error with it)."""
+    if not cues.face_rows or cues.face_index is None or cues.config is None:
+        raise ValueError("these cues do not record their face-only judgements; build them with build_cues")
+    blocks = []
+    for b in cues.blocks:
+        values, groups = cues.face_rows[b.name]
+        n_faces = int(groups.max()) + 1
+        order = np.argsort(groups, kind="stable")
+        sizes = np.bincount(groups, minlength=n_faces)
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        g_sorted = groups[order]
+        pick = order[starts[g_sorted] + (rng.random(len(order)) * sizes[g_sorted]).astype(int)]
+        est = _estimate_faces(b, values[pick], g_sorted, n_faces, cues.config)
+        nb = replace(b, face=est[cues.face_index], _logs=None)
+        nb.logs()
+        blocks.append(nb)
+    return replace(cues, blocks=blocks)
+
+
+def resimulate_faces(cues: CueTable, rng: np.random.Generator) -> CueTable:
+    """The same items with every face cue estimated again, the same way, from simulated face-only raters (as many
+    as the face had, each drawing from the estimated face cue): the face-cue sampling error a null model must
+    carry. That error is larger, relative to the evidence, for a subtle face than for an expressive one, so a fit
+    on estimated cues leans on subtle faces less even where observers weigh every face alike."""
+    if cues.face_index is None or cues.face_raters is None or cues.config is None:
+        raise ValueError("these cues do not record their faces' rater counts; build them with build_cues")
+    cfg = cues.config
+    uniq, first, inv = np.unique(cues.face_index, return_index=True, return_inverse=True)
+    n_f = cues.face_raters[first].astype(int)
+    G = len(uniq)
+    blocks = []
+    for b in cues.blocks:
+        F = b.face[first]  # (G, D, S)
+        if b.categorical:
+            counts = np.stack([rng.multinomial(n, F[g, 0]) for g, n in enumerate(n_f)]).astype(float)
+            a = cfg.choice_smoothing
+            est = ((counts + a) / (counts + a).sum(axis=1, keepdims=True))[:, None, :]
+        else:
+            groups = np.repeat(np.arange(G), n_f)
+            values = np.empty((len(groups), F.shape[1]))
+            for d in range(F.shape[1]):
+                cdf = F[groups, d].cumsum(axis=-1)
+                values[:, d] = b.support[(cdf > rng.random((len(groups), 1)) * cdf[:, -1:]).argmax(axis=-1)]
+            est = grouped_kde(values, groups, G, b.support, cfg.kde_bandwidth)
+        est = np.clip(est, cfg.floor, None)
+        est = est / est.sum(axis=-1, keepdims=True)
+        nb = replace(b, face=est[inv], _logs=None)
+        nb.logs()
+        blocks.append(nb)
+    return replace(cues, blocks=blocks)
 
 
 def _targets(corpus: Corpus, block: str, support: np.ndarray) -> np.ndarray | None:

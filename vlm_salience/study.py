@@ -8,10 +8,12 @@ with situations (utterances x wheels: every situation seen with several faces an
 situations) both factors (a two-way cluster bootstrap). Fitted weights are refitted on the same resamples for
 their intervals. Every law of a run is fitted by one objective (likelihood, KLD or RMSE).
 
-A pool's best face share moves with expressivity even where observers integrate by a constant-weight product
-(a subtle face carries little evidence, so the product leans on the context), so a pool's share gap is compared
-with the gap the same pool fit finds on the product control's own predictions (`null_gap`); only the excess is
-evidence of a salience law.
+A face-weight gap appears even where observers weigh every face alike: a pool's best face share moves with
+expressivity under a constant-weight product (a subtle face carries little evidence, so the product leans on the
+context), and face cues estimated from a few face-only raters carry a sampling error that is larger, relative to
+the evidence, for subtle faces. So every gap is compared with the gap the same fit finds on no-law data
+(`null_gap`: the product control's predictions as targets, face cues re-estimated from simulated raters); only the
+excess is evidence of a salience law.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from tqdm.auto import tqdm
 
 from vlm_salience import bci
 from vlm_salience.config import StrictModel
-from vlm_salience.cue_models import CueModelConfig, CueTable, build_cues
+from vlm_salience.cue_models import CueModelConfig, CueTable, build_cues, resample_face_raters, resimulate_faces
 from vlm_salience.data.corpus import Corpus
 from vlm_salience.expressivity import Normaliser, raw_scores
 from vlm_salience.metrics import paired_bootstrap, resample_weights, resampling_label, score
@@ -213,20 +215,22 @@ def run_study(corpus: Corpus, cfg: StudyConfig, *, progress: bool = True) -> Stu
         comp["verdict"] = _verdict(comp, cfg.primary_metric, cfg.reference)
         result.comparisons[m.name] = comp
     result.weights = _fitted_weights(corpus, cues, cfg, x_all, fold_laws, progress, groups, crossed)
+    for name, comp in result.comparisons.items():
+        v = comp["verdict"]
+        if "beats_control" in v:  # evidence of salience: better than the no-law models, and a gap beyond the null
+            v["salience_evidence"] = bool(v["beats_control"] and v.get("beats_null", True)
+                                          and result.weights.get(name, {}).get("gap_evidence", False))
     return result
 
 
 def _verdict(comp: dict[str, Any], primary: str, reference: str) -> dict[str, Any]:
-    """Which comparisons a method wins: on the primary metric, and the list of every metric it wins. A salience
-    method counts as evidence (`salience_evidence`) only where it beats its control and, for a pool, the null."""
+    """Which comparisons a method wins: on the primary metric, and the list of every metric it wins."""
     out: dict[str, Any] = {"primary_metric": primary}
     for key in ("vs_" + reference, "vs_control", "vs_null"):
         if key in comp:
             won = [name for name, v in comp[key].items() if isinstance(v, dict) and v.get("a_better")]
             out[key.replace("vs_", "beats_")] = primary in won
             out[key.replace("vs_", "metrics_won_vs_")] = won
-    if "vs_control" in comp:
-        out["salience_evidence"] = bool(out["beats_control"] and out.get("beats_null", True))
     return out
 
 
@@ -248,51 +252,70 @@ def _fitted_weights(corpus: Corpus, cues: CueTable, cfg: StudyConfig, x: np.ndar
                     crossed: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
     """Full-data fit per weighted method, with bootstrap intervals (refits on the resamples the scores use) of
     the face-weight gap between expressive and subtle faces, the quantity the salience hypothesis predicts to be
-    positive. A product's gap is in weights; a pool's in face share (the only thing that moves a pool), beside
-    the gap the pool finds on the product control's predictions (`null_gap`) and the excess over it."""
+    positive. A product's gap is in weights; a pool's in face share (the only thing that moves a pool).
+
+    Each resample redraws the items (or groups) and every face's face-only judgements, so the intervals carry
+    the face cues' estimation error too. Beside it, on each resample, the gap the same fit finds with no law (`null_gap`): targets from the product
+    control (constant weights) and face cues estimated again from simulated face-only raters. Without a law a
+    gap still appears, from the pool's form (a subtle face carries little evidence, so the product leans on the
+    context) and from the face cues' sampling error (larger, relative to the evidence, for subtle faces); only the
+    excess over the null (`excess_gap`, paired per resample) is evidence."""
     thr, obj = cfg.expressivity.threshold, cfg.fit_objective
     out: dict[str, dict[str, Any]] = {}
     fitted = [m for m in cfg.methods if m.rule in ("product", "pool") and m.salience != "plain"]
     n = len(corpus.items)
     counts = resample_weights(n, cfg.bootstrap.weights_n, cfg.bootstrap.seed, groups, crossed)[1:].astype(int)
     draws = [np.repeat(np.arange(n), c) for c in counts]
-    pools = [m for m in fitted if m.rule == "pool"]
-    null_cues = [_null_targets(cues, x, thr, obj)] if pools else []
-    if pools:  # the product control per resample, shared by every pool method
-        null_cues += [_null_targets(cues.take(idx), x[idx], thr, obj) for idx in
-                      tqdm(draws, desc="null fits for pool laws", disable=not progress, unit="resample")]
+    rng = np.random.default_rng(cfg.bootstrap.seed + 1)
+    # each resample also redraws every face's face-only judgements, so the intervals carry the face cues' error
+    boot_cues = [_with_resampled_faces(cues, rng).take(idx) for idx in draws]
+    with_null = any(m.salience != "control" for m in fitted)
+    null_cues = ([_null_cues(c, x[idx], thr, obj, rng) for c, idx in
+                  tqdm(list(zip(boot_cues, draws)), desc="null resamples (no law)", disable=not progress,
+                       unit="resample")]
+                 if with_null else [])
     for m in tqdm(fitted, desc="bootstrapping fitted weights", disable=not progress or not fitted, unit="method"):
         law = bci.fit_law(cues, m.rule, m.salience, x, threshold=thr, objective=obj)
         gaps, shares, nulls = [], [], []
         for k, idx in enumerate(draws):
-            b_law = bci.fit_law(cues.take(idx), m.rule, m.salience, x[idx], threshold=thr, objective=obj)
+            b_law = bci.fit_law(boot_cues[k], m.rule, m.salience, x[idx], threshold=thr, objective=obj)
             gaps.append(b_law.face_weight_gap(x[idx]))
             shares.append(_share_gap(b_law, x[idx]))
-            if m.rule == "pool":
-                nulls.append(bci.fit_law(null_cues[k + 1], m.rule, m.salience, x[idx], threshold=thr,
+            if m.salience != "control":
+                nulls.append(bci.fit_law(null_cues[k], m.rule, m.salience, x[idx], threshold=thr,
                                          objective=obj).face_weight_gap(x[idx]))
         entry = law.describe()
         entry["gap_scale"] = "face share" if m.rule == "pool" else "w_face"
-        entry["face_weight_gap"] = _with_ci(law.face_weight_gap(x), gaps)
+        gap = law.face_weight_gap(x)
+        entry["face_weight_gap"] = _with_ci(gap, gaps)
         entry["face_share_gap"] = _with_ci(_share_gap(law, x), shares)
-        if m.rule == "pool":
-            null = bci.fit_law(null_cues[0], m.rule, m.salience, x, threshold=thr, objective=obj).face_weight_gap(x)
+        if nulls:
+            null = float(np.nanmean(nulls))
             entry["null_gap"] = _with_ci(null, nulls)
-            entry["excess_gap"] = _with_ci(law.face_weight_gap(x) - null, np.subtract(gaps, nulls).tolist())
-        evidence = entry.get("excess_gap", entry["face_weight_gap"])
-        entry["gap_evidence"] = bool(np.isfinite(evidence["ci95"][0]) and evidence["ci95"][0] > 0)
+            entry["excess_gap"] = _with_ci(gap - null, np.subtract(gaps, nulls).tolist())
+            lo = entry["excess_gap"]["ci95"][0]
+            entry["gap_evidence"] = bool(np.isfinite(lo) and lo > 0)
+        else:
+            entry["gap_evidence"] = False
         entry["folds"] = fold_laws[m.name]
         out[m.name] = entry
     return out
 
 
-def _null_targets(cues: CueTable, x: np.ndarray, thr: float, objective: bci.Objective) -> CueTable:
-    """The same items with targets replaced by what the product control (no salience law) predicts, at each
-    cell's number of judgements: the data a pool would see if observers had no salience law."""
+def _with_resampled_faces(cues: CueTable, rng: np.random.Generator) -> CueTable:
+    return resample_face_raters(cues, rng) if cues.face_rows else cues
+
+
+def _null_cues(cues: CueTable, x: np.ndarray, thr: float, objective: bci.Objective,
+               rng: np.random.Generator) -> CueTable:
+    """The data a fit would see with no salience law: targets are what the product control (one constant weight
+    pair) predicts, at each cell's number of judgements, and the face cues are estimated again from simulated
+    face-only raters, so that they carry the sampling error the real ones carry."""
     law = bci.fit_law(cues, "product", "control", x, threshold=thr, objective=objective)
     blocks, _ = bci.predict(cues, "product", law, x)
-    return replace(cues, blocks=[replace(b, targets=blocks[b.name] * b.targets.sum(axis=-1, keepdims=True))
+    null = replace(cues, blocks=[replace(b, targets=blocks[b.name] * b.targets.sum(axis=-1, keepdims=True))
                                  for b in cues.blocks])
+    return resimulate_faces(null, rng)
 
 
 def _share_gap(law: SalienceLaw, x: np.ndarray) -> float:
