@@ -255,8 +255,9 @@ def _fitted_weights(corpus: Corpus, cues: CueTable, cfg: StudyConfig, x: np.ndar
     positive. A product's gap is in weights; a pool's in face share (the only thing that moves a pool).
 
     Each resample redraws the items (or groups) and every face's face-only judgements, so the intervals carry
-    the face cues' estimation error too. Beside it, on each resample, the gap the same fit finds with no law (`null_gap`): targets from the product
-    control (constant weights) and face cues estimated again from simulated face-only raters. Without a law a
+    the face cues' estimation error too. Beside it, on each resample, the gap the same fit finds with no law
+    (`null_gap`): targets from the product control (constant weights) and face cues estimated again from
+    simulated face-only raters. Without a law a
     gap still appears, from the pool's form (a subtle face carries little evidence, so the product leans on the
     context) and from the face cues' sampling error (larger, relative to the evidence, for subtle faces); only the
     excess over the null (`excess_gap`, paired per resample) is evidence."""
