@@ -21,9 +21,13 @@ from vlm_salience.errors import ConfigError
 
 
 def _state():
+    """This process's place under `accelerate launch`. Without an accelerator device the processes must be told
+    they run on the CPU, or they do not join (gloo), as the engine does."""
+    import torch
     from accelerate import PartialState
 
-    return PartialState()
+    on_cpu = not (torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available())
+    return PartialState(cpu=on_cpu)
 
 
 def load_corpus(cfg):
