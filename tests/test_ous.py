@@ -268,3 +268,71 @@ def test_shipped_ous_configs_validate_and_variants_derive():
     dfew = load_ous_config(ROOT / "configs/video/ous_dfew.yaml")
     assert dfew.data.n_segments == 16 and dfew.optim.batch_size == 32 and dfew.optim.epochs == 40
     assert dfew.precision == "bf16"
+
+
+# -- the planted law, end to end (slow) -----------------------------------------------------------------------------
+
+
+def _synth_corpus(folder: Path, law: bool) -> Path:
+    import yaml
+
+    from vlm_salience.config import load_config
+    from vlm_salience.data.video.synth import ClipSynthConfig, write_clip_corpus
+
+    raw = yaml.safe_load((ROOT / "configs/synth/clips.yaml").read_text())
+    raw.update({"name": f"ous_test_{'law' if law else 'nolaw'}", "clips": 140, "frames": 16, "size": 64, "folds": 2,
+                "layouts": ["generic"]})
+    raw["law"]["enabled"] = law
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "synth.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    write_clip_corpus(load_config(path, ClipSynthConfig), folder / "clips", progress=False)
+    return folder / "clips" / "generic" / "data.yaml"
+
+
+def _run_law(tmp: Path, encoder_dir: Path, law: bool) -> dict:
+    import yaml
+
+    from vlm_salience.ous.variants import train_variants
+
+    data = _synth_corpus(tmp, law)
+    (tmp / "haar.yaml").write_text(yaml.safe_dump({"kind": "haar", "name": "haar", "upscale_below": 32,
+                                                   "min_size": 16}))
+    (tmp / "prepare.yaml").write_text(yaml.safe_dump({"n_segments": 4, "candidates_per_segment": 2, "streams": {
+        "face_size": 32, "scene_size": 32, "detection": {"detector": str(tmp / "haar.yaml"), "max_side": None}}}))
+    overrides = [f"data.config={data}", f"data.cache={tmp / 'cache'}", f"data.prepare={tmp / 'prepare.yaml'}",
+                 "data.folds=[set_1]", f"model.encoder.path={encoder_dir}", f"out={tmp / 'run'}",
+                 "optim.max_steps=250", "eval.every_steps=10", "report.n_boot=500", "report.tsne=false",
+                 'variants=[{"name": "baseline", "kind": "baseline"}, {"name": "ous"}]']
+    return train_variants(ROOT / "configs/video/ous_synthetic.yaml", overrides, progress=False)
+
+
+@pytest.mark.slow
+def test_ous_learns_the_planted_law_and_claims_nothing_without_it(tmp_path, encoder_dir):
+    on = _run_law(tmp_path / "on", encoder_dir, law=True)
+    ous, base = on["variants"]["ous"], on["variants"]["baseline"]
+    assert on["polarity_targets"] == "corpus"
+    # the scene decides the ambiguous clips: OUS reads it, the face-only baseline cannot
+    assert ous["ambiguous"]["war"]["value"] > base["ambiguous"]["war"]["value"]
+    assert on["paired"]["ous"]["all"]["uar"]["a_better"], on["paired"]["ous"]["all"]["uar"]
+    assert (tmp_path / "on/run/report.md").is_file() and (tmp_path / "on/run/variants/ous/report.md").is_file()
+
+    off = _run_law(tmp_path / "off", encoder_dir, law=False)
+    for name, p in off["paired"].items():
+        assert not p["all"]["uar"]["a_better"], (name, p["all"]["uar"])
+
+
+def test_clip_without_scene_stream_is_a_clear_error(tmp_path):
+    from types import SimpleNamespace
+
+    from vlm_salience.ous.task import OusTask
+    from vlm_salience.ous.variants import load_ous_config
+
+    cfg = load_ous_config(ROOT / "configs/video/ous_synthetic.yaml")
+    clip = SimpleNamespace(arrays={"face": np.zeros((4, 8, 8, 3), np.uint8), "scene": np.zeros((0, 8, 8, 3),
+                                                                                              np.uint8)})
+    store = SimpleNamespace(get=lambda cid: clip)
+    task = OusTask(cfg, fold="1", classes=CLASSES, labels={"x": 0}, train_ids=["x"], val_ids=[], store=store,
+                   polarity={"x": 2})
+    with pytest.raises(DataError, match="clip 'x' has no scene stream.*use_scene: false"):
+        task.frames(["x"], 0)

@@ -1,10 +1,9 @@
 """The OUS model (Figure 3 of the paper), on any CLIP-style encoder of `models/encoders.py`.
 
-    face frames ─┐                                   ┌─► face: LSTM (residual) ─► frame encoder ─► V_ft ─────────┐
-                 ├─► f_V, ONE batched call ─► (B,T,D)┤                                                            │
-    scene frames ┘        │                          └─► scene: LSTM ─► conv1d over frames, mean, FC ─► V_st ─────┤
-                          └─► blocks 1..4 hidden states of the scene frames ─► polarity encoder ─► V_p ─► L_pol   │
-                                                                                                                  ▼
+    face + scene frames ─► f_V, ONE batched call ─► per-frame features (B, T, D) of each stream
+      face:  shared LSTM (residual) ─► frame encoder (temporal transformer) ─► V_ft
+      scene: shared LSTM ─► conv1d over frames, mean, FC ─► V_st
+      scene frames' hidden states after blocks 1..4 ─► polarity encoder ─► V_p, 3-way polarity logits (L_pol)
     Type Fusion Encoder: x = [V_ft; V_st; V_p] (+ type embeddings, times the salience gate's weights);
         per block  x = x + CrossAttn(Q, LN(x)),  x = x + MLP(LN(x)),  with Q ONE Gaussian-initialised parameter
         shared by every block; fused = mean over the type tokens
@@ -39,7 +38,8 @@ class SharedLSTM(nn.Module):
         self.lstm = nn.LSTM(dim, dim, num_layers=layers, batch_first=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out, _ = self.lstm(x.float())
+        with torch.autocast(device_type=x.device.type, enabled=False):  # oneDNN has no bf16 LSTM on many CPUs
+            out, _ = self.lstm(x.float())
         return x + out.to(x.dtype)
 
 
@@ -222,7 +222,9 @@ class OusModel(nn.Module):
             out = enc.encode_images(enc.pixels(face))
             return out.embeds.reshape(b, t, -1), None, []
         if self.batched_streams:
-            out = enc.encode_images(torch.cat([enc.pixels(face), enc.pixels(scene)]), layers=layers)
+            px = enc.pixels(torch.cat([face, scene])) if face.shape[2:] == scene.shape[2:] else \
+                torch.cat([enc.pixels(face), enc.pixels(scene)])
+            out = enc.encode_images(px, layers=layers)
             emb = out.embeds
             f, s = emb[:b * t], emb[b * t:]
             blocks = [out.hidden[k][b * t:] for k in layers]

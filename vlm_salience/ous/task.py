@@ -70,6 +70,19 @@ class OusTask(VideoClassifierTask):
 
         return OusModel(load_encoder(self.cfg.model.encoder), self.cfg.model, self.classes)
 
+    def frames(self, clip_ids: list[str], epoch: int | None) -> dict[str, torch.Tensor]:
+        """The foundation's frames, refusing clips without a scene stream (face-crop-only corpora)."""
+        if "scene" in self.streams:
+            for cid in clip_ids:
+                clip = self.store.get(cid)
+                scene = clip.arrays.get("scene") if hasattr(clip, "arrays") else getattr(clip, "scene", None)
+                if scene is None or scene.size == 0:
+                    raise DataError(f"clip '{cid}' has no scene stream in the cache {self.cfg.data.cache} "
+                                    "(a face-crop-only corpus?)", column="scene",
+                                    fix="train face-only OUS with model.use_scene: false, or prepare the full "
+                                        "frames of the corpus")
+        return super().frames(clip_ids, epoch)
+
     def collate(self, indices: list[int], epoch: int) -> dict[str, Any]:
         b = super().collate(indices, epoch)
         b["epoch"] = torch.tensor(int(epoch))

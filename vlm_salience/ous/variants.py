@@ -92,6 +92,20 @@ def train_variants(config_path: str | Path, overrides: list[str] | tuple[str, ..
     return compare_variants(cfg, configs)
 
 
+def eval_variants(config_path: str | Path, overrides: list[str] | tuple[str, ...] = (), *,
+                  progress: bool = True) -> dict[str, Any]:
+    """Re-predict every trained variant's test folds with its chosen weights and rewrite the comparison."""
+    from vlm_salience.video.train import eval_video
+
+    cfg = load_ous_config(config_path, overrides)
+    configs = variant_configs(cfg)
+    for d in configs.values():
+        path = Path(d["out"]) / "config.yaml"
+        if (Path(d["out"]) / "models").is_dir():
+            eval_video(_write_yaml(d) if not path.is_file() else path, progress=progress)
+    return compare_variants(cfg, configs)
+
+
 # -- comparison ----------------------------------------------------------------------------------------------------
 
 
