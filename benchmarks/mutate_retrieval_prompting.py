@@ -53,9 +53,9 @@ MUTANTS = [
     ("load: manifest dimension not checked", IDX, 'if index.d != emb["dim"]:', "if False:", [R],
      "bad_input"),
     ("answers: emotion distribution not normalised", EXP, 'dist[i] = _softmax(slots["emotion"])',
-     'dist[i] = np.exp(slots["emotion"])', [P], "distributions_over"),
+     'dist[i] = np.exp(slots["emotion"])', [P], "distributions_over or scale_points"),
     ("answers: valence distribution not normalised", EXP, 'vdist[i] = _softmax(slots["valence"])',
-     'vdist[i] = np.exp(slots["valence"])', [P], "distributions_over"),
+     'vdist[i] = np.exp(slots["valence"])', [P], "distributions_over or scale_points"),
     ("parse: distribution not normalised", ANS, "        dist /= dist.sum()\n", "", [P],
      "distributions_over or parser"),
     ("cache key: no prompt digest", CACHE, "prompt=prompt.digest, item=", "item=", [P],
@@ -104,6 +104,9 @@ OLD_K = {P: "label_scoring_equals or parser or bf16 or templates or salience_tem
 def copy_repo(dest: Path) -> Path:
     ignore = shutil.ignore_patterns(".venv", ".git", "runs", "__pycache__", "*.pyc", ".pytest_cache", "retrieval_index")
     shutil.copytree(REPO, dest, ignore=ignore, symlinks=True)
+    shared = REPO.parent / "shared"
+    if shared.is_dir() and not (dest.parent / "shared").exists():
+        (dest.parent / "shared").symlink_to(shared)  # the real corpora where the tests look: ../shared beside it
     return dest
 
 

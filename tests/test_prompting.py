@@ -570,7 +570,7 @@ def test_the_few_shot_index_holds_training_cases_only(tmp_path, small_synth_corp
 # ---------------------------------------------------------------------------------------------------------------
 # Label distributions sum to one over the label set wherever they are produced
 
-def test_scored_and_parsed_answers_give_distributions_over_the_label_set(corpus, spec, affcog_config):
+def test_scored_and_parsed_answers_give_distributions_over_the_label_set(corpus, spec):
     from vlm_salience.prompting.experiment import answers_to_predictions, vlm_expressivity
 
     K, V = len(spec.labels), len(spec.valence_scale.points)
@@ -588,7 +588,12 @@ def test_scored_and_parsed_answers_give_distributions_over_the_label_set(corpus,
     assert pred.emotion_dist[1, joy] == pred.emotion_dist[1, anger] == 0.5 and pred.emotion_dist[2, fear] == 1
     x = vlm_expressivity(pred, spec, "not_neutral")  # 1 - P(neutral) of a normalised distribution
     assert x[0] == pytest.approx(1 - p_emo[spec.labels.index("neutral")] / p_emo.sum())
-    # ratings corpora: a distribution over scale points per emotion, and the emotion profile from the ratings
+
+
+def test_rating_answers_give_distributions_over_scale_points(affcog_config):
+    """Ratings corpora: a distribution over scale points per emotion, and the emotion profile from the ratings."""
+    from vlm_salience.prompting.experiment import answers_to_predictions
+
     c = load_corpus(affcog_config)
     s = AnswerSpec.from_corpus(c)
     P = len(s.scale.points)
