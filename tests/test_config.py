@@ -148,3 +148,22 @@ def test_shipped_label_maps_validate(path):
     from vlm_salience.models.faces.labelmap import load_label_map
 
     assert load_label_map(path).emotions
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "video").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_video_configs_validate(path):
+    """Run configs (a `model:` section, dispatched on model.kind), prepare configs (frame-cache settings) and the
+    face detector settings a video run names."""
+    if _field(path, "kind") == "haar":
+        from vlm_salience.models.faces.detector import HaarDetectorConfig
+
+        load_config(path, HaarDetectorConfig)
+    elif _field(path, "model") is not None:
+        from vlm_salience.video.config import load_video_config
+
+        cfg, task_cls = load_video_config(path)
+        assert cfg.name and task_cls.__name__.endswith("Task")
+    else:
+        from vlm_salience.video.prepare import load_prepare_config
+
+        assert load_prepare_config(path).n_segments >= 1
