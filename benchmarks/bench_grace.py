@@ -177,7 +177,9 @@ def science(args) -> dict:
         shares = region_shares(out / "on", ROOT / "configs/video/grace_synthetic.yaml", [
             f"data.config={out / 'corpus_on' / 'generic' / 'data.yaml'}", f"data.cache={out / 'cache_on'}",
             f"data.folds=[{args.folds}]", f"model.encoder.path={out / 'tiny-clip-grace'}"],
-            manifest=out / "corpus_on" / "manifest.csv", variants=("grace", "no_motion"))
+            manifest=out / "corpus_on" / "manifest.csv",
+            variants={k: v for k, v in SCIENCE_VARIANTS["on"].items() if k in ("grace", "no_motion")},
+            plot_dir=out / "on")
         result["shares"] = shares
         print(json.dumps(shares, indent=2))
     (out / "science.json").write_text(json.dumps(result, indent=2, default=float))

@@ -54,7 +54,7 @@ def plot_alignment(inspection: dict[str, Any], index: int, path: str | Path, *, 
             ax.set_xticks([])
             ax.set_yticks([])
             if c == 0:
-                ax.set_ylabel(tokens[i].replace("</w>", ""), rotation=0, ha="right", va="center", fontsize=8)
+                ax.set_ylabel(tokens[i].replace("</w>", "").replace("\u0120", ""), rotation=0, ha="right", va="center", fontsize=8)
             if r == 0:
                 ax.set_title(f"frame {f}", fontsize=8)
     fig.suptitle(f"clip {inspection['clip_ids'][index]}: transport plan, word x region x frame", fontsize=9)
@@ -99,9 +99,10 @@ def region_maps(store, manifest, grid: tuple[int, int], top: int = 4) -> dict[st
 
 
 def region_shares(ablation_dir: str | Path, config: str | Path, overrides: list[str], *, manifest: str | Path,
-                  variants: tuple[str, ...] = ("grace", "no_motion"), top: int = 4,
+                  variants: dict[str, list[str]] | None = None, top: int = 4,
                   plot_dir: str | Path | None = None) -> dict[str, Any]:
-    """Mean plan mass on expression vs distractor regions over the test clips with distractors, per variant."""
+    """Mean plan mass on expression vs distractor regions over the test clips with distractors, per variant
+    (name -> the overrides it was trained with; default: grace and no_motion)."""
     import pandas as pd
     import torch
 
@@ -119,8 +120,9 @@ def region_shares(ablation_dir: str | Path, config: str | Path, overrides: list[
     info = man.set_index("clip_id")
     out: dict[str, Any] = {"top_patches": top, "variants": {}}
     maps = None
-    for name in variants:
-        cfg, task_cls = load_video_config(config, [*overrides, f"out={ablation_dir / name}"])
+    variants = variants or {"grace": [], "no_motion": ["model.motion.mode=off"]}
+    for name, extra in variants.items():
+        cfg, task_cls = load_video_config(config, [*overrides, *extra, f"out={ablation_dir / name}"])
         corpus = load_corpus(cfg)
         store = FrameStore(ClipCache(cfg.data.cache), cfg.data.memory_cache_mb)
         e_share, d_share, e_unif, d_unif, n = [], [], [], [], 0

@@ -27,7 +27,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from vlm_salience.config import StrictModel
+from vlm_salience.config import RelPath, StrictModel
 
 HERE = Path(__file__).resolve().parent
 
@@ -121,10 +121,10 @@ class TextConfig(StrictModel):
     """`model.text` of a GRACE config: where the clip text comes from and what is used."""
 
     source: Literal["reference", "descriptions", "none"] = "reference"
-    descriptions: str | None = None  # descriptions.csv of `describe_clips` (source: descriptions)
+    descriptions: RelPath | None = None  # descriptions.csv of `describe` (source: descriptions; relative to the YAML)
     use: Literal["refined", "coarse"] = "refined"
     refine: Literal["rules", "file"] = "rules"  # reference source: refine by rules here; descriptions: as written
-    lexicon: str | None = None  # default configs/grace/lexicon.yaml
+    lexicon: RelPath | None = None  # default configs/grace/lexicon.yaml
     profile: bool = True  # rules: add measured intensity and time course
     fallback: Literal["coarse", "prompt"] = "coarse"  # empty/unparseable refined text -> coarse, or the prompt
     # Why not the class prompt: the clip's class is unknown at test time; a class prompt there would leak it.
