@@ -54,7 +54,8 @@ def plot_alignment(inspection: dict[str, Any], index: int, path: str | Path, *, 
             ax.set_xticks([])
             ax.set_yticks([])
             if c == 0:
-                ax.set_ylabel(tokens[i].replace("</w>", "").replace("\u0120", ""), rotation=0, ha="right", va="center", fontsize=8)
+                word = tokens[i].replace("</w>", "").replace("\u0120", "")
+                ax.set_ylabel(word, rotation=0, ha="right", va="center", fontsize=8)
             if r == 0:
                 ax.set_title(f"frame {f}", fontsize=8)
     fig.suptitle(f"clip {inspection['clip_ids'][index]}: transport plan, word x region x frame", fontsize=9)

@@ -2,8 +2,9 @@
 
 Why the log domain: the plain form scales K = exp(-C / eps); with costs of order 1 and eps = 1e-3, exp(-1000)
 is 0 in fp32 and the plan becomes 0/0. The log-domain form keeps the dual potentials f, g as logs (logsumexp
-for the first step, then absorbed scalings on a stabilised kernel), which never leaves the representable range. Batched over clips (one (B, n, m) tensor), masked (zero-mass rows or
-columns are padding), differentiable by unrolling (autograd through the iterations).
+for the first step, then absorbed scalings on a stabilised kernel), which never leaves the representable range.
+Batched over clips (one (B, n, m) tensor), masked (zero-mass rows or columns are padding), differentiable by
+unrolling (autograd through the iterations).
 
 The update order is POT's `ot.sinkhorn` (v first, then u), so at equal iterations the plans agree with POT's to
 float precision: the tests and `benchmarks/bench_grace.py` compare them.
