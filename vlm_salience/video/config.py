@@ -53,7 +53,8 @@ class VideoTrainConfig(EngineConfig):
 # kind -> "module:TaskClass"; a task class names its config class (`config_class`). Imported only when used.
 VIDEO_MODELS: dict[str, str] = {"baseline": "vlm_salience.video.task:BaselineTask",
                                 "ous": "vlm_salience.ous.task:OusTask",
-                                "grace": "vlm_salience.grace.task:GraceTask"}
+                                "grace": "vlm_salience.grace.task:GraceTask",
+                                "fer_pooling": "vlm_salience.video.classifier_baseline:FerPoolingTask"}
 
 
 def task_class(kind: str):

@@ -125,6 +125,9 @@ def train_video(config_path: str | Path, overrides: list[str] | tuple[str, ...] 
     results: dict[str, Any] = {}
     for fold in folds:
         task = make_task(cfg, task_cls, corpus, fold, store)
+        if not getattr(task_cls, "trains", True):  # a zero-training model (fer_pooling): no engine run
+            results[fold] = task.skip_training()
+            continue
         if resume and _fold_done(task):
             results[fold] = {"skipped": "already trained with this config (resume)"}
             continue
