@@ -343,6 +343,7 @@ class DescribeRunConfig(StrictModel):
     model: Any  # a prompting model entry (backend: hf | openai), validated by prompting.experiment.ModelEntry
     describe: DescribeConfig = Field(default_factory=DescribeConfig)
     out: str  # folder of descriptions.csv and the answer cache (relative to this file)
+    limit: int | None = Field(None, ge=1)  # describe only the first N clips (a quick look at a model's answers)
 
 
 def describe_video(config_path: str | Path, overrides: list[str] | tuple[str, ...] = (), *,
@@ -375,6 +376,6 @@ def describe_video(config_path: str | Path, overrides: list[str] | tuple[str, ..
     ensure_cache(vcfg, corpus, folds, progress=progress)
     store = FrameStore(ClipCache(vcfg.data.cache), vcfg.data.memory_cache_mb, streams=(run.describe.stream,))
     wanted = {i for f in folds for part in corpus.folds[f].values() for i in part}
-    ids = [i for i in sorted(store.cache.ids()) if i in wanted]
+    ids = [i for i in sorted(store.cache.ids()) if i in wanted][:run.limit]
     backend = make_backend(entry, progress=progress)
     return describe_clips(ids, store, backend, run.describe, out, progress=progress)
