@@ -150,6 +150,13 @@ def test_the_study_runs_unchanged_on_the_machine_corpus(tmp_path):
     assert set(h.metrics) == set(m.metrics) == {"bci", "face"}
     assert h.predictions["bci"].ratings.shape == m.predictions["bci"].ratings.shape
     assert not np.allclose(h.predictions["face"].ratings, m.predictions["face"].ratings)
+    from vlm_salience.machine_cues import side_by_side, side_by_side_markdown
+
+    both = side_by_side(human, cue, study, progress=False)
+    assert both["methods"]["bci"]["r"]["human"] == pytest.approx(h.metrics["bci"]["r"]["value"])
+    assert both["methods"]["bci"]["r"]["machine"] == pytest.approx(m.metrics["bci"]["r"]["value"])
+    md = side_by_side_markdown(both)
+    assert "| bci |" in md and "r_z" in md
 
 
 def test_descriptions_file_errors_name_the_file_and_line(tmp_path):
@@ -234,6 +241,17 @@ def test_image_reader_reads_the_astronaut_as_happy_and_carries_model_expressivit
     assert np.allclose(x, [expected[where[it.face.id]] for it in human.items])
     with pytest.raises(ValueError, match="no expressivity from a face model"):
         raw_scores(human, "model_js_from_neutral")
+    # usable by every salience law: the study normalises it on training items like any estimator
+    from vlm_salience.study import MethodConfig, StudyConfig, run_study
+
+    study = StudyConfig(cue_models={"context_model": "ols"}, bootstrap={"n": 10, "weights_n": 0},
+                        expressivity={"estimator": "model_js_from_neutral"},
+                        methods=[MethodConfig(name="bci", rule="product"),
+                                 MethodConfig(name="logistic", rule="product", salience="logistic")])
+    res = run_study(cue.corpus, study, progress=False)
+    js = raw_scores(cue.corpus, "model_js_from_neutral")
+    assert np.allclose(res.expressivity, (js - js.min()) / (js.max() - js.min()))
+    assert np.isfinite(res.metrics["logistic"]["r"]["value"])
 
 
 def test_unknown_class_in_a_label_map_is_a_clear_error(tmp_path, analyzer):

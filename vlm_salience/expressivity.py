@@ -76,6 +76,28 @@ def given(corpus: Corpus) -> np.ndarray:
     return values
 
 
+def _from_face_model(method: str) -> Estimator:
+    """Expressivity read by a face model (issue 18): 1 - P(neutral) or the divergence from the neutral profile
+    (models/faces/model_expressivity.py), carried per item by a machine-cue corpus (vlm_salience/machine_cues.py
+    writes `meta["model_expressivity:<method>"]`)."""
+    key = f"model_expressivity:{method}"
+
+    def estimator(corpus: Corpus) -> np.ndarray:
+        missing = [it.id for it in corpus.items if key not in it.meta]
+        if missing:
+            raise ValueError(f"items {missing[:5]} carry no expressivity from a face model ('{key}'); build the "
+                             "corpus with an image_classifier machine cue (configs/cues/), or choose another "
+                             "estimator")
+        return np.array([it.meta[key] for it in corpus.items], dtype=float)
+
+    estimator.__doc__ = f"Expressivity from the face model's probabilities ({method}), per item."
+    return estimator
+
+
+for _method in ("not_neutral", "js_from_neutral", "kl_from_neutral"):
+    register(f"model_{_method}")(_from_face_model(_method))
+
+
 def raw_scores(corpus: Corpus, estimator: str) -> np.ndarray:
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown expressivity estimator '{estimator}'; known: {sorted(ESTIMATORS)}")

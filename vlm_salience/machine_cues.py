@@ -467,37 +467,11 @@ def cue_agreement(human_corpus: Corpus, cue: MachineCue) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Expressivity from the model, for every salience law.
+# Expressivity from the model, for every salience law: the estimators `model_not_neutral`, `model_js_from_neutral`
+# and `model_kl_from_neutral` of vlm_salience.expressivity read the `model_expressivity:<method>` values that
+# `machine_corpus` writes into each item's meta (image readers with a neutral class).
 
-
-def _model_expressivity(method: str) -> Callable[[Corpus], np.ndarray]:
-    def estimator(corpus: Corpus) -> np.ndarray:
-        key = f"model_expressivity:{method}"
-        missing = [it.id for it in corpus.items if key not in it.meta]
-        if missing:
-            raise ValueError(f"items {missing[:5]} carry no expressivity from a face model ('{key}'); build the "
-                             "corpus with an image_classifier machine cue (configs/cues/), or choose another "
-                             "estimator")
-        return np.array([it.meta[key] for it in corpus.items], dtype=float)
-
-    estimator.__doc__ = f"Expressivity read by the face model ({method}), carried by a machine-cue corpus."
-    return estimator
-
-
-def register_model_estimators() -> list[str]:
-    """Register `model_not_neutral`, `model_js_from_neutral`, `model_kl_from_neutral` with expressivity.py."""
-    from vlm_salience.expressivity import register
-    from vlm_salience.models.faces.model_expressivity import METHODS
-
-    names = []
-    for m in METHODS:
-        name = f"model_{m}"
-        register(name)(_model_expressivity(m))
-        names.append(name)
-    return names
-
-
-MODEL_ESTIMATORS = register_model_estimators()
+MODEL_ESTIMATORS = ("model_not_neutral", "model_js_from_neutral", "model_kl_from_neutral")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -546,3 +520,58 @@ def side_by_side_table(out: dict[str, Any]) -> str:
         lines.append(f"{name:<20}{row['r']['human']:>9.3f}{row['r']['machine']:>11.3f}{row['r_survival']:>10.2f}"
                      f"{row['kld']['human']:>11.4f}{row['kld']['machine']:>13.4f}")
     return "\n".join(lines)
+
+
+def side_by_side_markdown(out: dict[str, Any]) -> str:
+    a = out["agreement"]
+    lines = [f"# Human and machine face cue on {out['corpus']}", "",
+             *[f"- {n}" for n in out["face_cue"]], "",
+             "## Agreement with the human face-only judgements", "",
+             "Per face: the machine's (out-of-fold) calibrated mean ratings against the human face-only means. "
+             "r_z: r over all face x emotion cells after z-scoring each emotion across faces (the mean of the "
+             "per-emotion r's); profile KLD: KL(human || machine) of the label profiles; rating KLD: of the "
+             "per-emotion rating distributions the face cue model estimates.", "",
+             "| | r_z | r (raw cells) | profile KLD | rating KLD |", "|---|---|---|---|---|",
+             f"| model scores, uncalibrated | {a['uncalibrated']['r_z']:.3f} | {a['uncalibrated']['r_raw']:.3f} "
+             "| | |",
+             f"| calibrated, out of fold | {a['calibrated']['r_z']:.3f} | {a['calibrated']['r_raw']:.3f} | "
+             f"{a['calibrated']['kld']:.4f} | {a['rating_kld']:.4f} |", "",
+             "| emotion | " + " | ".join(a["calibrated"]["r_per_emotion"]) + " |",
+             "|---|" + "---|" * len(a["calibrated"]["r_per_emotion"]),
+             "| r | " + " | ".join(f"{v:.2f}" for v in a["calibrated"]["r_per_emotion"].values()) + " |", "",
+             "## The study with each cue", "",
+             "Every method fitted and scored the same way (cross-validated, against the combined judgements); "
+             "survives = r with the machine cue / r with the human cue.", "",
+             "| method | r human | r machine | survives | KLD human | KLD machine |", "|---|---|---|---|---|---|"]
+    for name, row in out["methods"].items():
+        lines.append(f"| {name} | {row['r']['human']:.3f} | {row['r']['machine']:.3f} | {row['r_survival']:.2f} | "
+                     f"{row['kld']['human']:.4f} | {row['kld']['machine']:.4f} |")
+    lines += ["", "Full reports: human/ and machine/ (each the study's own report)."]
+    return "\n".join(lines) + "\n"
+
+
+def machine_cue_study(cue_yaml: str | Path, study_yaml: str | Path, out: str | Path, *,
+                      study_overrides: Sequence[str] = (), cue_overrides: Sequence[str] = (),
+                      progress: bool = True) -> dict[str, Any]:
+    """`vlm-salience bci --cue CUE.yaml`: the study on the human corpus and on its machine-cue variant; writes
+    OUT/human/ and OUT/machine/ (each the study's usual report) and OUT/side_by_side.{json,md}."""
+    import json
+
+    from vlm_salience.atomic import write_text
+    from vlm_salience.report import _clean, write_outputs
+    from vlm_salience.study import StudyConfig
+
+    cfg = load_machine_cue_config(cue_yaml, cue_overrides)
+    from vlm_salience.data import load_corpus
+
+    human = load_corpus(cfg.data)
+    cue = machine_corpus(human, cfg)
+    study = load_config(study_yaml, StudyConfig, list(study_overrides))
+    res = side_by_side(human, cue, study, progress=progress)
+    out = Path(out)
+    write_outputs(res["results"]["human"], out / "human")
+    write_outputs(res["results"]["machine"], out / "machine")
+    doc = _clean({k: v for k, v in res.items() if k != "results"})
+    write_text(out / "side_by_side.json", json.dumps(doc, indent=2) + "\n")
+    write_text(out / "side_by_side.md", side_by_side_markdown(res))
+    return doc
