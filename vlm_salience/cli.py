@@ -552,6 +552,15 @@ def cmd_face_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_video_describe(args: argparse.Namespace) -> int:
+    from vlm_salience.grace.text import describe_video
+
+    summary = describe_video(args.config, _with_out(args), progress=not args.quiet)
+    _print_summary({k: v for k, v in summary.items() if not isinstance(v, (list, dict))})
+    _emit_json(args.json, summary)
+    return 0
+
+
 def _add_video_commands(vsub) -> None:
     vp = _parser(vsub, "prepare", help="detect, track and crop the face and scene streams of every clip into a "
                  "frame cache (resumable; training never decodes video again)",
@@ -576,6 +585,11 @@ def _add_video_commands(vsub) -> None:
                          help="predict every fold's test clips with the chosen weights and rewrite the report",
                          example="vlm-salience video eval configs/video/baseline_synthetic.yaml")
     _json_flag(ve, "the run's metrics")
+    vd = _config_command(vsub, "describe", cmd_video_describe, "a describe YAML (configs/grace/describe_*.yaml)",
+                         help="GRACE's coarse-to-fine text: describe every clip with a VLM, refine it into facial "
+                              "actions, intensity and time course (cached, resumable)",
+                         example="vlm-salience video describe configs/grace/describe_synthetic.yaml")
+    _json_flag(vd, "the summary")
 
 
 def main(argv: list[str] | None = None) -> int:
