@@ -167,3 +167,24 @@ def test_shipped_video_configs_validate(path):
         from vlm_salience.video.prepare import load_prepare_config
 
         assert load_prepare_config(path).n_segments >= 1
+
+
+def _declared_schema(path: Path):
+    """configs/grace YAMLs name the class that validates them in their header ('Validated by module:Class')."""
+    import importlib
+    import re
+
+    m = re.search(r"Validated by[\s#]+([\w.]+):(\w+)", path.read_text())
+    return None if m is None else getattr(importlib.import_module(m.group(1)), m.group(2))
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "grace").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_grace_configs_validate(path):
+    if path.name == "lexicon.yaml":
+        from vlm_salience.grace.text import load_lexicon
+
+        assert load_lexicon(path)
+        return
+    schema = _declared_schema(path)
+    assert schema is not None, f"{path.name}: its header names no schema"
+    load_config(path, schema)
