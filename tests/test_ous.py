@@ -249,8 +249,14 @@ def test_polarity_targets_from_the_corpus_or_the_mapping_and_bad_values_named():
 
 
 def test_shipped_ous_configs_validate_and_variants_derive():
-    from vlm_salience.ous.variants import load_ous_config, variant_configs
+    from vlm_salience.ous.variants import has_variants, load_ous_config, variant_configs
     from vlm_salience.video.baseline import BaselineModelConfig
+    from vlm_salience.video.config import load_video_config
+
+    assert has_variants(ROOT / "configs/video/ous_synthetic.yaml")
+    assert not has_variants(ROOT / "configs/video/ous_synthetic.yaml", ["variants=[]"])
+    _, task_cls = load_video_config(ROOT / "configs/video/ous_synthetic.yaml")  # the workflow's registry knows OUS
+    assert task_cls.__name__ == "OusTask"
 
     for name in ("ous_synthetic.yaml", "ous_synthetic_no_law.yaml", "ous_dfew.yaml"):
         cfg = load_ous_config(ROOT / "configs/video" / name)

@@ -44,6 +44,13 @@ def load_ous_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (
     return validate(raw, OusTrainConfig, source=path, base_dir=path.resolve().parent)
 
 
+def has_variants(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> bool:
+    """Whether a video YAML is an OUS config listing variants (the CLI then runs `train_variants`)."""
+    raw = apply_overrides(read_yaml(Path(path)), list(overrides))
+    model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
+    return model.get("kind") == "ous" and bool(raw.get("variants"))
+
+
 def variant_configs(cfg: OusTrainConfig) -> dict[str, dict[str, Any]]:
     """name -> the full config dict of that variant's run (paths absolute; its own out folder)."""
     base = cfg.model_dump(mode="json")
