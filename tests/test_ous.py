@@ -258,7 +258,8 @@ def test_shipped_ous_configs_validate_and_variants_derive():
     _, task_cls = load_video_config(ROOT / "configs/video/ous_synthetic.yaml")  # the workflow's registry knows OUS
     assert task_cls.__name__ == "OusTask"
 
-    for name in ("ous_synthetic.yaml", "ous_synthetic_no_law.yaml", "ous_dfew.yaml"):
+    for name in ("ous_synthetic.yaml", "ous_synthetic_no_law.yaml", "ous_dfew.yaml", "ous_ferv39k.yaml",
+                 "ous_mafw.yaml"):
         cfg = load_ous_config(ROOT / "configs/video" / name)
         assert isinstance(cfg, OusTrainConfig) and cfg.model.kind == "ous"
     cfg = load_ous_config(ROOT / "configs/video/ous_synthetic.yaml")
