@@ -13,6 +13,11 @@ Laws, each a vector of free parameters so that one optimiser fits them all:
 - hard:     one pair for subtle faces (x <= threshold) and one for expressive faces (x > threshold);
 - logistic: total weight tau, face share s(x) = sigmoid(alpha + slope * (x - threshold)):
             w_face = tau * s(x), w_context = tau * (1 - s(x)). slope = 0 is the control.
+- reliability: weights by each cue's own reliability r = 1/variance (`vlm_salience.reliability`), through a
+            fitted exponent gamma: w_face / w_context = e^alpha (r_face / r_context)^gamma, total tau, i.e.
+            s = sigmoid(alpha + gamma * z) with z = log(r_face / r_context). gamma = 0 is the control; gamma = 1,
+            alpha = 0 is Ernst & Banks' inverse-variance weighting. Its covariates are (n, 2): column 0
+            expressivity (for the reported expressive/subtle gap), column 1 z.
 """
 
 from __future__ import annotations
@@ -22,16 +27,25 @@ from typing import Any, Literal
 
 import numpy as np
 
-LawKind = Literal["plain", "control", "hard", "logistic"]
-LAW_KINDS: tuple[LawKind, ...] = ("plain", "control", "hard", "logistic")
+LawKind = Literal["plain", "control", "hard", "logistic", "reliability"]
+LAW_KINDS: tuple[LawKind, ...] = ("plain", "control", "hard", "logistic")  # laws of expressivity alone
+RELIABILITY_KINDS: tuple[LawKind, ...] = ("reliability",)  # laws whose covariates include cue reliability
+ALL_LAW_KINDS: tuple[LawKind, ...] = LAW_KINDS + RELIABILITY_KINDS
 DEFAULT_THRESHOLD = 0.5
-_N_PARAMS = {"plain": 0, "control": 2, "hard": 4, "logistic": 3}
+_N_PARAMS = {"plain": 0, "control": 2, "hard": 4, "logistic": 3, "reliability": 3}
+_MAX_GAMMA = 10.0
 _MAX_LOG_WEIGHT = 4.0  # weights within [e^-4, e^4]: beyond that a cue is off or the product degenerate
 _MAX_SLOPE = 60.0
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+def _expressivity(x: np.ndarray | float) -> np.ndarray:
+    """Expressivity from a law's covariates: the array itself, or column 0 of an (n, k) covariate matrix."""
+    a = np.asarray(x, dtype=float)
+    return a[..., 0] if a.ndim == 2 else a
 
 
 @dataclass(frozen=True)
@@ -42,7 +56,7 @@ class SalienceLaw:
 
     def __post_init__(self) -> None:
         if self.kind not in _N_PARAMS:
-            raise ValueError(f"unknown salience law '{self.kind}'; expected one of {LAW_KINDS}")
+            raise ValueError(f"unknown salience law '{self.kind}'; expected one of {ALL_LAW_KINDS}")
         if len(self.params) != _N_PARAMS[self.kind]:
             raise ValueError(f"salience law '{self.kind}' takes {_N_PARAMS[self.kind]} parameters, "
                              f"got {len(self.params)}")
@@ -66,11 +80,23 @@ class SalienceLaw:
                  threshold: float = DEFAULT_THRESHOLD) -> SalienceLaw:
         return cls("logistic", (float(np.log(total)), float(alpha), float(slope)), threshold)
 
+    @classmethod
+    def reliability(cls, total: float, gamma: float, alpha: float = 0.0,
+                    threshold: float = DEFAULT_THRESHOLD) -> SalienceLaw:
+        return cls("reliability", (float(np.log(total)), float(alpha), float(gamma)), threshold)
+
     # -- the one mapping everything uses ----------------------------------------------------------------------
     def weights(self, expressivity: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
-        """(w_face, w_context), each shaped like `expressivity`."""
-        x = np.asarray(expressivity, dtype=float)
+        """(w_face, w_context), each shaped like `expressivity` (one weight per row of a covariate matrix)."""
         p = self.params
+        if self.kind in RELIABILITY_KINDS:
+            cov = np.asarray(expressivity, dtype=float)
+            if cov.ndim != 2 or cov.shape[1] < 2:
+                raise ValueError(f"salience law '{self.kind}' needs (n, 2) covariates (expressivity, log reliability "
+                                 f"ratio from vlm_salience.reliability.law_input), got shape {cov.shape}")
+            share = _sigmoid(p[1] + p[2] * cov[:, 1])
+            return np.exp(p[0]) * share, np.exp(p[0]) * (1.0 - share)
+        x = _expressivity(expressivity)
         if self.kind == "plain":
             return np.ones_like(x), np.ones_like(x)
         if self.kind == "control":
@@ -90,7 +116,7 @@ class SalienceLaw:
 
     def is_expressive(self, expressivity: np.ndarray | float) -> np.ndarray:
         """The hard split used for prompt templates and hard routing: expressive above the threshold."""
-        return np.asarray(expressivity, dtype=float) > self.threshold
+        return _expressivity(expressivity) > self.threshold
 
     # -- for optimisers and reports ---------------------------------------------------------------------------
     @staticmethod
@@ -101,14 +127,17 @@ class SalienceLaw:
     def initial(kind: LawKind) -> np.ndarray:
         """Start every fit at plain BCI (w = 1, 1)."""
         return {"plain": np.zeros(0), "control": np.zeros(2), "hard": np.zeros(4),
-                "logistic": np.array([np.log(2.0), 0.0, 0.0])}[kind]
+                "logistic": np.array([np.log(2.0), 0.0, 0.0]),
+                "reliability": np.array([np.log(2.0), 0.0, 0.0])}[kind]
 
     @staticmethod
     def bounds(kind: LawKind) -> list[tuple[float, float]]:
         lw = (-_MAX_LOG_WEIGHT, _MAX_LOG_WEIGHT)
         return {"plain": [], "control": [lw, lw], "hard": [lw] * 4,
                 "logistic": [(-_MAX_LOG_WEIGHT, _MAX_LOG_WEIGHT + np.log(2)), (-8.0, 8.0),
-                             (-_MAX_SLOPE, _MAX_SLOPE)]}[kind]
+                             (-_MAX_SLOPE, _MAX_SLOPE)],
+                "reliability": [(-_MAX_LOG_WEIGHT, _MAX_LOG_WEIGHT + np.log(2)), (-8.0, 8.0),
+                                (-_MAX_GAMMA, _MAX_GAMMA)]}[kind]
 
     @classmethod
     def from_vector(cls, kind: LawKind, theta: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> SalienceLaw:
@@ -124,6 +153,12 @@ class SalienceLaw:
             out.update(subtle={"w_face": p[0], "w_context": p[1]}, expressive={"w_face": p[2], "w_context": p[3]})
         elif self.kind == "logistic":
             out.update(total=p[0], alpha=self.params[1], slope=self.params[2])
+        elif self.kind == "reliability":
+            out.update(total=p[0], alpha=self.params[1], gamma=self.params[2])
+            z = np.array([-2.0, -1.0, 0.0, 1.0, 2.0])
+            wf, wc = self.weights(np.column_stack([np.full_like(z, self.threshold), z]))
+            out["curve"] = {"log_reliability_ratio": z.tolist(), "w_face": wf.tolist(), "w_context": wc.tolist()}
+            return _floats(out)
         if self.kind != "plain":
             grid = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
             wf, wc = self.weights(grid)
@@ -132,8 +167,8 @@ class SalienceLaw:
 
     def face_weight_gap(self, expressivity: np.ndarray) -> float:
         """Mean w_face over expressive items minus over subtle ones: the quantity the hypothesis predicts > 0."""
-        x = np.asarray(expressivity, dtype=float)
-        wf, _ = self.weights(x)
+        wf, _ = self.weights(expressivity)
+        x = expressivity
         hi, lo = self.is_expressive(x), ~self.is_expressive(x)
         if not hi.any() or not lo.any():
             return float("nan")

@@ -33,7 +33,8 @@ from vlm_salience.data.corpus import Corpus
 from vlm_salience.expressivity import Normaliser, raw_scores
 from vlm_salience.metrics import paired_bootstrap, resample_weights, resampling_label, score
 from vlm_salience.predictions import Predictions, from_blocks, observed
-from vlm_salience.salience import DEFAULT_THRESHOLD, LawKind, SalienceLaw
+from vlm_salience.reliability import law_input
+from vlm_salience.salience import DEFAULT_THRESHOLD, RELIABILITY_KINDS, LawKind, SalienceLaw
 
 
 class MethodConfig(StrictModel):
@@ -152,9 +153,16 @@ def is_crossed(a: np.ndarray, b: np.ndarray) -> bool:
     return per_a >= 2 and per_b >= 2
 
 
+def _law_x(m: MethodConfig, cues: CueTable, x: np.ndarray) -> np.ndarray:
+    """A law's covariates for these items: expressivity, and for reliability laws (expressivity, log reliability
+    ratio) computed from these very cues (so resampled face cues carry their own reliability)."""
+    return law_input(cues, x) if m.salience in RELIABILITY_KINDS else x
+
+
 def _predict(corpus: Corpus, cues: CueTable, m: MethodConfig, law: SalienceLaw, x: np.ndarray,
              idx: np.ndarray) -> Predictions:
-    blocks, w = bci.predict(cues.take(idx), m.rule, law, x[idx])
+    sub = cues.take(idx)
+    blocks, w = bci.predict(sub, m.rule, law, _law_x(m, sub, x[idx]))
     weights = w if m.rule in ("product", "pool") else None
     return from_blocks(corpus, m.name, corpus.item_ids[idx], blocks, weights, x[idx])
 
@@ -187,7 +195,8 @@ def run_study(corpus: Corpus, cfg: StudyConfig, *, progress: bool = True) -> Stu
         x = Normaliser.fit(raw[train], cfg.expressivity.normalise)(raw)
         train_cues = cues.take(train)
         for m in cfg.methods:
-            law = bci.fit_law(train_cues, m.rule, m.salience, x[train], threshold=thr, objective=cfg.fit_objective)
+            law = bci.fit_law(train_cues, m.rule, m.salience, _law_x(m, train_cues, x[train]), threshold=thr,
+                              objective=cfg.fit_objective)
             parts[m.name].append(_predict(corpus, cues, m, law, x, test))
             fold_laws[m.name].append(law.describe())
     groups, crossed, result.resampling = bootstrap_factors(corpus, cfg)
@@ -241,7 +250,9 @@ def holdout_baselines(corpus: Corpus, cfg: StudyConfig, cues: CueTable, train: n
     preds, laws = {}, {}
     thr = cfg.expressivity.threshold
     for m in cfg.methods:
-        law = bci.fit_law(cues.take(train), m.rule, m.salience, x[train], threshold=thr, objective=cfg.fit_objective)
+        train_cues = cues.take(train)
+        law = bci.fit_law(train_cues, m.rule, m.salience, _law_x(m, train_cues, x[train]), threshold=thr,
+                          objective=cfg.fit_objective)
         laws[f"{m.rule}/{m.salience}"] = law
         preds[m.name] = _predict(corpus, cues, m, law, x, test)
     return preds, laws
@@ -276,20 +287,23 @@ def _fitted_weights(corpus: Corpus, cues: CueTable, cfg: StudyConfig, x: np.ndar
                        unit="resample")]
                  if with_null else [])
     for m in tqdm(fitted, desc="bootstrapping fitted weights", disable=not progress or not fitted, unit="method"):
-        law = bci.fit_law(cues, m.rule, m.salience, x, threshold=thr, objective=obj)
+        x_m = _law_x(m, cues, x)
+        law = bci.fit_law(cues, m.rule, m.salience, x_m, threshold=thr, objective=obj)
         gaps, shares, nulls = [], [], []
         for k, idx in enumerate(draws):
-            b_law = bci.fit_law(boot_cues[k], m.rule, m.salience, x[idx], threshold=thr, objective=obj)
-            gaps.append(b_law.face_weight_gap(x[idx]))
-            shares.append(_share_gap(b_law, x[idx]))
+            xb = _law_x(m, boot_cues[k], x[idx])
+            b_law = bci.fit_law(boot_cues[k], m.rule, m.salience, xb, threshold=thr, objective=obj)
+            gaps.append(b_law.face_weight_gap(xb))
+            shares.append(_share_gap(b_law, xb))
             if m.salience != "control":
-                nulls.append(bci.fit_law(null_cues[k], m.rule, m.salience, x[idx], threshold=thr,
-                                         objective=obj).face_weight_gap(x[idx]))
+                xn = _law_x(m, null_cues[k], x[idx])
+                nulls.append(bci.fit_law(null_cues[k], m.rule, m.salience, xn, threshold=thr,
+                                         objective=obj).face_weight_gap(xn))
         entry = law.describe()
         entry["gap_scale"] = "face share" if m.rule == "pool" else "w_face"
-        gap = law.face_weight_gap(x)
+        gap = law.face_weight_gap(x_m)
         entry["face_weight_gap"] = _with_ci(gap, gaps)
-        entry["face_share_gap"] = _with_ci(_share_gap(law, x), shares)
+        entry["face_share_gap"] = _with_ci(_share_gap(law, x_m), shares)
         if nulls:
             null = float(np.nanmean(nulls))
             entry["null_gap"] = _with_ci(null, nulls)

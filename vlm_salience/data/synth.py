@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 from vlm_salience.atomic import staged_dir, write_text
 from vlm_salience.config import StrictModel
 from vlm_salience.data.faces import ACTIONS, FaceStyle, render_face
-from vlm_salience.salience import DEFAULT_THRESHOLD, SalienceLaw
+from vlm_salience.reliability import distribution_variance
+from vlm_salience.salience import DEFAULT_THRESHOLD, RELIABILITY_KINDS, SalienceLaw
 
 OUTCOMES = ("CC", "CD", "DC", "DD")
 
@@ -32,7 +33,7 @@ OUTCOMES = ("CC", "CD", "DC", "DD")
 class LawConfig(StrictModel):
     """The planted law of the combined raters; `control` with w = (1, 1) turns salience off."""
 
-    kind: Literal["plain", "control", "hard", "logistic"] = "logistic"
+    kind: Literal["plain", "control", "hard", "logistic", "reliability"] = "logistic"
     w_face: float = 1.0
     w_context: float = 1.0
     subtle: tuple[float, float] = (0.5, 1.5)
@@ -40,6 +41,7 @@ class LawConfig(StrictModel):
     total: float = 2.0
     slope: float = 8.0
     alpha: float = 0.0
+    gamma: float = 1.0  # reliability law: w_face / w_context = e^alpha (r_face / r_context)^gamma
     threshold: float = DEFAULT_THRESHOLD
 
     def build(self) -> SalienceLaw:
@@ -49,6 +51,8 @@ class LawConfig(StrictModel):
             return SalienceLaw.control(self.w_face, self.w_context, self.threshold)
         if self.kind == "hard":
             return SalienceLaw.hard(self.subtle, self.expressive, self.threshold)
+        if self.kind == "reliability":
+            return SalienceLaw.reliability(self.total, self.gamma, self.alpha, self.threshold)
         return SalienceLaw.logistic(self.total, self.slope, self.alpha, self.threshold)
 
 
@@ -58,6 +62,9 @@ class PerceptionConfig(StrictModel):
     rater_temperature_sd: float = 0.25  # rater-to-rater spread (log-normal temperature)
     valence_sd: float = 0.8
     subtle_valence_sd: float = 1.5  # extra valence uncertainty of a face with no expression
+    # trial-to-trial readability of the face beyond its expressivity (log-normal sd; 0: none): a factor on the
+    # face's logits and a divisor of its valence spread, so that face raters' agreement varies at one expressivity
+    readability_sd: float = 0.0
 
 
 class SynthConfig(StrictModel):
@@ -144,7 +151,9 @@ def generate(cfg: SynthConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame
     face_logits = np.zeros((n, K))
     face_logits[np.arange(n), felt] += cfg.perception.face_clarity * x
     face_logits[:, neutral] += cfg.perception.neutral_pull * (1.0 - x)
-    p_face = _softmax(face_logits)
+    readability = (np.exp(rng.normal(0, cfg.perception.readability_sd, size=n)) if cfg.perception.readability_sd > 0
+                   else np.ones(n))  # drawn only when asked, so that existing configs generate the same corpus
+    p_face = _softmax(face_logits * readability[:, None])
 
     v_lo, v_hi = cfg.valence_scale
     vgrid = np.arange(v_lo, v_hi + 1, dtype=float)
@@ -152,13 +161,20 @@ def generate(cfg: SynthConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame
     mu_ctx = mid + val_off[o_idx] * stakes
     felt_val = np.clip(mu_ctx + rng.normal(0, 0.7, size=n), v_lo, v_hi)
     pv = cfg.perception
-    pv_face = _gauss_grid(mid + x * (felt_val - mid), pv.valence_sd + pv.subtle_valence_sd * (1 - x), vgrid)
+    pv_face = _gauss_grid(mid + x * (felt_val - mid), (pv.valence_sd + pv.subtle_valence_sd * (1 - x)) / readability,
+                          vgrid)
     pv_ctx = _gauss_grid(mu_ctx, np.full(n, pv.valence_sd + 0.4), vgrid)
     pv_prior = np.mean([_gauss_grid(mid + val_off[o] * stakes, np.full(n, pv.valence_sd + 0.4), vgrid)
                         for o in range(4)], axis=0)
 
     law = cfg.law.build()
-    wf, wc = law.weights(x)
+    if law.kind in RELIABILITY_KINDS:  # the raters' own reliabilities: of the true face and context distributions
+        z = np.mean([np.log(distribution_variance(c[:, None], s, cat) / distribution_variance(f[:, None], s, cat))
+                     for f, c, s, cat in ((p_face, p_ctx, np.arange(K, dtype=float), True),
+                                          (pv_face, pv_ctx, vgrid, False))], axis=0)
+        wf, wc = law.weights(np.column_stack([x, z]))
+    else:
+        wf, wc = law.weights(x)
     p_comb = _temper(p_face, p_ctx, p_prior, wf, wc)
     pv_comb = _temper(pv_face, pv_ctx, pv_prior, wf, wc)
 

@@ -1,0 +1,161 @@
+"""Reliability features and the `reliability` law (issue 16): hand-computed cases, recovery of a planted exponent,
+and the study on a planted reliability corpus and on the law-off corpus."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO
+from vlm_salience import bci
+from vlm_salience.config import load_config
+from vlm_salience.cue_models import Block, CueTable
+from vlm_salience.data import load_corpus
+from vlm_salience.data.synth import SynthConfig, generate, write_corpus
+from vlm_salience.reliability import (distribution_variance, judgement_dispersion, law_input,
+                                      log_reliability_ratio)
+from vlm_salience.salience import SalienceLaw
+from vlm_salience.study import StudyConfig, run_study
+
+
+def _table(face, context, *, categorical=True, support=None, targets=None, face_rows=None, face_index=None):
+    face, context = np.asarray(face, float), np.asarray(context, float)
+    support = np.arange(face.shape[-1], dtype=float) if support is None else np.asarray(support, float)
+    prior = np.full_like(face, 1.0 / face.shape[-1])
+    b = Block("emotions", support, face, context, prior, targets, categorical=categorical)
+    n = len(face)
+    return CueTable(item_ids=np.array([f"i{i}" for i in range(n)], dtype=object), blocks=[b],
+                    face_index=np.arange(n) if face_index is None else np.asarray(face_index),
+                    face_rows=face_rows or {})
+
+
+def test_distribution_variance_by_hand():
+    cat = np.array([[[0.5, 0.5, 0.0]], [[1.0, 0.0, 0.0]], [[0.2, 0.3, 0.5]]])
+    assert distribution_variance(cat, np.arange(3), True) == pytest.approx([0.5, 0.0, 1 - (0.04 + 0.09 + 0.25)])
+    # two rated dimensions on 1..3: var 1 (mass at the ends) and 0 (all at 2) -> mean 0.5
+    rated = np.array([[[0.5, 0.0, 0.5], [0.0, 1.0, 0.0]]])
+    assert distribution_variance(rated, [1, 2, 3], False) == pytest.approx([0.5])
+
+
+def test_log_reliability_ratio_and_law_input_by_hand():
+    cues = _table([[[0.9, 0.1]], [[0.5, 0.5]]], [[[0.5, 0.5]], [[0.9, 0.1]]])
+    z = log_reliability_ratio(cues)
+    # face variance 0.9*0.1*2 = 0.18, context 0.5: the face is the more reliable cue of item 0
+    assert z == pytest.approx([np.log(0.5 / 0.18), np.log(0.18 / 0.5)])
+    cov = law_input(cues, np.array([0.2, 0.7]))
+    assert cov.shape == (2, 2) and cov[:, 0] == pytest.approx([0.2, 0.7]) and cov[:, 1] == pytest.approx(z)
+
+
+def test_judgement_dispersion_by_hand():
+    # choices: face 0 judged 'a' by four raters; face 1 'a' once and 'b' once
+    rows = np.array([[1, 0, 0]] * 4 + [[1, 0, 0], [0, 1, 0]], dtype=float)
+    groups = np.array([0, 0, 0, 0, 1, 1])
+    flat = [[[1 / 3] * 3]] * 3
+    cues = _table(flat, flat, face_rows={"emotions": (rows, groups)}, face_index=[0, 1, 1])
+    d = judgement_dispersion(cues)
+    assert d.entropy == pytest.approx([0.0, np.log(2) / np.log(3), np.log(2) / np.log(3)])
+    assert d.agreement == pytest.approx([1.0, 0.0, 0.0])
+    assert d.variance == pytest.approx([0.0, 1.0, 1.0])  # (0.25 + 0.25) * n / (n - 1), n = 2
+    # ratings on 1..3, one dimension: face 0 rated 1 and 3; face 1 rated 2, 2, 2
+    rated = np.array([[1.0], [3.0], [2.0], [2.0], [2.0]])
+    flat3 = [[[1 / 3] * 3]] * 2
+    cues = _table(flat3, flat3, categorical=False, support=[1, 2, 3],
+                  face_rows={"emotions": (rated, np.array([0, 0, 1, 1, 1]))}, face_index=[0, 1])
+    d = judgement_dispersion(cues)
+    assert d.entropy == pytest.approx([np.log(2) / np.log(3), 0.0])
+    assert d.variance == pytest.approx([2.0, 0.0]) and d.agreement == pytest.approx([0.0, 1.0])
+
+
+def test_reliability_law_weights_by_hand():
+    law = SalienceLaw.reliability(total=2.0, gamma=1.0)
+    # face variance 0.25, context 1: reliabilities 4 and 1 -> Ernst & Banks share 4 / 5
+    cov = np.array([[0.3, np.log(1.0 / 0.25)], [0.9, 0.0]])
+    wf, wc = law.weights(cov)
+    assert wf == pytest.approx([1.6, 1.0]) and wc == pytest.approx([0.4, 1.0])
+    g2 = SalienceLaw.reliability(total=1.0, gamma=2.0, alpha=np.log(3.0)).weights(cov[:1])
+    assert g2[0] / g2[1] == pytest.approx(3.0 * 16.0)  # e^alpha (r_f / r_c)^gamma
+    flat = SalienceLaw.reliability(total=2.0, gamma=0.0).weights(cov)
+    assert flat[0] == pytest.approx([1.0, 1.0])  # gamma = 0 is the control
+    assert law.face_weight_gap(cov) == pytest.approx(1.0 - 1.6)  # split on expressivity (column 0)
+    with pytest.raises(ValueError, match="covariates"):
+        law.weights(np.array([0.3, 0.9]))
+    assert law.describe()["gamma"] == pytest.approx(1.0)
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 1.5])
+def test_fit_recovers_a_planted_exponent(gamma):
+    """Targets by an independent formula (Ernst & Banks share to the power gamma, written out here)."""
+    rng = np.random.default_rng(3)
+    n, K = 400, 5
+    face = _softmax(rng.normal(0, 1, (n, K)) * rng.uniform(0.3, 3.0, (n, 1)))[:, None, :]
+    ctx = _softmax(rng.normal(0, 1, (n, K)) * rng.uniform(0.3, 3.0, (n, 1)))[:, None, :]
+    vf = (face * (1 - face)).sum(-1)[:, 0]
+    vc = (ctx * (1 - ctx)).sum(-1)[:, 0]
+    rf, rc = (1 / vf) ** gamma, (1 / vc) ** gamma
+    wf, wc = 2.0 * rf / (rf + rc), 2.0 * rc / (rf + rc)
+    logp = wf[:, None, None] * np.log(face) + wc[:, None, None] * np.log(ctx)  # uniform prior
+    p = _softmax(logp)
+    targets = np.stack([rng.multinomial(200, q[0]) for q in p])[:, None, :].astype(float)
+    cues = _table(face, ctx, targets=targets)
+    cov = law_input(cues, np.full(n, 0.5))
+    fitted = bci.fit_law(cues, "product", "reliability", cov)
+    d = fitted.describe()
+    assert d["gamma"] == pytest.approx(gamma, abs=0.15)
+    assert d["total"] == pytest.approx(2.0, rel=0.1) and abs(d["alpha"]) < 0.15
+    control = bci.fit_law(cues, "product", "control", cov[:, 0])
+    gain = bci.nll(cues, "product", control, cov[:, 0]) - bci.nll(cues, "product", fitted, cov)
+    assert gain > 1e-3 if gamma else gain < 1e-3
+
+
+def test_synth_plants_the_reliability_law():
+    cfg = load_config(REPO / "configs" / "synth" / "split_steal_reliability.yaml", SynthConfig,
+                      ["participants=6", "rounds=4"])
+    _, _, truth, _ = generate(cfg)
+    share = truth.w_face / (truth.w_face + truth.w_context)
+    assert np.allclose(truth.w_face + truth.w_context, 2.0)
+    # readability varies the face's sharpness at one expressivity, so its share is not a function of expressivity
+    resid = share - np.polyval(np.polyfit(truth.expressivity, share, 3), truth.expressivity)
+    assert resid.std() > 0.05
+    off = load_config(REPO / "configs" / "synth" / "split_steal.yaml", SynthConfig, ["participants=6", "rounds=4"])
+    assert "readability_sd" in off.perception.model_dump() and off.perception.readability_sd == 0.0
+
+
+METHODS = ("methods=[{name: bci, rule: product, salience: plain}, {name: control, rule: product, salience: control}, "
+           "{name: reliability, rule: product, salience: reliability}]")
+STUDY = ["cue_models.context_model=ols", "bootstrap.n=300", "bootstrap.weights_n=0", "cv.k=4", METHODS]
+
+
+def _study_on(tmp_path_factory, synth: str, overrides=()):
+    cfg = load_config(REPO / "configs" / "synth" / f"{synth}.yaml", SynthConfig, ["participants=24", *overrides])
+    out = tmp_path_factory.mktemp(synth) / "corpus"
+    write_corpus(cfg, out, progress=False)
+    scfg = load_config(REPO / "configs" / "experiment" / "bci_synthetic.yaml", StudyConfig, STUDY)
+    return run_study(load_corpus(out / "data.yaml"), scfg, progress=False)
+
+
+def test_reliability_law_beats_the_control_where_planted(tmp_path_factory):
+    res = _study_on(tmp_path_factory, "split_steal_reliability")
+    vs = res.comparisons["reliability"]["vs_control"]
+    assert vs["kld"]["a_better"] and vs["r"]["a_better"] and vs["valence_mse"]["a_better"]
+    assert vs["kld"]["diff"] < -0.05
+    gammas = [f["gamma"] for f in res.weights.get("reliability", {}).get("folds", [])] or None
+    assert gammas is None or all(g > 0.5 for g in gammas)
+
+
+def test_reliability_law_finds_no_gain_on_the_law_off_corpus(tmp_path_factory):
+    res = _study_on(tmp_path_factory, "split_steal_no_law")
+    won = res.comparisons["reliability"]["verdict"]["metrics_won_vs_control"]
+    assert won == []
+
+
+def test_reliability_law_vector_round_trip_and_bounds():
+    theta = SalienceLaw.initial("reliability")
+    assert len(theta) == SalienceLaw.n_params("reliability") == len(SalienceLaw.bounds("reliability"))
+    wf, wc = SalienceLaw.from_vector("reliability", theta).weights(np.column_stack([np.linspace(0, 1, 5),
+                                                                                    np.linspace(-2, 2, 5)]))
+    assert np.allclose(wf, 1.0) and np.allclose(wc, 1.0)  # every fit starts at plain BCI
