@@ -29,7 +29,8 @@ def test_bci_writes_metrics_predictions_report_and_plots(synth_corpus, tmp_path,
     assert {"w_face", "w_context", "expressivity", "p_joy", "valence"} <= set(preds.columns)
     assert {"weights.png", "pred_vs_obs.png", "profiles.png", "report.md"} <= {p.name for p in out.iterdir()}
     assert "salience_hard" in capsys.readouterr().out
-    assert "face-weight gap" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "gap [95% CI]" in report and "excess over null" in report and "cluster bootstrap over" in report
 
 
 def test_failure_leaves_nothing_half_written(tmp_path, capsys):

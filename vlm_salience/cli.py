@@ -515,10 +515,35 @@ def cmd_video_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_variants(doc: dict[str, Any], out: str | Path) -> None:
+    ref = doc.get("compare_to")
+    for name, v in doc.get("variants", {}).items():
+        line = f"{name}: UAR {_ci(v['all'].get('uar'))}, WAR {_ci(v['all'].get('war'))}"
+        if "ambiguous" in v:
+            line += f"; ambiguous clips UAR {_ci(v['ambiguous'].get('uar'))}"
+        p = doc.get("paired", {}).get(name, {}).get("all", {}).get("uar")
+        if p:
+            verdict = "better" if p.get("a_better") else "no win"
+            line += f"; vs {ref}: {p['diff']:+.3f} [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}] ({verdict})"
+        print(line)
+    print(f"wrote the comparison (metrics.json, report.md, convergence.png) in {Path(out) / 'comparison'}; each "
+          f"variant's own report in {Path(out) / 'variants'}")
+
+
 def cmd_video_train(args: argparse.Namespace) -> int:
+    from vlm_salience.ous.variants import has_variants, load_ous_config, train_variants
     from vlm_salience.video.train import train_video
 
-    result = train_video(args.config, _with_out(args), resume=args.resume, progress=not args.quiet)
+    overrides = _with_out(args)
+    if has_variants(args.config, overrides):  # a list of model variants (ablations) compared side by side
+        doc = train_variants(args.config, overrides, resume=args.resume, progress=not args.quiet)
+        if doc.get("stopped"):
+            print(f"stopped (SIGTERM) in variant {doc.get('variant')}; continue with --resume")
+            return 0
+        _print_variants(doc, load_ous_config(args.config, overrides).out)
+        _emit_json(args.json, doc)
+        return 0
+    result = train_video(args.config, overrides, resume=args.resume, progress=not args.quiet)
     if result.get("stopped"):
         print("stopped (SIGTERM) after a checkpoint; continue with --resume")
         return 0
@@ -529,9 +554,16 @@ def cmd_video_train(args: argparse.Namespace) -> int:
 
 
 def cmd_video_eval(args: argparse.Namespace) -> int:
+    from vlm_salience.ous.variants import eval_variants, has_variants, load_ous_config
     from vlm_salience.video.train import eval_video
 
-    doc = eval_video(args.config, _with_out(args), progress=not args.quiet)
+    overrides = _with_out(args)
+    if has_variants(args.config, overrides):
+        doc = eval_variants(args.config, overrides, progress=not args.quiet)
+        _print_variants(doc, load_ous_config(args.config, overrides).out)
+        _emit_json(args.json, doc)
+        return 0
+    doc = eval_video(args.config, overrides, progress=not args.quiet)
     _print_video_report(doc, doc.get("config", {}).get("out", ""))
     _emit_json(args.json, doc)
     return 0
