@@ -246,3 +246,21 @@ def test_face_score_writes_rows_resumes_and_counts(tmp_path, capsys):
     assert again["resumed"] == 2 and again["images"] == 3  # the error row is retried, the others kept
     assert main(["face", "score", str(tmp_path), "--out", str(tmp_path), "--quiet"]) == 2
     assert "is a folder" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bci_with_a_machine_cue_runs_both_studies_side_by_side(affcog_config, tmp_path, capsys):
+    """`bci --cue`: the real MiniLM reads the lottery utterances in place of the utterance-only raters; the study
+    runs on both corpora and the comparison names both cues' fits."""
+    out = tmp_path / "cue"
+    rc = main(["bci", "--cue", "configs/cues/affcog_minilm.yaml", "--out", str(out), "--quiet",
+               "--set", "bootstrap.n=50", "--set", "bootstrap.weights_n=0", "--json"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    doc = json.loads(printed[printed.index("\n{") + 1:])
+    for part in ("human", "machine"):
+        assert (out / part / "metrics.json").exists() and (out / part / "report.md").exists()
+    human = json.loads((out / "human" / "metrics.json").read_text())["methods"]["bci"]["r"]["value"]
+    machine = json.loads((out / "machine" / "metrics.json").read_text())["methods"]["bci"]["r"]["value"]
+    assert human != machine and 0.5 < machine < 0.95  # the machine cue changes the fit, and still carries it
+    assert (out / "side_by_side.md").exists() and doc

@@ -188,3 +188,10 @@ def test_shipped_grace_configs_validate(path):
     schema = _declared_schema(path)
     assert schema is not None, f"{path.name}: its header names no schema"
     load_config(path, schema)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "cues").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_machine_cue_configs_validate(path):
+    from vlm_salience.machine_cues import load_machine_cue_config
+
+    assert load_machine_cue_config(path).face_cue == "model"

@@ -202,6 +202,16 @@ def cmd_bci(args: argparse.Namespace) -> int:
 
     if args.config and args.config_opt and args.config != args.config_opt:
         raise ConfigError(f"two study configs given ({args.config} and --config {args.config_opt}). Fix: pass one.")
+    if args.cue:  # the machine cue beside the human one: two studies and their side-by-side comparison
+        from vlm_salience.machine_cues import machine_cue_study
+
+        if not args.out:
+            raise ConfigError("bci --cue needs --out (a folder for human/, machine/ and side_by_side.md).")
+        doc = machine_cue_study(args.cue, args.config or args.config_opt or shipped("configs/experiment/bci.yaml"),
+                                check_out_dir(args.out), study_overrides=args.set, progress=not args.quiet)
+        print((Path(args.out) / "side_by_side.md").read_text())
+        _emit_json(args.json, doc)
+        return 0
     cfg, run = _run_yaml(args.config or args.config_opt or shipped("configs/experiment/bci.yaml"), StudyConfig,
                          args.set, ("data", "out"))
     data, out = args.data or run.get("data"), args.out or run.get("out")
@@ -414,6 +424,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", help="output folder; overrides the study YAML's `out`. Files already there that the "
                    "study does not write are kept")
     b.add_argument("--drop-invalid", action="store_true", help="skip invalid rows and report them, not fail")
+    b.add_argument("--cue", metavar="CUE.yaml", help="also run the study with a machine face cue "
+                   "(configs/cues/*.yaml: a model reads the face or utterance instead of the human face-only "
+                   "raters) and compare the two side by side")
+    _json_flag(b, "the --cue comparison")
     _add_overrides(b, example="cv.k=10")
     _add_overrides(b, "--data-set", "data config", "root=/my/data")
     b.set_defaults(func=cmd_bci)
