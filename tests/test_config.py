@@ -195,3 +195,40 @@ def test_shipped_machine_cue_configs_validate(path):
     from vlm_salience.machine_cues import load_machine_cue_config
 
     assert load_machine_cue_config(path).face_cue == "model"
+
+
+def test_shipped_corpus_roots_honour_the_shared_data_variable(tmp_path, monkeypatch):
+    """VLM_SALIENCE_SHARED_DATA moves the corpora for every YAML that names them (tests, cues, training), not
+    only for the fixtures; unset, the path is ../shared/data beside the checkout."""
+    from vlm_salience.config import expand_vars
+
+    monkeypatch.delenv("VLM_SALIENCE_SHARED_DATA", raising=False)
+    default = load_data_config(REPO / "configs" / "data" / "affcog_utterances.yaml").root
+    assert default == (REPO.parent / "shared" / "data" / "affcog_utterances").resolve()
+    monkeypatch.setenv("VLM_SALIENCE_SHARED_DATA", str(tmp_path / "elsewhere"))
+    for name in ("affcog_utterances", "golden_balls"):
+        assert load_data_config(REPO / "configs" / "data" / f"{name}.yaml").root == tmp_path / "elsewhere" / name
+    monkeypatch.delenv("VLM_SALIENCE_SHARED_DATA")
+    with pytest.raises(ValueError, match="NOPE_NOT_SET"):
+        expand_vars("${NOPE_NOT_SET}/x")
+    assert expand_vars("${NOPE_NOT_SET:-a/b}/x") == "a/b/x"
+
+
+def test_corpus_read_where_the_variable_says(tmp_path, monkeypatch):
+    import shutil
+
+    from conftest import SHARED_DATA
+
+    from vlm_salience.data import load_corpus
+
+    if not (SHARED_DATA / "affcog_utterances").is_dir():
+        pytest.skip(f"real corpus affcog_utterances not found at {SHARED_DATA}")
+    monkeypatch.setenv("VLM_SALIENCE_SHARED_DATA", str(SHARED_DATA))
+    original = load_corpus(REPO / "configs" / "data" / "affcog_utterances.yaml")
+    shutil.copytree(SHARED_DATA / "affcog_utterances", tmp_path / "moved" / "affcog_utterances")
+    monkeypatch.setenv("VLM_SALIENCE_SHARED_DATA", str(tmp_path / "moved"))
+    moved = load_corpus(REPO / "configs" / "data" / "affcog_utterances.yaml")
+    assert len(moved.items) == len(original.items) > 0
+    shutil.rmtree(tmp_path / "moved")
+    with pytest.raises(Exception, match="moved"):  # it really reads the moved copy
+        load_corpus(REPO / "configs" / "data" / "affcog_utterances.yaml")

@@ -1,11 +1,15 @@
 """Typed configs loaded from YAML, with dotted overrides from the command line (`--set study.folds=5`).
 
 Every config class forbids unknown fields, so a typo in a YAML is an error that names the field, never a
-silently ignored setting. Relative paths in a YAML resolve against the folder of that YAML file.
+silently ignored setting. Relative paths in a YAML resolve against the folder of that YAML file; a path may name
+an environment variable, `${VAR}` or `${VAR:-default}` (the shipped corpora's `root` honours
+VLM_SALIENCE_SHARED_DATA this way).
 """
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -19,9 +23,26 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False, protected_namespaces=())
 
 
+_VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
+
+
+def expand_vars(text: str) -> str:
+    """`${VAR}` and `${VAR:-default}` in a path, as a shell expands them; an unset VAR without a default is an
+    error naming it (a silent empty string would point at the wrong folder)."""
+    def sub(m: re.Match) -> str:
+        value = os.environ.get(m.group(1))
+        if value:
+            return value
+        if m.group(2) is not None:
+            return m.group(2)
+        raise ValueError(f"environment variable {m.group(1)} is not set (the path {text!r} needs it); set it, or "
+                         f"write ${{{m.group(1)}:-default}}")
+    return _VAR.sub(sub, text)
+
+
 def _resolve(path: Path, info: ValidationInfo) -> Path:
     base = (info.context or {}).get("base_dir")
-    path = Path(path).expanduser()
+    path = Path(expand_vars(str(path))).expanduser()
     if base is not None and not path.is_absolute():
         path = (Path(base) / path).resolve()
     return path
