@@ -111,3 +111,34 @@ def judgement_dispersion(cues: CueTable, block: str = "emotions") -> JudgementDi
     ent, var, agr = _block_dispersion(np.asarray(values, dtype=float), groups, n_faces, b)
     f = cues.face_index
     return JudgementDispersion(entropy=ent[f], variance=var[f], agreement=agr[f])
+
+
+def empirical_face_cues(cues: CueTable) -> CueTable:
+    """The same items with every face cue replaced by the raw histogram of its face-only judgements (floored):
+    the plug-in truth for a no-law null of a reliability law. The smoothed estimate is not: smoothing (additive
+    counts, a KDE's kernel) flattens a sharp face much more than an already smoothed one, so a null simulated from
+    the estimate misses the bias that makes sharp faces look less reliable than they are, and a fit then finds
+    gamma > 0 with no law planted."""
+    from dataclasses import replace
+
+    if not cues.face_rows or cues.face_index is None or cues.config is None:
+        raise ValueError("these cues record no face-only judgements; build them with build_cues")
+    blocks = []
+    for b in cues.blocks:
+        values, groups = cues.face_rows[b.name]
+        values = np.asarray(values, dtype=float)
+        G = int(groups.max()) + 1
+        if b.categorical:
+            hist = np.zeros((G, 1, values.shape[1]))
+            np.add.at(hist[:, 0], groups, values)
+        else:
+            idx = np.abs(values[:, :, None] - b.support[None, None, :]).argmin(axis=-1)  # (N, D)
+            hist = np.zeros((G, values.shape[1], len(b.support)))
+            for d in range(values.shape[1]):
+                np.add.at(hist[:, d], (groups, idx[:, d]), 1.0)
+        hist = np.clip(hist / np.maximum(hist.sum(axis=-1, keepdims=True), _EPS), cues.config.floor, None)
+        hist /= hist.sum(axis=-1, keepdims=True)
+        nb = replace(b, face=hist[cues.face_index], _logs=None)
+        nb.logs()
+        blocks.append(nb)
+    return replace(cues, blocks=blocks)

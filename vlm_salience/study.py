@@ -33,7 +33,7 @@ from vlm_salience.data.corpus import Corpus
 from vlm_salience.expressivity import Normaliser, raw_scores
 from vlm_salience.metrics import paired_bootstrap, resample_weights, resampling_label, score
 from vlm_salience.predictions import Predictions, from_blocks, observed
-from vlm_salience.reliability import law_input
+from vlm_salience.reliability import empirical_face_cues, law_input
 from vlm_salience.salience import DEFAULT_THRESHOLD, RELIABILITY_KINDS, LawKind, SalienceLaw
 
 
@@ -286,19 +286,26 @@ def _fitted_weights(corpus: Corpus, cues: CueTable, cfg: StudyConfig, x: np.ndar
                   tqdm(list(zip(boot_cues, draws)), desc="null resamples (no law)", disable=not progress,
                        unit="resample")]
                  if with_null else [])
+    # a reliability law's null starts from the raw face-only histograms (see reliability.empirical_face_cues)
+    rel_rng = np.random.default_rng(cfg.bootstrap.seed + 2)
+    rel_null_cues = ([_null_cues(empirical_face_cues(c), x[idx], thr, obj, rel_rng) for c, idx in
+                      zip(boot_cues, draws)] if any(m.salience in RELIABILITY_KINDS for m in fitted) else [])
     for m in tqdm(fitted, desc="bootstrapping fitted weights", disable=not progress or not fitted, unit="method"):
         x_m = _law_x(m, cues, x)
         law = bci.fit_law(cues, m.rule, m.salience, x_m, threshold=thr, objective=obj)
-        gaps, shares, nulls = [], [], []
+        gaps, shares, nulls, gammas, null_gammas = [], [], [], [], []
         for k, idx in enumerate(draws):
             xb = _law_x(m, boot_cues[k], x[idx])
             b_law = bci.fit_law(boot_cues[k], m.rule, m.salience, xb, threshold=thr, objective=obj)
             gaps.append(b_law.face_weight_gap(xb))
             shares.append(_share_gap(b_law, xb))
+            gammas.append(b_law.params[2] if m.salience in RELIABILITY_KINDS else np.nan)
             if m.salience != "control":
-                xn = _law_x(m, null_cues[k], x[idx])
-                nulls.append(bci.fit_law(null_cues[k], m.rule, m.salience, xn, threshold=thr,
-                                         objective=obj).face_weight_gap(xn))
+                nc = rel_null_cues[k] if m.salience in RELIABILITY_KINDS else null_cues[k]
+                xn = _law_x(m, nc, x[idx])
+                n_law = bci.fit_law(nc, m.rule, m.salience, xn, threshold=thr, objective=obj)
+                nulls.append(n_law.face_weight_gap(xn))
+                null_gammas.append(n_law.params[2] if m.salience in RELIABILITY_KINDS else np.nan)
         entry = law.describe()
         entry["gap_scale"] = "face share" if m.rule == "pool" else "w_face"
         gap = law.face_weight_gap(x_m)
@@ -312,6 +319,17 @@ def _fitted_weights(corpus: Corpus, cues: CueTable, cfg: StudyConfig, x: np.ndar
             entry["gap_evidence"] = bool(np.isfinite(lo) and lo > 0)
         else:
             entry["gap_evidence"] = False
+        if m.salience in RELIABILITY_KINDS:
+            # a reliability law's own evidence is its exponent beyond the exponent a no-law fit finds (face cues
+            # smoothed from a few raters look less reliable than they are, which alone pulls gamma above 0)
+            gamma = law.params[2]
+            entry["gamma_fit"] = _with_ci(gamma, gammas)
+            if null_gammas:
+                entry["null_gamma"] = _with_ci(float(np.nanmean(null_gammas)), null_gammas)
+                entry["excess_gamma"] = _with_ci(gamma - entry["null_gamma"]["value"],
+                                                 np.subtract(gammas, null_gammas).tolist())
+                lo = entry["excess_gamma"]["ci95"][0]
+                entry["gap_evidence"] = bool(np.isfinite(lo) and lo > 0)
         entry["folds"] = fold_laws[m.name]
         out[m.name] = entry
     return out
