@@ -178,3 +178,16 @@ def test_no_reliability_evidence_where_faces_vary_but_no_law_is_planted(tmp_path
     w = res.weights["reliability"]
     assert not w["gap_evidence"] and w["excess_gamma"]["ci95"][0] <= 0
     assert not res.comparisons["reliability"]["verdict"]["salience_evidence"]
+
+
+def test_study_records_each_items_reliability_weights(tmp_path_factory):
+    res = _study_on(tmp_path_factory, "split_steal_reliability", ["participants=8", "rounds=4"],
+                    study=["bootstrap.weights_n=2"])
+    w = res.weights["reliability"]
+    items = w["items"]
+    law = SalienceLaw.reliability(w["total"], w["gamma"], w["alpha"])
+    cov = np.column_stack([res.expressivity, items["log_reliability_ratio"]])
+    assert np.allclose(law.weights(cov)[0], items["w_face"]) and len(items["w_face"]) == len(res.corpus.items)
+    if w["gamma"] > 0:  # more weight on the face where it is the more reliable cue
+        z = np.asarray(items["log_reliability_ratio"])
+        assert np.asarray(items["w_face"])[z > np.median(z)].mean() > np.asarray(items["w_face"])[z <= np.median(z)].mean()

@@ -288,7 +288,8 @@ def _fitted_weights(corpus: Corpus, cues: CueTable, cfg: StudyConfig, x: np.ndar
                  if with_null else [])
     # a reliability law's null starts from the raw face-only histograms (see reliability.empirical_face_cues)
     rel_rng = np.random.default_rng(cfg.bootstrap.seed + 2)
-    rel_null_cues = ([_null_cues(empirical_face_cues(c), x[idx], thr, obj, rel_rng) for c, idx in
+    rel_null_cues = ([_null_cues(empirical_face_cues(c) if c.face_rows else c, x[idx], thr, obj, rel_rng)
+                      for c, idx in
                       zip(boot_cues, draws)] if any(m.salience in RELIABILITY_KINDS for m in fitted) else [])
     for m in tqdm(fitted, desc="bootstrapping fitted weights", disable=not progress or not fitted, unit="method"):
         x_m = _law_x(m, cues, x)
@@ -324,6 +325,9 @@ def _fitted_weights(corpus: Corpus, cues: CueTable, cfg: StudyConfig, x: np.ndar
             # smoothed from a few raters look less reliable than they are, which alone pulls gamma above 0)
             gamma = law.params[2]
             entry["gamma_fit"] = _with_ci(gamma, gammas)
+            wf, wc = law.weights(x_m)  # per item (a report cannot recompute them from expressivity alone)
+            entry["items"] = {"log_reliability_ratio": x_m[:, 1].tolist(), "w_face": wf.tolist(),
+                              "w_context": wc.tolist()}
             if null_gammas:
                 entry["null_gamma"] = _with_ci(float(np.nanmean(null_gammas)), null_gammas)
                 entry["excess_gamma"] = _with_ci(gamma - entry["null_gamma"]["value"],
