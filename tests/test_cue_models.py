@@ -116,3 +116,19 @@ def test_resampling_face_raters_redraws_each_faces_own_judgements():
     assert all(np.allclose(d[0, 0], [1, 0, 0]) and np.allclose(d[0], d[2]) for d in draws)  # nothing to redraw
     p1 = np.array([d[1, 0, 1] for d in draws])  # face 1's share of label 1 varies around 1/2, label 0 never
     assert 0.3 < p1.mean() < 0.7 and p1.std() > 0.1 and all(d[1, 0, 0] < 1e-6 for d in draws)
+
+
+def test_bandwidths_follow_r_definitions():
+    """R's bw.nrd0 = 0.9 min(sd, IQR/1.34) n^-1/5 and bw.nrd = 1.06 min(sd, IQR/1.34) n^-1/5, IQR from R's type-7
+    quantiles, computed here by hand; 'scott' is R's nrd (not scipy's sd-only Scott rule)."""
+    from vlm_salience.cue_models import _bandwidth
+
+    x = np.arange(1.0, 11.0)  # type-7 quartiles 3.25 and 7.75: IQR/1.34 = 3.358 > sd = 3.0277, so sd counts
+    sd = np.sqrt(np.sum((x - 5.5) ** 2) / 9)
+    assert _bandwidth(x, "nrd0", 1.0) == pytest.approx(0.9 * sd * 10 ** -0.2, rel=1e-12)
+    assert _bandwidth(x, "nrd", 1.0) == pytest.approx(1.06 * sd * 10 ** -0.2, rel=1e-12)
+    assert _bandwidth(x, "scott", 1.0) == _bandwidth(x, "nrd", 1.0)
+    y = np.array([1.0, 1.0, 2.0, 9.0])  # type-7 quartiles 1.0 and 2 + 0.25 * 7 = 3.75: IQR/1.34 = 2.052 < sd 3.86
+    assert _bandwidth(y, "nrd", 1.0) == pytest.approx(1.06 * (2.75 / 1.34) * 4 ** -0.2, rel=1e-12)
+    assert _bandwidth(y, "nrd0", 1.0) == pytest.approx(0.9 * (2.75 / 1.34) * 4 ** -0.2, rel=1e-12)
+    assert _bandwidth(np.full(5, 3.0), "nrd0", 1.0) == pytest.approx(0.9 * 5 ** -0.2)  # all equal: one step

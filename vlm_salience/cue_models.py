@@ -30,7 +30,9 @@ from vlm_salience.errors import DataError
 class CueModelConfig(StrictModel):
     context_model: Literal["mixed", "ols", "empirical"] = "mixed"
     rater_variance: bool = False  # add the random-intercept variance to the context model's predictive spread
-    kde_bandwidth: Literal["nrd0", "scott"] | float = "nrd0"
+    # R's bandwidth rules, exactly: nrd0 (R's default, bw.nrd0) and nrd (bw.nrd, Scott's rule with R's robust
+    # spread); `scott` is kept as a name for nrd. Or a number in scale units.
+    kde_bandwidth: Literal["nrd0", "nrd", "scott"] | float = "nrd0"
     choice_smoothing: float = 0.5  # additive (Dirichlet) smoothing of choice frequencies
     floor: float = 1e-6  # probability floor before logs: keeps the product finite where a cue says "never"
 
@@ -89,6 +91,9 @@ class CueTable:
 # Building blocks, vectorised over groups.
 
 def _bandwidth(values: np.ndarray, rule: str | float, step: float) -> float:
+    """R's bw.nrd0 (0.9) and bw.nrd (1.06) times min(sd, IQR/1.34) times n^(-1/5), quantiles as R's type 7
+    (numpy's default). Where R would return a zero width we do not: an IQR of 0 falls back to the sd (as nrd0 does
+    in R), and ratings that are all equal get a kernel one scale step wide."""
     if not isinstance(rule, str):
         return float(rule)
     n = len(values)
@@ -97,7 +102,8 @@ def _bandwidth(values: np.ndarray, rule: str | float, step: float) -> float:
     lo = min(sd, (q75 - q25) / 1.34) if (q75 - q25) > 0 else sd
     if lo <= 0:
         lo = step  # all ratings equal: a kernel one scale step wide
-    return (0.9 * lo if rule == "nrd0" else 1.06 * sd if sd > 0 else step) * n ** -0.2
+    factor = 0.9 if rule == "nrd0" else 1.06  # nrd / scott
+    return factor * lo * n ** -0.2
 
 
 def grouped_kde(values: np.ndarray, groups: np.ndarray, n_groups: int, support: np.ndarray,
