@@ -280,6 +280,10 @@ def test_experts_route_in_one_pass_and_export(tmp_path, synth_corpus, tiny_vlms)
     hard, face, ctx = (res.predictions[k] for k in ("routed/hard", "adapter/face", "adapter/context"))
     to_face = hard.weights[:, 0] == 1
     assert 0 < to_face.sum() < len(to_face)
+    from vlm_salience.training.data import TrainingData
+
+    thr = TrainingData(cfg).threshold  # the direction: expressive faces (above the threshold) go to the face expert
+    assert np.array_equal(to_face, hard.expressivity > thr)
     assert np.allclose(hard.emotion_dist[to_face], face.emotion_dist[to_face], atol=1e-5)
     assert np.allclose(hard.emotion_dist[~to_face], ctx.emotion_dist[~to_face], atol=1e-5)
     assert res.extra["gate"]["features"][:2] == ["bias", "expressivity"]
@@ -297,3 +301,20 @@ def test_experts_route_in_one_pass_and_export(tmp_path, synth_corpus, tiny_vlms)
     b = HFBackend(load_vlm(ModelConfig(name="m", path=str(merged)))).score(prompts, data.spec.slots())
     for x, y in zip(a, b):
         assert np.allclose(x["emotion"], y["emotion"], atol=1e-3)
+
+
+def test_expert_subsets_split_at_the_threshold_in_the_right_direction(tmp_path, synth_corpus, tiny_vlms):
+    """The face expert learns from the expressive faces, the context expert from the subtle ones; the rationale
+    names the cue the salience law weights."""
+    from vlm_salience.training.data import TrainingData
+
+    path = _config(tmp_path, synth_corpus, tiny_vlms["qwen2_vl"],
+                   adapters=[{"name": "face", "subset": "expressive"}, {"name": "context", "subset": "subtle"}])
+    cfg = load_config(path, TrainConfig)
+    data = TrainingData(cfg)
+    face, ctx = (data.items_for(a) for a in cfg.adapters)
+    x, thr = data.expressivity, data.threshold
+    assert len(face) and len(ctx) and (x[face] > thr).all() and (x[ctx] <= thr).all()
+    assert sorted([*face, *ctx]) == sorted(data.splits.train)
+    assert "observers weighted the face" in data.rationale(face[0])
+    assert "observers weighted the situation" in data.rationale(ctx[0])

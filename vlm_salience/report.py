@@ -18,6 +18,7 @@ from vlm_salience import __version__
 from vlm_salience.atomic import staged_dir, write_text
 from vlm_salience.metrics import METRICS
 from vlm_salience.predictions import condition_profiles
+from vlm_salience.salience import SalienceLaw
 from vlm_salience.study import StudyResult
 
 LABELS = {"r": "r", "rmse": "RMSE", "kld": "KLD", "rating_kld": "rating KLD", "valence_mse": "valence MSE",
@@ -54,6 +55,7 @@ def metrics_document(result: StudyResult) -> dict[str, Any]:
     c, cfg = result.corpus, result.config
     x = result.expressivity
     thr = cfg.expressivity.threshold
+    expressive = None if x is None else SalienceLaw.plain(thr).is_expressive(x)
     methods = {}
     for m in cfg.methods:
         if m.name not in result.predictions:
@@ -68,8 +70,8 @@ def metrics_document(result: StudyResult) -> dict[str, Any]:
         "corpus": {"name": c.name, "n_items": len(c.items), "response": c.response, "labels": list(c.labels),
                    "fingerprint": c.fingerprint, "has_combined": c.has_targets, "dropped": c.dropped.to_dict()},
         "expressivity": {"estimator": cfg.expressivity.estimator, "normalise": cfg.expressivity.normalise,
-                         "threshold": thr, "n_expressive": int((x > thr).sum()) if x is not None else None,
-                         "n_subtle": int((x <= thr).sum()) if x is not None else None},
+                         "threshold": thr, "n_expressive": None if x is None else int(expressive.sum()),
+                         "n_subtle": None if x is None else int((~expressive).sum())},
         "config": cfg.model_dump(mode="json"),
         "fit_objective": cfg.fit_objective if c.has_targets else None,
         "resampling": result.resampling or None,
@@ -339,7 +341,8 @@ def report_markdown(result: StudyResult, doc: dict[str, Any], figures: list[str]
             m = next(mm for mm in cfg.methods if mm.name == name)
             law = _law_from(w, m.salience, thr)
             wf, wc = law.weights(x)
-            hi, lo = x > thr, x <= thr
+            hi = law.is_expressive(x)
+            lo = ~hi
 
             def mean(a, mask):
                 return f"{a[mask].mean():.2f}" if mask.any() else "n/a"

@@ -24,6 +24,7 @@ from vlm_salience.predictions import Predictions, observed
 from vlm_salience.prompting.answers import AnswerSpec
 from vlm_salience.prompting.inputs import ItemError, build_prompt
 from vlm_salience.prompting.templates import load_template
+from vlm_salience.salience import SalienceLaw
 from vlm_salience.study import StudyConfig
 from vlm_salience.training.config import AdapterSpec, SplitConfig, TrainConfig
 
@@ -66,15 +67,17 @@ class TrainingData:
         raw = raw_scores(self.corpus, self.study.expressivity.estimator)
         self.expressivity = Normaliser.fit(raw[self.splits.train], self.study.expressivity.normalise)(raw)
         self.threshold = self.study.expressivity.threshold
+        # which faces count as expressive is the salience law's question (one concept, one place)
+        self.split_law = SalienceLaw.plain(self.threshold)
         self.observed: Predictions = observed(self.corpus)
 
     def items_for(self, adapter: AdapterSpec, part: str = "train") -> np.ndarray:
         idx = getattr(self.splits, part)
         x = self.expressivity[idx]
         if adapter.subset == "expressive":
-            idx = idx[x > self.threshold]
+            idx = idx[self.split_law.is_expressive(x)]
         elif adapter.subset == "subtle":
-            idx = idx[x <= self.threshold]
+            idx = idx[~self.split_law.is_expressive(x)]
         return idx
 
     def answer_fields(self, i: int) -> dict[str, Any]:
@@ -93,7 +96,7 @@ class TrainingData:
             top = self.spec.labels[int(np.argmax(self.observed.emotion_dist[i]))]
         face = expressivity_phrase(x) if item.face.media else (f'"{item.face.text}"' if item.face.text else None)
         msgs = load_template("rationale").render({"face": face, "situation": item.situation.text.rstrip("."),
-                                                  "weighted": "face" if x > self.threshold else "situation",
+                                                  "weighted": "face" if self.split_law.is_expressive(x) else "situation",
                                                   "top": top})
         return msgs[0]["content"][0]["text"].rstrip() + " "
 

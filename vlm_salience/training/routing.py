@@ -146,7 +146,8 @@ def route(cfg: TrainConfig, *, progress: bool = True) -> ExperimentResult:
         expert_preds[name] = pred
         timing[name] = sec
     # hard: one pass over a batch that mixes both experts
-    hard_names = [r.face if x[i] > data.threshold else r.context for i in test]
+    expressive = data.split_law.is_expressive(x[test])
+    hard_names = [r.face if e else r.context for e in expressive]
     hard_prompts = [build_prompt(load_template(specs[n].template), corpus.items[i], spec)
                     for n, i in zip(hard_names, test)]
     pred, sec = _score(backend, hard_prompts, spec, "routed/hard", corpus, ids, adapters=hard_names)
