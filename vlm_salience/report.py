@@ -185,9 +185,12 @@ def plot_weights(result: StudyResult, path: Path) -> bool:
             jitter = np.random.default_rng(i).normal(0, 0.006, len(pred))
             ax.scatter(pred.expressivity, pred.weights[:, 0] + jitter, s=9, alpha=0.35, color=color)
             w = result.weights[m.name]
+            label = m.name
+            if "items" in w:  # a reliability law's weights follow the cues' variances, not expressivity: dots only
+                ax.scatter([], [], color=color, label=f"{label} (weights by cue reliability)")
+                continue
             law = _law_from(w, m.salience, thr)
             wf, wc = law.weights(grid)
-            label = m.name
             gap = w.get("face_weight_gap", {})
             if gap.get("value") is not None:
                 label += f" (gap {gap['value']:.2f} [{gap['ci95'][0]:.2f}, {gap['ci95'][1]:.2f}])"
@@ -216,6 +219,8 @@ def _law_from(desc: dict[str, Any], kind: str, threshold: float):
         return SalienceLaw.hard((s["w_face"], s["w_context"]), (e["w_face"], e["w_context"]), threshold)
     if kind == "logistic":
         return SalienceLaw.logistic(desc["total"], desc["slope"], desc["alpha"], threshold)
+    if kind == "reliability":
+        return SalienceLaw.reliability(desc["total"], desc["gamma"], desc["alpha"], threshold)
     return SalienceLaw.plain(threshold)
 
 
@@ -340,7 +345,10 @@ def report_markdown(result: StudyResult, doc: dict[str, Any], figures: list[str]
         for name, w in result.weights.items():
             m = next(mm for mm in cfg.methods if mm.name == name)
             law = _law_from(w, m.salience, thr)
-            wf, wc = law.weights(x)
+            if "items" in w:  # per-item weights (a reliability law needs each item's cue variances)
+                wf, wc = np.asarray(w["items"]["w_face"]), np.asarray(w["items"]["w_context"])
+            else:
+                wf, wc = law.weights(x)
             hi = law.is_expressive(x)
             lo = ~hi
 
