@@ -307,18 +307,9 @@ def load_encoder(cfg: EncoderConfig, *, device: str | None = None) -> ClipEncode
 
 def encoder_fingerprint(path: str | Path) -> str:
     """Identity of an encoder checkpoint (config and weight file sizes; a hub id by name)."""
-    import hashlib
+    from vlm_salience.models.fingerprint import checkpoint_fingerprint
 
-    path = Path(path)
-    h = hashlib.sha256()
-    cfg = path / "config.json"
-    if cfg.is_file():
-        h.update(cfg.read_bytes())
-        for f in sorted(path.glob("*.safetensors")):
-            h.update(f"{f.name}:{f.stat().st_size}".encode())
-    else:
-        h.update(str(path).encode())
-    return h.hexdigest()[:16]
+    return checkpoint_fingerprint(path)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -20,20 +20,12 @@ from vlm_salience.training.collator import VLMCollator
 from vlm_salience.training.config import AdapterSpec, TrainConfig
 from vlm_salience.training.data import TrainingData
 from vlm_salience.training.task import Task
+from vlm_salience.models.fingerprint import checkpoint_fingerprint
 
 
 def base_fingerprint(path: str | Path) -> str:
     """Identity of a base model: its config and the names and sizes of its weight files."""
-    path = Path(path)
-    h = hashlib.sha256()
-    cfg = path / "config.json"
-    if cfg.is_file():
-        h.update(cfg.read_bytes())
-    for f in sorted(path.glob("*.safetensors")):
-        h.update(f"{f.name}:{f.stat().st_size}".encode())
-    if not cfg.is_file():
-        h.update(str(path).encode())  # a hub id
-    return h.hexdigest()[:16]
+    return checkpoint_fingerprint(path)
 
 
 def adapter_path(cfg: TrainConfig, name: str) -> Path:

@@ -18,6 +18,7 @@ import pandas as pd
 
 from vlm_salience.atomic import staged_dir
 from vlm_salience.metrics import fold_summary, paired_bootstrap_classification, score_classification
+from vlm_salience.report import _fmt  # one number format for every report
 
 TRUE = {"1", "true", "yes", "y", "ambiguous"}
 
@@ -41,13 +42,6 @@ def ambiguity(corpus) -> dict[str, list[str]]:
     return out
 
 
-def _fmt(v: dict[str, Any] | None, digits: int = 3) -> str:
-    if not v or v.get("value") is None or not np.isfinite(v["value"]):
-        return "n/a"
-    lo, hi = v["ci95"]
-    if lo is None or not np.isfinite(lo):
-        return f"{v['value']:.{digits}f}"
-    return f"{v['value']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
 def _plt():
