@@ -29,7 +29,9 @@ class TemplateHeader(StrictModel):
     requires: list[Input] = Field(default_factory=list)
     optional: list[Input] = Field(default_factory=list)
     reasoning: bool = False
-    kind: Literal["prompt", "target"] = "prompt"  # target: text written for training answers, not a prompt
+    # prompt: an item's judgement prompt (answer slots, inputs of an Item); target: text written for training
+    # answers; clip: a prompt over one clip's frames with its own variables (GRACE's descriptions, grace/text.py)
+    kind: Literal["prompt", "target", "clip"] = "prompt"
 
 
 def data_filter(value: Any) -> str:
