@@ -27,7 +27,8 @@ from torch import nn
 from vlm_salience.models.encoders import ClipEncoder
 from vlm_salience.ous.config import OusModelConfig
 from vlm_salience.salience import SalienceLaw
-from vlm_salience.video.baseline import PromptLearner, TemporalTransformer, class_texts
+from vlm_salience.video.baseline import (PromptLearner, TemporalTransformer, add_logit_scale, class_texts,
+                                         train_encoder_parts)
 
 
 class SharedLSTM(nn.Module):
@@ -172,23 +173,12 @@ class OusModel(nn.Module):
         n_ctx = cfg.context_tokens if cfg.learnable_prompts else 0
         self.prompts = PromptLearner(encoder, class_texts(classes, cfg.class_text), n_ctx,
                                      cfg.class_specific_contexts)
-        log_scale = torch.tensor(math.log(1.0 / cfg.temperature))
-        if cfg.learn_temperature:
-            self.log_scale = nn.Parameter(log_scale)
-        else:
-            self.register_buffer("log_scale", log_scale)
+        add_logit_scale(self, cfg)
         self.set_trainable()
 
     # -- parts and learning rates --------------------------------------------------------------------------------
     def set_trainable(self) -> None:
-        for p in self.encoder.parameters():
-            p.requires_grad_(False)
-        if self.cfg.vision == "train":
-            for p in self.encoder.vision_parameters():
-                p.requires_grad_(True)
-        if self.cfg.text == "train":
-            for p in self.encoder.text_parameters():
-                p.requires_grad_(True)
+        train_encoder_parts(self.encoder, self.cfg)
         if not self.cfg.learnable_prompts:
             self.prompts.ctx.requires_grad_(False)
 

@@ -132,6 +132,27 @@ def class_texts(classes: list[str], class_text: dict[str, str]) -> list[str]:
     return [class_text.get(c, c) for c in classes]
 
 
+def add_logit_scale(module: nn.Module, cfg) -> None:
+    """`module.log_scale`, log(1 / temperature) of the cosine logits: learned or a fixed buffer (cfg says)."""
+    log_scale = torch.tensor(math.log(1.0 / cfg.temperature))
+    if cfg.learn_temperature:
+        module.log_scale = nn.Parameter(log_scale)
+    else:
+        module.register_buffer("log_scale", log_scale)
+
+
+def train_encoder_parts(encoder, cfg) -> None:
+    """Freeze the encoder, then unfreeze the towers the config trains (`vision`, `text`: train | frozen)."""
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    if cfg.vision == "train":
+        for p in encoder.vision_parameters():
+            p.requires_grad_(True)
+    if cfg.text == "train":
+        for p in encoder.text_parameters():
+            p.requires_grad_(True)
+
+
 class BaselineModel(nn.Module):
     """Face frames -> class logits (and the clip feature, for t-SNE and for models that build on it)."""
 
@@ -143,22 +164,11 @@ class BaselineModel(nn.Module):
         self.temporal = TemporalTransformer(encoder.embed_dim, cfg.temporal)
         self.prompts = PromptLearner(encoder, class_texts(classes, cfg.class_text), cfg.context_tokens,
                                      cfg.class_specific_contexts)
-        log_scale = torch.tensor(math.log(1.0 / cfg.temperature))
-        if cfg.learn_temperature:
-            self.log_scale = nn.Parameter(log_scale)
-        else:
-            self.register_buffer("log_scale", log_scale)
+        add_logit_scale(self, cfg)
         self.set_trainable()
 
     def set_trainable(self) -> None:
-        for p in self.encoder.parameters():
-            p.requires_grad_(False)
-        if self.cfg.vision == "train":
-            for p in self.encoder.vision_parameters():
-                p.requires_grad_(True)
-        if self.cfg.text == "train":
-            for p in self.encoder.text_parameters():
-                p.requires_grad_(True)
+        train_encoder_parts(self.encoder, self.cfg)
 
     def param_groups(self) -> list[dict[str, Any]]:
         """Optimizer groups, each part at its own learning rate; frozen parts are left out."""
