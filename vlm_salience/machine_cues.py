@@ -555,6 +555,26 @@ def machine_cue_study(cue_yaml: str | Path, study_yaml: str | Path, out: str | P
                       progress: bool = True) -> dict[str, Any]:
     """`vlm-salience bci --cue CUE.yaml`: the study on the human corpus and on its machine-cue variant; writes
     OUT/human/ and OUT/machine/ (each the study's usual report) and OUT/side_by_side.{json,md}."""
+    return run_machine_cue_study(cue_yaml, study_yaml, out, study_overrides=study_overrides,
+                                 cue_overrides=cue_overrides, progress=progress).doc
+
+
+@dataclass
+class MachineCueRun:
+    """What `run_machine_cue_study` computed: the JSON document it wrote, and the objects behind it (for callers
+    such as the demo that also want the model's reading of each face)."""
+
+    doc: dict[str, Any]
+    human: Corpus
+    cue: MachineCue
+    side_by_side: dict[str, Any]
+
+
+def run_machine_cue_study(cue_yaml: str | Path, study_yaml: str | Path, out: str | Path, *,
+                          study_overrides: Sequence[str] = (), cue_overrides: Sequence[str] = (),
+                          progress: bool = True, analyzer=None) -> MachineCueRun:
+    """machine_cue_study, returning the corpus, the machine cue and the side-by-side result with the document;
+    `analyzer`: a FaceAnalyzer already loaded (image readers), else built from the cue YAML."""
     import json
 
     from vlm_salience.atomic import write_text
@@ -565,7 +585,7 @@ def machine_cue_study(cue_yaml: str | Path, study_yaml: str | Path, out: str | P
     from vlm_salience.data import load_corpus
 
     human = load_corpus(cfg.data)
-    cue = machine_corpus(human, cfg)
+    cue = machine_corpus(human, cfg, analyzer=analyzer)
     study = load_config(study_yaml, StudyConfig, list(study_overrides))
     res = side_by_side(human, cue, study, progress=progress)
     out = Path(out)
@@ -574,4 +594,4 @@ def machine_cue_study(cue_yaml: str | Path, study_yaml: str | Path, out: str | P
     doc = _clean({k: v for k, v in res.items() if k != "results"})
     write_text(out / "side_by_side.json", json.dumps(doc, indent=2) + "\n")
     write_text(out / "side_by_side.md", side_by_side_markdown(res))
-    return doc
+    return MachineCueRun(doc, human, cue, res)
