@@ -191,3 +191,33 @@ def test_study_records_each_items_reliability_weights(tmp_path_factory):
     if w["gamma"] > 0:  # more weight on the face where it is the more reliable cue
         z = np.asarray(items["log_reliability_ratio"])
         assert np.asarray(items["w_face"])[z > np.median(z)].mean() > np.asarray(items["w_face"])[z <= np.median(z)].mean()
+
+
+def test_fit_recovers_a_planted_learned_gate_on_training_standardised_features():
+    """Share = sigmoid(1.2 z(reliability ratio) - 0.8 z(context entropy)), targets by the formula written here; the
+    fitted gate (expressivity, ratio, entropy) finds both signs and magnitudes, ~0 for expressivity, and its
+    standardisation comes from the items it was fitted on."""
+    from vlm_salience.reliability import context_entropy, gate_input
+
+    rng = np.random.default_rng(4)
+    n, K = 500, 5
+    face = _softmax(rng.normal(0, 1, (n, K)) * rng.uniform(0.3, 3.0, (n, 1)))[:, None, :]
+    ctx = _softmax(rng.normal(0, 1, (n, K)) * rng.uniform(0.3, 3.0, (n, 1)))[:, None, :]
+    cues0 = _table(face, ctx)
+    cov = gate_input(cues0, rng.uniform(0, 1, n))
+    h = -(ctx * np.log(ctx)).sum(-1)[:, 0] / np.log(K)
+    assert cov[:, 2] == pytest.approx(h) and context_entropy(cues0) == pytest.approx(h)
+    zs = (cov - cov.mean(0)) / cov.std(0)
+    share = 1 / (1 + np.exp(-(1.2 * zs[:, 1] - 0.8 * zs[:, 2])))
+    wf, wc = 2 * share, 2 * (1 - share)
+    p = _softmax(wf[:, None, None] * np.log(face) + wc[:, None, None] * np.log(ctx))
+    targets = np.stack([rng.multinomial(150, q[0]) for q in p])[:, None, :].astype(float)
+    cues = _table(face, ctx, targets=targets)
+    law = bci.fit_law(cues, "product", "learned", cov, prior_sd=1.0)
+    d = law.describe()
+    assert d["coef"][1] == pytest.approx(1.2, abs=0.25) and d["coef"][2] == pytest.approx(-0.8, abs=0.25)
+    assert abs(d["coef"][0]) < 0.2 and d["total"] == pytest.approx(2.0, rel=0.1)
+    assert d["feature_mean"] == pytest.approx(cov.mean(0).tolist()) and d["feature_sd"] == pytest.approx(cov.std(0).tolist())
+    # the pool variant is fitted in face share alone (total 1) and finds the same direction
+    pool = bci.fit_law(cues, "pool", "learned", cov).describe()
+    assert pool["total"] == pytest.approx(1.0) and pool["coef"][1] > 0 > pool["coef"][2]

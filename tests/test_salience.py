@@ -58,3 +58,26 @@ def test_wrong_parameter_count_is_rejected():
         SalienceLaw("control", (0.0,))
     with pytest.raises(ValueError, match="unknown salience law"):
         SalienceLaw("sigmoid", ())
+
+
+def test_per_emotion_and_learned_laws_by_hand_and_from_plain_bci():
+    law = SalienceLaw.per_emotion([2.0, 0.5], [0.5, 2.0])
+    wf, wc = law.weights(np.array([0.1, 0.9, 0.5]))
+    assert wf.shape == (3, 2) and np.allclose(wf, [[2.0, 0.5]] * 3) and np.allclose(wc, [[0.5, 2.0]] * 3)
+    assert law.describe()["w_face"] == pytest.approx(1.0)  # the global pair is the geometric mean
+    assert law.share_spread(np.array([0.1, 0.9])) == pytest.approx(0.3)  # shares 0.8 and 0.2
+    g = SalienceLaw.learned(total=2.0, intercept=0.0, coef=[1.0, -1.0], mean=[0.5, 0.0], sd=[0.25, 2.0])
+    cov = np.array([[0.75, 0.0], [0.5, 2.0]])  # standardised: (1, 0) and (0, 1)
+    wf, wc = g.weights(cov)
+    s = 1 / (1 + np.exp(-np.array([1.0, -1.0])))
+    assert wf == pytest.approx(2 * s) and wc == pytest.approx(2 * (1 - s))
+    for kind, size in (("per_emotion", 3), ("learned", 2)):
+        theta = SalienceLaw.initial(kind, size)
+        assert len(theta) == SalienceLaw.n_params(kind, size) == len(SalienceLaw.bounds(kind, size))
+        scale = (0.0, 0.0, 1.0, 1.0) if kind == "learned" else ()
+        wf, wc = SalienceLaw.from_vector(kind, theta, scale=scale).weights(np.zeros((4, 2)))
+        assert np.allclose(wf, 1.0) and np.allclose(wc, 1.0)  # every fit starts at plain BCI
+    with pytest.raises(ValueError, match="2 \\+ 2 x n_emotions"):
+        SalienceLaw("per_emotion", (0.0, 0.0, 1.0))
+    with pytest.raises(ValueError, match="2 \\+ k parameters"):
+        SalienceLaw("learned", (0.0, 0.0, 1.0), scale=(0.0, 0.0, 1.0, 1.0))

@@ -8,7 +8,11 @@ Pool:      P(e|f,c) = s·P(e|f) + (1 − s)·P(e|c), s = w_face / (w_face + w_co
            Only the share s matters, so pool laws are fitted in s alone (total weight fixed at 1: w_face = s,
            w_context = 1 − s) and their gaps are gaps in face share.
 
-All functions take arrays shaped (n_items, n_dimensions, n_support) and weights shaped (n_items,).
+All functions take arrays shaped (n_items, n_dimensions, n_support) and weights shaped (n_items,), or
+(n_items, n_emotions) for per-emotion laws: one code path (`shape_weights`) puts an emotion's weight on the axis
+that carries the emotions (the dimensions of a rating block, the support of a choice block) and gives a block that
+carries none (valence) the geometric mean over emotions. A pool whose share varies over a choice's support is
+renormalised.
 Weights are fitted to the combined-condition judgements (`fit_law`) by one of three objectives, the same for
 every law of a run: likelihood of the individual judgements, KLD between each cell's observed and predicted
 distribution, or squared error of each cell's mean (expected rating, or label probability for choices).
@@ -22,7 +26,7 @@ import numpy as np
 from scipy.optimize import minimize
 
 from vlm_salience.cue_models import Block, CueTable
-from vlm_salience.salience import LawKind, SalienceLaw
+from vlm_salience.salience import GATE_KINDS, PER_EMOTION_KINDS, LawKind, SalienceLaw
 
 Rule = Literal["face", "context", "product", "pool"]
 RULES: tuple[Rule, ...] = ("face", "context", "product", "pool")
@@ -33,11 +37,51 @@ OBJECTIVES: tuple[Objective, ...] = ("likelihood", "kld", "rmse")
 CHUNK = 4096  # items per block of work: small enough that the temporaries stay in cache
 
 
-def _mixed_logs(lf: np.ndarray, lc: np.ndarray, l0: np.ndarray, w_face: np.ndarray, w_context: np.ndarray
-                ) -> np.ndarray:
-    """Unnormalised log P = w_face lf + w_context lc + (1 - w_face - w_context) l0, max-shifted per row."""
-    shape = (-1,) + (1,) * (lf.ndim - 1)
-    wf, wc = np.reshape(w_face, shape), np.reshape(w_context, shape)
+def shape_weights(w: np.ndarray | float, shape: tuple[int, ...], emotion_axis: int | None = None) -> np.ndarray:
+    """Weights as an array that broadcasts against distributions of `shape` (n, ..., S).
+
+    (n,) or a scalar: one weight per item. (n, E): one per item and emotion, put on `emotion_axis` (which must have
+    E entries); where the block carries no emotions (emotion_axis None) the geometric mean over emotions."""
+    w = np.asarray(w, dtype=float)
+    n, ndim = shape[0], len(shape)
+    if w.ndim <= 1:
+        return np.reshape(np.broadcast_to(w, (n,)), (n,) + (1,) * (ndim - 1))
+    if w.ndim == 2:
+        if emotion_axis is None:
+            return np.reshape(np.exp(np.log(w).mean(axis=1)), (n,) + (1,) * (ndim - 1))
+        if shape[emotion_axis] != w.shape[1]:
+            raise ValueError(f"per-emotion weights for {w.shape[1]} emotions, but axis {emotion_axis} of the "
+                             f"distributions has {shape[emotion_axis]} entries")
+        out_shape = [n] + [1] * (ndim - 1)
+        out_shape[emotion_axis] = w.shape[1]
+        return np.reshape(w, out_shape)
+    return np.broadcast_to(w, shape)
+
+
+def emotion_axis(block: Block) -> int | None:
+    """The axis of a block's (n, D, S) distributions that carries the emotion labels: the support of a choice,
+    the dimensions of ratings; None for a block of other dimensions (valence)."""
+    if block.name != "emotions":
+        return None
+    return 2 if block.categorical else 1
+
+
+def n_emotions(cues: CueTable) -> int:
+    b = cues.block("emotions")
+    if b is None:
+        raise ValueError("a per-emotion law needs an 'emotions' block in the cues")
+    return b.face.shape[emotion_axis(b)]
+
+
+def item_weights(w: np.ndarray) -> np.ndarray:
+    """(n,) one weight per item: per-emotion weights (n, E) summarised by their geometric mean."""
+    w = np.asarray(w, dtype=float)
+    return np.exp(np.log(w).mean(axis=1)) if w.ndim == 2 else w
+
+
+def _mixed_logs(lf: np.ndarray, lc: np.ndarray, l0: np.ndarray, wf: np.ndarray, wc: np.ndarray) -> np.ndarray:
+    """Unnormalised log P = w_face lf + w_context lc + (1 - w_face - w_context) l0, max-shifted per row; the
+    weights already shaped to broadcast (`shape_weights`)."""
     logp = np.multiply(lf, wf)
     tmp = np.multiply(lc, wc)
     logp += tmp
@@ -48,9 +92,9 @@ def _mixed_logs(lf: np.ndarray, lc: np.ndarray, l0: np.ndarray, w_face: np.ndarr
 
 
 def tempered_from_logs(lf: np.ndarray, lc: np.ndarray, l0: np.ndarray, w_face: np.ndarray,
-                       w_context: np.ndarray) -> np.ndarray:
+                       w_context: np.ndarray, emotion_axis: int | None = None) -> np.ndarray:
     """The tempered product from log-distributions (n, ..., S); returns probabilities."""
-    w_face, w_context = np.broadcast_to(w_face, lf.shape[:1]), np.broadcast_to(w_context, lf.shape[:1])
+    w_face, w_context = (shape_weights(w, lf.shape, emotion_axis) for w in (w_face, w_context))
     out = np.empty(lf.shape)
     for start in range(0, len(lf), CHUNK):
         sl = slice(start, start + CHUNK)
@@ -62,21 +106,30 @@ def tempered_from_logs(lf: np.ndarray, lc: np.ndarray, l0: np.ndarray, w_face: n
 
 
 def log_tempered(lf: np.ndarray, lc: np.ndarray, l0: np.ndarray, w_face: np.ndarray,
-                 w_context: np.ndarray) -> np.ndarray:
+                 w_context: np.ndarray, emotion_axis: int | None = None) -> np.ndarray:
     """Normalised log-probabilities of the tempered product (what likelihood fitting needs)."""
-    logp = _mixed_logs(lf, lc, l0, np.broadcast_to(w_face, lf.shape[:1]), np.broadcast_to(w_context, lf.shape[:1]))
+    logp = _mixed_logs(lf, lc, l0, *(shape_weights(w, lf.shape, emotion_axis) for w in (w_face, w_context)))
     logp -= np.log(np.exp(logp).sum(axis=-1, keepdims=True))
     return logp
 
 
 def tempered_product(face: np.ndarray, context: np.ndarray, prior: np.ndarray,
-                     w_face: np.ndarray, w_context: np.ndarray) -> np.ndarray:
-    return tempered_from_logs(np.log(face), np.log(context), np.log(prior), w_face, w_context)
+                     w_face: np.ndarray, w_context: np.ndarray, emotion_axis: int | None = None) -> np.ndarray:
+    return tempered_from_logs(np.log(face), np.log(context), np.log(prior), w_face, w_context, emotion_axis)
 
 
-def linear_pool(face: np.ndarray, context: np.ndarray, face_share: np.ndarray) -> np.ndarray:
-    s = np.reshape(face_share, (-1,) + (1,) * (face.ndim - 1))
-    return s * face + (1.0 - s) * context
+def linear_pool(face: np.ndarray, context: np.ndarray, face_share: np.ndarray,
+                emotion_axis: int | None = None) -> np.ndarray:
+    """s face + (1 - s) context; with a share that varies over the support (per-emotion shares of a choice) the
+    mixture is renormalised."""
+    s = np.asarray(face_share, dtype=float)
+    if s.ndim == 2 and emotion_axis is None:  # a block without emotions: the emotions' mean share
+        s = s.mean(axis=1)
+    s = shape_weights(s, face.shape, emotion_axis)
+    mixed = s * face + (1.0 - s) * context
+    if s.shape[-1] > 1:
+        mixed = mixed / mixed.sum(axis=-1, keepdims=True)
+    return mixed
 
 
 def combine(block: Block, rule: Rule, w_face: np.ndarray, w_context: np.ndarray) -> np.ndarray:
@@ -85,17 +138,19 @@ def combine(block: Block, rule: Rule, w_face: np.ndarray, w_context: np.ndarray)
     if rule == "context":
         return block.context
     if rule == "product":
-        return tempered_from_logs(*block.logs(), w_face, w_context)
+        return tempered_from_logs(*block.logs(), w_face, w_context, emotion_axis(block))
     if rule == "pool":
-        return linear_pool(block.face, block.context, w_face / (w_face + w_context))
+        return linear_pool(block.face, block.context, w_face / (w_face + w_context), emotion_axis(block))
     raise ValueError(f"unknown combination rule '{rule}'; expected one of {RULES}")
 
 
 def predict(cues: CueTable, rule: Rule, law: SalienceLaw, expressivity: np.ndarray
             ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Combined distributions per block, and the (n, 2) weights (w_face, w_context) each item got."""
+    """Combined distributions per block, and the (n, 2) weights (w_face, w_context) each item got (per-emotion
+    weights summarised per item by their geometric mean)."""
     wf, wc = law.weights(expressivity)
-    return {b.name: combine(b, rule, wf, wc) for b in cues.blocks}, np.column_stack([wf, wc])
+    return ({b.name: combine(b, rule, wf, wc) for b in cues.blocks},
+            np.column_stack([item_weights(wf), item_weights(wc)]))
 
 
 def nll(cues: CueTable, rule: Rule, law: SalienceLaw, expressivity: np.ndarray) -> float:
@@ -106,7 +161,7 @@ def nll(cues: CueTable, rule: Rule, law: SalienceLaw, expressivity: np.ndarray) 
         if b.targets is None:
             raise ValueError("fitting needs combined-condition judgements (targets); this corpus has none")
         if rule == "product":
-            logp = log_tempered(*b.logs(), wf, wc)
+            logp = log_tempered(*b.logs(), wf, wc, emotion_axis(b))
         else:
             logp = np.log(np.clip(combine(b, rule, wf, wc), 1e-300, None))
         total -= float((b.targets * logp).sum())
@@ -158,46 +213,89 @@ def _log_sigmoid(a: np.ndarray) -> np.ndarray:
     return -np.logaddexp(0.0, -a)
 
 
-_POOL_N = {"control": 1, "hard": 2, "logistic": 2}
+_POOL_N = {"control": 1, "hard": 2, "logistic": 2, "reliability": 2}  # sized laws: 1 + E (per_emotion), 1 + k
+
+
+def _pool_n(kind: LawKind, size: int) -> int:
+    return 1 + size if kind in PER_EMOTION_KINDS + GATE_KINDS else _POOL_N[kind]
 
 
 def _pool_theta(kind: LawKind, phi: np.ndarray) -> np.ndarray:
-    """A pool law's parameters (face-share logits, or the logistic's alpha and slope) as the law's vector, with
-    the total weight fixed at 1: w_face = s, w_context = 1 - s."""
+    """A pool law's parameters (face-share logits, or a gate's intercept and coefficients) as the law's vector,
+    with the total weight fixed at 1: w_face = s, w_context = 1 - s. A per-emotion pool: face-share logit
+    phi_0 + delta_e - mean(delta) for emotion e (its weight pairs then sum to 1 only on average; a pool reads only
+    the share)."""
     phi = np.asarray(phi, dtype=float)
     if kind == "control":
         return np.array([_log_sigmoid(phi[0]), _log_sigmoid(-phi[0])])
     if kind == "hard":
         return np.array([_log_sigmoid(phi[0]), _log_sigmoid(-phi[0]), _log_sigmoid(phi[1]),
                          _log_sigmoid(-phi[1])])
-    return np.array([0.0, phi[0], phi[1]])
+    if kind == "per_emotion":
+        return np.concatenate([[_log_sigmoid(phi[0]), _log_sigmoid(-phi[0])], phi[1:], np.zeros(len(phi) - 1)])
+    return np.concatenate([[0.0], phi])  # logistic, reliability, learned: (log total 0, intercept, slopes)
+
+
+def _n_obs(cues: CueTable, objective: Objective) -> float:
+    """What the mean objective averages over: judgements (likelihood) or cells (KLD, RMSE)."""
+    if objective == "likelihood":
+        return float(sum(b.targets.sum() for b in cues.blocks if b.targets is not None))
+    return float(sum(np.prod(b.targets.shape[:-1]) for b in cues.blocks if b.targets is not None))
+
+
+def law_size(cues: CueTable, kind: LawKind, covariates: np.ndarray) -> int:
+    """Emotions of a per-emotion law, features of a learned gate (every covariate column), 0 otherwise."""
+    if kind in PER_EMOTION_KINDS:
+        return n_emotions(cues)
+    if kind in GATE_KINDS:
+        cov = np.asarray(covariates, dtype=float)
+        if cov.ndim != 2:
+            raise ValueError("a learned gate needs (n, k) covariates (vlm_salience.reliability.gate_input)")
+        return cov.shape[1]
+    return 0
 
 
 def fit_law(cues: CueTable, rule: Rule, kind: LawKind, expressivity: np.ndarray, *,
-            threshold: float = 0.5, ridge: float = 1e-4, objective: Objective = "likelihood") -> SalienceLaw:
+            threshold: float = 0.5, ridge: float = 1e-4, objective: Objective = "likelihood",
+            prior_sd: float = 0.5) -> SalienceLaw:
     """Salience weights that minimise the objective on these items (the caller passes training items only).
-    Product laws are fitted in (log) weights; pool laws in face share alone, as only the share moves a pool."""
+    Product laws are fitted in (log) weights; pool laws in face share alone, as only the share moves a pool.
+
+    Sized laws carry a prior of sd `prior_sd`: on each emotion's log-weight deviation from the global pair
+    (per_emotion; on the face-share logit for a pool), or on each gate coefficient of standardised features
+    (learned). The fit is the MAP: the mean objective plus sum(dev^2) / (2 sd^2 N), N the judgements (likelihood)
+    or cells it averages over, so that with the likelihood the prior weighs as one prior against all the data.
+    A learned gate's features are standardised on these (training) items."""
     if kind == "plain" or rule in ("face", "context"):
         return SalienceLaw.plain(threshold)
     x = np.asarray(expressivity, dtype=float)
+    size = law_size(cues, kind, x)
+    scale: tuple[float, ...] = ()
+    if kind in GATE_KINDS:
+        mean, sd = x.mean(axis=0), x.std(axis=0)
+        scale = (*map(float, mean), *map(float, np.where(sd > 1e-9, sd, 1.0)))
     if rule == "pool":
-        start = np.zeros(_POOL_N[kind])
-        bounds = [(-8.0, 8.0)] * _POOL_N[kind]
-        if kind == "logistic":
-            bounds = SalienceLaw.bounds(kind)[1:]
+        start = np.zeros(_pool_n(kind, size))
+        bounds = [(-8.0, 8.0)] * len(start)
+        if kind in ("logistic", "reliability") or kind in GATE_KINDS:
+            bounds = SalienceLaw.bounds(kind, size)[1:]
 
         def to_theta(phi: np.ndarray) -> np.ndarray:
             return _pool_theta(kind, phi)
+        head = 1
     else:
-        start = SalienceLaw.initial(kind)
-        bounds = SalienceLaw.bounds(kind)
+        start = SalienceLaw.initial(kind, size)
+        bounds = SalienceLaw.bounds(kind, size)
 
         def to_theta(phi: np.ndarray) -> np.ndarray:
             return phi
+        head = 2
+    prior = 1.0 / (2.0 * prior_sd ** 2 * max(_n_obs(cues, objective), 1.0)) if size else 0.0
 
     def objective_fn(phi: np.ndarray) -> float:
-        law = SalienceLaw.from_vector(kind, to_theta(phi), threshold)
-        return loss(cues, rule, law, x, objective) + ridge * float(np.sum((phi - start) ** 2))
+        law = SalienceLaw.from_vector(kind, to_theta(phi), threshold, scale)
+        pen = prior * float(np.sum(phi[head:] ** 2)) if size else 0.0
+        return loss(cues, rule, law, x, objective) + ridge * float(np.sum((phi - start) ** 2)) + pen
 
     starts = [start]
     if kind == "logistic":
@@ -207,4 +305,4 @@ def fit_law(cues: CueTable, rule: Rule, kind: LawKind, expressivity: np.ndarray,
         res = minimize(objective_fn, s0, method="L-BFGS-B", bounds=bounds)
         if best is None or res.fun < best.fun:
             best = res
-    return SalienceLaw.from_vector(kind, to_theta(best.x), threshold)
+    return SalienceLaw.from_vector(kind, to_theta(best.x), threshold, scale)

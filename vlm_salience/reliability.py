@@ -64,6 +64,26 @@ def law_input(cues: CueTable, expressivity: np.ndarray) -> np.ndarray:
     return np.column_stack([x, z])
 
 
+GATE_FEATURES = ("expressivity", "log_reliability_ratio", "context_entropy")
+
+
+def context_entropy(cues: CueTable) -> np.ndarray:
+    """(n,) normalised entropy (0: certain, 1: uniform) of the context model's prediction for each item, averaged
+    over dimensions and blocks: how much the situation alone says."""
+    parts = []
+    for b in cues.blocks:
+        p = b.context / b.context.sum(axis=-1, keepdims=True)
+        h = -(p * np.log(np.maximum(p, _EPS))).sum(axis=-1) / np.log(p.shape[-1])
+        parts.append(h.mean(axis=-1))
+    return np.mean(parts, axis=0)
+
+
+def gate_input(cues: CueTable, expressivity: np.ndarray) -> np.ndarray:
+    """(n, 3) covariates of the learned gate, in the order of GATE_FEATURES: expressivity, log reliability ratio,
+    context entropy (columns 0-1 are a reliability law's covariates, so both laws read the same matrix)."""
+    return np.column_stack([law_input(cues, expressivity), context_entropy(cues)])
+
+
 @dataclass(frozen=True)
 class JudgementDispersion:
     """Per item, features of its face's raw face-only judgements (all in [0, 1] except variance)."""

@@ -186,8 +186,9 @@ def plot_weights(result: StudyResult, path: Path) -> bool:
             ax.scatter(pred.expressivity, pred.weights[:, 0] + jitter, s=9, alpha=0.35, color=color)
             w = result.weights[m.name]
             label = m.name
-            if "items" in w:  # a reliability law's weights follow the cues' variances, not expressivity: dots only
-                ax.scatter([], [], color=color, label=f"{label} (weights by cue reliability)")
+            if "items" in w or m.salience == "per_emotion":  # weights not a function of expressivity: dots only
+                why = "per emotion" if m.salience == "per_emotion" else "by cue reliability"
+                ax.scatter([], [], color=color, label=f"{label} (weights {why})")
                 continue
             law = _law_from(w, m.salience, thr)
             wf, wc = law.weights(grid)
@@ -209,8 +210,128 @@ def plot_weights(result: StudyResult, path: Path) -> bool:
     return True
 
 
+def plot_weights_by_reliability(result: StudyResult, path: Path) -> bool:
+    """Where the weights differ: every item's out-of-fold face weight (product: w_face; pool: face share) against
+    its cues' log reliability ratio and against its expressivity, one colour per weighted method."""
+    fitted = [m for m in result.config.methods if m.name in result.weights]
+    if not fitted or result.reliability is None:
+        return False
+    plt = _plt()
+    rules = [r for r in ("product", "pool") if any(m.rule == r for m in fitted)]
+    fig, axes = plt.subplots(len(rules), 2, figsize=(11.5, 4.0 * len(rules)), squeeze=False)
+    rel = dict(zip(result.corpus.item_ids, result.reliability))
+    for row, rule in zip(axes, rules):
+        for i, m in enumerate([m for m in fitted if m.rule == rule]):
+            pred = result.predictions[m.name]
+            w = pred.weights[:, 0] if rule == "product" else pred.weights[:, 0] / pred.weights.sum(axis=1)
+            z = np.array([rel[i_] for i_ in pred.item_ids])
+            for ax, cov in zip(row, (z, pred.expressivity)):
+                ax.scatter(cov, w, s=8, alpha=0.4, color=f"C{i}", label=m.name)
+        ylab = "w_face (out of fold)" if rule == "product" else "face share (out of fold)"
+        row[0].set_xlabel("log reliability ratio log(r_face / r_context) (> 0: the face is the more reliable cue)")
+        row[1].set_xlabel("facial expressivity (normalised on training faces)")
+        for ax in row:
+            ax.set_ylabel(ylab)
+            ax.set_title("tempered BCI" if rule == "product" else "linear opinion pool", fontsize=10)
+            ax.legend(fontsize=7, loc="best", markerscale=1.5)
+    fig.suptitle(f"{result.corpus.name}: fitted face weight against cue reliability and expressivity")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+RANK_METRICS = ("kld", "rmse", "r")
+_HIGHER = {"r": True, "rmse": False, "kld": False}
+
+
+def law_ranking(result: StudyResult) -> list[dict[str, Any]]:
+    """Every weighted law against its control (the same rule with one global pair), best first on the primary
+    metric: paired differences with 95% intervals on KLD, RMSE and r. A pool also faces the product control."""
+    primary = result.config.primary_metric
+    rows = []
+    for m in result.config.methods:
+        comp = result.comparisons.get(m.name, {})
+        if "vs_control" not in comp:
+            continue
+        vc = comp["vs_control"]
+        row = {"method": m.name, "rule": m.rule, "law": m.salience, "control": vc["control"],
+               **{k: vc[k] for k in {*RANK_METRICS, primary} if k in vc}}
+        beats = bool(vc.get(primary, {}).get("a_better"))
+        if "vs_null" in comp:
+            row["vs_null"] = comp["vs_null"]
+            beats = beats and bool(comp["vs_null"].get(primary, {}).get("a_better"))
+        row["beats"] = beats
+        rows.append(row)
+    sign = -1.0 if _HIGHER.get(primary, primary.endswith("_r")) else 1.0
+
+    def key(r):
+        d = r.get(primary, {}).get("diff")
+        return sign * d if d is not None and np.isfinite(d) else np.inf
+    return sorted(rows, key=key)
+
+
+def _diff(v: dict[str, Any] | None) -> str:
+    if not v or v.get("diff") is None or not np.isfinite(v["diff"]):
+        return "n/a"
+    lo, hi = v["ci95"]
+    mark = " *" if v.get("a_better") else ""
+    return f"{v['diff']:+.4f} [{lo:+.4f}, {hi:+.4f}]{mark}"
+
+
+def _beats_text(row: dict[str, Any], primary: str) -> str:
+    if row["beats"]:
+        return "yes"
+    if row.get(primary, {}).get("a_better"):  # a pool that beats the constant pool but not the product control
+        return "no (beats the pool control, not the product control)"
+    return "no"
+
+
+def ranking_sentence(result: StudyResult, rows: list[dict[str, Any]]) -> str:
+    """In words: which law, if any, beats its control on the primary metric (the paired interval excludes zero;
+    a pool also the product control)."""
+    primary = metric_label(result.config.primary_metric, result.corpus.response)
+    name = result.corpus.name
+    if not rows:
+        return f"On {name} no salience law was fitted against a control."
+    winners = [r for r in rows if r["beats"]]
+    if not winners:
+        best = rows[0]
+        d = best.get(result.config.primary_metric, {})
+        return (f"On {name}, no law beats the control on {primary}: every paired 95% interval includes zero or "
+                f"favours the control (the nearest is {best['method']}, {primary} difference {_diff(d)}).")
+    parts = [f"{r['method']} ({primary} {_diff(r.get(result.config.primary_metric))})" for r in winners]
+    return (f"On {name}, {len(winners)} of {len(rows)} laws beat the control on {primary}: " + "; ".join(parts)
+            + ". The best is " + winners[0]["method"] + ".")
+
+
+def _ranking_lines(result: StudyResult) -> list[str]:
+    rows = law_ranking(result)
+    if not rows:
+        return []
+    resp = result.corpus.response
+    lines = ["## Every law against its control", "",
+             "| rank | method | rule | law | " + " | ".join(f"{metric_label(k, resp)} diff [95% CI]" for k in RANK_METRICS)
+             + " | beats the control |", "|---|---|---|---|" + "---|" * len(RANK_METRICS) + "---|"]
+    for i, r in enumerate(rows, 1):
+        lines.append(f"| {i} | {r['method']} | {r['rule']} | {r['law']} | "
+                     + " | ".join(_diff(r.get(k)) for k in RANK_METRICS) + f" | {_beats_text(r, result.config.primary_metric)} |")
+    lines += ["", f"Differences are law minus control (negative is better for KLD and RMSE, positive for r), paired "
+              f"over the same resamples ({result.resampling}); * marks an interval that excludes zero in the law's "
+              f"favour. Ranked by the primary metric ({result.config.primary_metric}); a pool must also beat the "
+              "product control to count.", "", ranking_sentence(result, rows), ""]
+    return lines
+
+
 def _law_from(desc: dict[str, Any], kind: str, threshold: float):
     from vlm_salience.salience import SalienceLaw
+
+    if kind == "per_emotion":
+        e = desc["by_emotion"]
+        return SalienceLaw.per_emotion(e["w_face"], e["w_context"], threshold)
+    if kind == "learned":
+        return SalienceLaw.learned(desc["total"], desc["intercept"], desc["coef"], desc["feature_mean"],
+                                   desc["feature_sd"], threshold)
 
     if kind == "control":
         return SalienceLaw.control(desc["w_face"], desc["w_context"], threshold)
@@ -335,6 +456,7 @@ def report_markdown(result: StudyResult, doc: dict[str, Any], figures: list[str]
                            f"a gap beyond the null): {'yes' if v['salience_evidence'] else 'no'}")
         if won:
             lines += won + [""]
+        lines += _ranking_lines(result)
     if result.weights:
         lines += ["## Fitted weights (all items)", "",
                   "| method | w_face subtle -> expressive | w_context subtle -> expressive | gap [95% CI] | "
@@ -347,6 +469,8 @@ def report_markdown(result: StudyResult, doc: dict[str, Any], figures: list[str]
             law = _law_from(w, m.salience, thr)
             if "items" in w:  # per-item weights (a reliability law needs each item's cue variances)
                 wf, wc = np.asarray(w["items"]["w_face"]), np.asarray(w["items"]["w_context"])
+            elif m.salience == "per_emotion":  # constant over items: report the per-emotion pairs' geometric mean
+                wf, wc = (np.full(len(x), np.exp(np.log(w["by_emotion"][k]).mean())) for k in ("w_face", "w_context"))
             else:
                 wf, wc = law.weights(x)
             hi = law.is_expressive(x)
@@ -365,8 +489,11 @@ def report_markdown(result: StudyResult, doc: dict[str, Any], figures: list[str]
                   "expressivity under a constant-weight product, and face cues estimated from few raters err more, "
                   "relative to their evidence, on subtle faces), so the null gap is what the same fit finds on "
                   "no-law data (the product control's predictions as targets, face cues re-estimated from "
-                  "simulated raters), and only the excess counts: 'evidence' means its interval excludes zero.",
-                  ""]
+                  "simulated raters), and only the excess counts: 'evidence' means its interval excludes zero. A "
+                  "reliability law's evidence is its exponent gamma beyond the null's; a per-emotion or learned "
+                  "law's is the spread (sd) of its face share over emotions or items beyond the spread the same fit "
+                  "finds on no-law data with the combined judgements drawn again.", ""]
+        lines += _sized_law_lines(result)
     per = [(n, m["per_emotion"]) for n, m in doc["methods"].items() if m.get("per_emotion")]
     if per:
         labels = list(per[0][1])
@@ -384,6 +511,32 @@ def report_markdown(result: StudyResult, doc: dict[str, Any], figures: list[str]
     for fig in figures:
         lines += [f"![{fig}]({fig})", ""]
     return "\n".join(lines)
+
+
+def _sized_law_lines(result: StudyResult) -> list[str]:
+    """Per-emotion pairs and gate coefficients, with the spread statistic against its null."""
+    lines = []
+    for name, w in result.weights.items():
+        if "share_spread" not in w:
+            continue
+        spread = (f"face-share spread {_fmt(w['share_spread'])}, null {_fmt(w.get('null_spread'))}, excess "
+                  f"{_fmt(w.get('excess_spread'))}: evidence {'yes' if w.get('gap_evidence') else 'no'}")
+        if "by_emotion" in w:
+            e = w["by_emotion"]
+            labels = e.get("labels") or [str(i) for i in range(len(e["w_face"]))]
+            lines += [f"### {name}: one weight pair per emotion (prior sd {result.config.laws.per_emotion_sd} on "
+                      f"log-weight deviations from the global pair {w['w_face']:.2f}, {w['w_context']:.2f})", "",
+                      "| | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels),
+                      "| w_face | " + " | ".join(f"{v:.2f}" for v in e["w_face"]) + " |",
+                      "| w_context | " + " | ".join(f"{v:.2f}" for v in e["w_context"]) + " |",
+                      "| face share | " + " | ".join(f"{v:.2f}" for v in e["face_share"]) + " |", "", spread, ""]
+        elif "coef" in w:
+            lines += [f"### {name}: learned gate (prior sd {result.config.laws.gate_sd} on the coefficients of "
+                      "standardised features)", "",
+                      f"face share = sigmoid({w['intercept']:+.2f} " + " ".join(
+                          f"{c:+.2f} z({f})" for c, f in zip(w["coef"], w.get("features", []))) + f"), total "
+                      f"{w['total']:.2f}; {spread}", ""]
+    return lines
 
 
 def _has_tabulate() -> bool:
@@ -405,6 +558,8 @@ def write_outputs(result: StudyResult, out: str | Path) -> Path:
         figures = []
         if plot_weights(result, stage / "weights.png"):
             figures.append("weights.png")
+        if plot_weights_by_reliability(result, stage / "weights_by_reliability.png"):
+            figures.append("weights_by_reliability.png")
         if plot_pred_vs_obs(result, stage / "pred_vs_obs.png"):
             figures.append("pred_vs_obs.png")
         if profiles and plot_profiles(profiles, result.corpus.categorical_features[0],

@@ -18,6 +18,15 @@ Laws, each a vector of free parameters so that one optimiser fits them all:
             s = sigmoid(alpha + gamma * z) with z = log(r_face / r_context). gamma = 0 is the control; gamma = 1,
             alpha = 0 is Ernst & Banks' inverse-variance weighting. Its covariates are (n, 2): column 0
             expressivity (for the reported expressive/subtle gap), column 1 z.
+- per_emotion: one weight pair per emotion, shrunk toward the global pair by a hierarchical prior:
+            log w_e = g + d_e - mean(d), d_e ~ N(0, sd^2) (the fit is its MAP; `bci.fit_law`'s `prior_sd`).
+            Its weights are (n, E): per item AND per emotion (E = the corpus's emotion labels). A block that
+            does not carry the emotions (valence) gets the geometric mean over emotions, which is the global pair.
+            Parameters: (g_face, g_context, d_face_1..E, d_context_1..E); all d = 0 is the control.
+- learned:  a small gate over standardised item features f (columns of its covariates: expressivity, log
+            reliability ratio, context entropy; `vlm_salience.reliability.gate_input`): total tau, face share
+            sigmoid(b0 + b . (f - mean) / sd), the standardisation fixed from the training items (`scale`), the
+            coefficients b under a N(0, sd^2) prior (ridge). b = 0 is the control.
 """
 
 from __future__ import annotations
@@ -27,12 +36,15 @@ from typing import Any, Literal
 
 import numpy as np
 
-LawKind = Literal["plain", "control", "hard", "logistic", "reliability"]
+LawKind = Literal["plain", "control", "hard", "logistic", "reliability", "per_emotion", "learned"]
 LAW_KINDS: tuple[LawKind, ...] = ("plain", "control", "hard", "logistic")  # laws of expressivity alone
 RELIABILITY_KINDS: tuple[LawKind, ...] = ("reliability",)  # laws whose covariates include cue reliability
-ALL_LAW_KINDS: tuple[LawKind, ...] = LAW_KINDS + RELIABILITY_KINDS
+PER_EMOTION_KINDS: tuple[LawKind, ...] = ("per_emotion",)  # laws whose weights are (items, emotions)
+GATE_KINDS: tuple[LawKind, ...] = ("learned",)  # laws over several standardised item features
+ALL_LAW_KINDS: tuple[LawKind, ...] = LAW_KINDS + RELIABILITY_KINDS + PER_EMOTION_KINDS + GATE_KINDS
 DEFAULT_THRESHOLD = 0.5
 _N_PARAMS = {"plain": 0, "control": 2, "hard": 4, "logistic": 3, "reliability": 3}
+SIZED_KINDS: tuple[LawKind, ...] = PER_EMOTION_KINDS + GATE_KINDS  # parameter count set by the data (E or k)
 _MAX_GAMMA = 10.0
 _MAX_LOG_WEIGHT = 4.0  # weights within [e^-4, e^4]: beyond that a cue is off or the product degenerate
 _MAX_SLOPE = 60.0
@@ -53,10 +65,22 @@ class SalienceLaw:
     kind: LawKind
     params: tuple[float, ...] = ()
     threshold: float = DEFAULT_THRESHOLD
+    scale: tuple[float, ...] = ()  # learned gate: feature means then sds, fixed from the training items
 
     def __post_init__(self) -> None:
-        if self.kind not in _N_PARAMS:
+        if self.kind not in ALL_LAW_KINDS:
             raise ValueError(f"unknown salience law '{self.kind}'; expected one of {ALL_LAW_KINDS}")
+        if self.kind == "per_emotion":
+            if len(self.params) < 4 or len(self.params) % 2:
+                raise ValueError(f"salience law 'per_emotion' takes 2 + 2 x n_emotions parameters, got "
+                                 f"{len(self.params)}")
+            return
+        if self.kind == "learned":
+            k = len(self.scale) // 2
+            if k < 1 or len(self.scale) % 2 or len(self.params) != 2 + k:
+                raise ValueError(f"salience law 'learned' takes 2 + k parameters and 2k scale values (k features), "
+                                 f"got {len(self.params)} and {len(self.scale)}")
+            return
         if len(self.params) != _N_PARAMS[self.kind]:
             raise ValueError(f"salience law '{self.kind}' takes {_N_PARAMS[self.kind]} parameters, "
                              f"got {len(self.params)}")
@@ -85,10 +109,52 @@ class SalienceLaw:
                     threshold: float = DEFAULT_THRESHOLD) -> SalienceLaw:
         return cls("reliability", (float(np.log(total)), float(alpha), float(gamma)), threshold)
 
+    @classmethod
+    def per_emotion(cls, w_face: np.ndarray, w_context: np.ndarray,
+                    threshold: float = DEFAULT_THRESHOLD) -> SalienceLaw:
+        """From one (w_face, w_context) pair per emotion; the global pair is their geometric mean."""
+        lf, lc = np.log(np.asarray(w_face, dtype=float)), np.log(np.asarray(w_context, dtype=float))
+        return cls("per_emotion", (float(lf.mean()), float(lc.mean()), *(lf - lf.mean()), *(lc - lc.mean())),
+                   threshold)
+
+    @classmethod
+    def learned(cls, total: float, intercept: float, coef: np.ndarray, mean: np.ndarray, sd: np.ndarray,
+                threshold: float = DEFAULT_THRESHOLD) -> SalienceLaw:
+        return cls("learned", (float(np.log(total)), float(intercept), *map(float, coef)), threshold,
+                   (*map(float, mean), *map(float, sd)))
+
+    @property
+    def n_emotions(self) -> int:
+        return (len(self.params) - 2) // 2 if self.kind == "per_emotion" else 0
+
+    def emotion_pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """(E,) w_face and w_context of each emotion (per_emotion law)."""
+        p = np.asarray(self.params)
+        E = self.n_emotions
+        df, dc = p[2:2 + E], p[2 + E:]
+        return np.exp(p[0] + df - df.mean()), np.exp(p[1] + dc - dc.mean())
+
+    def gate_features(self, covariates: np.ndarray) -> np.ndarray:
+        """(n, k) standardised features of a learned gate (the first k covariate columns)."""
+        cov = np.asarray(covariates, dtype=float)
+        k = len(self.scale) // 2
+        if cov.ndim != 2 or cov.shape[1] < k:
+            raise ValueError(f"salience law 'learned' needs (n, {k}) covariates (vlm_salience.reliability."
+                             f"gate_input), got shape {cov.shape}")
+        mean, sd = np.asarray(self.scale[:k]), np.asarray(self.scale[k:])
+        return (cov[:, :k] - mean) / sd
+
     # -- the one mapping everything uses ----------------------------------------------------------------------
     def weights(self, expressivity: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
         """(w_face, w_context), each shaped like `expressivity` (one weight per row of a covariate matrix)."""
         p = self.params
+        if self.kind == "per_emotion":
+            n = len(_expressivity(expressivity))
+            wf, wc = self.emotion_pairs()
+            return np.tile(wf, (n, 1)), np.tile(wc, (n, 1))
+        if self.kind == "learned":
+            share = _sigmoid(p[1] + self.gate_features(expressivity) @ np.asarray(p[2:]))
+            return np.exp(p[0]) * share, np.exp(p[0]) * (1.0 - share)
         if self.kind in RELIABILITY_KINDS:
             cov = np.asarray(expressivity, dtype=float)
             if cov.ndim != 2 or cov.shape[1] < 2:
@@ -114,34 +180,52 @@ class SalienceLaw:
         wf, wc = self.weights(expressivity)
         return wf / (wf + wc)
 
+    def share_spread(self, covariates: np.ndarray) -> float:
+        """How much the face share varies: its sd over items (and, for per-emotion weights, emotions). 0 for the
+        control; the evidence statistic of the per_emotion and learned laws (judged against a no-law null)."""
+        return float(np.std(self.face_share(covariates)))
+
     def is_expressive(self, expressivity: np.ndarray | float) -> np.ndarray:
         """The hard split used for prompt templates and hard routing: expressive above the threshold."""
         return _expressivity(expressivity) > self.threshold
 
     # -- for optimisers and reports ---------------------------------------------------------------------------
     @staticmethod
-    def n_params(kind: LawKind) -> int:
+    def n_params(kind: LawKind, size: int = 0) -> int:
+        """`size`: the number of emotions (per_emotion) or gate features (learned)."""
+        if kind == "per_emotion":
+            return 2 + 2 * size
+        if kind == "learned":
+            return 2 + size
         return _N_PARAMS[kind]
 
     @staticmethod
-    def initial(kind: LawKind) -> np.ndarray:
+    def initial(kind: LawKind, size: int = 0) -> np.ndarray:
         """Start every fit at plain BCI (w = 1, 1)."""
+        if kind == "per_emotion":
+            return np.zeros(2 + 2 * size)
+        if kind == "learned":
+            return np.concatenate([[np.log(2.0), 0.0], np.zeros(size)])
         return {"plain": np.zeros(0), "control": np.zeros(2), "hard": np.zeros(4),
                 "logistic": np.array([np.log(2.0), 0.0, 0.0]),
                 "reliability": np.array([np.log(2.0), 0.0, 0.0])}[kind]
 
     @staticmethod
-    def bounds(kind: LawKind) -> list[tuple[float, float]]:
+    def bounds(kind: LawKind, size: int = 0) -> list[tuple[float, float]]:
         lw = (-_MAX_LOG_WEIGHT, _MAX_LOG_WEIGHT)
+        total = (-_MAX_LOG_WEIGHT, _MAX_LOG_WEIGHT + np.log(2))
+        if kind == "per_emotion":
+            return [lw, lw] + [(-_MAX_LOG_WEIGHT, _MAX_LOG_WEIGHT)] * (2 * size)
+        if kind == "learned":
+            return [total, (-8.0, 8.0)] + [(-_MAX_GAMMA, _MAX_GAMMA)] * size
         return {"plain": [], "control": [lw, lw], "hard": [lw] * 4,
-                "logistic": [(-_MAX_LOG_WEIGHT, _MAX_LOG_WEIGHT + np.log(2)), (-8.0, 8.0),
-                             (-_MAX_SLOPE, _MAX_SLOPE)],
-                "reliability": [(-_MAX_LOG_WEIGHT, _MAX_LOG_WEIGHT + np.log(2)), (-8.0, 8.0),
-                                (-_MAX_GAMMA, _MAX_GAMMA)]}[kind]
+                "logistic": [total, (-8.0, 8.0), (-_MAX_SLOPE, _MAX_SLOPE)],
+                "reliability": [total, (-8.0, 8.0), (-_MAX_GAMMA, _MAX_GAMMA)]}[kind]
 
     @classmethod
-    def from_vector(cls, kind: LawKind, theta: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> SalienceLaw:
-        return cls(kind, tuple(float(t) for t in np.asarray(theta, dtype=float)), threshold)
+    def from_vector(cls, kind: LawKind, theta: np.ndarray, threshold: float = DEFAULT_THRESHOLD,
+                    scale: tuple[float, ...] = ()) -> SalienceLaw:
+        return cls(kind, tuple(float(t) for t in np.asarray(theta, dtype=float)), threshold, tuple(scale))
 
     def describe(self) -> dict[str, Any]:
         """Weights in natural units, for metrics.json and the report."""
@@ -153,6 +237,16 @@ class SalienceLaw:
             out.update(subtle={"w_face": p[0], "w_context": p[1]}, expressive={"w_face": p[2], "w_context": p[3]})
         elif self.kind == "logistic":
             out.update(total=p[0], alpha=self.params[1], slope=self.params[2])
+        elif self.kind == "per_emotion":
+            wf, wc = self.emotion_pairs()
+            out.update(w_face=p[0], w_context=p[1], by_emotion={"w_face": wf.tolist(), "w_context": wc.tolist(),
+                                                                "face_share": (wf / (wf + wc)).tolist()})
+            return _floats(out)
+        elif self.kind == "learned":
+            k = len(self.scale) // 2
+            out.update(total=p[0], intercept=self.params[1], coef=list(self.params[2:]),
+                       feature_mean=list(self.scale[:k]), feature_sd=list(self.scale[k:]))
+            return _floats(out)
         elif self.kind == "reliability":
             out.update(total=p[0], alpha=self.params[1], gamma=self.params[2])
             z = np.array([-2.0, -1.0, 0.0, 1.0, 2.0])

@@ -14,6 +14,11 @@ context), and face cues estimated from a few face-only raters carry a sampling e
 the evidence, for subtle faces. So every gap is compared with the gap the same fit finds on no-law data
 (`null_gap`: the product control's predictions as targets, face cues re-estimated from simulated raters); only the
 excess is evidence of a salience law.
+
+Laws of issue 16 beside the expressivity laws: `reliability` (its evidence: the exponent gamma beyond the null's),
+`per_emotion` and `learned` (their evidence: the spread of the face share over emotions or items beyond the spread
+the same fit finds on no-law data whose combined judgements are drawn again, since a fit to noisy targets finds
+per-emotion and per-item differences with no law at all). Their priors are `laws` in the config.
 """
 
 from __future__ import annotations
@@ -33,8 +38,11 @@ from vlm_salience.data.corpus import Corpus
 from vlm_salience.expressivity import Normaliser, raw_scores
 from vlm_salience.metrics import paired_bootstrap, resample_weights, resampling_label, score
 from vlm_salience.predictions import Predictions, from_blocks, observed
-from vlm_salience.reliability import empirical_face_cues, law_input
-from vlm_salience.salience import DEFAULT_THRESHOLD, RELIABILITY_KINDS, LawKind, SalienceLaw
+from vlm_salience.reliability import GATE_FEATURES, empirical_face_cues, gate_input, law_input, log_reliability_ratio
+from vlm_salience.salience import (DEFAULT_THRESHOLD, GATE_KINDS, PER_EMOTION_KINDS, RELIABILITY_KINDS, LawKind,
+                                   SalienceLaw)
+
+SPREAD_KINDS: tuple[LawKind, ...] = PER_EMOTION_KINDS + GATE_KINDS  # judged by the spread of their face share
 
 
 class MethodConfig(StrictModel):
@@ -65,7 +73,20 @@ class BootstrapConfig(StrictModel):
     crossed: Literal["auto", "off"] = "auto"
 
 
+class LawSettings(StrictModel):
+    """Priors of the sized laws (each fit is the MAP; see `bci.fit_law`)."""
+
+    # sd of each emotion's log-weight deviation from the global pair: 0.5 lets an emotion's weight move by a factor
+    # e^{+-1} at two sd; smaller shrinks harder toward the control
+    per_emotion_sd: float = Field(0.5, gt=0)
+    gate_sd: float = Field(1.0, gt=0)  # sd of the learned gate's coefficients on standardised features
+
+    def prior_sd(self, kind: LawKind) -> float:
+        return self.per_emotion_sd if kind in PER_EMOTION_KINDS else self.gate_sd
+
+
 class StudyConfig(StrictModel):
+    laws: LawSettings = Field(default_factory=LawSettings)
     cue_models: CueModelConfig = Field(default_factory=CueModelConfig)
     expressivity: ExpressivityConfig = Field(default_factory=ExpressivityConfig)
     cv: CVConfig = Field(default_factory=CVConfig)
@@ -112,6 +133,7 @@ class StudyResult:
     expressivity: np.ndarray | None = None  # full-data normalised expressivity per item
     notes: list[str] = field(default_factory=list)
     resampling: str = ""  # how the bootstrap resampled, in words
+    reliability: np.ndarray | None = None  # per item log(r_face / r_context) of its cues (fixed, nothing fitted)
 
 
 def make_folds(corpus: Corpus, cv: CVConfig) -> list[np.ndarray]:
@@ -155,8 +177,17 @@ def is_crossed(a: np.ndarray, b: np.ndarray) -> bool:
 
 def _law_x(m: MethodConfig, cues: CueTable, x: np.ndarray) -> np.ndarray:
     """A law's covariates for these items: expressivity, and for reliability laws (expressivity, log reliability
-    ratio) computed from these very cues (so resampled face cues carry their own reliability)."""
+    ratio), for a learned gate also the context entropy, computed from these very cues (so resampled face cues
+    carry their own reliability)."""
+    if m.salience in GATE_KINDS:
+        return gate_input(cues, x)
     return law_input(cues, x) if m.salience in RELIABILITY_KINDS else x
+
+
+def _fit(cues: CueTable, m: MethodConfig, x: np.ndarray, cfg: StudyConfig) -> SalienceLaw:
+    """The method's law fitted on these (training) cues: the run's objective and the law's prior."""
+    return bci.fit_law(cues, m.rule, m.salience, x, threshold=cfg.expressivity.threshold,
+                       objective=cfg.fit_objective, prior_sd=cfg.laws.prior_sd(m.salience))
 
 
 def _predict(corpus: Corpus, cues: CueTable, m: MethodConfig, law: SalienceLaw, x: np.ndarray,
@@ -174,7 +205,7 @@ def run_study(corpus: Corpus, cfg: StudyConfig, *, progress: bool = True) -> Stu
     x_all = Normaliser.fit(raw, cfg.expressivity.normalise)(raw)
     all_idx = np.arange(len(corpus.items))
     result = StudyResult(corpus=corpus, config=cfg, predictions={}, observed=None, expressivity=x_all,
-                         notes=list(cues.notes))
+                         notes=list(cues.notes), reliability=log_reliability_ratio(cues))
     if not corpus.has_targets:
         for m in cfg.methods:
             if m.salience == "plain" or m.rule in ("face", "context"):
@@ -195,8 +226,7 @@ def run_study(corpus: Corpus, cfg: StudyConfig, *, progress: bool = True) -> Stu
         x = Normaliser.fit(raw[train], cfg.expressivity.normalise)(raw)
         train_cues = cues.take(train)
         for m in cfg.methods:
-            law = bci.fit_law(train_cues, m.rule, m.salience, _law_x(m, train_cues, x[train]), threshold=thr,
-                              objective=cfg.fit_objective)
+            law = _fit(train_cues, m, _law_x(m, train_cues, x[train]), cfg)
             parts[m.name].append(_predict(corpus, cues, m, law, x, test))
             fold_laws[m.name].append(law.describe())
     groups, crossed, result.resampling = bootstrap_factors(corpus, cfg)
@@ -248,11 +278,9 @@ def holdout_baselines(corpus: Corpus, cfg: StudyConfig, cues: CueTable, train: n
     """Every method of the study fitted on training items and predicted on test items (for comparison tables
     beside prompting and fine-tuning), and the fitted laws by "rule/salience" (for VLM-level fusion)."""
     preds, laws = {}, {}
-    thr = cfg.expressivity.threshold
     for m in cfg.methods:
         train_cues = cues.take(train)
-        law = bci.fit_law(train_cues, m.rule, m.salience, _law_x(m, train_cues, x[train]), threshold=thr,
-                          objective=cfg.fit_objective)
+        law = _fit(train_cues, m, _law_x(m, train_cues, x[train]), cfg)
         laws[f"{m.rule}/{m.salience}"] = law
         preds[m.name] = _predict(corpus, cues, m, law, x, test)
     return preds, laws
@@ -291,22 +319,30 @@ def _fitted_weights(corpus: Corpus, cues: CueTable, cfg: StudyConfig, x: np.ndar
     rel_null_cues = ([_null_cues(empirical_face_cues(c) if c.face_rows else c, x[idx], thr, obj, rel_rng)
                       for c, idx in
                       zip(boot_cues, draws)] if any(m.salience in RELIABILITY_KINDS for m in fitted) else [])
+    # sized laws (per_emotion, learned) also fit the combined judgements' sampling noise: their null draws them again
+    spread_rng = np.random.default_rng(cfg.bootstrap.seed + 3)
+    spread_null_cues = ([_null_cues(empirical_face_cues(c) if c.face_rows else c, x[idx], thr, obj, spread_rng,
+                                    sample_targets=True) for c, idx in zip(boot_cues, draws)]
+                        if any(m.salience in SPREAD_KINDS for m in fitted) else [])
     for m in tqdm(fitted, desc="bootstrapping fitted weights", disable=not progress or not fitted, unit="method"):
         x_m = _law_x(m, cues, x)
-        law = bci.fit_law(cues, m.rule, m.salience, x_m, threshold=thr, objective=obj)
-        gaps, shares, nulls, gammas, null_gammas = [], [], [], [], []
+        law = _fit(cues, m, x_m, cfg)
+        gaps, shares, nulls, gammas, null_gammas, spreads, null_spreads = [], [], [], [], [], [], []
         for k, idx in enumerate(draws):
             xb = _law_x(m, boot_cues[k], x[idx])
-            b_law = bci.fit_law(boot_cues[k], m.rule, m.salience, xb, threshold=thr, objective=obj)
+            b_law = _fit(boot_cues[k], m, xb, cfg)
             gaps.append(b_law.face_weight_gap(xb))
             shares.append(_share_gap(b_law, xb))
             gammas.append(b_law.params[2] if m.salience in RELIABILITY_KINDS else np.nan)
+            spreads.append(b_law.share_spread(xb))
             if m.salience != "control":
-                nc = rel_null_cues[k] if m.salience in RELIABILITY_KINDS else null_cues[k]
+                nc = (rel_null_cues[k] if m.salience in RELIABILITY_KINDS
+                      else spread_null_cues[k] if m.salience in SPREAD_KINDS else null_cues[k])
                 xn = _law_x(m, nc, x[idx])
-                n_law = bci.fit_law(nc, m.rule, m.salience, xn, threshold=thr, objective=obj)
+                n_law = _fit(nc, m, xn, cfg)
                 nulls.append(n_law.face_weight_gap(xn))
                 null_gammas.append(n_law.params[2] if m.salience in RELIABILITY_KINDS else np.nan)
+                null_spreads.append(n_law.share_spread(xn))
         entry = law.describe()
         entry["gap_scale"] = "face share" if m.rule == "pool" else "w_face"
         gap = law.face_weight_gap(x_m)
@@ -325,15 +361,33 @@ def _fitted_weights(corpus: Corpus, cues: CueTable, cfg: StudyConfig, x: np.ndar
             # smoothed from a few raters look less reliable than they are, which alone pulls gamma above 0)
             gamma = law.params[2]
             entry["gamma_fit"] = _with_ci(gamma, gammas)
-            wf, wc = law.weights(x_m)  # per item (a report cannot recompute them from expressivity alone)
-            entry["items"] = {"log_reliability_ratio": x_m[:, 1].tolist(), "w_face": wf.tolist(),
-                              "w_context": wc.tolist()}
             if null_gammas:
                 entry["null_gamma"] = _with_ci(float(np.nanmean(null_gammas)), null_gammas)
                 entry["excess_gamma"] = _with_ci(gamma - entry["null_gamma"]["value"],
                                                  np.subtract(gammas, null_gammas).tolist())
                 lo = entry["excess_gamma"]["ci95"][0]
                 entry["gap_evidence"] = bool(np.isfinite(lo) and lo > 0)
+        if m.salience in SPREAD_KINDS:
+            # per-emotion and gated laws: their own evidence is how much the face share varies (over emotions,
+            # over items) beyond what the same fit finds on no-law data with combined judgements drawn again
+            spread = law.share_spread(x_m)
+            entry["share_spread"] = _with_ci(spread, spreads)
+            if null_spreads:
+                entry["null_spread"] = _with_ci(float(np.nanmean(null_spreads)), null_spreads)
+                # point value from the same paired resamples as its interval: a resample's redrawn face raters
+                # add spread of their own, which the full-data fit does not have
+                diffs = np.subtract(spreads, null_spreads)
+                entry["excess_spread"] = _with_ci(float(np.nanmean(diffs)), diffs.tolist())
+                lo = entry["excess_spread"]["ci95"][0]
+                entry["gap_evidence"] = bool(np.isfinite(lo) and lo > 0)
+            if m.salience in PER_EMOTION_KINDS:
+                entry["by_emotion"]["labels"] = list(corpus.labels)
+        if m.salience in RELIABILITY_KINDS + GATE_KINDS:
+            wf, wc = law.weights(x_m)  # per item (a report cannot recompute them from expressivity alone)
+            entry["items"] = {"log_reliability_ratio": x_m[:, 1].tolist(), "w_face": wf.tolist(),
+                              "w_context": wc.tolist()}
+            if m.salience in GATE_KINDS:
+                entry["features"] = list(GATE_FEATURES)
         entry["folds"] = fold_laws[m.name]
         out[m.name] = entry
     return out
@@ -344,14 +398,22 @@ def _with_resampled_faces(cues: CueTable, rng: np.random.Generator) -> CueTable:
 
 
 def _null_cues(cues: CueTable, x: np.ndarray, thr: float, objective: bci.Objective,
-               rng: np.random.Generator) -> CueTable:
+               rng: np.random.Generator, *, sample_targets: bool = False) -> CueTable:
     """The data a fit would see with no salience law: targets are what the product control (one constant weight
     pair) predicts, at each cell's number of judgements, and the face cues are estimated again from simulated
-    face-only raters, so that they carry the sampling error the real ones carry."""
+    face-only raters, so that they carry the sampling error the real ones carry. With `sample_targets` the
+    combined judgements are drawn (multinomial per cell) rather than expected, so that they carry their sampling
+    error too (what a per-emotion or gated law fits where no law is)."""
     law = bci.fit_law(cues, "product", "control", x, threshold=thr, objective=objective)
     blocks, _ = bci.predict(cues, "product", law, x)
-    null = replace(cues, blocks=[replace(b, targets=blocks[b.name] * b.targets.sum(axis=-1, keepdims=True))
-                                 for b in cues.blocks])
+
+    def targets(b):
+        n = b.targets.sum(axis=-1)
+        if not sample_targets:
+            return blocks[b.name] * n[..., None]
+        p = blocks[b.name] / blocks[b.name].sum(axis=-1, keepdims=True)
+        return rng.multinomial(np.rint(n).astype(np.int64), p).astype(float)
+    null = replace(cues, blocks=[replace(b, targets=targets(b)) for b in cues.blocks])
     return resimulate_faces(null, rng)
 
 

@@ -33,7 +33,7 @@ OUTCOMES = ("CC", "CD", "DC", "DD")
 class LawConfig(StrictModel):
     """The planted law of the combined raters; `control` with w = (1, 1) turns salience off."""
 
-    kind: Literal["plain", "control", "hard", "logistic", "reliability"] = "logistic"
+    kind: Literal["plain", "control", "hard", "logistic", "reliability", "per_emotion"] = "logistic"
     w_face: float = 1.0
     w_context: float = 1.0
     subtle: tuple[float, float] = (0.5, 1.5)
@@ -43,8 +43,18 @@ class LawConfig(StrictModel):
     alpha: float = 0.0
     gamma: float = 1.0  # reliability law: w_face / w_context = e^alpha (r_face / r_context)^gamma
     threshold: float = DEFAULT_THRESHOLD
+    # per_emotion law: (w_face, w_context) of the listed emotions; unlisted ones take (w_face, w_context). The
+    # valence ratings get the geometric mean pair over emotions (as bci does for a block without emotions)
+    by_emotion: dict[str, tuple[float, float]] = Field(default_factory=dict)
 
-    def build(self) -> SalienceLaw:
+    def build(self, labels: list[str] | None = None) -> SalienceLaw:
+        if self.kind == "per_emotion":
+            labels = list(labels or [])
+            unknown = sorted(set(self.by_emotion) - set(labels))
+            if unknown:
+                raise ValueError(f"law.by_emotion names unknown label(s) {unknown}; labels are {labels}")
+            pairs = [self.by_emotion.get(lab, (self.w_face, self.w_context)) for lab in labels]
+            return SalienceLaw.per_emotion([p[0] for p in pairs], [p[1] for p in pairs], self.threshold)
         if self.kind == "plain":
             return SalienceLaw.plain(self.threshold)
         if self.kind == "control":
@@ -102,8 +112,10 @@ def _gauss_grid(mu: np.ndarray, sd: np.ndarray, grid: np.ndarray) -> np.ndarray:
 
 
 def _temper(pf: np.ndarray, pc: np.ndarray, p0: np.ndarray, wf: np.ndarray, wc: np.ndarray) -> np.ndarray:
+    """The tempered product written out here (independent of bci); weights (n,) or (n, K) per label."""
     lf, lc, l0 = (np.log(np.clip(p, 1e-12, None)) for p in (pf, pc, p0))
-    return _softmax(l0 + wf[:, None] * (lf - l0) + wc[:, None] * (lc - l0))
+    wf, wc = (w if w.ndim == 2 else w[:, None] for w in (wf, wc))
+    return _softmax(l0 + wf * (lf - l0) + wc * (lc - l0))
 
 
 def generate(cfg: SynthConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, list[tuple[str, str, float, FaceStyle]]]:
@@ -167,7 +179,7 @@ def generate(cfg: SynthConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame
     pv_prior = np.mean([_gauss_grid(mid + val_off[o] * stakes, np.full(n, pv.valence_sd + 0.4), vgrid)
                         for o in range(4)], axis=0)
 
-    law = cfg.law.build()
+    law = cfg.law.build(labels)
     if law.kind in RELIABILITY_KINDS:  # the raters' own reliabilities: of the true face and context distributions
         z = np.mean([np.log(distribution_variance(c[:, None], s, cat) / distribution_variance(f[:, None], s, cat))
                      for f, c, s, cat in ((p_face, p_ctx, np.arange(K, dtype=float), True),
@@ -176,6 +188,8 @@ def generate(cfg: SynthConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame
     else:
         wf, wc = law.weights(x)
     p_comb = _temper(p_face, p_ctx, p_prior, wf, wc)
+    if wf.ndim == 2:  # per emotion: each label's own pair on the choice; valence gets the geometric mean pair
+        wf, wc = np.exp(np.log(wf).mean(axis=1)), np.exp(np.log(wc).mean(axis=1))
     pv_comb = _temper(pv_face, pv_ctx, pv_prior, wf, wc)
 
     trial_ids = [f"p{p:03d}_r{r:02d}" for p, r in zip(part, rnd)]
