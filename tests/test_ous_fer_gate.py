@@ -155,13 +155,16 @@ def test_cache_reused_resumed_and_invalidated_by_another_classifier(tmp_path, fe
     assert resumed.calls == 2  # the two clips the broken run never finished
 
 
-def test_the_source_changes_the_gate_input(tmp_path, fer, store):
+def test_the_source_changes_the_gate_input(request, tmp_path, fer, store):
     from vlm_salience.config import load_config
     from vlm_salience.models.encoders import TinyEncoderConfig, build_tiny_encoder, load_encoder
     from vlm_salience.ous.model import OusModel, head_expressivity
 
-    enc = tmp_path / "tiny_clip"
-    build_tiny_encoder(load_config(ROOT / "configs/models/tiny_clip.yaml", TinyEncoderConfig), enc)
+    try:  # conftest's shared builder where it has one
+        enc = request.getfixturevalue("tiny_encoder")("configs/models/tiny_clip.yaml")
+    except pytest.FixtureLookupError:
+        enc = tmp_path / "tiny_clip"
+        build_tiny_encoder(load_config(ROOT / "configs/models/tiny_clip.yaml", TinyEncoderConfig), enc)
     small = {"context_tokens": 2, "temporal": {"layers": 1, "heads": 4, "mlp_dim": 32},
              "fusion": {"layers": 1, "heads": 4, "mlp_dim": 32}}
 

@@ -110,7 +110,7 @@ def refine_rules(coarse: str | None, lexicon: Lexicon, profile: MotionProfile | 
 
 def usable(text: str | None) -> bool:
     """A description is usable when it has at least one word of letters (not empty, not a bare symbol soup)."""
-    return bool(text) and re.search(r"[A-Za-z]{2,}", text) is not None
+    return isinstance(text, str) and re.search(r"[A-Za-z]{2,}", text) is not None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -182,8 +182,10 @@ def read_descriptions(path: str | Path) -> tuple[dict[str, str | None], dict[str
     if missing:
         raise DataError(f"missing column(s) {sorted(missing)}; expected clip_id,coarse,refined[,status].",
                         file=path)
-    return (dict(zip(df["clip_id"], df["coarse"].replace("", None))),
-            dict(zip(df["clip_id"], df["refined"].replace("", None))))
+    # an empty cell is "no text" (None). Not Series.replace("", None): pandas gives NaN there, a float that
+    # crashed `usable` on every table with an unparseable clip
+    return ({c: (t or None) for c, t in zip(df["clip_id"], df["coarse"])},
+            {c: (t or None) for c, t in zip(df["clip_id"], df["refined"])})
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -203,6 +205,7 @@ class DescribeConfig(StrictModel):
     max_new_tokens: int = Field(48, ge=1)
     refine_max_new_tokens: int = Field(48, ge=1)
     batched: bool = True  # one shared-prefix cache per call (HF backend); False: plain generate per clip
+    chunk: int = Field(32, ge=1)  # clips per backend call; answers are cached after each (an interruption loses one)
 
 
 def stream_frames(clip, stream: str = "face") -> np.ndarray:
@@ -302,13 +305,14 @@ def describe_clips(clip_ids: list[str], store, backend, cfg: DescribeConfig, out
     t0 = time.perf_counter()
     tpl = load_template(cfg.coarse_template)
     coarse = generate_cached(backend, coarse_prompts(clip_ids, store, cfg, tpl), cfg.max_new_tokens, cache,
-                             tpl.digest, batched=cfg.batched, progress=progress, desc="coarse descriptions")
+                             tpl.digest, batched=cfg.batched, chunk=cfg.chunk, progress=progress,
+                             desc="coarse descriptions")
     coarse = {c: coarse[c].strip() for c in clip_ids}
     if cfg.refine == "vlm":
         rt = load_template(cfg.refine_template)
         todo = {c: t for c, t in coarse.items() if usable(t)}
         refined = generate_cached(backend, refine_prompts(todo, rt), cfg.refine_max_new_tokens, cache, rt.digest,
-                                  batched=cfg.batched, progress=progress, desc="refine")
+                                  batched=cfg.batched, chunk=cfg.chunk, progress=progress, desc="refine")
         refined = {c: refined.get(c, "").strip() for c in clip_ids}
     else:
         refined = {}
