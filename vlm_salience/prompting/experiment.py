@@ -21,10 +21,8 @@ from tqdm.auto import tqdm
 from vlm_salience import bci
 from vlm_salience.config import RelPath, StrictModel, load_config
 from vlm_salience.cue_models import build_cues
-from vlm_salience.data import load_corpus
 from vlm_salience.data.corpus import Corpus
 from vlm_salience.errors import ConfigError
-from vlm_salience.expressivity import Normaliser, raw_scores
 from vlm_salience.metrics import pearson, score
 from vlm_salience.models.loading import ModelConfig
 from vlm_salience.predictions import Predictions, observed, ratings_to_distribution
@@ -34,7 +32,7 @@ from vlm_salience.prompting.inputs import ItemError, Prompt, build_prompt
 from vlm_salience.prompting.openai_backend import APIModelConfig, LogprobsUnavailable
 from vlm_salience.prompting.templates import load_template
 from vlm_salience.salience import LawKind, SalienceLaw
-from vlm_salience.study import StudyConfig
+from vlm_salience.splits import prepare_corpus_splits, split_groups
 
 
 class HFModelEntry(ModelConfig):
@@ -139,18 +137,10 @@ class ExperimentResult:
 # ---------------------------------------------------------------------------------------------------------------
 
 def split_items(corpus: Corpus, cfg: SplitConfig) -> tuple[np.ndarray, np.ndarray]:
-    groups = corpus.groups(cfg.group)
-    uniq = np.array(sorted(set(groups)), dtype=object)
-    rng = np.random.default_rng(cfg.seed)
-    n_test = max(1, int(round(cfg.test_fraction * len(uniq))))
-    test_groups = set(uniq[rng.permutation(len(uniq))[:n_test]])
-    test = np.array([i for i, g in enumerate(groups) if g in test_groups])
-    train = np.setdiff1d(np.arange(len(groups)), test)
-    if cfg.max_test_items is not None:
-        test = test[:cfg.max_test_items]
-    if not len(train) or not len(test):
-        raise ConfigError(f"split over '{cfg.group}' leaves an empty train or test set")
-    return train, test
+    """Train and test item indices (vlm_salience.splits: the rule fine-tuning uses too)."""
+    s = split_groups(corpus, test_fraction=cfg.test_fraction, group=cfg.group, seed=cfg.seed,
+                     max_test_items=cfg.max_test_items)
+    return s.train, s.test
 
 
 def make_backend(entry, *, progress: bool = True):
@@ -236,10 +226,11 @@ def vlm_expressivity(pred: Predictions, spec: AnswerSpec, kind: str) -> np.ndarr
 class Runner:
     def __init__(self, cfg: ExperimentConfig, *, progress: bool = True) -> None:
         self.cfg, self.progress = cfg, progress
-        self.corpus = load_corpus(cfg.data, overrides=cfg.data_overrides)
+        prepared = prepare_corpus_splits(cfg.data, cfg.study, cfg.split, overrides=cfg.data_overrides)
+        self.corpus = prepared.corpus
         self.spec = AnswerSpec.from_corpus(self.corpus)
-        self.study = load_config(cfg.study, StudyConfig)
-        self.train, self.test = split_items(self.corpus, cfg.split)
+        self.study = prepared.study
+        self.train, self.test = prepared.splits.train, prepared.splits.test
         self.test_ids = self.corpus.item_ids[self.test]
         self.cache = AnswerCache(cfg.cache or Path(cfg.out) / "cache.sqlite")
         self.result = ExperimentResult(
@@ -248,13 +239,10 @@ class Runner:
             test_ids=self.test_ids)
         self._index = None
         self._fixed_examples = None
-        self.x_judgements = None
-        try:
-            raw = raw_scores(self.corpus, self.study.expressivity.estimator)
-            self.x_judgements = Normaliser.fit(raw[self.train], self.study.expressivity.normalise)(raw)
-        except (ValueError, KeyError) as exc:
-            self.result.notes.append(f"no judgement-based expressivity ({exc})")
-        self.threshold = self.study.expressivity.threshold
+        self.x_judgements = prepared.expressivity
+        if prepared.expressivity is None:
+            self.result.notes.append(f"no judgement-based expressivity ({prepared.expressivity_error})")
+        self.threshold = prepared.threshold
 
     # -- baselines and laws on training items ----------------------------------------------------------------
     def baselines(self) -> dict[str, SalienceLaw]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from vlm_salience.config import RelPath, StrictModel
 from vlm_salience.models.loading import ModelConfig
@@ -54,6 +54,19 @@ class LoraConfig(StrictModel):
     modules_to_save: list[str] = Field(default_factory=list)  # trained in full beside LoRA (e.g. lm_head)
 
 
+class CalibrationConfig(StrictModel):
+    """Each expert's answers calibrated on the validation split before routing (vlm_salience/calibration.py);
+    routing is reported with and without it (`routed/hard` beside `routed/hard+calibrated`)."""
+
+    valence: Literal["none", "linear", "isotonic"] = "isotonic"  # a monotone (or linear) map onto observed valence
+    labels: Literal["none", "temperature"] = "temperature"  # one temperature per expert, fitted by KLD
+    fit_on: Literal["all", "routed"] = "all"  # all validation items, or those hard routing sends to the expert
+
+    @property
+    def enabled(self) -> bool:
+        return self.valence != "none" or self.labels != "none"
+
+
 class RoutingConfig(StrictModel):
     face: str = "face"  # adapter names of the two experts
     context: str = "context"
@@ -62,6 +75,12 @@ class RoutingConfig(StrictModel):
     zero_shot: bool = True
     gate_features: list[str] = Field(default_factory=list)  # context features beside expressivity for the gate
     salience: Literal["plain", "control", "hard", "logistic"] = "logistic"  # soft routing's law (fitted by BCI)
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)  # `calibration: none` turns it off
+
+    @field_validator("calibration", mode="before")
+    @classmethod
+    def _calibration_off(cls, v):
+        return {"valence": "none", "labels": "none"} if v == "none" else v
 
 
 class TrainConfig(EngineConfig):

@@ -9,48 +9,26 @@ each rating) is a trained start of an answer for every item. Stored as a Hugging
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from vlm_salience.config import load_config
-from vlm_salience.data import load_corpus
 from vlm_salience.data.corpus import Corpus
 from vlm_salience.errors import ConfigError
-from vlm_salience.expressivity import Normaliser, raw_scores
 from vlm_salience.predictions import Predictions, observed
 from vlm_salience.prompting.answers import AnswerSpec
 from vlm_salience.prompting.inputs import ItemError, build_prompt
 from vlm_salience.prompting.templates import load_template
-from vlm_salience.salience import SalienceLaw
-from vlm_salience.study import StudyConfig
+from vlm_salience.splits import Splits, prepare_corpus_splits
+from vlm_salience.splits import split_groups as _split_groups
 from vlm_salience.training.config import AdapterSpec, SplitConfig, TrainConfig
-
-
-@dataclass
-class Splits:
-    train: np.ndarray
-    validation: np.ndarray
-    test: np.ndarray
 
 
 def split_groups(corpus: Corpus, cfg: SplitConfig) -> Splits:
     """Test groups first (the same rule as prompting experiments), then validation groups from the rest."""
-    from vlm_salience.prompting.experiment import SplitConfig as PromptSplit, split_items
-
-    train, test = split_items(corpus, PromptSplit(test_fraction=cfg.test_fraction, group=cfg.group, seed=cfg.seed))
-    validation = np.zeros(0, dtype=int)
-    if cfg.validation_fraction > 0:
-        groups = corpus.groups(cfg.group)
-        uniq = np.array(sorted(set(groups[train])), dtype=object)
-        rng = np.random.default_rng(cfg.seed + 1)
-        n_val = max(1, int(round(cfg.validation_fraction * len(uniq))))
-        val_groups = set(uniq[rng.permutation(len(uniq))[:n_val]])
-        validation = np.array([i for i in train if groups[i] in val_groups], dtype=int)
-        train = np.setdiff1d(train, validation)
-    return Splits(train=train, validation=validation, test=test)
+    return _split_groups(corpus, test_fraction=cfg.test_fraction, group=cfg.group, seed=cfg.seed,
+                         validation_fraction=cfg.validation_fraction)
 
 
 class TrainingData:
@@ -58,17 +36,20 @@ class TrainingData:
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
-        self.corpus = load_corpus(cfg.data.config)
+        prepared = prepare_corpus_splits(cfg.data.config, cfg.study, cfg.split)  # the same as prompting's
+        self.corpus = prepared.corpus
         if not self.corpus.has_targets:
             raise ConfigError(f"corpus '{self.corpus.name}' has no combined judgements: nothing to train on")
+        if prepared.expressivity is None:
+            raise ConfigError(f"corpus '{self.corpus.name}': no judgement-based expressivity for the expert subsets "
+                              f"and routing ({prepared.expressivity_error})")
         self.spec = AnswerSpec.from_corpus(self.corpus)
-        self.study = load_config(cfg.study, StudyConfig)
-        self.splits = split_groups(self.corpus, cfg.split)
-        raw = raw_scores(self.corpus, self.study.expressivity.estimator)
-        self.expressivity = Normaliser.fit(raw[self.splits.train], self.study.expressivity.normalise)(raw)
-        self.threshold = self.study.expressivity.threshold
+        self.study = prepared.study
+        self.splits = prepared.splits
+        self.expressivity = prepared.expressivity
+        self.threshold = prepared.threshold
         # which faces count as expressive is the salience law's question (one concept, one place)
-        self.split_law = SalienceLaw.plain(self.threshold)
+        self.split_law = prepared.split_law
         self.observed: Predictions = observed(self.corpus)
 
     def items_for(self, adapter: AdapterSpec, part: str = "train") -> np.ndarray:

@@ -6,6 +6,10 @@
   the training items (`vlm_salience.salience`, the same weights BCI uses);
 - learned: a small logistic gate on expressivity and cheap context features, fitted on the validation split by
   the likelihood of the combined judgements under the gated mixture.
+Each is also run on calibrated experts (`routed/<kind>+calibrated`, `routing.calibration`): the two experts answer on
+different valence scales and with different confidence, so each one's valence is mapped (isotonic or linear) and its
+label distributions tempered, fitted on the validation split only (vlm_salience/calibration.py); the fit, and paired
+bootstraps of calibrated against uncalibrated routing, are in `extra["calibration"]`.
 Results are scored beside the BCI baselines, zero-shot prompting and every single adapter on the same test items.
 """
 
@@ -26,7 +30,9 @@ from vlm_salience.prompting.fusion import answer_blocks, fuse, mixture
 from vlm_salience.prompting.inputs import build_prompt
 from vlm_salience.prompting.templates import load_template
 from vlm_salience.study import holdout_baselines
-from vlm_salience.training.config import TrainConfig
+from vlm_salience.calibration import ExpertCalibration, fit_expert, mix_valence, select_rows
+from vlm_salience.predictions import Predictions
+from vlm_salience.training.config import CalibrationConfig, TrainConfig
 from vlm_salience.training.data import TrainingData
 from vlm_salience.training.vlm_task import adapter_path, base_fingerprint
 
@@ -164,7 +170,8 @@ def route(cfg: TrainConfig, *, progress: bool = True) -> ExperimentResult:
                                                          x[data.splits.train], threshold=data.threshold)
     result.predictions["routed/soft"] = fuse(corpus, "routed/soft", expert_preds[r.face], expert_preds[r.context],
                                              "pool", law, x[test])
-    # learned: a gate fitted on the validation split
+    # learned: a gate fitted on the validation split; calibration: each expert's answers mapped on it
+    cal_cfg = r.calibration
     if len(val):
         vids = corpus.item_ids[val]
         model.set_adapter(r.face)
@@ -172,19 +179,92 @@ def route(cfg: TrainConfig, *, progress: bool = True) -> ExperimentResult:
         model.set_adapter(r.context)
         vc, _ = _score(backend, prompts_for(specs[r.context].template, val), spec, "val/context", corpus, vids)
         Xv, scaler = gate_features(data, val, r.gate_features)
-        blocks, ok = answer_blocks(vf, vc, corpus.response)
-        targets = [b.targets for b in cues.take(val).blocks]
-        w = _fit(blocks, targets, Xv, ok, ridge=1e-2)
         Xt, _ = gate_features(data, test, r.gate_features, scaler)
+        targets = [b.targets for b in cues.take(val).blocks]
+        blocks, ok = answer_blocks(vf, vc, corpus.response)
+        w = _fit(blocks, targets, Xv, ok, ridge=1e-2)
         share = 1.0 / (1.0 + np.exp(-(Xt @ w)))
         result.predictions["routed/learned"] = mixture(corpus, "routed/learned", expert_preds[r.face],
                                                        expert_preds[r.context], share, x[test])
         result.extra["gate"] = {"weights": w.tolist(), "features": ["bias", "expressivity", *r.gate_features],
                                 "validation_items": int(len(val))}
+        if cal_cfg.enabled:
+            to_face_val = data.split_law.is_expressive(x[val])
+            cals = fit_calibrations(cal_cfg, {"face": vf, "context": vc}, data.observed, vids, to_face_val,
+                                    scale=corpus.scale if corpus.response == "ratings" else None,
+                                    names={"face": r.face, "context": r.context})
+            calibrated_routes(result, corpus, cals, cal_cfg, face=expert_preds[r.face],
+                              context=expert_preds[r.context], hard=result.predictions["routed/hard"],
+                              to_face=expressive, soft_law=law, x_test=x[test])
+            # the gate refitted on the calibrated validation answers
+            cvf, cvc = (cals[k].apply(p) for k, p in (("face", vf), ("context", vc)))
+            cblocks, cok = answer_blocks(cvf, cvc, corpus.response)
+            wc = _fit(cblocks, targets, Xv, cok, ridge=1e-2)
+            cshare = 1.0 / (1.0 + np.exp(-(Xt @ wc)))
+            cf, cc = (result.predictions[f"adapter/{n}+calibrated"] for n in (r.face, r.context))
+            pred = mixture(corpus, "routed/learned+calibrated", cf, cc, cshare, x[test])
+            if cals["face"].valence_model is not None:
+                pred.valence = mix_valence(cf.valence, cc.valence, pred.weights)
+            result.predictions["routed/learned+calibrated"] = pred
+            result.extra["gate"]["calibrated_weights"] = wc.tolist()
     else:
-        result.notes.append("no validation split (split.validation_fraction = 0): no learned gate")
+        result.notes.append("no validation split (split.validation_fraction = 0): no learned gate and no "
+                            "expert calibration")
     _score_all(result, data, test)
     return result
+
+
+def fit_calibrations(cal: CalibrationConfig, validation: dict[str, Predictions], observed: Predictions,
+                     validation_ids: np.ndarray, to_face: np.ndarray, *, scale=None,
+                     names: dict[str, str] | None = None) -> dict[str, ExpertCalibration]:
+    """Each expert's calibration, fitted on its answers on the validation items and nothing else: the answers
+    must cover exactly `validation_ids` (in order), so test answers passed here by mistake are refused.
+    `fit_on: routed` fits the face expert on the validation faces hard routing would send it (`to_face`) and the
+    context expert on the others."""
+    validation_ids = np.asarray(validation_ids, dtype=object)
+    to_face = np.asarray(to_face, bool)
+    out: dict[str, ExpertCalibration] = {}
+    for role in ("face", "context"):
+        pred = validation[role]
+        if len(pred) != len(validation_ids) or not np.array_equal(pred.item_ids, validation_ids):
+            raise ValueError(f"calibration of the {role} expert: its answers are not on the validation items")
+        if cal.fit_on == "routed":
+            keep = np.flatnonzero(to_face if role == "face" else ~to_face)
+            if len(keep) >= 2:
+                pred = pred.take(keep)
+        c = fit_expert(pred, observed, valence=cal.valence, labels=cal.labels,
+                       expert=(names or {}).get(role, role), scale=scale)
+        out[role] = c
+    return out
+
+
+def calibrate_hard(hard: Predictions, to_face: np.ndarray, face: ExpertCalibration, context: ExpertCalibration,
+                   name: str = "routed/hard+calibrated") -> Predictions:
+    """Hard routing's answers with each item's answer mapped by the calibration of the expert that gave it."""
+    out = select_rows(face.apply(hard), context.apply(hard), to_face, name)
+    out.expressivity = hard.expressivity
+    return out
+
+
+def calibrated_routes(result: ExperimentResult, corpus, cals: dict[str, ExpertCalibration], cal: CalibrationConfig,
+                      *, face: Predictions, context: Predictions, hard: Predictions, to_face: np.ndarray,
+                      soft_law, x_test: np.ndarray) -> None:
+    """Calibrated experts, hard and soft routing between them, beside the uncalibrated ones; the fit in extra."""
+    cf = cals["face"].apply(face, name=f"{face.method}+calibrated")
+    cc = cals["context"].apply(context, name=f"{context.method}+calibrated")
+    result.predictions[cf.method], result.predictions[cc.method] = cf, cc
+    result.predictions["routed/hard+calibrated"] = calibrate_hard(hard, to_face, cals["face"], cals["context"])
+    soft = fuse(corpus, "routed/soft+calibrated", cf, cc, "pool", soft_law, x_test)
+    if cals["face"].valence_model is not None:
+        soft.valence = mix_valence(cf.valence, cc.valence, soft.weights)
+    result.predictions["routed/soft+calibrated"] = soft
+    result.extra["calibration"] = {
+        "valence": cal.valence, "labels": cal.labels, "fit_on": cal.fit_on,
+        "validation_items": int(len(cals["face"].fit_item_ids if cal.fit_on == "all" else
+                                    np.union1d(cals["face"].fit_item_ids.astype(str),
+                                               cals["context"].fit_item_ids.astype(str)))),
+        "experts": {role: {**c.summary(), "fit_item_ids": [str(i) for i in c.fit_item_ids]}
+                    for role, c in cals.items()}}
 
 
 def _score_all(result: ExperimentResult, data: TrainingData, test: np.ndarray) -> None:
@@ -208,6 +288,12 @@ def _score_all(result: ExperimentResult, data: TrainingData, test: np.ndarray) -
     result.extra["routing_vs_best_single"] = {"best_single": best, "comparisons": {
         name: paired_bootstrap(result.predictions[name], result.predictions[best], obs, n_boot=1000, groups=groups)
         for name in routed}}
+    if "calibration" in result.extra:
+        result.extra["calibration"]["calibrated_vs_uncalibrated"] = {
+            name: paired_bootstrap(result.predictions[name], result.predictions[name[:-len("+calibrated")]], obs,
+                                   n_boot=1000, groups=groups)
+            for name in result.predictions if name.endswith("+calibrated")
+            and name[:-len("+calibrated")] in result.predictions}
     others = [f"adapter/{n}" for n in r.single if f"adapter/{n}" not in experts]
     result.extra["routing_vs_other_adapters"] = {other: {
         name: paired_bootstrap(result.predictions[name], result.predictions[other], obs, n_boot=1000, groups=groups)
