@@ -72,3 +72,93 @@ def tiny_vlms(tmp_path_factory) -> dict[str, Path]:
     return {fam: build_tiny_vlm(load_config(REPO / "configs" / "models" / f"tiny_{fam}.yaml", TinyVLMConfig),
                                 root / fam)
             for fam in ("qwen2_vl", "llava", "idefics3")}
+
+
+# -- video: one torch thread, the tiny CLIP encoders, the synthetic clip corpora and their prepared cache ----------
+
+
+@pytest.fixture
+def one_torch_thread():
+    """This shared test machine runs several jobs on 2 cores: one torch thread is 5-10x faster than two here.
+    Video test files use it for every test: `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory):
+    """build(config) -> a tiny random encoder built from that YAML (relative to the repository, e.g.
+    "configs/models/tiny_clip.yaml"), once per session. Tests load it; none writes into it."""
+    from vlm_salience.config import load_config
+    from vlm_salience.models.encoders import TinyEncoderConfig, build_tiny_encoder
+
+    made: dict[str, Path] = {}
+
+    def build(config: str) -> Path:
+        if config not in made:
+            made[config] = build_tiny_encoder(load_config(REPO / config, TinyEncoderConfig),
+                                              tmp_path_factory.mktemp("tiny_encoder") / "clip")
+        return made[config]
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def synthetic_clips(tmp_path_factory):
+    """write(*overrides) -> the generic data.yaml of configs/synth/clips.yaml with these dotted overrides (e.g.
+    "clips=21", "law.enabled=false"), each distinct list written once per session. Read-only: a test that
+    changes files writes its own corpus."""
+    from vlm_salience.config import load_config
+    from vlm_salience.data.video.synth import ClipSynthConfig, write_clip_corpus
+
+    made: dict[tuple[str, ...], Path] = {}
+
+    def write(*overrides: str) -> Path:
+        key = tuple(overrides)
+        if key not in made:
+            cfg = load_config(REPO / "configs" / "synth" / "clips.yaml", ClipSynthConfig, list(overrides))
+            made[key] = write_clip_corpus(cfg, tmp_path_factory.mktemp("clips") / "out", progress=False)
+        return made[key]
+
+    return write
+
+
+# The law-on clips the trained video models learn in tests (OUS, GRACE): 140 clips of 16 frames, 64 px, 2 folds
+LAW_CLIPS = ("clips=140", "frames=16", "size=64", "folds=2", "layouts=[generic]")
+# their frame cache: 4 segments x 2 candidates, 32-px streams (the tiny encoder's size), a Haar detector that does
+# not upscale below 32 px
+LAW_PREPARE = {"n_segments": 4, "candidates_per_segment": 2, "streams": {"face_size": 32, "scene_size": 32}}
+
+
+@pytest.fixture(scope="session")
+def prepared_law_clips(synthetic_clips, tmp_path_factory) -> dict[str, Path]:
+    """The law-on clips (`LAW_CLIPS`) prepared once: {"data": data YAML, "prepare": prepare YAML, "cache": the
+    cache, "overrides": LAW_CLIPS (for a variant of the corpus)}. Training writes the cache's summary.json:
+    tests that train take `law_clips`, which copies the cache first."""
+    import yaml
+
+    from vlm_salience.video.prepare import load_prepare_config, prepare_corpus
+
+    data = synthetic_clips(*LAW_CLIPS)
+    folder = tmp_path_factory.mktemp("law_cache")
+    det = folder / "haar.yaml"
+    det.write_text(yaml.safe_dump({"kind": "haar", "name": "haar", "upscale_below": 32, "min_size": 16}))
+    prep = folder / "prepare.yaml"
+    settings = {**LAW_PREPARE, "streams": {**LAW_PREPARE["streams"],
+                                           "detection": {"detector": str(det), "max_side": None}}}
+    prep.write_text(yaml.safe_dump(settings))
+    prepare_corpus(data, load_prepare_config(prep), folder / "cache", progress=False)
+    return {"data": data, "prepare": prep, "cache": folder / "cache", "overrides": LAW_CLIPS}
+
+
+@pytest.fixture
+def law_clips(prepared_law_clips, tmp_path) -> dict[str, Path]:
+    """`prepared_law_clips` with this test's own copy of the cache (training rewrites a cache's summary.json):
+    the same corpus files, so the same keys, and cheaper than preparing again."""
+    import shutil
+
+    return {**prepared_law_clips, "cache": Path(shutil.copytree(prepared_law_clips["cache"], tmp_path / "cache"))}

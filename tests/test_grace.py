@@ -12,15 +12,8 @@ import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.filterwarnings("ignore:Sinkhorn did not converge")  # POT, at the iterations we set
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.filterwarnings("ignore:Sinkhorn did not converge"),  # POT, at the iterations we set
+              pytest.mark.usefixtures("one_torch_thread")]
 
 
 def _problem(b=5, n=7, m=12, seed=0):
@@ -250,12 +243,8 @@ def test_cate_rules_refine_and_empty_vlm_answers_are_counted(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def encoder_dir(tmp_path_factory):
-    from vlm_salience.config import load_config
-    from vlm_salience.models.encoders import TinyEncoderConfig, build_tiny_encoder
-
-    return build_tiny_encoder(load_config(ROOT / "configs/grace/tiny_clip.yaml", TinyEncoderConfig),
-                              tmp_path_factory.mktemp("enc") / "clip")
+def encoder_dir(tiny_encoder):
+    return tiny_encoder("configs/grace/tiny_clip.yaml")  # a longer text window than configs/models' tiny CLIP
 
 
 def _model(encoder_dir, **kw):
@@ -318,19 +307,17 @@ def test_ablation_switches_change_the_computation(encoder_dir):
 # Training on the synthetic clips
 
 
-def write_grace_config(folder: Path, data_yaml: Path, *, steps: int, model: dict | None = None) -> Path:
+def write_grace_config(folder: Path, clips: dict[str, Path], encoder: Path, *, steps: int,
+                       model: dict | None = None) -> Path:
+    """A GRACE run on prepared synthetic clips (`law_clips`: 4 segments of 32-px frames) with a built encoder."""
     folder.mkdir(parents=True, exist_ok=True)
-    prep = folder / "prepare.yaml"
-    prep.write_text(yaml.safe_dump({"n_segments": 8, "candidates_per_segment": 2,
-                                    "streams": {"face_size": 32, "scene_size": 32}}))
-    m = {"kind": "grace", "encoder": {"path": str(folder.parent / "tiny_clip_grace"),
-                                      "build": str(ROOT / "configs/grace/tiny_clip.yaml")},
+    m = {"kind": "grace", "encoder": {"path": str(encoder)},
          "context_tokens": 2, "temporal": {"layers": 1, "heads": 4, "mlp_dim": 64}, "temperature": 0.05,
          "lr": {"temporal": 3e-3, "vision": 3e-3, "prompt": 3e-3, "fusion": 3e-3}}
     m.update(model or {})
-    cfg = {"name": "grace_test", "data": {"config": str(data_yaml), "cache": str(folder.parent / "cache"),
-                                          "n_segments": 8, "prepare": str(prep), "validation_fraction": 0.2,
-                                          "memory_cache_mb": 256, "folds": ["set_1"]},
+    cfg = {"name": "grace_test", "data": {"config": str(clips["data"]), "cache": str(clips["cache"]),
+                                          "n_segments": 4, "prepare": str(clips["prepare"]),
+                                          "validation_fraction": 0.2, "memory_cache_mb": 256, "folds": ["set_1"]},
            "model": m,
            "optim": {"optimizer": "adamw", "lr": 3e-3, "batch_size": 8, "max_steps": steps,
                      "schedule": "constant", "warmup_ratio": 0.0, "weight_decay": 0.0},
@@ -341,28 +328,20 @@ def write_grace_config(folder: Path, data_yaml: Path, *, steps: int, model: dict
     return path
 
 
-@pytest.fixture(scope="module")
-def synthetic_clips(tmp_path_factory):
-    from vlm_salience.config import load_config
-    from vlm_salience.data.video.synth import ClipSynthConfig, write_clip_corpus
-
-    cfg = load_config(ROOT / "configs/synth/clips.yaml", ClipSynthConfig).model_copy(
-        update={"clips": 70, "frames": 16, "size": 64, "layouts": ["generic"], "folds": 5})
-    return write_clip_corpus(cfg, tmp_path_factory.mktemp("clips"), progress=False)
-
-
 @pytest.mark.slow
-def test_grace_learns_the_synthetic_clips_and_reports_its_texts(synthetic_clips, tmp_path):
+def test_grace_learns_the_synthetic_clips_and_reports_its_texts(law_clips, encoder_dir, tmp_path):
+    from vlm_salience.data.video import load_video_corpus
     from vlm_salience.grace import register
     from vlm_salience.video.train import train_video
 
     register()
-    cfg = write_grace_config(tmp_path / "g", synthetic_clips, steps=40)
+    cfg = write_grace_config(tmp_path / "g", law_clips, encoder_dir, steps=40)
     train_video(cfg, progress=False)
     run = tmp_path / "g" / "run"
     m = json.loads((run / "metrics.json").read_text())["methods"]["grace"]
     assert m["pooled"]["uar"]["ci95"][0] > 1 / 7  # chance is 1/7; the reference text and faces carry the class
     texts = json.loads((run / "grace" / "texts-set_1.json").read_text())
-    assert texts["clips"] == 70 and texts["paths"]["refined"] + texts["paths"]["coarse_fallback"] + \
-        texts["paths"]["prompt_fallback"] == 70
-    assert 0 <= texts["truncated"] <= 70 and texts["window"] == 96
+    n = len(load_video_corpus(law_clips["data"]).clips)  # every clip of the corpus gets a text
+    assert n == 140 and texts["clips"] == n and texts["paths"]["refined"] + texts["paths"]["coarse_fallback"] + \
+        texts["paths"]["prompt_fallback"] == n
+    assert 0 <= texts["truncated"] <= n and texts["window"] == 96

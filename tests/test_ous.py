@@ -25,22 +25,12 @@ ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["happy", "sad", "neutral", "angry", "surprise", "disgust", "fear"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def encoder_dir(tmp_path_factory) -> Path:
-    from vlm_salience.config import load_config
-    from vlm_salience.models.encoders import TinyEncoderConfig, build_tiny_encoder
-
-    out = tmp_path_factory.mktemp("ous_enc") / "tiny_clip"
-    build_tiny_encoder(load_config(ROOT / "configs/models/tiny_clip.yaml", TinyEncoderConfig), out)
-    return out
+def encoder_dir(tiny_encoder) -> Path:
+    return tiny_encoder("configs/models/tiny_clip.yaml")
 
 
 def make_model(encoder_dir: Path, **sets) -> OusModel:
@@ -280,34 +270,11 @@ def test_shipped_ous_configs_validate_and_variants_derive():
 # -- the planted law, end to end (slow) -----------------------------------------------------------------------------
 
 
-def _synth_corpus(folder: Path, law: bool) -> Path:
-    import yaml
-
-    from vlm_salience.config import load_config
-    from vlm_salience.data.video.synth import ClipSynthConfig, write_clip_corpus
-
-    raw = yaml.safe_load((ROOT / "configs/synth/clips.yaml").read_text())
-    raw.update({"name": f"ous_test_{'law' if law else 'nolaw'}", "clips": 140, "frames": 16, "size": 64, "folds": 2,
-                "layouts": ["generic"]})
-    raw["law"]["enabled"] = law
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "synth.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    write_clip_corpus(load_config(path, ClipSynthConfig), folder / "clips", progress=False)
-    return folder / "clips" / "generic" / "data.yaml"
-
-
-def _run_law(tmp: Path, encoder_dir: Path, law: bool) -> dict:
-    import yaml
-
+def _run_law(tmp: Path, encoder_dir: Path, clips: dict[str, Path]) -> dict:
+    """The README's quick pair (baseline, ous) on fold set_1 of prepared synthetic clips."""
     from vlm_salience.ous.variants import train_variants
 
-    data = _synth_corpus(tmp, law)
-    (tmp / "haar.yaml").write_text(yaml.safe_dump({"kind": "haar", "name": "haar", "upscale_below": 32,
-                                                   "min_size": 16}))
-    (tmp / "prepare.yaml").write_text(yaml.safe_dump({"n_segments": 4, "candidates_per_segment": 2, "streams": {
-        "face_size": 32, "scene_size": 32, "detection": {"detector": str(tmp / "haar.yaml"), "max_side": None}}}))
-    overrides = [f"data.config={data}", f"data.cache={tmp / 'cache'}", f"data.prepare={tmp / 'prepare.yaml'}",
+    overrides = [f"data.config={clips['data']}", f"data.cache={clips['cache']}", f"data.prepare={clips['prepare']}",
                  "data.folds=[set_1]", f"model.encoder.path={encoder_dir}", f"out={tmp / 'run'}",
                  "optim.max_steps=250", "eval.every_steps=10", "report.n_boot=500", "report.tsne=false",
                  'variants=[{"name": "baseline", "kind": "baseline"}, {"name": "ous"}]']
@@ -315,8 +282,9 @@ def _run_law(tmp: Path, encoder_dir: Path, law: bool) -> dict:
 
 
 @pytest.mark.slow
-def test_ous_learns_the_planted_law_and_claims_nothing_without_it(tmp_path, encoder_dir):
-    on = _run_law(tmp_path / "on", encoder_dir, law=True)
+def test_ous_learns_the_planted_law_and_claims_nothing_without_it(tmp_path, encoder_dir, law_clips,
+                                                                  synthetic_clips):
+    on = _run_law(tmp_path / "on", encoder_dir, law_clips)
     ous, base = on["variants"]["ous"], on["variants"]["baseline"]
     assert on["polarity_targets"] == "corpus"
     # the scene decides the ambiguous clips: OUS reads it, the face-only baseline cannot
@@ -324,7 +292,9 @@ def test_ous_learns_the_planted_law_and_claims_nothing_without_it(tmp_path, enco
     assert on["paired"]["ous"]["all"]["uar"]["a_better"], on["paired"]["ous"]["all"]["uar"]
     assert (tmp_path / "on/run/report.md").is_file() and (tmp_path / "on/run/variants/ous/report.md").is_file()
 
-    off = _run_law(tmp_path / "off", encoder_dir, law=False)
+    no_law = {**law_clips, "data": synthetic_clips(*law_clips["overrides"], "law.enabled=false"),
+              "cache": tmp_path / "off_cache"}  # prepared into its own cache, with the same settings
+    off = _run_law(tmp_path / "off", encoder_dir, no_law)
     for name, p in off["paired"].items():
         assert not p["all"]["uar"]["a_better"], (name, p["all"]["uar"])
 

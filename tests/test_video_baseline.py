@@ -51,13 +51,7 @@ def write_planted_corpus(root: Path, *, per_class: int = 12, frames: int = 6, si
     return path
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """This shared test machine runs several jobs on 2 cores: one torch thread is 5-10x faster than two here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_prepare_config(folder: Path, size: int = 32) -> Path:
@@ -109,12 +103,8 @@ def planted(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def encoder_dir(tmp_path_factory):
-    from vlm_salience.config import load_config
-    from vlm_salience.models.encoders import TinyEncoderConfig, build_tiny_encoder
-
-    out = tmp_path_factory.mktemp("enc") / "clip"
-    return build_tiny_encoder(load_config(ROOT / "configs/models/tiny_clip.yaml", TinyEncoderConfig), out)
+def encoder_dir(tiny_encoder):
+    return tiny_encoder("configs/models/tiny_clip.yaml")
 
 
 def _model(encoder_dir, **kw):

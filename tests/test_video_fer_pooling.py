@@ -20,14 +20,10 @@ from vlm_salience.video.classifier_baseline import label_matrix, pool
 ROOT = Path(__file__).resolve().parents[1]
 DFEW = ["happy", "sad", "neutral", "angry", "surprise", "disgust", "fear"]
 FER = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+SMALL_CLIPS = ("clips=21", "frames=8", "size=48")  # = test_video_synth's SMALL: every clip a test clip once
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_pooling_against_hand_computed_values():
@@ -119,20 +115,17 @@ def test_astronaut_clips_are_read_as_happy_through_the_video_workflow(tmp_path, 
     assert again["methods"]["fer_pooling"]["pooled"]["war"]["value"] == 1.0
 
 
-def test_synthetic_clips_run_and_score_like_the_trained_models(tmp_path):
+def test_synthetic_clips_run_and_score_like_the_trained_models(tmp_path, synthetic_clips):
     """The drawn faces are cartoons, far from FER2013's photographs: the figure says little about the model
     (near chance is expected), but the report must be complete and recomputable from predictions.csv."""
-    from vlm_salience.data.video.synth import ClipSynthConfig, write_clip_corpus
     from vlm_salience.video.report import scores_from_predictions
     from vlm_salience.video.train import train_video
 
-    syn = ClipSynthConfig(clips=14, frames=8, size=64, folds=2, layouts=["generic"], distractor_rate=0.0)
-    write_clip_corpus(syn, tmp_path / "clips", progress=False)
-    data = tmp_path / "clips" / "generic" / "data.yaml"
+    data = synthetic_clips(*SMALL_CLIPS)  # the small corpus test_video_synth checks (written once per session)
     res = train_video(_config(tmp_path, data, "expressivity"), progress=False)
     doc = res["report"]
     m = doc["methods"]["fer_pooling"]
-    assert doc["corpus"]["n_test_clips"] == 14 and 0.0 <= m["pooled"]["uar"]["value"] <= 1.0
+    assert doc["corpus"]["n_test_clips"] == 21 and 0.0 <= m["pooled"]["uar"]["value"] <= 1.0
     df = pd.read_csv(tmp_path / "run" / "predictions.csv")
     probs = df[[f"p_{c}" for c in DFEW]].to_numpy()
     assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)

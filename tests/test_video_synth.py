@@ -27,8 +27,9 @@ def shipped(name: str, **over) -> ClipSynthConfig:
 
 
 @pytest.fixture(scope="module")
-def small_corpus(tmp_path_factory) -> Path:
-    return write_clip_corpus(shipped("clips", **SMALL), tmp_path_factory.mktemp("clips") / "out", progress=False)
+def small_corpus(synthetic_clips) -> Path:
+    """The session's small corpus (conftest's writer; test_video_fer_pooling reads the same one)."""
+    return synthetic_clips(*(f"{k}={v}" for k, v in SMALL.items()))
 
 
 def _mutual_information(x: np.ndarray, y: np.ndarray) -> float:
