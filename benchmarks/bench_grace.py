@@ -1,6 +1,7 @@
 """GRACE benchmarks and science, one command each (figures quoted in the issue note come from here).
 
     python benchmarks/bench_grace.py sinkhorn   # batched log-domain Sinkhorn vs POT's ot.sinkhorn looped, equal iters
+    python benchmarks/bench_grace.py sinkhorn --before REV   # ... and vs transport.py at git revision REV
     python benchmarks/bench_grace.py cate       # CATE: batched shared-prefix generation vs per-clip generate
     python benchmarks/bench_grace.py science    # distractors on/off x motion weighting, ablations, plan shares
 
@@ -45,11 +46,15 @@ def bench_sinkhorn(args) -> dict:
     def pot():
         return [ot.sinkhorn(an[i], wn[i], cn[i], eps, numItermax=iters, stopThr=0.0) for i in range(b)]
 
+    before = _transport_at(args.before) if args.before else None  # the same function at an older revision
+
     import warnings
 
     warnings.filterwarnings("ignore", message="Sinkhorn did not converge")
     ours(), pot()  # warm-up
-    t_ours, t_pot = [], []
+    if before is not None:
+        before.sinkhorn_log(cost, a, w, eps, iters)
+    t_ours, t_pot, t_before = [], [], []
     for _ in range(args.rounds):  # alternate, medians: this shared machine's speed swings between runs
         t0 = time.perf_counter()
         p = ours()
@@ -57,6 +62,10 @@ def bench_sinkhorn(args) -> dict:
         t0 = time.perf_counter()
         ref = pot()
         t_pot.append(time.perf_counter() - t0)
+        if before is not None:
+            t0 = time.perf_counter()
+            p_before = before.sinkhorn_log(cost, a, w, eps, iters).plan
+            t_before.append(time.perf_counter() - t0)
     diff = float(max(np.abs(p[i].numpy() - ref[i]).max() for i in range(b)))
     # small regularisation: the plain-domain form underflows, the log-domain ones stay finite
     from vlm_salience.grace.transport import sinkhorn_plain
@@ -84,8 +93,32 @@ def bench_sinkhorn(args) -> dict:
                          "pot_log_finite": bool(np.isfinite(logpot).all()),
                          "ours_finite": bool(np.isfinite(logours).all()),
                          "ours_vs_pot_log_max_diff": float(np.abs(logours - logpot).max())}}
+    if before is not None:
+        out["before"] = {"revision": args.before, "before_s": float(np.median(t_before)),
+                         "speedup_over_before": float(np.median(t_before) / np.median(t_ours)),
+                         "per_round_speedup_over_before": [float(x / y) for x, y in zip(t_before, t_ours)],
+                         "before_speedup_over_pot": float(np.median(t_pot) / np.median(t_before)),
+                         "max_abs_plan_diff_vs_before": float((p - p_before).abs().max()),
+                         "before_max_abs_plan_diff_vs_pot": float(max(np.abs(p_before[i].numpy() - ref[i]).max()
+                                                                      for i in range(b)))}
     print(json.dumps(out, indent=2))
     return out
+
+
+def _transport_at(revision: str):
+    """vlm_salience/grace/transport.py as it was at a git revision, as a module (old vs new in one run)."""
+    import importlib.util
+    import subprocess
+    import tempfile
+
+    src = subprocess.run(["git", "-C", str(ROOT), "show", f"{revision}:vlm_salience/grace/transport.py"],
+                         check=True, capture_output=True, text=True).stdout
+    path = Path(tempfile.mkdtemp()) / "transport_before.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location("transport_before", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def bench_cate(args) -> dict:
@@ -197,6 +230,7 @@ def main() -> None:
     s.add_argument("--eps", type=float, default=0.05)
     s.add_argument("--rounds", type=int, default=5)
     s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--before", default=None, help="also time transport.py at this git revision (old vs new)")
     c = sub.add_parser("cate")
     c.add_argument("--n-clips", type=int, default=32)
     c.add_argument("--frames", type=int, default=4)

@@ -12,6 +12,7 @@ float precision: the tests and `benchmarks/bench_grace.py` compare them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -42,7 +43,11 @@ def sinkhorn_log(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: floa
     batched mat-vecs on the stabilised kernel exp(-C/eps + f + g) with bounded scalings (Schmitzer's absorption:
     whenever a scaling leaves [e^-tau, e^tau] it is absorbed into the potentials and the kernel rebuilt). The
     first iteration runs fully in logsumexp form, so the kernel never starts underflowed. The iterates equal the
-    plain ones (POT's order: v, then u) wherever those are representable."""
+    plain ones (POT's order: v, then u) wherever those are representable.
+
+    Speed (CPU, where the (B, n, m) tensors dominate): -C/eps is computed once, and the kernel and the plan are
+    built with as few full-size temporaries as autograd allows; without gradients (inference, the benchmark)
+    every full-size step runs in place and the mat-vecs write into preallocated buffers."""
     if cost.dim() == 2:
         out = sinkhorn_log(cost[None], a[None], b[None], eps, n_iters, tau=tau)
         return Transport(out.plan[0], out.cost[0])
@@ -50,29 +55,93 @@ def sinkhorn_log(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: floa
         raise ValueError(f"eps must be > 0, got {eps}")
     if n_iters < 1:
         raise ValueError(f"n_iters must be >= 1, got {n_iters}")
+    grad = torch.is_grad_enabled() and (cost.requires_grad or a.requires_grad or b.requires_grad)
     tiny = torch.finfo(cost.dtype).tiny
+    hi, lo = math.exp(tau), math.exp(-tau)  # |log s| > tau  <=>  s outside [e^-tau, e^tau]
     log_a, log_b = _log_mass(a), _log_mass(b)
-    m = -cost / eps  # (B, n, m)
+    # padding's scalings are exactly 0 (mass 0): they must not trigger an absorption at every iteration
+    padded = bool((a <= 0).any() | (b <= 0).any())
+    real = (a > 0, b > 0) if padded else None
+    if grad:
+        return _solve_autograd(cost, a, b, eps, n_iters, log_a, log_b, real, tiny, hi, lo, padded)
+    return _solve_inplace(cost, a, b, eps, n_iters, log_a, log_b, real, tiny, hi, lo, padded)
+
+
+def _solve_autograd(cost, a, b, eps, n_iters, log_a, log_b, real, tiny, hi, lo, padded) -> Transport:
+    """The differentiable solve: out-of-place steps (autograd keeps what the backward pass needs)."""
+    m = cost * (-1.0 / eps)  # (B, n, m), once
     g = log_b - torch.logsumexp(m, dim=1)  # f = 0 at the start
     f = log_a - torch.logsumexp(m + g[:, None, :], dim=2)
-    kernel = torch.exp(m + f[:, :, None] + g[:, None, :])  # the current plan: rows sum to a
+    kernel = _kernel(m, f, g)  # the current plan: rows sum to a
     kernel_t = kernel.transpose(1, 2).contiguous()  # row-vector products on both sides: torch's fast path
     u, v = torch.ones_like(a), torch.ones_like(b)
     for _ in range(n_iters - 1):
         v = b / (u[:, None, :] @ kernel)[:, 0].clamp_min(tiny)
         u = a / (v[:, None, :] @ kernel_t)[:, 0].clamp_min(tiny)
-        with torch.no_grad():
-            big = bool((u.clamp_min(tiny).log().abs() > tau).any() | (v.clamp_min(tiny).log().abs() > tau).any())
-        if big:  # absorb the scalings into the potentials; rebuild the kernel
+        if _outside(u, v, hi, lo, real):  # absorb the scalings into the potentials; rebuild the kernel
             f = f + u.clamp_min(tiny).log()
             g = g + v.clamp_min(tiny).log()
-            kernel = torch.exp(m + f[:, :, None] + g[:, None, :])
+            kernel = _kernel(m, f, g)
             kernel_t = kernel.transpose(1, 2).contiguous()
             u, v = torch.ones_like(a), torch.ones_like(b)
     plan = u[:, :, None] * kernel * v[:, None, :]
-    pad = (a <= 0)[:, :, None] | (b <= 0)[:, None, :]
-    plan = plan.masked_fill(pad, 0.0)
+    if padded:
+        plan = plan.masked_fill((a <= 0)[:, :, None] | (b <= 0)[:, None, :], 0.0)
     return Transport(plan=plan, cost=(plan * cost).sum(dim=(1, 2)))
+
+
+@torch.no_grad()
+def _solve_inplace(cost, a, b, eps, n_iters, log_a, log_b, real, tiny, hi, lo, padded) -> Transport:
+    """The same iterates without autograd: two full-size tensors in all (the kernel, its transpose), every
+    full-size step in place, the mat-vecs into preallocated buffers. The first step's logsumexp leaves
+    exp(m + g - max) behind, which times a / (its row sums) is the first kernel (no second exp)."""
+    bsz = cost.shape[0]
+    k = cost * (-1.0 / eps)  # m = -C/eps
+    g = log_b - torch.logsumexp(k, dim=1)  # f = 0 at the start
+    k.add_(g[:, None, :])  # m + g
+    top = k.amax(dim=2, keepdim=True)
+    k.sub_(top).exp_()  # exp(m + g - max): the row sums give f, and the kernel is this times exp(f + max)
+    row = k.sum(dim=2)
+    f = log_a - (row.log() + top[:, :, 0])
+    kernel = k.mul_((f + top[:, :, 0]).exp()[:, :, None])  # exp(m + f + g); 0 on padded rows (f = PAD - ...)
+    kernel_t = kernel.transpose(1, 2).contiguous()
+    u, v = torch.ones_like(a)[:, None, :], torch.ones_like(b)[:, None, :]
+    uk, vk = torch.empty_like(v), torch.empty_like(u)  # u K (B, 1, m), v K^T (B, 1, n)
+    a3, b3 = a[:, None, :], b[:, None, :]
+    for _ in range(n_iters - 1):
+        torch.bmm(u, kernel, out=uk)
+        torch.div(b3, uk.clamp_min_(tiny), out=v)
+        torch.bmm(v, kernel_t, out=vk)
+        torch.div(a3, vk.clamp_min_(tiny), out=u)
+        if _outside(u, v, hi, lo, real):  # absorb (rare: small eps); rebuild the kernel in its own buffers
+            f = f + u[:, 0].clamp_min(tiny).log()
+            g = g + v[:, 0].clamp_min(tiny).log()
+            torch.mul(cost, -1.0 / eps, out=kernel).add_(f[:, :, None]).add_(g[:, None, :]).exp_()
+            kernel_t.copy_(kernel.transpose(1, 2))
+            u.fill_(1.0)
+            v.fill_(1.0)
+    plan = kernel.mul_(u.transpose(1, 2)).mul_(v)  # the kernel is not needed any more
+    if padded:
+        plan.masked_fill_((a <= 0)[:, :, None] | (b <= 0)[:, None, :], 0.0)
+    total = torch.bmm(plan.view(bsz, 1, -1), cost.reshape(bsz, -1, 1))[:, 0, 0]  # <plan, C>, no temporary
+    return Transport(plan=plan, cost=total)
+
+
+def _kernel(m: torch.Tensor, f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """exp(m + f_i + g_j)."""
+    return torch.exp(m + f[:, :, None] + g[:, None, :])
+
+
+def _outside(u: torch.Tensor, v: torch.Tensor, hi: float, lo: float,
+             real: tuple[torch.Tensor, torch.Tensor] | None = None) -> bool:
+    """Whether a scaling of a real (non-padding) token left [lo, hi] (one min/max over both, no log of every
+    entry)."""
+    with torch.no_grad():
+        if real is not None:
+            u = torch.where(real[0], u.reshape(real[0].shape), 1.0)
+            v = torch.where(real[1], v.reshape(real[1].shape), 1.0)
+        low, high = torch.aminmax(torch.cat([u.reshape(-1), v.reshape(-1)]))
+        return high.item() > hi or low.item() < lo  # NaN compares False: no absorption (as before)
 
 
 def sinkhorn_plain(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: float,
