@@ -65,7 +65,7 @@ def machine_cue_demo(out: Path, *, quick: bool = True, progress: bool = True, an
     synth = load_config(shipped(SYNTH_YAML), RatingSynthConfig, synth_over)
     data_yaml = write_rating_corpus(synth, out / "corpus", progress=progress)
     study_over = [*STUDY_OVERRIDES, *(["bootstrap.n=200", "bootstrap.weights_n=0", f"methods={QUICK_METHODS}"]
-                                      if quick else ["bootstrap.n=1000", "bootstrap.weights_n=50"])]
+                                      if quick else ["bootstrap.n=1000", "bootstrap.weights_n=0"])]
     run = run_machine_cue_study(shipped(CUE_YAML), shipped(STUDY_YAML), out, study_overrides=study_over,
                                 cue_overrides=[f"data={data_yaml.resolve()}"], progress=progress, analyzer=analyzer)
     human, cue, doc = run.human, run.cue, run.doc
