@@ -47,7 +47,13 @@ def test_shipped_study_configs_validate(path):
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs" / "synth").glob("split_steal*.yaml")), ids=lambda p: p.name)
 def test_shipped_synth_configs_validate(path):
-    cfg = load_config(path, SynthConfig)
+    if _field(path, "ratings") is not None:  # a rated corpus: SynthConfig plus how observers rate
+        from vlm_salience.data.synth_ratings import RatingSynthConfig
+
+        cfg = load_config(path, RatingSynthConfig)
+        assert cfg.ratings is not None
+    else:
+        cfg = load_config(path, SynthConfig)
     assert set(cfg.appraisal) == {"CC", "CD", "DC", "DD"}
 
 
