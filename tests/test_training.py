@@ -289,6 +289,20 @@ def test_experts_route_in_one_pass_and_export(tmp_path, synth_corpus, tiny_vlms)
     assert res.extra["gate"]["features"][:2] == ["bias", "expressivity"]
     assert res.extra["routing_vs_best_single"]["best_single"] in ("adapter/face", "adapter/context")
     assert set(res.extra["routing_vs_other_adapters"]) == {"adapter/combined"}
+    # calibrated routing beside the uncalibrated one, each expert fitted on the validation items only
+    data = TrainingData(cfg)
+    for name in ("adapter/face+calibrated", "adapter/context+calibrated", "routed/hard+calibrated",
+                 "routed/soft+calibrated", "routed/learned+calibrated"):
+        assert res.metrics[name]["n_items"] == len(res.test_ids), name
+    cal = res.extra["calibration"]
+    for role in ("face", "context"):
+        assert cal["experts"][role]["fit_item_ids"] == [str(i) for i in data.corpus.item_ids[data.splits.validation]]
+        assert cal["experts"][role]["temperature"] > 0 and cal["experts"][role]["isotonic_knots"] >= 1
+    assert set(cal["calibrated_vs_uncalibrated"]) >= {"routed/hard+calibrated", "routed/soft+calibrated"}
+    hc, fc, cc = (res.predictions[k] for k in ("routed/hard+calibrated", "adapter/face+calibrated",
+                                               "adapter/context+calibrated"))
+    assert np.allclose(hc.valence[to_face], fc.valence[to_face], atol=1e-4)
+    assert np.allclose(hc.emotion_dist[~to_face], cc.emotion_dist[~to_face], atol=1e-4)
     # export: the merged checkpoint answers as the base with the adapter does
     merged = export_merged(Path(cfg.out) / "adapters" / "face", tmp_path / "merged", base=str(tiny_vlms["qwen2_vl"]))
     assert (merged / "model.safetensors").is_file()
