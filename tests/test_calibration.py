@@ -156,3 +156,15 @@ def test_mixed_valence_is_the_weighted_mean_and_the_switch_turns_off():
     assert np.allclose(mix_valence([1.0, 1.0, 1.0], [3.0, 3.0, 3.0], w), [2.0, 1.5, 3.0])
     off = RoutingConfig(calibration="none").calibration
     assert not off.enabled and CalibrationConfig().enabled
+
+
+def test_the_report_section_shows_each_experts_fit():
+    from vlm_salience.calibration import calibration_markdown
+
+    obs, face, ctx, to_face, val, test = _world()
+    _, _, cals = _routed(CalibrationConfig(), obs, face, ctx, to_face, val, test)
+    extra = {"calibration": {"valence": "isotonic", "labels": "temperature", "fit_on": "all",
+                             "validation_items": len(val), "experts": {k: c.summary() for k, c in cals.items()}}}
+    text = "\n".join(calibration_markdown(extra))
+    assert f"{cals['face'].temperature:.3f}" in text and f"{cals['context'].temperature:.3f}" in text
+    assert "| face | 200 |" in text and calibration_markdown({}) == []
