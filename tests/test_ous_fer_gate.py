@@ -218,3 +218,29 @@ def test_the_source_changes_the_gate_input(request, tmp_path, fer, store):
     assert torch.isfinite(loss)
     out = m(**t_fer.model_inputs(b))
     assert np.allclose(out["expressivity"].numpy(), expected, atol=1e-6)
+
+
+def test_a_resumed_run_predicts_with_the_scene_stream_without_setup(store):
+    """`video train --resume` with every fold trained predicts without `setup`: the store, built for the face
+    stream only, must still be widened to the scene (it failed with 'clip has no scene stream')."""
+    from collections import OrderedDict
+
+    from vlm_salience.ous.task import OusTask
+    from vlm_salience.ous.variants import load_ous_config
+
+    class FaceOnlyStore(Store):  # reads only the streams asked for, as FrameStore does
+        def __init__(self) -> None:
+            super().__init__()
+            self.streams, self._lru, self._bytes = ("face",), OrderedDict(), 0
+
+        def get(self, cid):
+            clip = self.clips[cid]
+            return CachedFrames(clip.slots, {s: clip.arrays[s] for s in self.streams})
+
+    cfg = load_ous_config(ROOT / "configs/video/ous_synthetic.yaml", ["data.n_segments=4"])
+    s = FaceOnlyStore()
+    task = OusTask(cfg, fold="1", classes=CLASSES, labels={c: i for i, c in enumerate(CLIPS)}, train_ids=["c1"],
+                   val_ids=[], store=s, polarity={"c1": 2})
+    got = task.frames(["c1", "c2"], None)
+    assert set(got) == {"face", "scene"} and got["scene"].shape == (2, 4, 32, 32, 3)
+    assert s.streams == ("face", "scene")

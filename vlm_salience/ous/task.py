@@ -96,6 +96,7 @@ class OusTask(VideoClassifierTask):
 
     def frames(self, clip_ids: list[str], epoch: int | None) -> dict[str, torch.Tensor]:
         """The foundation's frames, refusing clips without a scene stream (face-crop-only corpora)."""
+        self._store_reads_streams()
         if "scene" in self.streams:
             for cid in clip_ids:
                 clip = self.store.get(cid)
@@ -106,6 +107,15 @@ class OusTask(VideoClassifierTask):
                                     fix="train face-only OUS with model.use_scene: false, or prepare the full "
                                         "frames of the corpus")
         return super().frames(clip_ids, epoch)
+
+    def _store_reads_streams(self) -> None:
+        """The store is built for the class's streams (face); `setup` widens it, but a resumed run whose folds are
+        all trained predicts without `setup` (it failed with 'no scene stream'): widen it here too."""
+        have = getattr(self.store, "streams", None)
+        if have is not None and any(s not in have for s in self.streams):
+            self.store.streams = tuple(dict.fromkeys([*have, *self.streams]))
+            self.store._lru.clear()
+            self.store._bytes = 0
 
     def collate(self, indices: list[int], epoch: int) -> dict[str, Any]:
         b = super().collate(indices, epoch)
