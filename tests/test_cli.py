@@ -98,6 +98,23 @@ def test_demo_runs_end_to_end_and_fine_tuning_really_learns(tmp_path, capsys):
 
     assert any(no_worse(c) for c in comparisons.values()), comparisons
 
+    # step 7: the baseline, OUS against its baseline and GRACE against no_text, on one prepared clip cache
+    for part in ("video_baseline_synthetic", "video_ous_synthetic/comparison", "video_grace_synthetic/grace",
+                 "video_grace_synthetic/no_text"):
+        assert (demo / part / "metrics.json").exists(), part
+    assert len(list((demo / "clips_cache").glob("clips/*/*.npz"))) == 140  # prepared once, for all three
+    ous = json.loads((demo / "video_ous_synthetic" / "comparison" / "metrics.json").read_text())
+    assert set(ous["variants"]) == {"baseline", "ous"} and ous["compare_to"] == "baseline"
+    uar = {k: v["all"]["uar"]["value"] for k, v in ous["variants"].items()}
+    assert all(0 <= u <= 1 for u in uar.values()) and all(v["ambiguous"]["n"] > 0 for v in ous["variants"].values())
+    paired = ous["paired"]["ous"]["all"]["uar"]  # on the same test clips: the paired point is the plain difference
+    assert paired["diff"] == pytest.approx(uar["ous"] - uar["baseline"]) and -1 <= paired["ci95"][0] <= \
+        paired["ci95"][1] <= 1
+    grace = json.loads((demo / "video_grace_synthetic" / "ablations.json").read_text())
+    assert set(grace["methods"]) == {"grace", "no_text"} and "no_text - grace" in grace["paired"]
+    assert all(0 <= m["pooled"]["uar"]["value"] <= 1 for m in grace["methods"].values())
+    assert "7b. Video: OUS" in out and "OUS - baseline (paired bootstrap)" in out and "GRACE - no_text" in out
+
 
 def test_index_build_query_info(small_synth_corpus, tmp_path, capsys):
     out = tmp_path / "idx"
