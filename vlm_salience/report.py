@@ -709,6 +709,10 @@ def experiment_markdown(res, figures: list[str]) -> str:
                                    rv["comparisons"])
         for other, comps in res.extra.get("routing_vs_other_adapters", {}).items():
             lines += _comparison_table(f"Routed mixtures against {other}", comps)
+    if res.extra.get("calibration"):
+        from vlm_salience.calibration import calibration_markdown
+
+        lines += calibration_markdown(res.extra)
     if res.expressivity:
         lines += ["## Expressivity from the model", ""]
         for model, e in res.expressivity.items():
