@@ -99,7 +99,7 @@ MUTANTS = [
     Mutant("few-shot index built from every item (test leakage)", T + "vlm_task.py",
            "index = CaseIndex.build([cases[i] for i in d.splits.train], load_config(",
            "index = CaseIndex.build(cases, load_config(", [TRAINING, "-k", "retrieved"]),
-    Mutant("validation items left in the training split", T + "data.py",
+    Mutant("validation items left in the training split", "vlm_salience/splits.py",
            "        train = np.setdiff1d(train, validation)\n", "", [TRAINING, "-k", "retrieved"]),
     Mutant("prompt tokens not masked out of the loss", T + "collator.py",
            "\"labels\": torch.cat([torch.full_like(prompt[\"prompt_ids\"], IGNORE), answer_ids])",
