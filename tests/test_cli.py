@@ -115,6 +115,13 @@ def test_demo_runs_end_to_end_and_fine_tuning_really_learns(tmp_path, capsys):
     assert all(0 <= m["pooled"]["uar"]["value"] <= 1 for m in grace["methods"].values())
     assert "7b. Video: OUS" in out and "OUS - baseline (paired bootstrap)" in out and "GRACE - no_text" in out
 
+    # routing is shown with and without the experts' calibration, fitted on the validation split
+    assert {"routed/hard", "routed/hard+calibrated"} <= set(m)
+    assert "Expert calibration" in (demo / "train" / "routing" / "report.md").read_text()
+    # step 8: the machine face cue beside the human one, on the generated rating corpus
+    side = json.loads((demo / "machine_cue" / "side_by_side.json").read_text())
+    assert side and "8. The machine face cue" in out and "with the machine cue" in out
+
 
 def test_index_build_query_info(small_synth_corpus, tmp_path, capsys):
     out = tmp_path / "idx"

@@ -103,7 +103,7 @@ def run_demo(out: Path, *, quick: bool = False, progress: bool = True) -> int:
 
     _faces_step(console, out, progress)
     _video_step(console, out, quick, progress)  # 7a baseline, 7b OUS, 7c GRACE
-    # 8. the machine cue: its step goes here
+    _machine_cue_step(console, out, quick, progress)
     return 0
 
 
@@ -131,8 +131,7 @@ def _faces_step(console: Console, out: Path, progress: bool) -> None:
 
 
 # Video: 7a the face-only baseline, 7b OUS against its baseline, 7c GRACE against its no-text ablation, all on ONE
-# synthetic clip corpus and ONE frame cache (`video/train.py`'s demo helpers). Step 8 is reserved for the machine
-# cue (after step 7, before `return 0` in `run_demo`).
+# synthetic clip corpus and ONE frame cache (`video/train.py`'s demo helpers). Step 8 is the machine cue.
 VIDEO_FOLDS = ["set_1"]
 # training steps per run: (baseline, OUS pair, GRACE pair); None keeps the YAML's (600, 250, 100)
 QUICK_STEPS = (120, 60, 40)
@@ -199,7 +198,18 @@ def _video_step(console: Console, out: Path, quick: bool, progress: bool) -> Non
     console.print(f"  GRACE - no_text (paired bootstrap): UAR {_diff(d['uar'])}, WAR {_diff(d['war'])}")
     console.print(_verdict("GRACE", "its no-text ablation", d["uar"], quick))
     console.print(f"report: {Path(g['out']) / 'ablations.md'}")
-    # Step 8 (the machine cue) goes here, after the video steps; keep the numbering.
+
+
+def _machine_cue_step(console: Console, out: Path, quick: bool, progress: bool) -> None:
+    console.rule("8. The machine face cue beside the human one: FER2013 mini-Xception on a synthetic rating corpus")
+    from vlm_salience.machine_cue_demo import machine_cue_demo, summary_lines
+
+    console.print("A synthetic Split-Steal corpus rated per emotion (1-9) with drawn faces: the study runs once with "
+                  "the human face-only raters as the face cue and once with the real FER2013 classifier reading the "
+                  "face images in their place.")
+    res = machine_cue_demo(out / "machine_cue", quick=quick, progress=progress)
+    for line in summary_lines(res):
+        console.print(line)
 
 
 def _diff(p: dict | None) -> str:

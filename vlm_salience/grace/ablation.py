@@ -67,13 +67,13 @@ def run_ablations(config: str | Path, out: str | Path, *, variants: dict[str, li
     runs: dict[str, Path] = {}
     for name, extra in variants.items():
         run = out / name
-        if not (run / "metrics.json").is_file():
-            train_video(config, [*overrides, *extra, f"out={run}"], progress=progress)
+        # resume, never "skip if metrics.json exists": a finished fold is kept only if its fingerprint matches
+        # these settings (`train_video`), so a run left by other settings (e.g. `--quick`) is not reused
+        train_video(config, [*overrides, *extra, f"out={run}"], resume=True, progress=progress)
         runs[name] = run
     if baseline:
         run = out / "baseline"
-        if not (run / "metrics.json").is_file():
-            train_video(baseline_yaml(config, out, list(overrides)), progress=progress)
+        train_video(baseline_yaml(config, out, list(overrides)), resume=True, progress=progress)
         runs["baseline"] = run
     doc: dict[str, Any] = {"config": str(config), "overrides": list(overrides), "variants": variants,
                            "methods": {}, "paired": {}}
