@@ -17,9 +17,8 @@ import yaml
 
 from vlm_salience.config import load_config
 from vlm_salience.data import load_corpus
-from vlm_salience.data.synth import _temper, generate
-from vlm_salience.data.synth_ratings import (RatingSynthConfig, generate_ratings, rating_data_config,
-                                             true_distributions, write_rating_corpus)
+from vlm_salience.data.synth import _temper, generate_with_distributions
+from vlm_salience.data.synth_ratings import RatingSynthConfig, generate_ratings, rating_data_config, write_rating_corpus
 from vlm_salience.machine_cue_demo import machine_cue_demo, planted_agreement, summary_lines
 from vlm_salience.machine_cues import (MachineCueConfig, Reading, cue_agreement, face_summaries, machine_corpus)
 
@@ -63,15 +62,14 @@ def test_rating_corpus_loads_through_the_ordinary_loader(small, monkeypatch):
 
 
 def test_recomputed_distributions_are_the_generators(monkeypatch):
-    """true_distributions recomputes what synth.generate draws its own (choice) raters from: with many raters at
+    """generate_with_distributions returns what synth.generate draws its own (choice) raters from: with many raters at
     temperature 1 their choice frequencies differ from it by sampling noise only (the mean absolute deviation of a
-    binomial frequency, sqrt(2/pi p(1-p)/R)). Dropping the planted law from the recomputation (equal weights) is
+    binomial frequency, sqrt(2/pi p(1-p)/R)). Dropping the planted law from them (equal weights) is
     several times further off: the check can see a wrong recomputation."""
     R = 400
     cfg = load_config(SYNTH, RatingSynthConfig, ["participants=6", "rounds=4", "perception.rater_temperature_sd=0",
                                                  f"raters={{face: {R}, context: {R}, combined: {R}}}"])
-    trials, choices, truth, _ = generate(cfg)
-    p = true_distributions(cfg, trials, truth)
+    trials, choices, truth, _, p = generate_with_distributions(cfg)
     labels = list(cfg.labels)
     errs = {}
     for cond in ("face", "context", "combined"):

@@ -120,6 +120,14 @@ def _temper(pf: np.ndarray, pc: np.ndarray, p0: np.ndarray, wf: np.ndarray, wc: 
 
 def generate(cfg: SynthConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, list[tuple[str, str, float, FaceStyle]]]:
     """Return (trials, ratings, truth, faces to render) without touching the disk."""
+    return generate_with_distributions(cfg)[:4]
+
+
+def generate_with_distributions(cfg: SynthConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame,
+                                                             list[tuple[str, str, float, FaceStyle]],
+                                                             dict[str, np.ndarray]]:
+    """`generate`, plus the (n, K) true emotion distributions the raters drew from ({face, context, combined,
+    prior}): other generators (data/synth_ratings.py) rate the same trials from them."""
     rng = np.random.default_rng(cfg.seed)
     labels = cfg.labels
     K = len(labels)
@@ -219,7 +227,7 @@ def generate(cfg: SynthConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame
                                       "valence": val, "emotion": [labels[k] for k in choice]}))
     ratings = pd.concat(rows, ignore_index=True)
     faces = [(t, labels[felt[i]], float(x[i]), styles[part[i]]) for i, t in enumerate(trial_ids)]
-    return trials, ratings, truth, faces
+    return trials, ratings, truth, faces, {"face": p_face, "context": p_ctx, "combined": p_comb, "prior": p_prior}
 
 
 def data_config(cfg: SynthConfig) -> dict:

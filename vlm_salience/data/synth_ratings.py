@@ -11,9 +11,8 @@ over emotions (face-only: what the drawn face shows; context-only: the appraisal
 under the planted law), sharpened or flattened by the rater's own temperature as in synth.py; the rating of emotion
 k is `low + (high - low) * q_k ** exponent` plus the rater's bias and noise, rounded to the scale and clipped.
 
-The true distributions are recomputed from `generate()`'s outputs (the trials, and the truth table's expressivity,
-felt emotion and weights) with synth.py's own functions, so this module never duplicates its random stream;
-`tests/test_machine_cue_demo.py` checks the recomputation against the generator's own choice raters.
+The true distributions come from the generator itself (`synth.generate_with_distributions`), so this module
+repeats none of its model; `tests/test_machine_cue_demo.py` checks them against the generator's own choice raters.
 
 The corpus is written in the `cue_tables` format (configs/data/affcog_utterances.yaml is the real one): face.csv,
 context.csv and combined.csv with one column per emotion, a face image column read from `faces/`, and data.yaml.
@@ -32,8 +31,7 @@ from tqdm.auto import tqdm
 from vlm_salience.atomic import staged_dir, write_text
 from vlm_salience.config import StrictModel
 from vlm_salience.data.faces import render_face
-from vlm_salience.data.synth import OUTCOMES, SynthConfig, _softmax, _temper, data_config, generate
-from vlm_salience.errors import ConfigError
+from vlm_salience.data.synth import SynthConfig, _softmax, data_config, generate_with_distributions
 
 # Signed valence of the synthetic labels (valence is derived from the rated emotions; no valence is rated).
 VALENCE = {"joy": 1.0, "surprise": 0.0, "neutral": 0.0, "sadness": -1.0, "anger": -1.0, "fear": -1.0,
@@ -60,41 +58,6 @@ class RatingSynthConfig(SynthConfig):
 
     name: str = "synthetic_split_steal_ratings"
     ratings: RatingDrawConfig = Field(default_factory=RatingDrawConfig)
-
-    @model_validator(mode="after")
-    def _recomputable(self) -> RatingSynthConfig:
-        if self.perception.readability_sd > 0:
-            raise ValueError("perception.readability_sd must be 0 for a rating corpus: the per-trial readability "
-                             "is not in the generator's truth table, so the face distributions cannot be recomputed")
-        return self
-
-
-def true_distributions(cfg: SynthConfig, trials: pd.DataFrame, truth: pd.DataFrame) -> dict[str, np.ndarray]:
-    """(n, K) true emotion distributions per condition (face, context, combined, prior), recomputed from the
-    generator's outputs with its own functions (synth.generate draws them but does not return them)."""
-    if cfg.perception.readability_sd > 0:
-        raise ConfigError("perception.readability_sd > 0: the face distributions cannot be recomputed from the "
-                          "truth table. Fix: set it to 0 for a rating corpus.")
-    labels = list(cfg.labels)
-    K, n = len(labels), len(trials)
-    base = np.zeros((len(OUTCOMES), K))
-    for o, row in enumerate(OUTCOMES):
-        for lab, logit in cfg.appraisal.get(row, {}).items():
-            base[o, labels.index(lab)] = logit
-    lo, hi = np.log(cfg.pot[0]), np.log(cfg.pot[1])
-    z = (np.log(trials["pot"].to_numpy(float)) - (lo + hi) / 2) / ((hi - lo) / np.sqrt(12.0))
-    stakes = np.clip(1.0 + cfg.pot_effect * z, 0.2, None)
-    o_idx = np.array([OUTCOMES.index(o) for o in trials["outcome"]])
-    p_ctx = _softmax(base[o_idx] * stakes[:, None])
-    p_prior = np.mean([_softmax(base[np.full(n, o)] * stakes[:, None]) for o in range(len(OUTCOMES))], axis=0)
-    x = truth["expressivity"].to_numpy(float)
-    felt = np.array([labels.index(e) for e in truth["felt_emotion"]])
-    logits = np.zeros((n, K))
-    logits[np.arange(n), felt] += cfg.perception.face_clarity * x
-    logits[:, labels.index(cfg.neutral_label)] += cfg.perception.neutral_pull * (1.0 - x)
-    p_face = _softmax(logits)
-    p_comb = _temper(p_face, p_ctx, p_prior, truth["w_face"].to_numpy(float), truth["w_context"].to_numpy(float))
-    return {"face": p_face, "context": p_ctx, "combined": p_comb, "prior": p_prior}
 
 
 def rate(p: np.ndarray, n_raters: int, rng: np.random.Generator, cfg: RatingSynthConfig) -> np.ndarray:
@@ -128,8 +91,7 @@ def rating_data_config(cfg: RatingSynthConfig) -> dict:
 
 def generate_ratings(cfg: RatingSynthConfig) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, list]:
     """({face, context, combined} rating tables, truth, faces to render) without touching the disk."""
-    trials, _choices, truth, faces = generate(cfg)
-    dists = true_distributions(cfg, trials, truth)
+    trials, _choices, truth, faces, dists = generate_with_distributions(cfg)
     rng = np.random.default_rng(cfg.seed + 2)
     labels = list(cfg.labels)
     sit_cols = ["own_decision", "partner_decision", "outcome", "pot", "payoff"]
