@@ -270,7 +270,7 @@ def demo_grace_step(root: str | Path, *, folds: list[str] | None = None, steps: 
                  f"model.encoder.path={root / 'models' / 'tiny_clip_grace'}"]
     previous = out / "ablations.json"
     if previous.is_file() and json.loads(previous.read_text()).get("overrides") != overrides:
-        shutil.rmtree(out)  # run_ablations keeps any finished run: one with other settings (--quick) is stale
+        shutil.rmtree(out)  # other settings (--quick): their checkpoints would be refused on resume, so start afresh
     doc = run_ablations(shipped(DEMO_GRACE), out, variants={"grace": [], "no_text": ["model.text.source=none"]},
                         overrides=overrides, baseline=False, reference="grace", progress=progress)
     for name in doc["methods"]:
