@@ -4,10 +4,13 @@
     python benchmarks/bench_grace.py sinkhorn --before REV   # ... and vs transport.py at git revision REV
     python benchmarks/bench_grace.py cate       # CATE: batched shared-prefix generation vs per-clip generate
     python benchmarks/bench_grace.py science    # distractors on/off x motion weighting, ablations, plan shares
+    python benchmarks/bench_grace.py science --which vague   # refined vs coarse text where the coarse is vague
 
 `science` writes two synthetic corpora (configs/grace/clips_distractors.yaml, clips_no_distractors.yaml), trains
 each variant through the shared video workflow on the same folds, and writes OUT/{on,off}/ablations.{json,md}
 (paired bootstrap intervals) and OUT/shares.json (transport-plan mass on expression vs distractor regions).
+`--which vague` adds configs/grace/clips_vague.yaml (each clip's face worded by one of several colloquial
+paraphrases) and compares refined with coarse text there; OUT/science.json keeps every condition run so far.
 """
 
 from __future__ import annotations
@@ -173,7 +176,10 @@ SCIENCE_VARIANTS = {
            "no_text_no_motion": ["model.text.source=none", "model.motion.mode=off"]},
     "off": {"grace": [], "no_motion": ["model.motion.mode=off"], "no_text": ["model.text.source=none"],
             "no_text_no_motion": ["model.text.source=none", "model.motion.mode=off"]},
+    # refined vs coarse where the coarse text is vague (varied colloquial wording, configs/grace/clips_vague.yaml)
+    "vague": {"grace": [], "coarse_text": ["model.text.use=coarse"], "no_text": ["model.text.source=none"]},
 }
+SCIENCE_CORPORA = {"on": "clips_distractors.yaml", "off": "clips_no_distractors.yaml", "vague": "clips_vague.yaml"}
 
 
 def science(args) -> dict:
@@ -186,10 +192,14 @@ def science(args) -> dict:
     torch.set_num_threads(args.threads)
     out = Path(args.out).resolve()
     which = args.which.split(",")
-    result = {}
+    unknown = sorted(set(which) - set(SCIENCE_CORPORA))
+    if unknown:
+        raise SystemExit(f"--which: unknown condition(s) {unknown}; known: {sorted(SCIENCE_CORPORA)}")
+    saved = out / "science.json"
+    result = json.loads(saved.read_text()) if saved.is_file() else {}  # conditions run before are kept
     for cond in which:
         corpus = out / f"corpus_{cond}"
-        yaml_name = "clips_distractors.yaml" if cond == "on" else "clips_no_distractors.yaml"
+        yaml_name = SCIENCE_CORPORA[cond]
         if not (corpus / "generic" / "data.yaml").is_file():
             write_clip_corpus(load_config(ROOT / "configs/grace" / yaml_name, ClipSynthConfig), corpus,
                               progress=False)

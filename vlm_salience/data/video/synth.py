@@ -49,9 +49,12 @@ class LawConfig(StrictModel):
 
 
 class TextConfig(StrictModel):
-    """Phrases of the reference description (facial actions, scene, motion); never the label's name."""
+    """Phrases of the reference description (facial actions, scene, motion); never the label's name.
 
-    faces: dict[str, str] = Field(default_factory=lambda: {
+    A class's `faces` entry may be a list of paraphrases: each clip draws one (seeded), the way a VLM varies its
+    wording from clip to clip (configs/grace/clips_vague.yaml: the vague-coarse-text condition of GRACE's CATE)."""
+
+    faces: dict[str, str | list[str]] = Field(default_factory=lambda: {
         "happy": "the lip corners rise into an open smile",
         "sad": "the inner brows lift and the lip corners sink",
         "neutral": "the face stays relaxed",
@@ -109,6 +112,9 @@ class ClipSynthConfig(StrictModel):
             missing = sorted(set(self.classes) - set(mapping))
             if missing:
                 raise ValueError(f"{field} lacks classes {missing}")
+        empty = sorted(c for c, v in self.text.faces.items() if isinstance(v, list) and not v)
+        if empty:
+            raise ValueError(f"text.faces of {empty} is an empty list; give at least one phrase")
         unknown = sorted(set(self.expressions.values()) - set(ACTIONS))
         if unknown:
             raise ValueError(f"expressions name {unknown}, which data/faces.py cannot draw; known: {sorted(ACTIONS)}")
@@ -262,11 +268,17 @@ def render_clip(spec: ClipSpec, cfg: ClipSynthConfig) -> RenderedClip:
 
 def describe(spec: ClipSpec, cfg: ClipSynthConfig, objects: list[str]) -> str:
     tx = cfg.text
+    wording = np.random.default_rng([cfg.seed, 4, spec.index])  # its own stream: other draws stay as they were
+
+    def face_of(cls: str) -> str:
+        v = tx.faces[cls]
+        return v if isinstance(v, str) else v[int(wording.integers(len(v)))]
+
     if spec.pair is not None:
         a, b = spec.pair
-        face = tx.ambiguous.format(a=tx.faces[a], b=tx.faces[b])
+        face = tx.ambiguous.format(a=face_of(a), b=face_of(b))
     else:
-        face = tx.faces[cfg.classes[spec.label]]
+        face = face_of(cfg.classes[spec.label])
     objs = objects[0] if len(objects) == 1 else ", ".join(objects[:-1]) + " and " + objects[-1]
     scene = tx.scenes[POLARITIES[spec.polarity]].format(objects=objs)
     distractor = " " + tx.distractors[spec.distractor] if spec.distractor != "none" else ""
