@@ -61,8 +61,8 @@ def test_padding_does_not_trigger_absorptions(monkeypatch):
     import vlm_salience.grace.transport as tr
 
     calls = []
-    real = tr._outside
-    monkeypatch.setattr(tr, "_outside", lambda *args: calls.append(r := real(*args)) or r)
+    real = tr._outside_uv
+    monkeypatch.setattr(tr, "_outside_uv", lambda *args: calls.append(r := real(*args)) or r)
     c, a, w = _problem()
     with torch.no_grad():
         tr.sinkhorn_log(c, a, w, 0.5, 30)
@@ -70,7 +70,7 @@ def test_padding_does_not_trigger_absorptions(monkeypatch):
         calls.clear()
         tr.sinkhorn_log(*_padded(c, a, w), 0.5, 30)
         padded = sum(calls)
-    assert len(calls) == 29 and plain == 0  # eps 0.5: the scalings stay bounded, nothing to absorb
+    assert len(calls) == 30 and plain == 0  # eps 0.5: the scalings stay bounded, nothing to absorb
     assert padded == 0  # zero scalings of padding tokens are not "unbounded"
     calls.clear()
     with torch.no_grad():
