@@ -104,15 +104,10 @@ def _solve_inplace(cost, a, b, eps, n_iters, log_a, log_b, real, tiny, hi, lo, p
     bsz, n, m = cost.shape
     kernel = torch.empty_like(cost)
     pad_rows = (a <= 0)[:, :, None] if padded else None
-    if padded:  # the column minima are over real rows; padded rows get no kernel mass (exp(-inf) = 0)
-        cmin = cost.masked_fill(pad_rows, math.inf).amin(dim=1, keepdim=True)
-        torch.sub(cost, cmin, out=kernel).masked_fill_(pad_rows, math.inf)
-    else:
-        cmin = cost.amin(dim=1, keepdim=True)
-        torch.sub(cost, cmin, out=kernel)
-    kernel.mul_(-1.0 / eps).exp_()  # exp(m + g) with m = -C/eps, f = 0, g = min_i C / eps
-    f = torch.zeros_like(a)
-    g = cmin[:, 0, :] * (1.0 / eps)
+    # the column minima are over real rows; padded rows get no kernel mass (exp(-inf) = 0)
+    cmin = (cost.masked_fill(pad_rows, math.inf) if padded else cost).amin(dim=1)
+    f, g = torch.zeros_like(a), cmin * (1.0 / eps)  # exp(m + f + g) with m = -C/eps
+    _build_kernel(cost, eps, f, g, kernel, pad_rows)
     uv = torch.empty(bsz, n + m, dtype=cost.dtype, device=cost.device)  # u | v: one buffer, one min/max per iteration
     u, v = uv[:, None, :n], uv[:, None, n:]
     u.fill_(1.0)
@@ -127,11 +122,12 @@ def _solve_inplace(cost, a, b, eps, n_iters, log_a, log_b, real, tiny, hi, lo, p
     low = vk[:, 0].masked_fill(pad_rows[:, :, 0], 1.0).amin() if padded else vk.amin()
     if not low.item() >= _SAFE:  # redo the u-step in logsumexp form: the kernel becomes the plan so far
         g = g + log_b - uk[:, 0].log()  # uk >= 1 on real columns (column maxima are 1): exact
-        k = torch.mul(cost, -1.0 / eps, out=kernel).add_(g[:, None, :])
-        top = k.amax(dim=2, keepdim=True)
-        k.sub_(top).exp_()
-        f = log_a - (k.sum(dim=2).log() + top[:, :, 0])
-        kernel.mul_((f + top[:, :, 0]).exp()[:, :, None])  # exp(m + f + g): rows sum to a; 0 on padded rows
+        k = torch.add((g * _LOG2E)[:, None, :], cost, alpha=-_LOG2E / eps, out=kernel)  # (m + g) in bits
+        top = k.amax(dim=2)
+        k.sub_(top[:, :, None]).exp2_()
+        top = top * _LN2
+        f = log_a - (k.sum(dim=2).log() + top)
+        kernel.mul_((f + top).exp()[:, :, None])  # exp(m + f + g): rows sum to a; 0 on padded rows
         _transposed(kernel, out=kernel_t)
         uv.fill_(1.0)
     else:
@@ -145,9 +141,7 @@ def _solve_inplace(cost, a, b, eps, n_iters, log_a, log_b, real, tiny, hi, lo, p
         if _outside_uv(uv, hi, lo, real_uv):  # absorb the scalings into the potentials; rebuild the kernel
             f = f + u[:, 0].clamp_min(tiny).log()
             g = g + v[:, 0].clamp_min(tiny).log()
-            torch.mul(cost, -1.0 / eps, out=kernel).add_(f[:, :, None]).add_(g[:, None, :]).exp_()
-            if padded:
-                kernel.masked_fill_(pad_rows, 0.0)
+            _build_kernel(cost, eps, f, g, kernel, pad_rows)
             _transposed(kernel, out=kernel_t)
             uv.fill_(1.0)
     plan = kernel.mul_(u.transpose(1, 2)).mul_(v)  # the kernel is not needed any more
@@ -157,6 +151,16 @@ def _solve_inplace(cost, a, b, eps, n_iters, log_a, log_b, real, tiny, hi, lo, p
     return Transport(plan=plan, cost=total)
 
 
+def _build_kernel(cost, eps, f, g, out, pad_rows=None) -> torch.Tensor:
+    """out = exp(-C/eps + f_i + g_j), 0 on padded rows, in two passes and an exp2 (torch's exp2 measured ~2x
+    faster than its exp here; the log2(e) factor is folded into the scale)."""
+    torch.add((g * _LOG2E)[:, None, :], cost, alpha=-_LOG2E / eps, out=out).add_((f * _LOG2E)[:, :, None])
+    if pad_rows is not None:
+        out.masked_fill_(pad_rows, -math.inf)
+    return out.exp2_()
+
+
+_LOG2E, _LN2 = 1.0 / math.log(2.0), math.log(2.0)
 _SAFE = 1e-30  # v K^T above this on every real row: the kernel entries lost to underflow (< 1.2e-38 each,
 # times v <= b) change it by < 1e-8 relative, so the first u-step is exact to fp32
 
