@@ -18,7 +18,10 @@ excess is evidence of a salience law.
 Laws of issue 16 beside the expressivity laws: `reliability` (its evidence: the exponent gamma beyond the null's),
 `per_emotion` and `learned` (their evidence: the spread of the face share over emotions or items beyond the spread
 the same fit finds on no-law data whose combined judgements are drawn again, since a fit to noisy targets finds
-per-emotion and per-item differences with no law at all). Their priors are `laws` in the config.
+per-emotion and per-item differences with no law at all). Their priors are `laws` in the config. Their wins over
+the control are also judged beyond the gain the same fits make out of fold on no-law corpora (`_null_gains`): with
+face cues estimated from a few raters and one constant pair shared by the emotion and valence blocks, more
+parameters predict better with no law at all (a false valence win on the law-off corpus).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from vlm_salience.config import StrictModel
 from vlm_salience.cue_models import CueModelConfig, CueTable, build_cues, resample_face_raters, resimulate_faces
 from vlm_salience.data.corpus import Corpus
 from vlm_salience.expressivity import Normaliser, raw_scores
-from vlm_salience.metrics import paired_bootstrap, resample_weights, resampling_label, score
+from vlm_salience.metrics import HIGHER_IS_BETTER, paired_bootstrap, resample_weights, resampling_label, score
 from vlm_salience.predictions import Predictions, from_blocks, observed
 from vlm_salience.reliability import GATE_FEATURES, empirical_face_cues, gate_input, law_input, log_reliability_ratio
 from vlm_salience.salience import (DEFAULT_THRESHOLD, GATE_KINDS, PER_EMOTION_KINDS, RELIABILITY_KINDS, LawKind,
@@ -80,6 +83,9 @@ class LawSettings(StrictModel):
     # e^{+-1} at two sd; smaller shrinks harder toward the control
     per_emotion_sd: float = Field(0.5, gt=0)
     gate_sd: float = Field(1.0, gt=0)  # sd of the learned gate's coefficients on standardised features
+    # no-law corpora on which each sized law's out-of-fold gain over its control is measured again: a win over the
+    # control counts only beyond that gain (0: off, and the sized laws' wins are not corrected)
+    null_wins: int = Field(4, ge=0)
 
     def prior_sd(self, kind: LawKind) -> float:
         return self.per_emotion_sd if kind in PER_EMOTION_KINDS else self.gate_sd
@@ -231,6 +237,7 @@ def run_study(corpus: Corpus, cfg: StudyConfig, *, progress: bool = True) -> Stu
             fold_laws[m.name].append(law.describe())
     groups, crossed, result.resampling = bootstrap_factors(corpus, cfg)
     bs = cfg.bootstrap
+    null_gains = _null_gains(corpus, cues, cfg, raw, folds, progress)
     for m in cfg.methods:
         pred = Predictions.concat(parts[m.name]).align(corpus.item_ids)
         result.predictions[m.name] = pred
@@ -246,6 +253,8 @@ def run_study(corpus: Corpus, cfg: StudyConfig, *, progress: bool = True) -> Stu
             comp["vs_control"] = {"control": control, **paired_bootstrap(
                 result.predictions[m.name], result.predictions[control], obs, n_boot=bs.n, seed=bs.seed,
                 groups=groups, crossed=crossed)}
+            if m.name in null_gains:
+                _beyond_null_gain(comp["vs_control"], null_gains[m.name])
         null = cfg.null_of(m)
         if null:
             comp["vs_null"] = {"null": null, **paired_bootstrap(
@@ -260,6 +269,74 @@ def run_study(corpus: Corpus, cfg: StudyConfig, *, progress: bool = True) -> Stu
             v["salience_evidence"] = bool(v["beats_control"] and v.get("beats_null", True)
                                           and result.weights.get(name, {}).get("gap_evidence", False))
     return result
+
+
+def _null_gains(corpus: Corpus, cues: CueTable, cfg: StudyConfig, raw: np.ndarray, folds: list[np.ndarray],
+                progress: bool) -> dict[str, dict[str, list[float]]]:
+    """Per sized method (per_emotion, learned; product and pool) and metric: its out-of-fold gain over its control
+    (law minus control) on each of `laws.null_wins` no-law corpora, cross-validated on the same folds.
+
+    Why: face cues estimated from a few face-only raters carry a sampling error that varies from face to face
+    (larger for subtle faces), so an item-level gate over expressivity and reliability learns to lean less on a
+    noisy face estimate, and a per-emotion law's free pairs let the valence block (which reads only the global
+    pair) escape the compromise the control makes between blocks. Both predict better out of fold than one
+    constant pair with no law at all (a false win on valence MSE and r on the law-off corpus). The no-law corpora
+    carry the same artefacts: targets drawn from the product control's predictions, face cues estimated again
+    from simulated raters drawn from the raw face-only histograms (`_null_cues`)."""
+    sized = [m for m in cfg.methods if m.salience in SPREAD_KINDS and cfg.control_of(m)]
+    if not sized or cfg.laws.null_wins == 0:
+        return {}
+    by_name = {m.name: m for m in cfg.methods}
+    fitted = sized + [by_name[n] for n in dict.fromkeys(cfg.control_of(m) for m in sized)]
+    thr, obj = cfg.expressivity.threshold, cfg.fit_objective
+    x_all = Normaliser.fit(raw, cfg.expressivity.normalise)(raw)
+    base = empirical_face_cues(cues) if cues.face_rows else cues
+    rng = np.random.default_rng(cfg.bootstrap.seed + 4)
+    all_idx = np.arange(len(corpus.items))
+    gains: dict[str, dict[str, list[float]]] = {m.name: {} for m in sized}
+    for _ in tqdm(range(cfg.laws.null_wins), desc="no-law corpora (sized laws' gains)", disable=not progress,
+                  unit="corpus"):
+        nc = _null_cues(base, x_all, thr, obj, rng, sample_targets=True, per_block=True)
+        obs = _observed_targets(corpus, nc)
+        parts: dict[str, list[Predictions]] = {m.name: [] for m in fitted}
+        for test in folds:
+            train = np.setdiff1d(all_idx, test)
+            x = Normaliser.fit(raw[train], cfg.expressivity.normalise)(raw)
+            train_cues = nc.take(train)
+            for m in fitted:
+                law = _fit(train_cues, m, _law_x(m, train_cues, x[train]), cfg)
+                parts[m.name].append(_predict(corpus, nc, m, law, x, test))
+        preds = {k: Predictions.concat(v).align(corpus.item_ids) for k, v in parts.items()}
+        for m in sized:
+            diff = paired_bootstrap(preds[m.name], preds[cfg.control_of(m)], obs, n_boot=0)
+            for metric, d in diff.items():
+                gains[m.name].setdefault(metric, []).append(d["diff"])
+    return gains
+
+
+def _observed_targets(corpus: Corpus, cues: CueTable) -> Predictions:
+    """The combined judgements a CueTable carries (its blocks' targets), as observed Predictions."""
+    blocks = {}
+    for b in cues.blocks:
+        tot = b.targets.sum(axis=-1, keepdims=True)
+        blocks[b.name] = b.targets / np.where(tot > 0, tot, 1.0)
+    return from_blocks(corpus, "observed", corpus.item_ids, blocks)
+
+
+def _beyond_null_gain(vs: dict[str, Any], gains: dict[str, list[float]]) -> None:
+    """A win over the control counts only beyond the mean gain the same fit makes on no-law corpora: the paired
+    interval is shifted by that gain (`excess_ci95`); the uncorrected verdict stays as `a_better_raw`."""
+    for metric, higher in HIGHER_IS_BETTER.items():
+        e = vs.get(metric)
+        g = np.asarray(gains.get(metric, []), dtype=float)
+        g = g[np.isfinite(g)]
+        if not isinstance(e, dict) or not len(g):
+            continue
+        null = float(g.mean())
+        lo, hi = (c - null for c in e["ci95"])
+        e.update(null_gain=null, null_gains=g.tolist(), excess=e["diff"] - null, excess_ci95=[lo, hi],
+                 a_better_raw=e["a_better"],
+                 a_better=bool(e["a_better"] and (lo > 0 if higher else hi < 0)))
 
 
 def _verdict(comp: dict[str, Any], primary: str, reference: str) -> dict[str, Any]:
@@ -398,14 +475,23 @@ def _with_resampled_faces(cues: CueTable, rng: np.random.Generator) -> CueTable:
 
 
 def _null_cues(cues: CueTable, x: np.ndarray, thr: float, objective: bci.Objective,
-               rng: np.random.Generator, *, sample_targets: bool = False) -> CueTable:
+               rng: np.random.Generator, *, sample_targets: bool = False, per_block: bool = False) -> CueTable:
     """The data a fit would see with no salience law: targets are what the product control (one constant weight
     pair) predicts, at each cell's number of judgements, and the face cues are estimated again from simulated
     face-only raters, so that they carry the sampling error the real ones carry. With `sample_targets` the
     combined judgements are drawn (multinomial per cell) rather than expected, so that they carry their sampling
-    error too (what a per-emotion or gated law fits where no law is)."""
-    law = bci.fit_law(cues, "product", "control", x, threshold=thr, objective=objective)
-    blocks, _ = bci.predict(cues, "product", law, x)
+    error too (what a per-emotion or gated law fits where no law is). With `per_block` each block (emotions,
+    valence) gets its own constant pair: still no law, but the estimated cues of different blocks often fit
+    different pairs (the one control compromises between them), which a law with more parameters can exploit."""
+    if per_block:
+        blocks = {}
+        for b in cues.blocks:
+            one = replace(cues, blocks=[b])
+            law = bci.fit_law(one, "product", "control", x, threshold=thr, objective=objective)
+            blocks.update(bci.predict(one, "product", law, x)[0])
+    else:
+        law = bci.fit_law(cues, "product", "control", x, threshold=thr, objective=objective)
+        blocks, _ = bci.predict(cues, "product", law, x)
 
     def targets(b):
         n = b.targets.sum(axis=-1)
