@@ -174,7 +174,8 @@ SCIENCE_VARIANTS = {
     "on": {"grace": [], "no_motion": ["model.motion.mode=off"], "coarse_text": ["model.text.use=coarse"],
            "no_ot": ["model.ot.enabled=false"], "no_text": ["model.text.source=none"],
            "no_text_no_motion": ["model.text.source=none", "model.motion.mode=off"]},
-    "off": {"grace": [], "no_motion": ["model.motion.mode=off"], "no_text": ["model.text.source=none"],
+    "off": {"grace": [], "no_motion": ["model.motion.mode=off"], "coarse_text": ["model.text.use=coarse"],
+            "no_text": ["model.text.source=none"],
             "no_text_no_motion": ["model.text.source=none", "model.motion.mode=off"]},
     # refined vs coarse where the coarse text is vague (varied colloquial wording, configs/grace/clips_vague.yaml)
     "vague": {"grace": [], "coarse_text": ["model.text.use=coarse"], "no_text": ["model.text.source=none"]},
