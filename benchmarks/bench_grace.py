@@ -29,6 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def bench_sinkhorn(args) -> dict:
+    import os
+
     import ot
     import torch
 
@@ -42,34 +44,47 @@ def bench_sinkhorn(args) -> dict:
     w = torch.rand(b, m, generator=g) + 0.05
     w = w / w.sum(1, keepdim=True)
     cn, an, wn = cost.double().numpy(), a.double().numpy(), w.double().numpy()
+    c32, a32, w32 = cost.numpy(), a.numpy(), w.numpy()  # POT also on the fp32 arrays as they come
 
     def ours():
         return sinkhorn_log(cost, a, w, eps, iters).plan
 
-    def pot():
-        return [ot.sinkhorn(an[i], wn[i], cn[i], eps, numItermax=iters, stopThr=0.0) for i in range(b)]
+    def pot(c=cn, x=an, y=wn):
+        return [ot.sinkhorn(x[i], y[i], c[i], eps, numItermax=iters, stopThr=0.0) for i in range(b)]
+
+    def pot32():
+        return pot(c32, a32, w32)
 
     before = _transport_at(args.before) if args.before else None  # the same function at an older revision
 
     import warnings
 
     warnings.filterwarnings("ignore", message="Sinkhorn did not converge")
-    ours(), pot()  # warm-up
+    ours(), pot(), pot32()  # warm-up
+    # equal iterations: with stopThr=0 POT runs all numItermax (its log says which iteration it ended on)
+    pot_last = ot.sinkhorn(an[0], wn[0], cn[0], eps, numItermax=iters, stopThr=0.0, log=True)[1]["niter"]
     if before is not None:
         before.sinkhorn_log(cost, a, w, eps, iters)
-    t_ours, t_pot, t_before = [], [], []
+    t_ours, cpu_ours, t_pot, t_pot32, t_before = [], [], [], [], []
+    load = [os.getloadavg()[0]]
     for _ in range(args.rounds):  # alternate, medians: this shared machine's speed swings between runs
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         p = ours()
         t_ours.append(time.perf_counter() - t0)
+        cpu_ours.append(time.process_time() - c0)  # ~ the wall time: one core, no BLAS threads behind it
         t0 = time.perf_counter()
         ref = pot()
         t_pot.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        ref32 = pot32()
+        t_pot32.append(time.perf_counter() - t0)
         if before is not None:
             t0 = time.perf_counter()
             p_before = before.sinkhorn_log(cost, a, w, eps, iters).plan
             t_before.append(time.perf_counter() - t0)
+    load.append(os.getloadavg()[0])
     diff = float(max(np.abs(p[i].numpy() - ref[i]).max() for i in range(b)))
+    diff32 = float(max(np.abs(p[i].numpy() - ref32[i]).max() for i in range(b)))
     # small regularisation: the plain-domain form underflows, the log-domain ones stay finite
     from vlm_salience.grace.transport import sinkhorn_plain
 
@@ -81,11 +96,15 @@ def bench_sinkhorn(args) -> dict:
     ours_tiny = sinkhorn_log(cost[:1], a[:1], w[:1], tiny_eps, iters).plan[0].numpy()
     logpot = ot.sinkhorn(an[0], wn[0], cn[0], small, method="sinkhorn_log", numItermax=iters, stopThr=0.0)
     logours = sinkhorn_log(cost[:1], a[:1], w[:1], small, iters).plan[0].numpy()
-    out = {"clips": b, "shape": [n, m], "iters": iters, "eps": eps, "threads": args.threads,
-           "ours_s": float(np.median(t_ours)), "pot_loop_s": float(np.median(t_pot)),
+    out = {"clips": b, "shape": [n, m], "iters": iters, "pot_iterations_run": pot_last + 1, "eps": eps,
+           "threads": args.threads, "load_avg_1min_start_end": load, "rounds": args.rounds,
+           "ours_s": float(np.median(t_ours)), "ours_cpu_s": float(np.median(cpu_ours)),
+           "pot_loop_s": float(np.median(t_pot)), "pot_loop_fp32_s": float(np.median(t_pot32)),
            "speedup": float(np.median(t_pot) / np.median(t_ours)),
+           "speedup_vs_pot_fp32": float(np.median(t_pot32) / np.median(t_ours)),
            "per_round_speedup": [float(x / y) for x, y in zip(t_pot, t_ours)],
-           "max_abs_plan_diff_fp32_vs_pot_fp64": diff,
+           "per_round_speedup_vs_pot_fp32": [float(x / y) for x, y in zip(t_pot32, t_ours)],
+           "max_abs_plan_diff_fp32_vs_pot_fp64": diff, "max_abs_plan_diff_vs_pot_fp32": diff32,
            "small_eps": {"eps": small, "plain_fp32_finite": bool(np.isfinite(plain32).all()),
                          "plain_fp32_mass": float(np.nansum(plain32)),
                          "pot_plain_fp64_at_1e-5_finite": bool(np.isfinite(plain).all()),

@@ -30,10 +30,18 @@ def _padded(c, a, w):
 
 @pytest.mark.parametrize("eps", [0.5, 0.05, 2e-3])
 @pytest.mark.parametrize("pad", [False, True])
-def test_inplace_solver_equals_the_differentiable_one_and_pot(eps, pad):
+@pytest.mark.parametrize("numpy_blas", [True, False])
+def test_inplace_solver_equals_the_differentiable_one_and_pot(eps, pad, numpy_blas, monkeypatch):
+    """Both mat-vec routes of the in-place solver: NumPy's BLAS on CPU, torch.bmm with K^T elsewhere."""
     import ot
 
+    import vlm_salience.grace.transport as tr
     from vlm_salience.grace.transport import sinkhorn_log
+
+    monkeypatch.setattr(tr, "_NUMPY_BLAS", numpy_blas)
+    routes = []
+    real_init = tr._MatVecs.__init__
+    monkeypatch.setattr(tr._MatVecs, "__init__", lambda self, *x: real_init(self, *x) or routes.append(self.numpy))
 
     c, a, w = _problem()
     if pad:
@@ -43,6 +51,7 @@ def test_inplace_solver_equals_the_differentiable_one_and_pot(eps, pad):
         fast = sinkhorn_log(c, a, w, eps, iters)
     slow = sinkhorn_log(c.clone().requires_grad_(True), a, w, eps, iters)
     assert slow.plan.requires_grad and not fast.plan.requires_grad  # the two paths really ran
+    assert routes == [numpy_blas]  # the in-place solver ran once, on the route asked for
     np.testing.assert_allclose(fast.plan.numpy(), slow.plan.detach().numpy(), atol=1e-6, rtol=0)
     np.testing.assert_allclose(fast.cost.numpy(), slow.cost.detach().numpy(), atol=1e-6, rtol=0)
     assert fast.plan.dtype == torch.float32 and torch.isfinite(fast.plan).all()
@@ -77,3 +86,16 @@ def test_padding_does_not_trigger_absorptions(monkeypatch):
         out = tr.sinkhorn_log(*_padded(c, a, w), 1e-3, 60)  # small eps: absorptions do happen, and stay exact
     assert sum(calls) > 0 and torch.isfinite(out.plan).all()
     np.testing.assert_allclose(out.plan.sum(2).numpy(), _padded(c, a, w)[1].numpy(), atol=1e-5)
+
+
+def test_non_contiguous_cost_gives_the_same_plan():
+    """A cost that is a transposed view (e.g. C^T of visual x text costs) must not reach BLAS with odd strides."""
+    from vlm_salience.grace.transport import sinkhorn_log
+
+    c, a, w = _problem()
+    ct = c.transpose(1, 2).contiguous().transpose(1, 2)  # same values, column-major per clip
+    assert not ct.is_contiguous()
+    with torch.no_grad():
+        ref, out = sinkhorn_log(c, a, w, 0.05, 40), sinkhorn_log(ct, a, w, 0.05, 40)
+    np.testing.assert_allclose(out.plan.numpy(), ref.plan.numpy(), atol=1e-7, rtol=0)
+    np.testing.assert_allclose(out.cost.numpy(), ref.cost.numpy(), atol=1e-7, rtol=0)
