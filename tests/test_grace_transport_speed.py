@@ -99,3 +99,15 @@ def test_non_contiguous_cost_gives_the_same_plan():
         ref, out = sinkhorn_log(c, a, w, 0.05, 40), sinkhorn_log(ct, a, w, 0.05, 40)
     np.testing.assert_allclose(out.plan.numpy(), ref.plan.numpy(), atol=1e-7, rtol=0)
     np.testing.assert_allclose(out.cost.numpy(), ref.cost.numpy(), atol=1e-7, rtol=0)
+
+
+def test_no_grad_context_with_a_cost_that_requires_grad():
+    """Under torch.no_grad the in-place solver runs even for a leaf that requires grad (NumPy views need detach)."""
+    from vlm_salience.grace.transport import sinkhorn_log
+
+    c, a, w = _problem()
+    ref = sinkhorn_log(c, a, w, 0.05, 30)
+    with torch.no_grad():
+        out = sinkhorn_log(c.clone().requires_grad_(True), a, w, 0.05, 30)
+    assert not out.plan.requires_grad
+    np.testing.assert_allclose(out.cost.numpy(), ref.cost.numpy(), atol=1e-7, rtol=0)

@@ -107,7 +107,7 @@ def _solve_inplace(cost, a, b, eps, n_iters, log_a, log_b, real, tiny, hi, lo, p
     # the column minima are over real rows; padded rows get no kernel mass (exp(-inf) = 0)
     cmin = (cost.masked_fill(pad_rows, math.inf) if padded else cost).amin(dim=1)
     f, g = torch.zeros_like(a), cmin * (1.0 / eps)  # exp(m + f + g) with m = -C/eps
-    _build_kernel(cost, eps, f, g, kernel, pad_rows)
+    _build_kernel(cost, eps, None, g, kernel, pad_rows)  # f = 0: one pass fewer
     uv = kernel.new_empty(bsz, n + m)  # u | v: one buffer, one min/max per iteration
     u, v = uv[:, None, :n], uv[:, None, n:]
     u.fill_(1.0)
@@ -147,8 +147,7 @@ def _solve_inplace(cost, a, b, eps, n_iters, log_a, log_b, real, tiny, hi, lo, p
     plan = kernel.mul_(u.transpose(1, 2)).mul_(v)  # the kernel is not needed any more
     if padded:
         plan.masked_fill_(pad_rows | (b <= 0)[:, None, :], 0.0)
-    total = torch.bmm(plan.view(bsz, 1, -1), cost.reshape(bsz, -1, 1))[:, 0, 0]  # <plan, C>, no temporary
-    return Transport(plan=plan, cost=total)
+    return Transport(plan=plan, cost=mv.inner(plan, cost))  # <plan, C>, no temporary
 
 
 _NUMPY_BLAS = True  # the CPU route below; the tests switch it off to check the torch.bmm route too
@@ -195,11 +194,22 @@ class _MatVecs:
         else:
             torch.bmm(self.v, self.kernel_t, out=self.vk)
 
+    def inner(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """<x_b, y_b> per clip (B,), no full-size temporary (torch.bmm's (1, nm) x (nm, 1) form took ~1.4 ms
+        here, NumPy's ~0.25 ms)."""
+        bsz = x.shape[0]
+        if self.numpy:
+            xs, ys = x.numpy().reshape(bsz, 1, -1), y.detach().contiguous().numpy().reshape(bsz, -1, 1)
+            return torch.from_numpy(np.matmul(xs, ys)[:, 0, 0])
+        return torch.bmm(x.view(bsz, 1, -1), y.reshape(bsz, -1, 1))[:, 0, 0]
+
 
 def _build_kernel(cost, eps, f, g, out, pad_rows=None) -> torch.Tensor:
-    """out = exp(-C/eps + f_i + g_j), 0 on padded rows, in two passes and an exp2 (torch's exp2 measured ~2x
-    faster than its exp here; the log2(e) factor is folded into the scale)."""
-    torch.add((g * _LOG2E)[:, None, :], cost, alpha=-_LOG2E / eps, out=out).add_((f * _LOG2E)[:, :, None])
+    """out = exp(-C/eps + f_i + g_j) (f None: 0), 0 on padded rows, in two passes and an exp2 (torch's exp2
+    measured ~2x faster than its exp here; the log2(e) factor is folded into the scale)."""
+    torch.add((g * _LOG2E)[:, None, :], cost, alpha=-_LOG2E / eps, out=out)
+    if f is not None:
+        out.add_((f * _LOG2E)[:, :, None])
     if pad_rows is not None:
         out.masked_fill_(pad_rows, -math.inf)
     return out.exp2_()
