@@ -1,8 +1,8 @@
 """Entropy-regularised optimal transport between text tokens and visual tokens: Sinkhorn in the log domain.
 
 Why the log domain: the plain form scales K = exp(-C / eps); with costs of order 1 and eps = 1e-3, exp(-1000)
-is 0 in fp32 and the plan becomes 0/0. The log-domain form keeps the dual potentials f, g as logs (logsumexp
-for the first step, then absorbed scalings on a stabilised kernel), which never leaves the representable range.
+is 0 in fp32 and the plan becomes 0/0. The log-domain form keeps the dual potentials f, g as logs (a first step
+that cannot underflow, then absorbed scalings on a stabilised kernel), which never leaves the representable range.
 Batched over clips (one (B, n, m) tensor), masked (zero-mass rows or columns are padding), differentiable by
 unrolling (autograd through the iterations).
 
@@ -44,12 +44,15 @@ def sinkhorn_log(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: floa
     The potentials f, g (log u, log v) live in the log domain; between absorptions the iterations run as
     batched mat-vecs on the stabilised kernel exp(-C/eps + f + g) with bounded scalings (Schmitzer's absorption:
     whenever a scaling leaves [e^-tau, e^tau] it is absorbed into the potentials and the kernel rebuilt). The
-    first iteration runs fully in logsumexp form, so the kernel never starts underflowed. The iterates equal the
-    plain ones (POT's order: v, then u) wherever those are representable.
+    first iteration cannot underflow (logsumexp form with gradients; without, a column-shifted kernel and a
+    logsumexp u-step only where a row underflows). The iterates equal the plain ones (POT's order: v, then u)
+    wherever those are representable.
 
     Speed (CPU, where the (B, n, m) tensors dominate): -C/eps is computed once, and the kernel and the plan are
     built with as few full-size temporaries as autograd allows; without gradients (inference, the benchmark)
-    every full-size step runs in place and the mat-vecs write into preallocated buffers."""
+    one exp2 builds the kernel, every full-size step runs in place and the mat-vecs (NumPy's BLAS on CPU) write
+    into preallocated buffers, near the memory bandwidth (`benchmarks/bench_grace.py sinkhorn` times it
+    against POT's per-problem loop)."""
     if cost.dim() == 2:
         out = sinkhorn_log(cost[None], a[None], b[None], eps, n_iters, tau=tau)
         return Transport(out.plan[0], out.cost[0])
