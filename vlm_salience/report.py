@@ -491,8 +491,13 @@ def report_markdown(result: StudyResult, doc: dict[str, Any], figures: list[str]
                   "no-law data (the product control's predictions as targets, face cues re-estimated from "
                   "simulated raters), and only the excess counts: 'evidence' means its interval excludes zero. A "
                   "reliability law's evidence is its exponent gamma beyond the null's; a per-emotion or learned "
-                  "law's is the spread (sd) of its face share over emotions or items beyond the spread the same fit "
-                  "finds on no-law data with the combined judgements drawn again.", ""]
+                  "law's is the spread (sd) of its face share over emotions or items beyond the spread the same law "
+                  "finds when refitted on no-law corpora (one constant pair per block, combined judgements drawn "
+                  "again, face cues re-estimated from simulated raters): 'evidence' means the spread exceeds the "
+                  "null's 97.5th percentile. A per-emotion or learned law's wins over its control count only beyond "
+                  "the out-of-fold gain the same fits make on no-law corpora (face cues estimated from few raters, "
+                  "and one control pair shared by the emotion and valence blocks, let extra parameters predict "
+                  "better with no law at all).", ""]
         lines += _sized_law_lines(result)
     per = [(n, m["per_emotion"]) for n, m in doc["methods"].items() if m.get("per_emotion")]
     if per:
