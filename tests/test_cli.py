@@ -272,13 +272,20 @@ def test_face_score_writes_rows_resumes_and_counts(tmp_path, capsys):
     assert "is a folder" in capsys.readouterr().err
 
 
+# the cue swap is what this test is about: the plain fit and a few laws, not every law of bci.yaml (the sized laws'
+# fits and no-law refits are tested in tests/test_reliability.py)
+CUE_TEST_METHODS = ("methods=[{name: face_only, rule: face}, {name: context_only, rule: context}, "
+                    "{name: bci, rule: product, salience: plain}, {name: control, rule: product, salience: control}, "
+                    "{name: salience_logistic, rule: product, salience: logistic}]")
+
+
 @pytest.mark.slow
 def test_bci_with_a_machine_cue_runs_both_studies_side_by_side(affcog_config, tmp_path, capsys):
     """`bci --cue`: the real MiniLM reads the lottery utterances in place of the utterance-only raters; the study
     runs on both corpora and the comparison names both cues' fits."""
     out = tmp_path / "cue"
     rc = main(["bci", "--cue", "configs/cues/affcog_minilm.yaml", "--out", str(out), "--quiet",
-               "--set", "bootstrap.n=50", "--set", "bootstrap.weights_n=0", "--json"])
+               "--set", "bootstrap.n=50", "--set", "bootstrap.weights_n=0", "--set", CUE_TEST_METHODS, "--json"])
     assert rc == 0
     printed = capsys.readouterr().out
     doc = json.loads(printed[printed.index("\n{") + 1:])
