@@ -229,7 +229,7 @@ def test_video_prepare_train_eval_from_the_command_line(tmp_path, capsys):
     assert "prepared 0 clip(s), 21 already cached" in capsys.readouterr().out
     run = tmp_path / "run"
     common = ["--out", str(run), "--quiet", "--set", f"data.config={data}", "--set", f"data.cache={tmp_path / 'c2'}",
-              "--set", "data.n_segments=4", "--set", "data.prepare.n_segments=4", "--set", "optim.epochs=1",
+              "--set", "data.n_segments=4", "--set", "data.prepare.n_segments=4", "--set", "optim.max_steps=40",
               "--set", "report.n_boot=50", "--set", f"model.encoder.path={tmp_path / 'enc'}", "--set",
               "report.tsne=false"]
     assert main(["video", "train", "configs/video/baseline_synthetic.yaml", *common]) == 0
