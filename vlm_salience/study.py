@@ -296,9 +296,10 @@ def _null_gains(corpus: Corpus, cues: CueTable, cfg: StudyConfig, raw: np.ndarra
     rng = np.random.default_rng(cfg.bootstrap.seed + 4)
     all_idx = np.arange(len(corpus.items))
     gains: dict[str, dict[str, list[float]]] = {m.name: {} for m in sized}
+    expected = _control_blocks(base, x_all, thr, obj, per_block=True)
     for _ in tqdm(range(cfg.laws.null_wins), desc="no-law corpora (sized laws' gains)", disable=not progress,
                   unit="corpus"):
-        nc = _null_cues(base, x_all, thr, obj, rng, sample_targets=True, per_block=True)
+        nc = _draw_null(base, expected, rng, sample_targets=True)
         obs = _observed_targets(corpus, nc)
         parts: dict[str, list[Predictions]] = {m.name: [] for m in fitted}
         for test in folds:
@@ -408,9 +409,10 @@ def _fitted_weights(corpus: Corpus, cues: CueTable, cfg: StudyConfig, x: np.ndar
     # chose, the product then makes the null's targets sharper than real ones, and a per-emotion pool fitted to
     # those spreads less than on real law-off data (false evidence: excess 0.045 [0.021, 0.061], same seed).
     spread_rng = np.random.default_rng(cfg.bootstrap.seed + 3)
-    spread_base = cues
-    spread_null_cues = ([_null_cues(spread_base, x, thr, obj, spread_rng, sample_targets=True, per_block=True)
-                         for _ in draws] if any(m.salience in SPREAD_KINDS for m in fitted) else [])
+    spread_null_cues = []
+    if any(m.salience in SPREAD_KINDS for m in fitted):
+        expected = _control_blocks(cues, x, thr, obj, per_block=True)
+        spread_null_cues = [_draw_null(cues, expected, spread_rng, sample_targets=True) for _ in draws]
     for m in tqdm(fitted, desc="bootstrapping fitted weights", disable=not progress or not fitted, unit="method"):
         x_m = _law_x(m, cues, x)
         law = _fit(cues, m, x_m, cfg)
@@ -488,28 +490,40 @@ def _with_resampled_faces(cues: CueTable, rng: np.random.Generator) -> CueTable:
 
 def _null_cues(cues: CueTable, x: np.ndarray, thr: float, objective: bci.Objective,
                rng: np.random.Generator, *, sample_targets: bool = False, per_block: bool = False) -> CueTable:
-    """The data a fit would see with no salience law: targets are what the product control (one constant weight
-    pair) predicts, at each cell's number of judgements, and the face cues are estimated again from simulated
-    face-only raters, so that they carry the sampling error the real ones carry. With `sample_targets` the
-    combined judgements are drawn (multinomial per cell) rather than expected, so that they carry their sampling
-    error too (what a per-emotion or gated law fits where no law is). With `per_block` each block (emotions,
-    valence) gets its own constant pair: still no law, but the estimated cues of different blocks often fit
-    different pairs (the one control compromises between them), which a law with more parameters can exploit."""
-    if per_block:
-        blocks = {}
-        for b in cues.blocks:
-            one = replace(cues, blocks=[b])
-            law = bci.fit_law(one, "product", "control", x, threshold=thr, objective=objective)
-            blocks.update(bci.predict(one, "product", law, x)[0])
-    else:
+    """The data a fit would see with no salience law (`_control_blocks`, then `_draw_null`)."""
+    return _draw_null(cues, _control_blocks(cues, x, thr, objective, per_block=per_block), rng,
+                      sample_targets=sample_targets)
+
+
+def _control_blocks(cues: CueTable, x: np.ndarray, thr: float, objective: bci.Objective, *,
+                    per_block: bool = False) -> dict[str, np.ndarray]:
+    """What the product control (one constant weight pair) predicts per block: a no-law corpus's expected
+    judgements. With `per_block` each block (emotions, valence) gets its own constant pair: still no law, but the
+    estimated cues of different blocks often fit different pairs (the one control compromises between them), which
+    a law with more parameters can exploit. Deterministic: fit once per set of cues, draw from it many times."""
+    if not per_block:
         law = bci.fit_law(cues, "product", "control", x, threshold=thr, objective=objective)
-        blocks, _ = bci.predict(cues, "product", law, x)
+        return bci.predict(cues, "product", law, x)[0]
+    blocks = {}
+    for b in cues.blocks:
+        one = replace(cues, blocks=[b])
+        law = bci.fit_law(one, "product", "control", x, threshold=thr, objective=objective)
+        blocks.update(bci.predict(one, "product", law, x)[0])
+    return blocks
+
+
+def _draw_null(cues: CueTable, expected: dict[str, np.ndarray], rng: np.random.Generator, *,
+               sample_targets: bool = False) -> CueTable:
+    """A no-law corpus: targets are the `expected` distributions at each cell's number of judgements, and the face
+    cues are estimated again from simulated face-only raters, so that they carry the sampling error the real ones
+    carry. With `sample_targets` the combined judgements are drawn (multinomial per cell) rather than expected, so
+    that they carry their sampling error too (what a per-emotion or gated law fits where no law is)."""
 
     def targets(b):
         n = b.targets.sum(axis=-1)
         if not sample_targets:
-            return blocks[b.name] * n[..., None]
-        p = blocks[b.name] / blocks[b.name].sum(axis=-1, keepdims=True)
+            return expected[b.name] * n[..., None]
+        p = expected[b.name] / expected[b.name].sum(axis=-1, keepdims=True)
         return rng.multinomial(np.rint(n).astype(np.int64), p).astype(float)
     null = replace(cues, blocks=[replace(b, targets=targets(b)) for b in cues.blocks])
     return resimulate_faces(null, rng)

@@ -250,14 +250,9 @@ def _kernel(m: torch.Tensor, f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 
 def _outside(u: torch.Tensor, v: torch.Tensor, hi: float, lo: float,
              real: tuple[torch.Tensor, torch.Tensor] | None = None) -> bool:
-    """Whether a scaling of a real (non-padding) token left [lo, hi] (one min/max over both, no log of every
-    entry)."""
+    """`_outside_uv` for separate u (B, n) and v (B, m), as the differentiable solve keeps them."""
     with torch.no_grad():
-        if real is not None:
-            u = torch.where(real[0], u.reshape(real[0].shape), 1.0)
-            v = torch.where(real[1], v.reshape(real[1].shape), 1.0)
-        low, high = torch.aminmax(torch.cat([u.reshape(-1), v.reshape(-1)]))
-        return high.item() > hi or low.item() < lo  # NaN compares False: no absorption (as before)
+        return _outside_uv(torch.cat([u, v], dim=1), hi, lo, None if real is None else torch.cat(real, dim=1))
 
 
 def sinkhorn_plain(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: float,
