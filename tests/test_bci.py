@@ -205,3 +205,39 @@ def test_fit_recovers_planted_per_emotion_weights():
     tight = bci.fit_law(cues, "product", "per_emotion", np.full(n, 0.5), prior_sd=1e-3).emotion_pairs()
     assert np.ptp(tight[0]) < 0.02 and np.ptp(tight[1]) < 0.02
     assert tight[0].mean() == pytest.approx(control.describe()["w_face"], rel=0.03)
+
+
+def _two_block_table(rng, n=400, E=5, S=7, m=40):
+    """A choice block of E emotions and a valence block whose targets follow different constant pairs (emotions
+    (1.6, 0.6), valence (0.3, 1.4)): no law, but blocks that one control pair must compromise between."""
+    fe, ce, pe = (_dists(rng, (n, 1, E)) for _ in range(3))
+    fv, cv, pv = (_dists(rng, (n, 1, S)) for _ in range(3))
+    te = bci.tempered_product(fe, ce, pe, np.full(n, 1.6), np.full(n, 0.6))
+    tv = bci.tempered_product(fv, cv, pv, np.full(n, 0.3), np.full(n, 1.4))
+    draw = lambda p: np.stack([[rng.multinomial(m, q) for q in row] for row in p]).astype(float)  # noqa: E731
+    return CueTable(item_ids=np.arange(n), blocks=[
+        Block("emotions", np.arange(float(E)), fe, ce, pe, draw(te), categorical=True),
+        Block("valence", np.arange(1.0, S + 1.0), fv, cv, pv, draw(tv))])
+
+
+@pytest.mark.parametrize("rule", ["product", "pool"])
+def test_per_emotion_law_is_nested_in_its_control_and_predicts_valence_as_it_does(rule):
+    """Fitted jointly, a per-emotion law's global pair (all that valence reads) was free to serve valence while
+    its deviations served the emotions, escaping the control's compromise between the blocks: with no law it beat
+    the control on valence (pool_per_emotion, law-off corpus). Nested, its global pair is the control's fit, so
+    valence is predicted exactly as the control predicts it, and only the emotions differ."""
+    rng = np.random.default_rng(7)
+    cues = _two_block_table(rng)
+    x = np.full(len(cues.item_ids), 0.5)
+    control = bci.fit_law(cues, rule, "control", x)
+    law = bci.fit_law(cues, rule, "per_emotion", x, prior_sd=2.0)
+    assert law.params[:2] == pytest.approx(control.params, abs=1e-12)
+    got, want = bci.predict(cues, rule, law, x)[0], bci.predict(cues, rule, control, x)[0]
+    assert np.allclose(got["valence"], want["valence"], atol=1e-12, rtol=0)
+    assert np.abs(got["emotions"] - want["emotions"]).max() > 1e-3  # the emotions' deviations did fit
+    b = cues.block("valence")
+    if rule == "pool":  # the pool's valence reads the global pair's share, not the emotions' mean share
+        s = control.face_share(x[:1])[0]
+        assert np.allclose(got["valence"], s * b.face + (1 - s) * b.context)
+    with pytest.raises(ValueError, match="need the block's emotion axis"):
+        bci.linear_pool(b.face, b.context, np.full((len(x), 5), 0.5))

@@ -155,15 +155,18 @@ def test_reliability_law_beats_the_control_where_planted(tmp_path_factory):
 NEW_LAWS = ("methods=[{name: bci, rule: product, salience: plain}, {name: control, rule: product, salience: control}, "
             "{name: reliability, rule: product, salience: reliability}, "
             "{name: per_emotion, rule: product, salience: per_emotion}, "
-            "{name: learned, rule: product, salience: learned}]")
+            "{name: learned, rule: product, salience: learned}, {name: pool_control, rule: pool, salience: control}, "
+            "{name: pool_per_emotion, rule: pool, salience: per_emotion}, "
+            "{name: pool_learned, rule: pool, salience: learned}]")
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_reliability_law_finds_no_gain_on_the_law_off_corpus(tmp_path_factory, seed):
-    """Law off: no reliability, per-emotion or learned win on any metric, valence included. Before the sized laws'
-    wins were judged beyond their gain on no-law corpora, per_emotion won valence MSE and r on seeds 0 and 1: its
-    valence block reads only the global pair, which the per-emotion pairs free from the compromise the one control
-    pair makes between the emotion and valence blocks (the estimated cues of the two blocks fit different pairs)."""
+    """Law off: no reliability, per-emotion or learned win on any metric, valence included, and no pool law beats
+    the product control. Before the sized laws' wins were judged beyond their gain on no-law corpora, and before
+    the per-emotion law was nested in its control, per_emotion won valence MSE and r on seeds 0 and 1: its valence
+    block reads only the global pair, which the per-emotion pairs freed from the compromise the one control pair
+    makes between the emotion and valence blocks (the estimated cues of the two blocks fit different pairs)."""
     res = _study_on(tmp_path_factory, "split_steal_no_law", [f"seed={seed}"], study=[NEW_LAWS, "laws.null_wins=2"])
     won = res.comparisons["reliability"]["verdict"]["metrics_won_vs_control"]
     assert won == []
@@ -173,6 +176,17 @@ def test_reliability_law_finds_no_gain_on_the_law_off_corpus(tmp_path_factory, s
         assert not res.comparisons[name]["verdict"]["beats_control"]
         vs = res.comparisons[name]["vs_control"]["valence_mse"]
         assert len(vs["null_gains"]) == 2 and "a_better_raw" in vs  # judged beyond the no-law gain
+    # pools: the truth is a product, so a pool with more freedom than the constant pool may beat it (as the
+    # expressivity pool does); what would be evidence, beating the product control, never happens
+    for name in ("pool_per_emotion", "pool_learned"):
+        v = res.comparisons[name]["verdict"]
+        assert v["metrics_won_vs_null"] == [] and not v["salience_evidence"], (name, v)
+    # nested in its control, a per-emotion law predicts valence exactly as the control does (fitted jointly, its
+    # global pair served valence alone: pool_per_emotion beat the pool control on valence MSE, seeds 0-2)
+    for name in ("per_emotion", "pool_per_emotion"):
+        vs = res.comparisons[name]["vs_control"]
+        assert vs["valence_mse"]["diff"] == pytest.approx(0.0, abs=1e-12), vs["valence_mse"]
+        assert not vs["valence_mse"]["a_better_raw"] and not vs["valence_r"]["a_better_raw"]
 
 
 PLANTED_SHARE = {"joy": 0.8, "surprise": 0.75, "disgust": 0.727, "sadness": 0.217, "anger": 0.273, "contempt": 0.25,
