@@ -241,3 +241,51 @@ def test_per_emotion_law_is_nested_in_its_control_and_predicts_valence_as_it_doe
         assert np.allclose(got["valence"], s * b.face + (1 - s) * b.context)
     with pytest.raises(ValueError, match="need the block's emotion axis"):
         bci.linear_pool(b.face, b.context, np.full((len(x), 5), 0.5))
+
+
+def test_nested_per_emotion_fit_is_the_map_of_all_blocks_given_the_control_pair():
+    """Fitting the deviations on the emotion blocks alone is the MAP of the whole objective (valence does not move
+    with them), provided the prior is scaled by what the emotion blocks average over; scaled by every block's
+    judgements it would weigh half as much and shrink less."""
+    from scipy.optimize import minimize
+
+    rng = np.random.default_rng(8)
+    cues = _two_block_table(rng)
+    x, sd = np.full(len(cues.item_ids), 0.5), 0.05
+    for rule in ("product", "pool"):
+        law = bci.fit_law(cues, rule, "per_emotion", x, prior_sd=sd)
+        head = np.asarray(bci.fit_law(cues, rule, "control", x).params)
+        E = 5
+        prior = 1.0 / (2 * sd ** 2 * bci._n_obs(cues, "likelihood"))
+
+        def full(dev, rule=rule, head=head):
+            tail = np.concatenate([dev, np.zeros(E)]) if rule == "pool" else dev
+            trial = SalienceLaw.from_vector("per_emotion", np.concatenate([head, tail]))
+            return bci.nll(cues, rule, trial, x) + prior * float(np.sum(dev ** 2))
+        n_dev = E if rule == "pool" else 2 * E
+        ref = minimize(full, np.zeros(n_dev), method="L-BFGS-B").x
+        tail = np.concatenate([ref, np.zeros(E)]) if rule == "pool" else ref
+        want = SalienceLaw.from_vector("per_emotion", np.concatenate([head, tail])).face_share(x[:1])[0]
+        got = law.face_share(x[:1])[0]
+        assert np.ptp(want) > 0.02  # the prior leaves the emotions apart, so its strength shows
+        assert got == pytest.approx(want, abs=2e-3), (rule, got, want)
+
+
+def test_per_emotion_fit_stays_joint_where_every_block_carries_emotions():
+    """With no valence block there is nothing to escape to: the global pair is fitted with the deviations, and
+    fits better than centring the emotions on the control's pair (the product is not linear in the weights)."""
+    rng = np.random.default_rng(6)
+    f, c, p0 = _emotion_table(rng)
+    n = len(f)
+    wf_e, wc_e = np.array([2.5, 1.2, 1.0, 1.8, 0.9]), np.array([0.4, 1.6, 1.0, 0.5, 1.1])
+    p = np.concatenate([_by_hand(f[:, e:e + 1], c[:, e:e + 1], p0[:, e:e + 1], np.full(n, wf_e[e]),
+                                 np.full(n, wc_e[e])) for e in range(5)], axis=1)
+    targets = np.stack([[rng.multinomial(60, q) for q in row] for row in p]).astype(float)
+    cues = CueTable(item_ids=np.arange(n), blocks=[Block("emotions", np.arange(1.0, 8.0), f, c, p0, targets)])
+    x = np.full(n, 0.5)
+    joint = bci.fit_law(cues, "product", "per_emotion", x, prior_sd=2.0)
+    nested = bci._fit_per_emotion(cues, "product", x, threshold=0.5, ridge=1e-4, objective="likelihood",
+                                  prior_sd=2.0)
+    control = bci.fit_law(cues, "product", "control", x)
+    assert not np.allclose(joint.params[:2], control.params, atol=1e-3)
+    assert bci.nll(cues, "product", joint, x) < bci.nll(cues, "product", nested, x) - 1e-4

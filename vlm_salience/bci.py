@@ -218,31 +218,41 @@ def _log_sigmoid(a: np.ndarray) -> np.ndarray:
     return -np.logaddexp(0.0, -a)
 
 
-_MAX_DEVIATION = 4.0  # an emotion's log-weight (or share logit) within e^{+-4} of the global pair
-_POOL_N = {"control": 1, "hard": 2, "logistic": 2, "reliability": 2}  # a learned gate: 1 + k
+_POOL_N = {"control": 1, "hard": 2, "logistic": 2, "reliability": 2}  # sized laws: 1 + E (per_emotion), 1 + k
+_POOL_BOUND = 8.0  # a pool's face-share logits (and a per-emotion pool's raw deviations) within +-8
 
 
 def _pool_n(kind: LawKind, size: int) -> int:
-    return 1 + size if kind in GATE_KINDS else _POOL_N[kind]
+    return 1 + size if kind in PER_EMOTION_KINDS + GATE_KINDS else _POOL_N[kind]
 
 
 def _pool_theta(kind: LawKind, phi: np.ndarray) -> np.ndarray:
     """A pool law's parameters (face-share logits, or a gate's intercept and coefficients) as the law's vector,
-    with the total weight fixed at 1: w_face = s, w_context = 1 - s. (A per-emotion pool: `_fit_per_emotion`.)"""
+    with the total weight fixed at 1: w_face = s, w_context = 1 - s. A per-emotion pool: face-share logit
+    phi_0 + delta_e - mean(delta) for emotion e (its weight pairs then sum to 1 only on average; a pool reads only
+    the share)."""
     phi = np.asarray(phi, dtype=float)
     if kind == "control":
         return np.array([_log_sigmoid(phi[0]), _log_sigmoid(-phi[0])])
     if kind == "hard":
         return np.array([_log_sigmoid(phi[0]), _log_sigmoid(-phi[0]), _log_sigmoid(phi[1]),
                          _log_sigmoid(-phi[1])])
+    if kind == "per_emotion":
+        return np.concatenate([[_log_sigmoid(phi[0]), _log_sigmoid(-phi[0])], phi[1:], np.zeros(len(phi) - 1)])
     return np.concatenate([[0.0], phi])  # logistic, reliability, learned: (log total 0, intercept, slopes)
 
 
 def _n_obs(cues: CueTable, objective: Objective) -> float:
-    """What the mean objective averages over: judgements (likelihood) or cells (KLD, RMSE)."""
+    """What the mean objective averages over, as `_cell_loss` counts it: judgements (likelihood), cells with
+    judgements (KLD, RMSE), and for the RMSE of a choice each label of such a cell."""
     if objective == "likelihood":
         return float(sum(b.targets.sum() for b in cues.blocks if b.targets is not None))
-    return float(sum(np.prod(b.targets.shape[:-1]) for b in cues.blocks if b.targets is not None))
+    n = 0.0
+    for b in cues.blocks:
+        if b.targets is not None:
+            cells = float((b.targets.sum(axis=-1) > 0).sum())
+            n += cells * b.targets.shape[-1] if objective == "rmse" and b.categorical else cells
+    return n
 
 
 def law_size(cues: CueTable, kind: LawKind, covariates: np.ndarray) -> int:
@@ -264,14 +274,15 @@ def fit_law(cues: CueTable, rule: Rule, kind: LawKind, expressivity: np.ndarray,
     Product laws are fitted in (log) weights; pool laws in face share alone, as only the share moves a pool.
 
     Sized laws carry a prior of sd `prior_sd`: on each emotion's log-weight deviation from the global pair
-    (per_emotion, nested in its control: `_fit_per_emotion`; for a pool, on the face-share logit), or on each gate
-    coefficient of standardised features (learned). The fit is the MAP: the mean objective plus sum(dev^2) / (2 sd^2 N), N the judgements (likelihood)
+    (per_emotion; for a pool, on the face-share logit), or on each gate coefficient of standardised features
+    (learned). The fit is the MAP: the mean objective plus sum(dev^2) / (2 sd^2 N), N the judgements (likelihood)
     or cells it averages over, so that with the likelihood the prior weighs as one prior against all the data.
-    A learned gate's features are standardised on these (training) items."""
+    Beside a block without emotions, a per-emotion law's fit is the MAP given the control's global pair
+    (`_fit_per_emotion`). A learned gate's features are standardised on these (training) items."""
     if kind == "plain" or rule in ("face", "context"):
         return SalienceLaw.plain(threshold)
     x = np.asarray(expressivity, dtype=float)
-    if kind in PER_EMOTION_KINDS:
+    if kind in PER_EMOTION_KINDS and any(emotion_axis(b) is None for b in cues.blocks):
         return _fit_per_emotion(cues, rule, x, threshold=threshold, ridge=ridge, objective=objective,
                                 prior_sd=prior_sd)
     size = law_size(cues, kind, x)
@@ -281,7 +292,7 @@ def fit_law(cues: CueTable, rule: Rule, kind: LawKind, expressivity: np.ndarray,
         scale = (*map(float, mean), *map(float, np.where(sd > 1e-9, sd, 1.0)))
     if rule == "pool":
         start = np.zeros(_pool_n(kind, size))
-        bounds = [(-8.0, 8.0)] * len(start)
+        bounds = [(-_POOL_BOUND, _POOL_BOUND)] * len(start)
         if kind in ("logistic", "reliability") or kind in GATE_KINDS:
             bounds = SalienceLaw.bounds(kind, size)[1:]
 
@@ -315,19 +326,23 @@ def fit_law(cues: CueTable, rule: Rule, kind: LawKind, expressivity: np.ndarray,
 
 def _fit_per_emotion(cues: CueTable, rule: Rule, x: np.ndarray, *, threshold: float, ridge: float,
                      objective: Objective, prior_sd: float) -> SalienceLaw:
-    """A per-emotion law nested in its control: the global pair is the control's fit (same rule, objective and
-    items), and only the emotions' deviations from it are fitted, on the blocks that carry emotions.
+    """A per-emotion law nested in its control, for cues with a block that carries no emotions (valence): the
+    global pair is the control's fit (same rule, objective and items), and only the emotions' deviations are
+    fitted, on the blocks that carry emotions (the MAP given that pair).
 
-    Why nested: a block without emotions (valence) reads the global pair. Fitted jointly with the deviations, that
+    Why nested: a block without emotions reads only the global pair. Fitted jointly with the deviations, that
     pair is free to serve valence while the deviations serve the emotions, escaping the compromise the one control
     pair makes between blocks whose estimated cues fit different pairs; with no law at all it then beat the control
-    on valence (pool_per_emotion, law-off corpus, seeds 0-2: valence MSE -0.0085 to -0.0225). Nested, a per-emotion
-    law predicts valence exactly as its control does, and can win only by how the emotions differ."""
+    on valence (pool_per_emotion, law-off corpus, seeds 0-2: valence MSE -0.0085 to -0.0225). Nested, the law
+    predicts valence exactly as its control does and can win only by how the emotions differ. The price: the
+    emotions' pairs are centred on the control's pair, not on their own best one (with emotions only, the fit
+    stays joint)."""
     control = fit_law(cues, rule, "control", x, threshold=threshold, ridge=ridge, objective=objective)
     head = np.asarray(control.params, dtype=float)  # log (w_face, w_context); a pool's: log (s, 1 - s)
     E = n_emotions(cues)
     emo = replace(cues, blocks=[b for b in cues.blocks if emotion_axis(b) is not None])
     n_dev = E if rule == "pool" else 2 * E  # a pool moves only the share: deviations of the face log-weight
+    bound = _POOL_BOUND if rule == "pool" else SalienceLaw.bounds("per_emotion", E)[-1][1]
     prior = 1.0 / (2.0 * prior_sd ** 2 * max(_n_obs(emo, objective), 1.0))
 
     def law_of(dev: np.ndarray) -> SalienceLaw:
@@ -337,6 +352,5 @@ def _fit_per_emotion(cues: CueTable, rule: Rule, x: np.ndarray, *, threshold: fl
     def objective_fn(dev: np.ndarray) -> float:
         return loss(emo, rule, law_of(dev), x, objective) + (ridge + prior) * float(np.sum(dev ** 2))
 
-    res = minimize(objective_fn, np.zeros(n_dev), method="L-BFGS-B",
-                   bounds=[(-_MAX_DEVIATION, _MAX_DEVIATION)] * n_dev)
+    res = minimize(objective_fn, np.zeros(n_dev), method="L-BFGS-B", bounds=[(-bound, bound)] * n_dev)
     return law_of(res.x)

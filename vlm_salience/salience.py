@@ -22,8 +22,9 @@ Laws, each a vector of free parameters so that one optimiser fits them all:
             log w_e = g + d_e - mean(d), d_e ~ N(0, sd^2) (the fit is its MAP; `bci.fit_law`'s `prior_sd`).
             Its weights are (n, E): per item AND per emotion (E = the corpus's emotion labels). A block that
             does not carry the emotions (valence) gets the geometric mean over emotions, which is the global pair.
-            Parameters: (g_face, g_context, d_face_1..E, d_context_1..E); all d = 0 is the control. Fitted nested
-            in its control (`bci.fit_law`): g is the control's fit, so valence is predicted as the control does.
+            Parameters: (g_face, g_context, d_face_1..E, d_context_1..E); all d = 0 is the control. Beside a
+            valence block it is fitted nested in its control (`bci.fit_law`): g is the control's fit (the MAP
+            given g), so valence is predicted as the control does.
 - learned:  a small gate over standardised item features f (columns of its covariates: expressivity, log
             reliability ratio, context entropy; `vlm_salience.reliability.gate_input`): total tau, face share
             sigmoid(b0 + b . (f - mean) / sd), the standardisation fixed from the training items (`scale`), the

@@ -18,11 +18,11 @@ excess is evidence of a salience law.
 Laws of issue 16 beside the expressivity laws: `reliability` (its evidence: the exponent gamma beyond the null's),
 `per_emotion` and `learned` (their evidence: the spread of the face share over emotions or items beyond the spread
 the same fit finds on no-law data whose combined judgements are drawn again, since a fit to noisy targets finds
-per-emotion and per-item differences with no law at all). A per-emotion law is nested in its control (its global
-pair is the control's fit), so it differs from the control only on the emotions. Their priors are `laws` in the config. Their wins over
+per-emotion and per-item differences with no law at all). Their priors are `laws` in the config. Their wins over
 the control are also judged beyond the gain the same fits make out of fold on no-law corpora (`_null_gains`): with
-face cues estimated from a few raters and one constant pair shared by the emotion and valence blocks, more
-parameters predict better with no law at all (a false valence win on the law-off corpus).
+face cues estimated from a few raters, a gate predicts better with no law at all (a false valence win on the
+law-off corpus). Beside a valence block, a per-emotion law is nested in its control (its global pair is the
+control's fit, `bci.fit_law`), so it predicts valence exactly as the control does.
 """
 
 from __future__ import annotations
@@ -281,8 +281,8 @@ def _null_gains(corpus: Corpus, cues: CueTable, cfg: StudyConfig, raw: np.ndarra
     (larger for subtle faces), so an item-level gate over expressivity and reliability learns to lean less on a
     noisy face estimate, and predicts better out of fold than one constant pair with no law at all (a false win on
     valence MSE and r on the law-off corpus). (A per-emotion law fitted jointly had a second way: its global pair
-    served valence while its deviations served the emotions. It is now nested in its control, `bci.fit_law`,
-    and predicts valence exactly as the control does; its emotions are still judged here.) The no-law corpora
+    served valence while its deviations served the emotions. Beside a valence block it is now nested in its
+    control, `bci.fit_law`, and predicts valence exactly as the control does; its emotions are still judged here.) The no-law corpora
     carry the same artefacts: targets drawn from one constant pair per block, face cues estimated again from
     raters simulated from the raw face-only histograms (`_null_cues`; from the smoothed estimates the null misses
     the sampling-error structure: the learned gate's null gain on valence MSE was +0.0003 against -0.011 observed,
