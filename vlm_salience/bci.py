@@ -255,6 +255,11 @@ def _n_obs(cues: CueTable, objective: Objective) -> float:
     return n
 
 
+def _prior_weight(cues: CueTable, objective: Objective, prior_sd: float) -> float:
+    """The factor of sum(dev^2) in a sized law's mean objective: 1 / (2 sd^2 N), one prior against all the data."""
+    return 1.0 / (2.0 * prior_sd ** 2 * max(_n_obs(cues, objective), 1.0))
+
+
 def law_size(cues: CueTable, kind: LawKind, covariates: np.ndarray) -> int:
     """Emotions of a per-emotion law, features of a learned gate (every covariate column), 0 otherwise."""
     if kind in PER_EMOTION_KINDS:
@@ -306,7 +311,7 @@ def fit_law(cues: CueTable, rule: Rule, kind: LawKind, expressivity: np.ndarray,
         def to_theta(phi: np.ndarray) -> np.ndarray:
             return phi
         head = 2
-    prior = 1.0 / (2.0 * prior_sd ** 2 * max(_n_obs(cues, objective), 1.0)) if size else 0.0
+    prior = _prior_weight(cues, objective, prior_sd) if size else 0.0
 
     def objective_fn(phi: np.ndarray) -> float:
         law = SalienceLaw.from_vector(kind, to_theta(phi), threshold, scale)
@@ -343,7 +348,7 @@ def _fit_per_emotion(cues: CueTable, rule: Rule, x: np.ndarray, *, threshold: fl
     emo = replace(cues, blocks=[b for b in cues.blocks if emotion_axis(b) is not None])
     n_dev = E if rule == "pool" else 2 * E  # a pool moves only the share: deviations of the face log-weight
     bound = _POOL_BOUND if rule == "pool" else SalienceLaw.bounds("per_emotion", E)[-1][1]
-    prior = 1.0 / (2.0 * prior_sd ** 2 * max(_n_obs(emo, objective), 1.0))
+    prior = _prior_weight(emo, objective, prior_sd)
 
     def law_of(dev: np.ndarray) -> SalienceLaw:
         tail = np.concatenate([dev, np.zeros(E)]) if rule == "pool" else dev

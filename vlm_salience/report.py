@@ -495,9 +495,10 @@ def report_markdown(result: StudyResult, doc: dict[str, Any], figures: list[str]
                   "finds when refitted on no-law corpora (one constant pair per block, combined judgements drawn "
                   "again, face cues re-estimated from simulated raters): 'evidence' means the spread exceeds the "
                   "null's 97.5th percentile. A per-emotion or learned law's wins over its control count only beyond "
-                  "the out-of-fold gain the same fits make on no-law corpora (face cues estimated from few raters, "
-                  "and one control pair shared by the emotion and valence blocks, let extra parameters predict "
-                  "better with no law at all).", ""]
+                  "the out-of-fold gain the same fits make on no-law corpora (with face cues estimated from few "
+                  "raters, extra parameters predict better with no law at all). Beside a valence block a per-emotion "
+                  "law is nested in its control: its global pair is the control's, so it predicts valence as the "
+                  "control does.", ""]
         lines += _sized_law_lines(result)
     per = [(n, m["per_emotion"]) for n, m in doc["methods"].items() if m.get("per_emotion")]
     if per:

@@ -282,11 +282,11 @@ def _null_gains(corpus: Corpus, cues: CueTable, cfg: StudyConfig, raw: np.ndarra
     noisy face estimate, and predicts better out of fold than one constant pair with no law at all (a false win on
     valence MSE and r on the law-off corpus). (A per-emotion law fitted jointly had a second way: its global pair
     served valence while its deviations served the emotions. Beside a valence block it is now nested in its
-    control, `bci.fit_law`, and predicts valence exactly as the control does; its emotions are still judged here.) The no-law corpora
-    carry the same artefacts: targets drawn from one constant pair per block, face cues estimated again from
-    raters simulated from the raw face-only histograms (`_null_cues`; from the smoothed estimates the null misses
-    the sampling-error structure: the learned gate's null gain on valence MSE was +0.0003 against -0.011 observed,
-    law-off seed 0, where the raw histograms give -0.004)."""
+    control, `bci.fit_law`, and predicts valence exactly as the control does; its emotions are still judged here.)
+    The no-law corpora carry the same artefacts: targets drawn from one constant pair per block, face cues
+    estimated again from raters simulated from the raw face-only histograms (`_draw_null`; from the smoothed
+    estimates the null misses the sampling-error structure: the learned gate's null gain on valence MSE was +0.0003
+    against -0.011 observed, law-off seed 0, where the raw histograms give -0.004)."""
     sized = [m for m in cfg.methods if m.salience in SPREAD_KINDS and cfg.control_of(m)]
     if not sized or cfg.laws.null_wins == 0:
         return {}
@@ -491,10 +491,9 @@ def _with_resampled_faces(cues: CueTable, rng: np.random.Generator) -> CueTable:
 
 
 def _null_cues(cues: CueTable, x: np.ndarray, thr: float, objective: bci.Objective,
-               rng: np.random.Generator, *, sample_targets: bool = False, per_block: bool = False) -> CueTable:
+               rng: np.random.Generator) -> CueTable:
     """The data a fit would see with no salience law (`_control_blocks`, then `_draw_null`)."""
-    return _draw_null(cues, _control_blocks(cues, x, thr, objective, per_block=per_block), rng,
-                      sample_targets=sample_targets)
+    return _draw_null(cues, _control_blocks(cues, x, thr, objective), rng)
 
 
 def _control_blocks(cues: CueTable, x: np.ndarray, thr: float, objective: bci.Objective, *,
