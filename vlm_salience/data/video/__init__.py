@@ -3,6 +3,7 @@
 Reading API (what models and the preprocessing cache use)::
 
     corpus = load_video_corpus("configs/data/dfew.yaml", drop_invalid=False, overrides=["root=/data/DFEW"])
+    # DFER-CLIP's lists (`path num_frames label`, 0-based, its own class order): overrides=["list_format=dfer_clip"]
     corpus.classes                      # ["happy", "sad", ...]; VideoClip.label indexes it (0-based)
     corpus.folds["set_1"]["train"]      # clip ids; corpus.split("set_1", "test") -> [VideoClip]
     clip = corpus.clips[0]              # VideoClip(clip_id, source, label, face_source, polarity, text, meta)
@@ -33,14 +34,15 @@ from vlm_salience.data.video.sampling import segment_indices
 
 
 def load_video_corpus(config: VideoDataConfig | str | Path, *, drop_invalid: bool = False,
-                      overrides: list[str] | tuple[str, ...] = ()) -> VideoCorpus:
+                      overrides: list[str] | tuple[str, ...] = (), progress: bool = False) -> VideoCorpus:
     """Load a video corpus from its data YAML (or a parsed config). Checks are cheap: files exist, labels are
-    known, ids are unique; decoding problems surface in count_frames/read_frames."""
+    known, ids are unique; decoding problems surface in count_frames/read_frames. `progress`: bars while a large
+    corpus's clips are found and fingerprinted (tens of seconds for FERV39k)."""
     from vlm_salience.data.video.loaders import LOADERS
 
     if not isinstance(config, (DfewConfig, Ferv39kConfig, MafwConfig, VideoCsvConfig)):
         config = load_video_data_config(config, overrides)
-    return LOADERS[type(config)](config, drop_invalid=drop_invalid)
+    return LOADERS[type(config)](config, drop_invalid=drop_invalid, progress=progress)
 
 
 def is_video_data_config(path: str | Path) -> bool:

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from vlm_salience.data.corpus import DropReport
 from vlm_salience.data.tables import read_table
 from vlm_salience.data.video.config import DfewConfig, Ferv39kConfig, MafwConfig, VideoCsvConfig, VideoDataConfig
@@ -53,8 +55,8 @@ def find_clip(folder: Path, name: str) -> Path | None:
 
 
 class _Builder:
-    def __init__(self, cfg: VideoDataConfig, drop_invalid: bool) -> None:
-        self.cfg, self.drop_invalid, self.report = cfg, drop_invalid, DropReport()
+    def __init__(self, cfg: VideoDataConfig, drop_invalid: bool, progress: bool = False) -> None:
+        self.cfg, self.drop_invalid, self.report, self.progress = cfg, drop_invalid, DropReport(), progress
         self.bad: set[str] = set()
         self.bad_rows: set[int] = set()
         self.reported: set[tuple[Path, int, str]] = set()
@@ -65,10 +67,18 @@ class _Builder:
             raise DataError(f"{problem} (value {value!r}).", file=row.file, row=row.line, column=column, fix=fix)
         if (row.file, row.line, column) not in self.reported:  # a generic CSV row stands in every fold
             self.reported.add((row.file, row.line, column))
-            self.report.add(row.file.name, f"{problem} in column '{column}'", f"line {row.line} {value!r}")
+            self.report.add(self.rel(row.file), f"{problem} in column '{column}'", f"line {row.line} {value!r}")
         if key:
             self.bad.add(row.key)
         self.bad_rows.add(id(row))
+
+    def rel(self, path: Path) -> str:
+        """A split file as the drop report names it: relative to the corpus root (DFEW's train/set_1.csv and
+        test/set_1.csv are two files), else the full path."""
+        try:
+            return Path(path).relative_to(self.cfg.root).as_posix()
+        except ValueError:
+            return str(path)
 
     def build(self, rows: list[Row], parse_label: Callable[[str], int | None],
               resolve: Callable[[Row], tuple[str, Path | None, Path | None, str]],
@@ -79,6 +89,7 @@ class _Builder:
         cfg = self.cfg
         labels: dict[str, tuple[int, Row]] = {}
         seen: dict[tuple[Path, str, str], Row] = {}
+        placed: dict[tuple[str, str], Row] = {}  # (fold, clip) -> the row that put it in a part of that fold
         for row in rows:
             if (row.file, row.fold, row.key) in seen:  # (fold: one generic CSV row is a row of every fold)
                 first = seen[(row.file, row.fold, row.key)]
@@ -86,6 +97,13 @@ class _Builder:
                           "list each clip once per split file.", row.key, key=False)
                 continue
             seen[(row.file, row.fold, row.key)] = row
+            other = placed.setdefault((row.fold, row.key), row)
+            if other.part != row.part and row.part and other.part:
+                self.fail(f"clip is in both the {other.part} list ({self.rel(other.file)} line {other.line}) and "
+                          f"the {row.part} list ({self.rel(row.file)} line {row.line}) of fold {row.fold}", row,
+                          row.id_column, "remove it from one of the two lists: a clip tested on must not be "
+                          "trained on (were train_file and test_file given the same file?).", row.key)
+                continue
             idx = parse_label(row.label)
             if idx is None:
                 self.fail(f"unknown label (expected {self._expected()})", row, row.label_column,
@@ -93,13 +111,14 @@ class _Builder:
                 continue
             if row.key in labels and labels[row.key][0] != idx:
                 other = labels[row.key][1]
-                self.fail(f"label differs from {other.file.name} line {other.line}", row, row.label_column,
+                self.fail(f"label differs from {self.rel(other.file)} line {other.line}", row, row.label_column,
                           "give the clip one label in every split file.", row.label)
                 continue
             labels.setdefault(row.key, (idx, row))
         clips: dict[str, VideoClip] = {}
         ids: dict[str, str] = {}
-        for key, (idx, row) in labels.items():
+        for key, (idx, row) in tqdm(labels.items(), desc=f"{cfg.name}: finding clips", unit="clip",
+                                    disable=not self.progress, mininterval=1.0):
             if key in self.bad:
                 continue
             clip_id, source, face, looked = resolve(row)
@@ -136,9 +155,11 @@ class _Builder:
             "mapping" if cfg.polarity_map else "none")
         return VideoCorpus(name=cfg.name, classes=list(cfg.classes), clips=clip_list, folds=folds,
                            polarity_source=source, dropped=self.report,
-                           fingerprint=_fingerprint(cfg, files, clip_list), root=Path(cfg.root))
+                           fingerprint=_fingerprint(cfg, files, clip_list, self.progress), root=Path(cfg.root))
 
     def _expected(self) -> str:
+        if getattr(self.cfg, "list_format", None) == "dfer_clip":
+            return f"0-{len(self.cfg.classes) - 1}, DFER-CLIP's 0-based labels"
         if isinstance(self.cfg, DfewConfig):
             return f"1-{len(self.cfg.classes)}"
         return "one of " + ", ".join(self.cfg.classes)
@@ -165,12 +186,12 @@ class _Builder:
         return None
 
 
-def _fingerprint(cfg: VideoDataConfig, files: list[Path], clips: list[VideoClip]) -> str:
+def _fingerprint(cfg: VideoDataConfig, files: list[Path], clips: list[VideoClip], progress: bool = False) -> str:
     """Config, split files' bytes, and each clip's path, size and modification time: cheap, changes with the data."""
     h = hashlib.sha256(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode())
     for f in files:
         h.update(f.read_bytes())
-    for c in clips:
+    for c in tqdm(clips, desc=f"{cfg.name}: fingerprint", unit="clip", disable=not progress, mininterval=1.0):
         for p in (c.source, c.face_source):
             if p is not None:
                 st = p.stat()
@@ -183,70 +204,163 @@ def _name_parser(classes: list[str]) -> Callable[[str], int | None]:
     return lambda s: lower.get(s.strip().lower())
 
 
-def _read_pairs(path: Path, fold: str, part: str, id_column: str, label_column: str) -> list[Row]:
-    """Split files of `<clip> <label>` lines (FERV39k, MAFW): whitespace- or comma-separated, no header."""
+_DFER_CLIP_LINE = re.compile(r"\S+\s+\d+\s+\d+")
+_DFER_CLIP_HINT = ("it looks like a DFER-CLIP list (`path num_frames label`, 0-based labels): set `list_format: "
+                   "dfer_clip` in the data config (or --data-set list_format=dfer_clip), with train_file/test_file "
+                   "naming the lists if they are not under root/annotation/.")
+
+
+def _read_text(path: Path) -> str:
     if not path.is_file():
         raise DataError("split file not found.", file=path,
-                        fix="check 'root' and the split-file names ('train_file', 'test_file') in the data config.")
+                        fix="check 'root', 'list_format' and the split-file names ('train_file', 'test_file') in "
+                            "the data config.")
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise DataError(f"not UTF-8 text ({exc.reason} at byte {exc.start}).", file=path,
                         fix="save the split file as UTF-8.") from None
+
+
+def _read_pairs(path: Path, fold: str, part: str, id_column: str, label_column: str) -> list[Row]:
+    """Split files of `<clip> <label>` lines (FERV39k, MAFW): whitespace- or comma-separated, no header."""
     rows = []
-    for n, line in enumerate(text.splitlines(), start=1):
+    for n, line in enumerate(_read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         parts = re.split(r"[,\s]+", line.strip())
         if len(parts) != 2:
-            raise DataError(f"expected '<clip> <label>', got {len(parts)} field(s) ({line.strip()!r}).", file=path,
-                            row=n, column=id_column, fix="one clip and its label per line.")
+            hint = " " + _DFER_CLIP_HINT if _DFER_CLIP_LINE.fullmatch(line.strip()) else ""
+            raise DataError(f"expected '<clip> <label>', got {len(parts)} field(s) ({line.strip()!r}).{hint}",
+                            file=path, row=n, column=id_column, fix="one clip and its label per line.")
         rows.append(Row(file=path, line=n, key=parts[0], label=parts[1], fold=fold, part=part,
                         id_column=id_column, label_column=label_column))
     return rows
+
+
+def _read_dfer_clip(path: Path, fold: str, part: str, key_parts: int) -> list[Row]:
+    """DFER-CLIP's lists: `path num_frames label` per line. The clip is the path's last `key_parts` parts (the
+    folder prefix names the authors' machine); num_frames must be a whole number (kept in the row, unused)."""
+    rows = []
+    for n, line in enumerate(_read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 3 or not parts[1].isdigit():
+            official = " (a list in the corpus's own format: set list_format: official)" if len(parts) == 2 else ""
+            raise DataError(f"expected DFER-CLIP's 'path num_frames label', got {line.strip()!r}{official}.",
+                            file=path, row=n, column="path", fix="one clip per line: its path, its frame count "
+                            "and its 0-based label, separated by spaces.")
+        tail = [p for p in parts[0].replace("\\", "/").split("/") if p][-key_parts:]
+        rows.append(Row(file=path, line=n, key="/".join(tail), label=parts[2], fold=fold, part=part,
+                        id_column="path", label_column="label", extra={"num_frames": parts[1]}))
+    return rows
+
+
+def _check_label_base(rows: list[Row], base: int, n_classes: int, list_format: str) -> None:
+    """Refuse a list numbered from the wrong base, whatever --drop-invalid says: dropping its out-of-range labels
+    would read every other label one class off, silently."""
+    by_file: dict[Path, list[Row]] = {}
+    for r in rows:
+        by_file.setdefault(r.file, []).append(r)
+    for file, rs in by_file.items():
+        values = {r.label.strip() for r in rs}
+        if base == 1 and "0" in values:
+            first = next(r for r in rs if r.label.strip() == "0")
+            raise DataError(f"label 0 in a list whose labels run 1-{n_classes} (the {list_format} format): the "
+                            "list is 0-based, and reading it as 1-based would shift every label by one class.",
+                            file=file, row=first.line, column=first.label_column,
+                            fix="if this is a DFER-CLIP list (`path num_frames label`) set list_format: dfer_clip; "
+                                "otherwise add 1 to every label.")
+        if base == 0 and str(n_classes) in values and "0" not in values:
+            first = next(r for r in rs if r.label.strip() == str(n_classes))
+            raise DataError(f"label {n_classes} in a list read as 0-based (0-{n_classes - 1}, list_format "
+                            f"{list_format}) that has no label 0: the list is 1-based, and reading it as 0-based "
+                            "would shift every label by one class.", file=file, row=first.line,
+                            column=first.label_column,
+                            fix="subtract 1 from every label, or read the corpus's own lists (list_format: official).")
+
+
+def _integer_parser(cfg: DfewConfig | Ferv39kConfig | MafwConfig, base: int) -> Callable[[str], int | None]:
+    classes = cfg.integer_classes()
+
+    def parse(s: str) -> int | None:
+        s = s.strip()
+        return classes[int(s) - base] if s.isdigit() and 0 <= int(s) - base < len(classes) else None
+    return parse
 
 
 def _fold_files(cfg: DfewConfig | MafwConfig) -> list[tuple[str, str, Path]]:
     out = []
     for f in cfg.folds:
         for part, pattern in (("train", cfg.train_file), ("test", cfg.test_file)):
-            out.append((f"set_{f}", part, Path(cfg.root) / pattern.format(fold=f)))
+            out.append((f"set_{f}", part, Path(cfg.root) / str(pattern).format(fold=f)))
     return out
 
 
-def load_dfew(cfg: DfewConfig, *, drop_invalid: bool = False) -> VideoCorpus:
-    rows, files = [], []
-    for fold, part, path in _fold_files(cfg):
-        df = read_table(path)
-        for col in ("video_name", "label"):
-            if col not in df.columns:
-                raise DataError(f"missing column '{col}'.", file=path, column=col,
-                                fix=f"DFEW split files have the columns video_name,label; this has {list(df.columns)}.")
-        files.append(path)
-        for pos, (name, label) in enumerate(zip(df["video_name"], df["label"])):
-            name = name.strip()
-            key = name.zfill(cfg.id_width) if name.isdigit() else name
-            rows.append(Row(file=path, line=pos + 2, key=key, label=label, fold=fold, part=part,
-                            id_column="video_name"))
+def _read_dfer_clip_corpus(cfg, files: list[tuple[str, str, Path]], key_parts: int) -> tuple[list[Row], list[Path]]:
+    rows: list[Row] = []
+    for fold, part, path in files:
+        rows += _read_dfer_clip(path, fold, part, key_parts)
+    _check_label_base(rows, 0, len(cfg.classes), "dfer_clip")
+    return rows, [p for _, _, p in files]
 
-    def parse(s: str) -> int | None:
-        s = s.strip()
-        return int(s) - 1 if s.isdigit() and 1 <= int(s) <= len(cfg.classes) else None
+
+def _read_dfew_csv(path: Path, fold: str, part: str, id_width: int) -> list[Row]:
+    text = _read_text(path)
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    if _DFER_CLIP_LINE.fullmatch(first):
+        raise DataError(f"expected DFEW's CSV (video_name,label), got {first!r}. {_DFER_CLIP_HINT}", file=path,
+                        row=1, fix="point train_file/test_file at DFEW's EmoLabel_DataSplit CSVs, or read this list "
+                                   "as list_format: dfer_clip.")
+    df = read_table(path)
+    for col in ("video_name", "label"):
+        if col not in df.columns:
+            raise DataError(f"missing column '{col}'.", file=path, column=col,
+                            fix=f"DFEW split files have the columns video_name,label; this has {list(df.columns)}.")
+    rows = []
+    for pos, (name, label) in enumerate(zip(df["video_name"], df["label"])):
+        name = name.strip()
+        key = name.zfill(id_width) if name.isdigit() else name
+        rows.append(Row(file=path, line=pos + 2, key=key, label=label, fold=fold, part=part,
+                        id_column="video_name"))
+    return rows
+
+
+def load_dfew(cfg: DfewConfig, *, drop_invalid: bool = False, progress: bool = False) -> VideoCorpus:
+    if cfg.list_format == "dfer_clip":
+        rows, files = _read_dfer_clip_corpus(cfg, _fold_files(cfg), 1)
+        for r in rows:
+            r.key = r.key.zfill(cfg.id_width) if r.key.isdigit() else r.key
+        base = 0
+    else:
+        rows, files = [], []
+        for fold, part, path in _fold_files(cfg):
+            rows += _read_dfew_csv(path, fold, part, cfg.id_width)
+            files.append(path)
+        _check_label_base(rows, 1, len(cfg.classes), "official DFEW")
+        base = 1
 
     def resolve(row: Row):
         clip_dir = Path(cfg.root) / cfg.clip_dir
         face = find_clip(Path(cfg.root) / cfg.face_dir, row.key) if cfg.face_dir else None
         return row.key, find_clip(clip_dir, row.key), face, f"{clip_dir / row.key}/ or {row.key}.mp4"
 
-    return _Builder(cfg, drop_invalid).build(rows, parse, resolve, files)
+    return _Builder(cfg, drop_invalid, progress).build(rows, _integer_parser(cfg, base), resolve, files)
 
 
-def load_ferv39k(cfg: Ferv39kConfig, *, drop_invalid: bool = False) -> VideoCorpus:
-    rows, files = [], []
-    for part, name in (("train", cfg.train_file), ("test", cfg.test_file)):
-        path = Path(cfg.root) / name
-        rows += _read_pairs(path, "default", part, "clip", "label")
-        files.append(path)
+def load_ferv39k(cfg: Ferv39kConfig, *, drop_invalid: bool = False, progress: bool = False) -> VideoCorpus:
+    parts = [("default", "train", Path(cfg.root) / str(cfg.train_file)),
+             ("default", "test", Path(cfg.root) / str(cfg.test_file))]
+    if cfg.list_format == "dfer_clip":  # .../2_ClipsforFaceCrop/<Scene>/<Emotion>/<id>: the last three parts
+        rows, files = _read_dfer_clip_corpus(cfg, parts, 3)
+        parse = _integer_parser(cfg, 0)
+    else:
+        rows, files = [], []
+        for fold, part, path in parts:
+            rows += _read_pairs(path, fold, part, "clip", "label")
+            files.append(path)
+        parse = _name_parser(cfg.classes)
 
     def resolve(row: Row):
         face = find_clip(Path(cfg.root) / cfg.face_dir, row.key) if cfg.face_dir else None
@@ -258,14 +372,19 @@ def load_ferv39k(cfg: Ferv39kConfig, *, drop_invalid: bool = False) -> VideoCorp
     def meta(row: Row) -> dict[str, str]:
         return {"scene": row.key.split("/")[0]} if "/" in row.key else {}
 
-    return _Builder(cfg, drop_invalid).build(rows, _name_parser(cfg.classes), resolve, files, meta=meta)
+    return _Builder(cfg, drop_invalid, progress).build(rows, parse, resolve, files, meta=meta)
 
 
-def load_mafw(cfg: MafwConfig, *, drop_invalid: bool = False) -> VideoCorpus:
-    rows, files = [], []
-    for fold, part, path in _fold_files(cfg):
-        rows += _read_pairs(path, fold, part, "clip", "label")
-        files.append(path)
+def load_mafw(cfg: MafwConfig, *, drop_invalid: bool = False, progress: bool = False) -> VideoCorpus:
+    if cfg.list_format == "dfer_clip":  # .../MAFW/data/faces/<id>: the last part; labels in DFER-CLIP's order
+        rows, files = _read_dfer_clip_corpus(cfg, _fold_files(cfg), 1)
+        parse = _integer_parser(cfg, 0)
+    else:
+        rows, files = [], []
+        for fold, part, path in _fold_files(cfg):
+            rows += _read_pairs(path, fold, part, "clip", "label")
+            files.append(path)
+        parse = _name_parser(cfg.classes)
 
     def resolve(row: Row):
         stem = Path(row.key).stem if is_video_file(Path(row.key)) else row.key
@@ -273,13 +392,13 @@ def load_mafw(cfg: MafwConfig, *, drop_invalid: bool = False) -> VideoCorpus:
         face = find_clip(Path(cfg.root) / cfg.face_dir, stem) if cfg.face_dir else None
         return stem, find_clip(clip_dir, row.key), face, f"{clip_dir / row.key} or {stem}/"
 
-    return _Builder(cfg, drop_invalid).build(rows, _name_parser(cfg.classes), resolve, files)
+    return _Builder(cfg, drop_invalid, progress).build(rows, parse, resolve, files)
 
 
 _CSV_COLUMNS = {"clip", "label", "fold", "split", "polarity", "face", "text", "id"}
 
 
-def load_video_csv(cfg: VideoCsvConfig, *, drop_invalid: bool = False) -> VideoCorpus:
+def load_video_csv(cfg: VideoCsvConfig, *, drop_invalid: bool = False, progress: bool = False) -> VideoCorpus:
     """Columns beyond the known ones land in VideoClip.meta as text (the synthetic corpus's ambiguous flag)."""
     path = Path(cfg.root) / cfg.file
     df = read_table(path)
@@ -292,7 +411,7 @@ def load_video_csv(cfg: VideoCsvConfig, *, drop_invalid: bool = False) -> VideoC
         raise DataError("has both a 'fold' and a 'split' column.", file=path, column="split",
                         fix="keep one: 'fold' (the test fold of each clip) or 'split' (train/val/test).")
     media = Path(cfg.root) / cfg.media_root if cfg.media_root else path.parent
-    builder = _Builder(cfg, drop_invalid)
+    builder = _Builder(cfg, drop_invalid, progress)
     builder.has_polarity = "polarity" in df.columns
     rows = []
     fold_values: list[str] = []
