@@ -489,23 +489,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _ci(v: dict[str, Any] | None) -> str:
-    if not v:
-        return "n/a"
-    lo, hi = v.get("ci95", [float("nan")] * 2)
-    return f"{v['value']:.3f} [{lo:.3f}, {hi:.3f}]"
-
-
 def _print_video_report(doc: dict[str, Any], out: str | Path) -> None:
+    from vlm_salience.formatting import fmt_metric
+
     for method, s in doc.get("methods", {}).items():
         pooled = s.get("pooled", {})
-        line = f"{method}: UAR {_ci(pooled.get('uar'))}, WAR {_ci(pooled.get('war'))}"
+        line = f"{method}: UAR {fmt_metric(pooled.get('uar'))}, WAR {fmt_metric(pooled.get('war'))}"
         summ = s.get("summary") or {}
         if isinstance(summ.get("uar"), dict) and "mean" in summ["uar"] and len(s.get("folds", {})) > 1:
             line += f"; over folds UAR {summ['uar']['mean']:.3f} ± {summ['uar'].get('sd', float('nan')):.3f}"
         if "ambiguous" in s:
             a = s["ambiguous"]
-            line += f"; ambiguous clips (n={a['n']}) UAR {_ci(a['uar'])}, pair chance {a['pair_chance']:.2f}"
+            line += f"; ambiguous clips (n={a['n']}) UAR {fmt_metric(a['uar'])}, pair chance {a['pair_chance']:.2f}"
         print(line)
     for note in doc.get("notes", []):
         print("  note: " + note)
@@ -530,11 +525,13 @@ def cmd_video_prepare(args: argparse.Namespace) -> int:
 
 
 def _print_variants(doc: dict[str, Any], out: str | Path) -> None:
+    from vlm_salience.formatting import fmt_metric
+
     ref = doc.get("compare_to")
     for name, v in doc.get("variants", {}).items():
-        line = f"{name}: UAR {_ci(v['all'].get('uar'))}, WAR {_ci(v['all'].get('war'))}"
+        line = f"{name}: UAR {fmt_metric(v['all'].get('uar'))}, WAR {fmt_metric(v['all'].get('war'))}"
         if "ambiguous" in v:
-            line += f"; ambiguous clips UAR {_ci(v['ambiguous'].get('uar'))}"
+            line += f"; ambiguous clips UAR {fmt_metric(v['ambiguous'].get('uar'))}"
         p = doc.get("paired", {}).get(name, {}).get("all", {}).get("uar")
         if p:
             verdict = "better" if p.get("a_better") else "no win"

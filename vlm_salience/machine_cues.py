@@ -578,7 +578,8 @@ def run_machine_cue_study(cue_yaml: str | Path, study_yaml: str | Path, out: str
     import json
 
     from vlm_salience.atomic import write_text
-    from vlm_salience.report import _clean, write_outputs
+    from vlm_salience.formatting import json_safe
+    from vlm_salience.report import write_outputs
     from vlm_salience.study import StudyConfig
 
     cfg = load_machine_cue_config(cue_yaml, cue_overrides)
@@ -591,7 +592,7 @@ def run_machine_cue_study(cue_yaml: str | Path, study_yaml: str | Path, out: str
     out = Path(out)
     write_outputs(res["results"]["human"], out / "human")
     write_outputs(res["results"]["machine"], out / "machine")
-    doc = _clean({k: v for k, v in res.items() if k != "results"})
+    doc = json_safe({k: v for k, v in res.items() if k != "results"})
     write_text(out / "side_by_side.json", json.dumps(doc, indent=2) + "\n")
     write_text(out / "side_by_side.md", side_by_side_markdown(res))
     return MachineCueRun(doc, human, cue, res)

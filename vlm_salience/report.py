@@ -7,7 +7,6 @@ half-written there.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import pandas as pd
 
 from vlm_salience import __version__
 from vlm_salience.atomic import staged_dir, write_text
+from vlm_salience.formatting import fmt_metric, json_safe
 from vlm_salience.metrics import METRICS
 from vlm_salience.predictions import condition_profiles
 from vlm_salience.salience import SalienceLaw
@@ -34,21 +34,6 @@ def _shown_metrics(result: StudyResult) -> list[str]:
     """The metrics defined for this corpus (no rating KLD without a rating scale)."""
     return [k for k in METRICS if any(np.isfinite(m[k]["value"]) for m in result.metrics.values()
                                       if m.get(k, {}).get("value") is not None)]
-
-
-def _clean(obj: Any) -> Any:
-    """JSON-safe: numpy scalars to Python, NaN to null."""
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return None if not math.isfinite(float(obj)) else float(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.ndarray):
-        return _clean(obj.tolist())
-    return obj
 
 
 def metrics_document(result: StudyResult) -> dict[str, Any]:
@@ -78,16 +63,7 @@ def metrics_document(result: StudyResult) -> dict[str, Any]:
         "notes": result.notes,
         "methods": methods,
     }
-    return _clean(doc)
-
-
-def _fmt(v: dict[str, Any] | None, digits: int = 3) -> str:
-    if not v or v.get("value") is None or not np.isfinite(v["value"]):
-        return "n/a"
-    lo, hi = v["ci95"]
-    if lo is None or not np.isfinite(lo):
-        return f"{v['value']:.{digits}f}"
-    return f"{v['value']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+    return json_safe(doc)
 
 
 def summary_rows(result: StudyResult) -> list[dict[str, str]]:
@@ -105,7 +81,7 @@ def summary_rows(result: StudyResult) -> list[dict[str, str]]:
         if verdict.get("beats_null"):
             beats.append("null (product control)")
         row = {"method": m.name}
-        row.update({metric_label(k, result.corpus.response): _fmt(met[k], 4 if "kld" in k else 3)
+        row.update({metric_label(k, result.corpus.response): fmt_metric(met[k], 4 if "kld" in k else 3)
                     for k in _shown_metrics(result)})
         row[f"beats ({result.config.primary_metric})"] = ", ".join(beats) or "-"
         rows.append(row)
@@ -480,8 +456,8 @@ def report_markdown(result: StudyResult, doc: dict[str, Any], figures: list[str]
                 return f"{a[mask].mean():.2f}" if mask.any() else "n/a"
             scale = "share" if m.rule == "pool" else "w_face"
             lines.append(f"| {name} | {mean(wf, lo)} -> {mean(wf, hi)} | {mean(wc, lo)} -> {mean(wc, hi)} | "
-                         f"{_fmt(w.get('face_weight_gap'))} ({scale}) | {_fmt(w.get('null_gap'))} | "
-                         f"{_fmt(w.get('excess_gap'))} | {'yes' if w.get('gap_evidence') else 'no'} |")
+                         f"{fmt_metric(w.get('face_weight_gap'))} ({scale}) | {fmt_metric(w.get('null_gap'))} | "
+                         f"{fmt_metric(w.get('excess_gap'))} | {'yes' if w.get('gap_evidence') else 'no'} |")
         lines += ["", "The gap is mean w_face over expressive items minus over subtle ones (refits on "
                   f"{cfg.bootstrap.weights_n} resamples, {result.resampling}); the salience hypothesis predicts it "
                   "to be positive. A pool is fitted in face share alone (w_face + w_context = 1), so its gap is a "
@@ -525,8 +501,8 @@ def _sized_law_lines(result: StudyResult) -> list[str]:
     for name, w in result.weights.items():
         if "share_spread" not in w:
             continue
-        spread = (f"face-share spread {_fmt(w['share_spread'])}, null {_fmt(w.get('null_spread'))}, excess "
-                  f"{_fmt(w.get('excess_spread'))}: evidence {'yes' if w.get('gap_evidence') else 'no'}")
+        spread = (f"face-share spread {fmt_metric(w['share_spread'])}, null {fmt_metric(w.get('null_spread'))}, excess "
+                  f"{fmt_metric(w.get('excess_spread'))}: evidence {'yes' if w.get('gap_evidence') else 'no'}")
         if "by_emotion" in w:
             e = w["by_emotion"]
             labels = e.get("labels") or [str(i) for i in range(len(e["w_face"]))]
@@ -586,7 +562,7 @@ def experiment_rows(res) -> list[dict[str, str]]:
     for name, met in res.metrics.items():
         fail = res.failures.get(name, {})
         row = {"method": name}
-        row.update({LABELS[k]: _fmt(met[k], 4 if k == "kld" else 3) for k in METRICS})
+        row.update({LABELS[k]: fmt_metric(met[k], 4 if k == "kld" else 3) for k in METRICS})
         row["coverage"] = f"{met['coverage']:.0%}"
         row["unparseable"] = str(fail.get("unparseable", "-")) if not name.startswith("bci/") else "-"
         rows.append(row)
@@ -653,7 +629,7 @@ def write_experiment_outputs(res, out: str | Path) -> Path:
         if name in res.throughput:
             entry["items_per_s"] = res.throughput[name]
         methods[name] = entry
-    doc = _clean({
+    doc = json_safe({
         "package_version": __version__, "experiment": res.title,
         "corpus": {"name": res.corpus.name, "fingerprint": res.corpus.fingerprint, "test_items": len(res.test_ids),
                    "split": res.split},

@@ -18,13 +18,13 @@ import pandas as pd
 
 from vlm_salience.atomic import staged_dir
 from vlm_salience.metrics import fold_summary, paired_bootstrap_classification, score_classification
-from vlm_salience.report import _fmt  # one number format for every report
+from vlm_salience.formatting import fmt_metric as _fmt  # one number format for every report
 
 TRUE = {"1", "true", "yes", "y", "ambiguous"}
 
 
 def _clean(obj: Any) -> Any:
-    from vlm_salience.report import _clean as clean
+    from vlm_salience.formatting import json_safe as clean
 
     return clean(obj)
 
