@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install install-dev demo test bench clean
+.PHONY: install install-dev demo demo-full test bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,8 +35,12 @@ $(VENV)/.bench: pyproject.toml $(VENV)/.dev
 install: $(VENV)/.base
 install-dev: $(VENV)/.dev
 
+# `make demo` is the quick demo (every step, fewer training steps and resamples); `make demo-full` the full one.
 demo: $(VENV)/.base
-	$(BIN)/vlm-salience demo --out runs/demo
+	$(BIN)/vlm-salience demo --quick --out runs/demo
+
+demo-full: $(VENV)/.base
+	$(BIN)/vlm-salience demo --out runs/demo-full
 
 test: $(VENV)/.dev
 	$(BIN)/python -m pytest -q

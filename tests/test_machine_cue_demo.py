@@ -1,4 +1,4 @@
-"""The synthetic rating corpus (data/synth_ratings.py) and the machine-cue demo step (machine_cue_demo.py).
+"""The synthetic rating corpus (data/synth_ratings.py) and the machine-cue demo step (demo/machine_cue.py).
 
 Planted truth: the generator knows each face's true face-only distribution and felt emotion, so the human face-only
 ratings can be checked against it, and a machine cue can be checked to follow its *reading* (an oracle reading
@@ -19,7 +19,7 @@ from vlm_salience.config import load_config
 from vlm_salience.data import load_corpus
 from vlm_salience.data.synth import _temper, generate_with_distributions
 from vlm_salience.data.synth_ratings import RatingSynthConfig, generate_ratings, rating_data_config, write_rating_corpus
-from vlm_salience.machine_cue_demo import machine_cue_demo, planted_agreement, summary_lines
+from vlm_salience.demo.machine_cue import machine_cue_demo, planted_agreement, summary_lines
 from vlm_salience.machine_cues import (MachineCueConfig, Reading, cue_agreement, face_summaries, machine_corpus)
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,9 +1,10 @@
 """Typed configs loaded from YAML, with dotted overrides from the command line (`--set study.folds=5`).
 
 Every config class forbids unknown fields, so a typo in a YAML is an error that names the field, never a
-silently ignored setting. Relative paths in a YAML resolve against the folder of that YAML file; a path may name
-an environment variable, `${VAR}` or `${VAR:-default}` (the shipped corpora's `root` honours
-VLM_SALIENCE_SHARED_DATA this way).
+silently ignored setting. One path rule: a relative path written inside a YAML resolves against the folder of
+that YAML file; a relative path given on the command line (`--set a.b=PATH`, `--out`, which commands pass as
+overrides) resolves against the current folder, as a shell user expects. A path may name an environment variable,
+`${VAR}` or `${VAR:-default}` (the shipped corpora's `root` honours VLM_SALIENCE_SHARED_DATA this way).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, TypeAdapter, ValidationError, ValidationInfo
+from pydantic import BaseModel, BeforeValidator, ConfigDict, TypeAdapter, ValidationError, ValidationInfo
 
 from vlm_salience.errors import ConfigError
 
@@ -40,16 +41,40 @@ def expand_vars(text: str) -> str:
     return _VAR.sub(sub, text)
 
 
-def _resolve(path: Path, info: ValidationInfo) -> Path:
-    base = (info.context or {}).get("base_dir")
-    path = Path(expand_vars(str(path))).expanduser()
+class FromCommandLine(str):
+    """A string value that came from the command line (an override), not from a YAML file: where it lands in a
+    path field, a relative value resolves against the current folder, not the YAML's. pydantic turns it into a
+    plain `str` in every `str` field, and YAML dumps it as one."""
+
+
+yaml.SafeDumper.add_representer(FromCommandLine, lambda dumper, value: dumper.represent_str(str(value)))
+
+
+def from_command_line(value: Any) -> Any:
+    """Mark every string in a parsed override value (nested lists and mappings included) as given on the command
+    line."""
+    if isinstance(value, str):
+        return FromCommandLine(value)
+    if isinstance(value, list):
+        return [from_command_line(v) for v in value]
+    if isinstance(value, dict):
+        return {k: from_command_line(v) for k, v in value.items()}
+    return value
+
+
+def _resolve(value: Any, info: ValidationInfo) -> Any:
+    if not isinstance(value, (str, Path)):
+        return value  # not a path: the Path validator says so
+    base = Path.cwd() if isinstance(value, FromCommandLine) else (info.context or {}).get("base_dir")
+    path = Path(expand_vars(str(value))).expanduser()
     if base is not None and not path.is_absolute():
         path = (Path(base) / path).resolve()
     return path
 
 
-RelPath = Annotated[Path, AfterValidator(_resolve)]
-"""A path field: relative values resolve against the YAML file's folder."""
+RelPath = Annotated[Path, BeforeValidator(_resolve)]
+"""A path field: a relative value from the YAML resolves against the YAML file's folder, one from the command
+line against the current folder."""
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -72,7 +97,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """Apply `a.b.c=value` overrides; the value is parsed as YAML, so `k=3`, `k=[1,2]`, `k=null` all work."""
+    """Apply `a.b.c=value` overrides; the value is parsed as YAML, so `k=3`, `k=[1,2]`, `k=null` all work. Its
+    strings are marked as given on the command line, so a relative path among them resolves against the current
+    folder (`RelPath`), whichever YAML it is merged into."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}': expected dotted.key=value, e.g. study.folds=5.")
@@ -86,7 +113,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
             if not isinstance(child, dict):
                 raise ConfigError(f"override '{item}': '{part}' is a value, not a section.")
             node = child
-        node[parts[-1]] = yaml.safe_load(raw)
+        node[parts[-1]] = from_command_line(yaml.safe_load(raw))
     return data
 
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from vlm_salience.formatting import fmt_metric
+
 
 def run_demo(out: Path, *, quick: bool = False, progress: bool = True) -> int:
     from vlm_salience.config import load_config
@@ -142,7 +144,7 @@ FULL_STEPS = (None, None, None)
 
 
 def _video_step(console: Console, out: Path, quick: bool, progress: bool) -> None:
-    from vlm_salience.video.train import demo_grace_step, demo_ous_step, demo_step
+    from vlm_salience.demo.video_steps import demo_grace_step, demo_ous_step, demo_step
 
     base_steps, ous_steps, grace_steps = QUICK_STEPS if quick else FULL_STEPS
     small = (" [bold]--quick: a few dozen steps per model, far too few for the tiny random encoders to learn; the "
@@ -154,10 +156,10 @@ def _video_step(console: Console, out: Path, quick: bool, progress: bool) -> Non
                   "configs/video/baseline_synthetic.yaml`. The clips are prepared once into one frame cache that "
                   "the baseline, OUS and GRACE all read." + small)
     res = demo_step(out, folds=VIDEO_FOLDS, steps=base_steps, progress=progress)
-    line = f"baseline: UAR {_ci(res.get('uar'))}, WAR {_ci(res.get('war'))}"
+    line = f"baseline: UAR {fmt_metric(res.get('uar'))}, WAR {fmt_metric(res.get('war'))}"
     if res.get("ambiguous"):
         a = res["ambiguous"]
-        line += (f"; on the {a['n']} ambiguous clips WAR {_ci(a['war'])} against the pair's chance "
+        line += (f"; on the {a['n']} ambiguous clips WAR {fmt_metric(a['war'])} against the pair's chance "
                  f"{a['pair_chance']:.2f} (the face alone cannot tell the pair apart: the gap OUS must close)")
     console.print(line)
     console.print(f"report: {Path(res['out']) / 'report.md'}")
@@ -174,8 +176,9 @@ def _video_step(console: Console, out: Path, quick: bool, progress: bool) -> Non
         return
     for name in ("baseline", "ous"):
         v = doc["variants"][name]
-        console.print(f"  {name}: UAR {_ci(v['all']['uar'])}, WAR {_ci(v['all']['war'])}; ambiguous clips UAR "
-                      f"{_ci(v.get('ambiguous', {}).get('uar'))}, clear clips UAR {_ci(v.get('clear', {}).get('uar'))}")
+        console.print(f"  {name}: UAR {fmt_metric(v['all']['uar'])}, WAR {fmt_metric(v['all']['war'])}; "
+                      f"ambiguous clips UAR {fmt_metric(v.get('ambiguous', {}).get('uar'))}, "
+                      f"clear clips UAR {fmt_metric(v.get('clear', {}).get('uar'))}")
     p = doc["paired"]["ous"]
     console.print(f"  OUS - baseline (paired bootstrap): UAR {_diff(p['all']['uar'])}, WAR {_diff(p['all']['war'])}; "
                   f"on the ambiguous clips UAR {_diff(p.get('ambiguous', {}).get('uar'))}")
@@ -195,17 +198,17 @@ def _video_step(console: Console, out: Path, quick: bool, progress: bool) -> Non
     g = demo_grace_step(out, folds=VIDEO_FOLDS, steps=grace_steps, progress=progress)
     for name, m in g["methods"].items():
         amb = m.get("ambiguous") or {}
-        console.print(f"  {name}: UAR {_ci(m['pooled']['uar'])}, WAR {_ci(m['pooled']['war'])}; ambiguous clips UAR "
-                      f"{_ci(amb.get('uar'))}")
+        console.print(f"  {name}: UAR {fmt_metric(m['pooled']['uar'])}, WAR {fmt_metric(m['pooled']['war'])}; "
+                      f"ambiguous clips UAR {fmt_metric(amb.get('uar'))}")
     d = g["grace_vs_no_text"]
     console.print(f"  GRACE - no_text (paired bootstrap): UAR {_diff(d['uar'])}, WAR {_diff(d['war'])}")
     console.print(_verdict("GRACE", "its no-text ablation", d["uar"], quick))
-    console.print(f"report: {Path(g['out']) / 'ablations.md'}")
+    console.print(f"report: {Path(g['out']) / 'report.md'}")
 
 
 def _machine_cue_step(console: Console, out: Path, quick: bool, progress: bool) -> None:
     console.rule("8. The machine face cue beside the human one: FER2013 mini-Xception on a synthetic rating corpus")
-    from vlm_salience.machine_cue_demo import machine_cue_demo, summary_lines
+    from vlm_salience.demo.machine_cue import machine_cue_demo, summary_lines
 
     console.print("A synthetic Split-Steal corpus rated per emotion (1-9) with drawn faces: the study runs once with "
                   "the human face-only raters as the face cue and once with the real FER2013 classifier reading the "
@@ -232,9 +235,3 @@ def _verdict(a: str, b: str, p: dict, quick: bool) -> str:
         text = f"No significant UAR difference between {a} and {b} here: the paired 95% interval includes zero."
     return text + (" (--quick: too few steps to read anything into it.)" if quick else
                    " One fold of 28 test clips: intervals are wide.")
-
-
-def _ci(v: dict | None) -> str:
-    if not v:
-        return "n/a"
-    return f"{v['value']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]"
