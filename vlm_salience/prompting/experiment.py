@@ -28,6 +28,7 @@ from vlm_salience.models.loading import ModelConfig
 from vlm_salience.predictions import Predictions, observed, ratings_to_distribution
 from vlm_salience.prompting.answers import AnswerError, AnswerSpec, parse_answer
 from vlm_salience.prompting.cache import AnswerCache, prompt_answer_key
+from vlm_salience.prompting.clips import ClipSettings
 from vlm_salience.prompting.inputs import ItemError, Prompt, build_prompt
 from vlm_salience.prompting.openai_backend import APIModelConfig, LogprobsUnavailable
 from vlm_salience.prompting.templates import load_template
@@ -96,6 +97,7 @@ class ExperimentConfig(StrictModel):
     cache: RelPath | None = None  # default: <out>/cache.sqlite
     bootstrap: int = Field(1000, ge=0)
     chunk: int = Field(32, ge=1)  # items per backend call between cache commits
+    clip: ClipSettings = Field(default_factory=ClipSettings)  # faces that are clips: frames, video or images
 
     @model_validator(mode="after")
     def _references(self) -> ExperimentConfig:
@@ -322,12 +324,14 @@ class Runner:
         templates = [load_template(t) for t in (strategy.salience_templates or [strategy.template])]
         x = self.expressivity()[self.test] if strategy.salience_templates else None
         law = SalienceLaw.plain(self.threshold)
+        clip_mode = self.cfg.clip.resolved_mode(getattr(backend, "family", None))
         for j, (i, item) in enumerate(zip(self.test, items)):
             template = templates[int(law.is_expressive(x[j]))] if x is not None else templates[0]
             try:
                 examples = self.examples_for(strategy, i)
                 prompts.append(build_prompt(template, item, self.spec, examples=examples,
-                                            expressivity=None if x is None else float(x[j])))
+                                            expressivity=None if x is None else float(x[j]),
+                                            clip=self.cfg.clip, clip_mode=clip_mode))
             except ItemError as exc:
                 prompts.append(None)
                 errors[j] = str(exc)

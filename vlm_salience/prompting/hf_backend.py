@@ -104,11 +104,12 @@ class HFBackend:
         return [vocab[n] for n in names if n in vocab]
 
     def _processor_inputs(self, texts: list[str], prompts: list[Prompt]) -> dict[str, Any]:
-        images = [img for p in prompts for img in p.images]
-        kwargs: dict[str, Any] = {"text": texts, "return_tensors": "pt", "padding": True}
-        if images:
-            kwargs["images"] = [list(p.images) for p in prompts] if self.family == "idefics3" else images
-        return dict(self.processor(**kwargs))
+        """Text, image and (Qwen2-VL family) native video inputs of a batch (`prompting/clips.py`)."""
+        from vlm_salience.prompting.clips import encode_prompts
+
+        settings = next((p.clip for p in prompts if p.clip is not None), None)
+        return encode_prompts(self.processor, self.family, texts, [list(p.images) for p in prompts],
+                              [list(p.videos) for p in prompts], settings)
 
     # -- forward over [shared prefix][left-padded suffix] ---------------------------------------------------------
     def _prefix_state(self, prefix: list[int], adapter: str | None = None):
@@ -161,8 +162,9 @@ class HFBackend:
             full_ids = torch.cat([torch.tensor([prefix] * B, dtype=suffix.dtype).reshape(B, P), suffix], dim=1)
             mm = inputs.get("mm_token_type_ids")
             full_mm = torch.cat([torch.zeros((B, P), dtype=mm.dtype), mm], 1) if mm is not None else None
-            if inputs.get("image_grid_thw") is not None:
-                pos, deltas = self.rope.get_rope_index(full_ids, full_mm, image_grid_thw=inputs["image_grid_thw"],
+            if inputs.get("image_grid_thw") is not None or inputs.get("video_grid_thw") is not None:
+                pos, deltas = self.rope.get_rope_index(full_ids, full_mm, image_grid_thw=inputs.get("image_grid_thw"),
+                                                       video_grid_thw=inputs.get("video_grid_thw"),
                                                        attention_mask=full_mask)
             else:
                 pos = pos[None].expand(3, -1, -1)
@@ -182,8 +184,9 @@ class HFBackend:
             cache.batch_repeat_interleave(B)
         dev = self.vlm.device
         kwargs = {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in inputs.items()}
-        if "pixel_values" in kwargs and kwargs["pixel_values"].is_floating_point():
-            kwargs["pixel_values"] = kwargs["pixel_values"].to(self.model.dtype)
+        for key in ("pixel_values", "pixel_values_videos"):
+            if key in kwargs and kwargs[key].is_floating_point():
+                kwargs[key] = kwargs[key].to(self.model.dtype)
         if adapters is not None:
             kwargs["adapter_names"] = adapters
         with torch.inference_mode():

@@ -1,0 +1,193 @@
+"""The VLM half sees video: clips sampled by the video models' TSN sampler, as native Qwen2-VL video input or as
+frames as images, through prompting (Split-Steal face videos and frame folders, video corpora) and fine-tuning.
+Tiny random models only: their predictions are noise; the tests check plumbing, never accuracy."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _frames(n: int, size: int = 56) -> list:
+    """n frames, frame i a distinct flat grey level 20 + 20 i plus a fixed pattern (so order is visible)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    pattern = rng.integers(0, 40, (size, size, 3))
+    return [Image.fromarray(np.clip(pattern + 20 + 20 * i, 0, 255).astype(np.uint8)) for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def qwen(tiny_vlms):
+    from vlm_salience.models.loading import ModelConfig, load_vlm
+
+    return load_vlm(ModelConfig(name="q", path=str(tiny_vlms["qwen2_vl"])))
+
+
+def _messages(kind: str) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "text", "text": "look"}, {"type": kind},
+                                         {"type": "text", "text": "answer"}]}]
+
+
+def test_native_video_inputs_match_the_model(qwen):
+    """pixel_values_videos from the PIL image processor: the video processor's layout, and the model agrees: a
+    two-frame clip of one image gives exactly the image path's logits; reversing the frames changes them."""
+    import torch
+
+    from vlm_salience.prompting.clips import encode_prompts, qwen2_vl_video_inputs
+
+    proc, model = qwen.processor, qwen.model
+    frames = _frames(4)
+    t_img = proc.apply_chat_template(_messages("image"), add_generation_prompt=True)
+    t_vid = proc.apply_chat_template(_messages("video"), add_generation_prompt=True)
+    a = encode_prompts(proc, "qwen2_vl", [t_img], [[frames[0]]], [[]])
+    b = encode_prompts(proc, "qwen2_vl", [t_vid], [[]], [[[frames[0], frames[0]]]])
+    assert torch.equal(a["image_grid_thw"], b["video_grid_thw"])
+    with torch.no_grad():
+        la, lb = model(**a).logits, model(**b).logits
+    assert torch.allclose(la, lb, atol=1e-5)
+
+    # the layout of transformers' Qwen2VLVideoProcessor.patchify (copied: that module needs torchvision)
+    ip = proc.image_processor
+    x = torch.tensor(np.stack([np.asarray(f, np.float32) / 255.0 for f in frames])).permute(0, 3, 1, 2)
+    mean, std = torch.tensor(ip.image_mean).view(1, 3, 1, 1), torch.tensor(ip.image_std).view(1, 3, 1, 1)
+    x = ((x - mean) / std)[None]  # (1, T, C, H, W); 56 px frames are not resized
+    B, T, C, H, W = x.shape
+    p, m, tps = ip.patch_size, ip.merge_size, ip.temporal_patch_size
+    ref = x.view(B, T // tps, tps, C, H // p // m, m, p, W // p // m, m, p).permute(0, 1, 4, 7, 5, 8, 3, 2, 6, 9)
+    ref = ref.reshape(T // tps * (H // p) * (W // p), C * tps * p * p)
+    ours = qwen2_vl_video_inputs(ip, [frames])
+    assert torch.allclose(ours["pixel_values_videos"], ref, atol=1e-5)
+    assert ours["video_grid_thw"].tolist() == [[T // tps, H // p, W // p]]
+
+    fwd = encode_prompts(proc, "qwen2_vl", [t_vid], [[]], [[frames]])
+    rev = encode_prompts(proc, "qwen2_vl", [t_vid], [[]], [[frames[::-1]]])
+    with torch.no_grad():
+        assert not torch.allclose(model(**fwd).logits[:, -1], model(**rev).logits[:, -1], atol=1e-4)
+
+
+# -- Split-Steal faces as clips -------------------------------------------------------------------------------------
+
+def _clip_corpus(src_data: Path, out: Path, kind: str, n_frames: int = 6) -> Path:
+    """A copy of a synthetic Split-Steal corpus whose faces are clips: frame t blends a grey face-less frame into
+    the still face (onset -> apex), as face_video (mp4) or face_frames (a folder of PNGs)."""
+    import av
+    from PIL import Image
+
+    shutil.copytree(src_data.parent, out)
+    trials = pd.read_csv(out / "trials.csv")
+    paths = []
+    for tid, rel in zip(trials.trial_id, trials.face_image):
+        face = np.asarray(Image.open(out / rel).convert("RGB"), np.float32)
+        frames = [(128 + (face - 128) * t / (n_frames - 1)).astype(np.uint8) for t in range(n_frames)]
+        if kind == "face_video":
+            path = out / "videos" / f"{tid}.mp4"
+            path.parent.mkdir(exist_ok=True)
+            with av.open(str(path), "w") as c:
+                s = c.add_stream("mpeg4", rate=8)
+                s.width, s.height, s.pix_fmt = face.shape[1], face.shape[0], "yuv420p"
+                for f in frames:
+                    for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                        c.mux(p)
+                for p in s.encode():
+                    c.mux(p)
+        else:
+            path = out / "frames" / str(tid)
+            path.mkdir(parents=True)
+            for t, f in enumerate(frames):
+                Image.fromarray(f).save(path / f"{t:03d}.png")
+        paths.append(str(path.relative_to(out)))
+    trials = trials.drop(columns=["face_image"]).assign(**{kind: paths})
+    trials.to_csv(out / "trials.csv", index=False)
+    return out / "data.yaml"
+
+
+def _experiment(tmp_path, data, model_dir, clip: dict, strategies=None):
+    from vlm_salience.prompting.experiment import ExperimentConfig
+
+    return ExperimentConfig.model_validate({
+        "name": "t", "data": str(data), "study": str(REPO / "configs" / "experiment" / "bci_synthetic.yaml"),
+        "split": {"test_fraction": 0.25, "group": "participant", "seed": 0, "max_test_items": 4},
+        "models": [{"backend": "hf", "name": "tiny", "path": str(model_dir), "batch_size": 4}],
+        "strategies": strategies or [{"name": "face_only", "template": "face_only"}],
+        "out": str(tmp_path / "out"), "bootstrap": 0, "chunk": 4, "clip": clip,
+    }, context={"base_dir": tmp_path})
+
+
+@pytest.mark.parametrize("kind,mode", [("face_video", "video"), ("face_frames", "images")])
+def test_prompt_run_on_split_steal_clips(tmp_path, small_synth_corpus, tiny_vlms, monkeypatch, kind, mode):
+    """A Split-Steal corpus with face videos / frame folders runs through prompting (no refusal, no middle frame
+    only): every test item scored, each prompt carrying all sampled frames; the answer cache is keyed by the
+    sampling settings (same settings: no model call; other frame count: asked again)."""
+    from vlm_salience.prompting import experiment as ex
+    from vlm_salience.prompting.hf_backend import HFBackend
+
+    data = _clip_corpus(small_synth_corpus, tmp_path / "corpus", kind)
+    seen = []
+    real = HFBackend.score
+
+    def spy(self, prompts, *a, **k):
+        seen.extend(prompts)
+        return real(self, prompts, *a, **k)
+    monkeypatch.setattr(HFBackend, "score", spy)
+    res = ex.run_experiment(_experiment(tmp_path, data, tiny_vlms["qwen2_vl"], {"frames": 4, "mode": mode}),
+                            progress=False)
+    pred = res.predictions["tiny/face_only"]
+    assert (pred.error == "").all(), pred.error
+    assert np.isfinite(pred.emotion_dist).all() and len(pred) == 4
+    assert len(seen) == 4
+    for p in seen:
+        if mode == "video":
+            assert len(p.videos) == 1 and len(p.videos[0]) == 4 and not p.images
+        else:
+            assert len(p.images) == 4 and not p.videos
+            assert sum(q["type"] == "image" for m in p.messages for q in m["content"]) == 4
+    seen.clear()
+    ex.run_experiment(_experiment(tmp_path, data, tiny_vlms["qwen2_vl"], {"frames": 4, "mode": mode}),
+                      progress=False)
+    assert not seen  # resumed from the cache
+    ex.run_experiment(_experiment(tmp_path, data, tiny_vlms["qwen2_vl"], {"frames": 2, "mode": mode}),
+                      progress=False)
+    assert len(seen) == 4  # other sampling settings: other answers
+
+
+def test_clip_sampling_is_the_video_models_tsn_sampler(tmp_path):
+    """Evaluation takes each segment's middle frame in time order; training a seeded random frame per segment;
+    the prompt digest (cache key) changes with the sampling settings."""
+    from vlm_salience.data.corpus import Face, Item, RatingScale, Situation
+    from vlm_salience.data.video.sampling import segment_indices
+    from vlm_salience.prompting.answers import AnswerSpec
+    from vlm_salience.prompting.clips import ClipSettings
+    from vlm_salience.prompting.inputs import build_prompt
+    from vlm_salience.prompting.templates import load_template
+
+    folder = tmp_path / "f"
+    folder.mkdir()
+    frames = _frames(12, 28)
+    files = []
+    for t, f in enumerate(frames):
+        f.save(folder / f"{t}.png")
+        files.append(folder / f"{t}.png")
+    item = Item(id="a", face=Face(id="a", media=tuple(files), media_kind="frames"),
+                situation=Situation(id="a", features={}, text="A game."))
+    spec = AnswerSpec("choice", ("joy", "anger"), RatingScale(1, 9), None)
+    tpl = load_template("face_only")
+    level = lambda img: int(round((np.asarray(img, float).mean() - np.asarray(frames[0], float).mean()) / 20))
+    p = build_prompt(tpl, item, spec, clip=ClipSettings(frames=4), clip_mode="images")
+    assert [level(i) for i in p.images] == segment_indices(12, 4, train=False).tolist() == [1, 4, 7, 10]
+    rng = np.random.default_rng(3)
+    pt = build_prompt(tpl, item, spec, clip=ClipSettings(frames=4), clip_mode="images", train=True, rng=rng)
+    got = [level(i) for i in pt.images]
+    assert got == segment_indices(12, 4, train=True, rng=np.random.default_rng(3)).tolist()
+    assert all(3 * s <= g < 3 * s + 3 for s, g in enumerate(got)) and got != [1, 4, 7, 10]
+    digests = {build_prompt(tpl, item, spec, clip=ClipSettings(frames=4, **kw), clip_mode="images").digest
+               for kw in ({}, {"max_pixels": 3136}, {"stream": "scene"})}
+    assert len(digests | {p.digest}) == 3 and p.digest in digests

@@ -1,0 +1,194 @@
+"""Clips as VLM inputs: TSN-sampled frames of a face video or a frame folder, given to a model either as several
+images (any chat VLM, OpenAI-compatible servers included) or as one native video input (Qwen2-VL family).
+
+Frames are chosen by the same sampler the video models use (`data/video/sampling.py`): N equal segments, the
+middle frame of each in evaluation, a seeded random frame per segment in training. So a VLM and OUS/GRACE see the
+same moments of a clip.
+
+Native video input without torchvision: transformers' Qwen2-VL *video* processor needs torchvision, which this
+project does not install. `qwen2_vl_video_inputs` builds the same `pixel_values_videos` / `video_grid_thw` from
+the PIL *image* processor's per-frame patches: the image processor writes each frame's patches with the frame
+repeated over the temporal patch axis; we keep one copy and pair consecutive frames along that axis, in the
+layout of `Qwen2VLVideoProcessor.patchify` (tokens ordered t, h-block, w-block, h, w; each token's vector
+channel x temporal x patch x patch). An odd frame count is padded with the last frame, as the video processor
+does. tests/test_prompting_video.py checks it against the model: a two-frame clip of one image gives the image
+path's logits, and reversed frames give other logits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from vlm_salience.config import StrictModel
+
+VIDEO_FAMILIES = ("qwen2_vl",)  # families with a native video path here (models/families.py names)
+
+
+class ClipSettings(StrictModel):
+    """How a clip is shown to a VLM (the `clip:` block of an experiment or training YAML)."""
+
+    frames: int = Field(8, ge=1)  # TSN segments: one frame from each
+    # video: one native video input (Qwen2-VL family); images: the frames as separate images (any model);
+    # auto: video where the family has a native path, images otherwise
+    mode: Literal["auto", "video", "images"] = "auto"
+    stream: Literal["face", "scene"] = "face"  # video corpora: the face-crop clip or the whole scene clip
+    min_pixels: int | None = Field(None, ge=1)  # Qwen-VL processors: pixels per frame after resizing
+    max_pixels: int | None = Field(None, ge=1)
+    seed: int = 0  # training: frames per segment drawn from (seed, epoch, item)
+
+    def resolved_mode(self, family: str | None) -> str:
+        """'video' or 'images' for a model family; a family without a video path asked for video is an error."""
+        if self.mode == "auto":
+            return "video" if family in VIDEO_FAMILIES else "images"
+        if self.mode == "video" and family not in VIDEO_FAMILIES:
+            from vlm_salience.errors import ConfigError
+
+            raise ConfigError(f"clip.mode video: model family '{family}' has no native video path here (families "
+                              f"with one: {list(VIDEO_FAMILIES)}); set clip.mode: images (frames as images)")
+        return self.mode
+
+    def key(self, *, train: bool, epoch: int | None = None) -> str:
+        """What the sampled frames depend on besides the clip: part of an answer's cache key."""
+        return json.dumps({"frames": self.frames, "stream": self.stream, "train": train,
+                           "seed": self.seed if train else None, "epoch": epoch if train else None,
+                           "min_pixels": self.min_pixels, "max_pixels": self.max_pixels}, sort_keys=True)
+
+
+def frame_indices(n_frames: int, settings: ClipSettings, *, train: bool = False,
+                  rng: np.random.Generator | None = None) -> np.ndarray:
+    """The TSN indices of the video models (`segment_indices`): middles in evaluation, seeded random in training."""
+    from vlm_salience.data.video.sampling import segment_indices
+
+    return segment_indices(n_frames, settings.frames, train=train, rng=rng)
+
+
+def training_rng(settings: ClipSettings, epoch: int, key: str) -> np.random.Generator:
+    """A generator seeded by (seed, epoch, item): a resumed run draws the same frames, each epoch new ones."""
+    digest = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
+    return np.random.default_rng([settings.seed, epoch, digest])
+
+
+def sample_frames(source: Path | tuple[Path, ...] | list[Path], settings: ClipSettings, *, train: bool = False,
+                  rng: np.random.Generator | None = None) -> list[Any]:
+    """PIL frames of a clip: a video file, a frame folder, or a list of frame files (Split-Steal `face_frames`).
+    Raises DataError (naming the file) when the clip cannot be read."""
+    from PIL import Image
+
+    from vlm_salience.data.video.frames import count_frames, read_frames
+
+    if isinstance(source, (list, tuple)):
+        files = [Path(p) for p in source]
+        if len(files) == 1 and (files[0].is_dir() or files[0].suffix.lower() not in (".png", ".jpg", ".jpeg",
+                                                                                      ".bmp", ".webp")):
+            source = files[0]
+        else:
+            idx = frame_indices(len(files), settings, train=train, rng=rng)
+            from vlm_salience.prompting.inputs import load_image
+
+            return [load_image(files[i]) for i in idx]
+    source = Path(source)
+    idx = frame_indices(count_frames(source), settings, train=train, rng=rng)
+    return [Image.fromarray(f) for f in read_frames(source, idx)]
+
+
+# -- native video input for the Qwen2-VL family ---------------------------------------------------------------------
+
+def _pixel_kwargs(settings: ClipSettings | None) -> dict[str, Any]:
+    if settings is None:
+        return {}
+    out = {}
+    if settings.min_pixels is not None:
+        out["min_pixels"] = settings.min_pixels
+    if settings.max_pixels is not None:
+        out["max_pixels"] = settings.max_pixels
+    return out
+
+
+def qwen2_vl_video_inputs(image_processor, videos: list[list[Any]], settings: ClipSettings | None = None
+                          ) -> dict[str, Any]:
+    """`pixel_values_videos` (sum of T/2*h*w tokens, C*2*p*p) and `video_grid_thw` (V, 3) for a list of clips of
+    PIL frames, from the PIL image processor (see the module docstring for the layout)."""
+    import torch
+
+    tps = int(image_processor.temporal_patch_size)
+    patches, grids = [], []
+    for frames in videos:
+        if not frames:
+            raise ValueError("a clip with no frames")
+        frames = list(frames) + [frames[-1]] * (-len(frames) % tps)  # pad as Qwen2VLVideoProcessor does
+        enc = image_processor(images=frames, return_tensors="pt", **_pixel_kwargs(settings))
+        pv, thw = enc["pixel_values"], enc["image_grid_thw"]
+        if not bool((thw == thw[0]).all()):
+            raise ValueError("the frames of one clip resize to different grids; give frames of one size")
+        _, gh, gw = (int(v) for v in thw[0])
+        n_tok = gh * gw
+        pp = int(image_processor.patch_size) ** 2
+        # (frames, tokens, C, tps, p*p); the image processor repeats each frame over tps: keep copy 0
+        per_frame = pv.reshape(len(frames), n_tok, pv.shape[1] // (tps * pp), tps, pp)[:, :, :, 0]
+        T = len(frames) // tps
+        x = per_frame.reshape(T, tps, n_tok, per_frame.shape[2], per_frame.shape[3])  # (T, tps, tokens, C, pp)
+        x = x.permute(0, 2, 3, 1, 4)  # (T, tokens, C, tps, pp)
+        patches.append(x.reshape(T * n_tok, -1))
+        grids.append([T, gh, gw])
+    return {"pixel_values_videos": torch.cat(patches, 0), "video_grid_thw": torch.tensor(grids, dtype=torch.long)}
+
+
+def _expand(texts: list[str], token: str, counts: list[int], per_text: list[int], what: str) -> list[str]:
+    """Each `token` placeholder of the rendered chat becomes counts[k] tokens (k-th image or clip, in order)."""
+    out, k = [], 0
+    for text, n in zip(texts, per_text):
+        pieces = text.split(token)
+        if len(pieces) - 1 != n:
+            raise ValueError(f"the chat template placed {len(pieces) - 1} {what} placeholder(s) for {n} {what}(s); "
+                             "it must render {'type': 'video'} parts as <|vision_start|><|video_pad|><|vision_end|>")
+        s = pieces[0]
+        for piece in pieces[1:]:
+            s += token * counts[k] + piece
+            k += 1
+        out.append(s)
+    return out
+
+
+def encode_prompts(processor, family: str, texts: list[str], images: list[list[Any]], videos: list[list[list[Any]]],
+                   settings: ClipSettings | None = None, *, padding: bool = True) -> dict[str, Any]:
+    """The model inputs of several rendered prompts. Without clips: the processor's own call. With clips
+    (Qwen2-VL family): the processor's parts (image processor, its image-token expansion, tokenizer, its
+    modality token types) with native video inputs built here, since its video processor needs torchvision.
+    `images[b]` / `videos[b]` are prompt b's, in order."""
+    import torch
+
+    flat_images = [img for per in images for img in per]
+    clips = [clip for per in videos for clip in per]
+    if not clips:
+        kwargs: dict[str, Any] = {"text": texts, "return_tensors": "pt", "padding": padding}
+        if flat_images:
+            kwargs["images"] = [list(p) for p in images] if family == "idefics3" else flat_images
+            if family in VIDEO_FAMILIES:
+                kwargs.update(_pixel_kwargs(settings))
+        return dict(processor(**kwargs))
+    if family not in VIDEO_FAMILIES:
+        from vlm_salience.errors import ConfigError
+
+        raise ConfigError(f"model family '{family}' has no native video path here; set clip.mode: images")
+    out: dict[str, Any] = {}
+    merge = int(processor.image_processor.merge_size) ** 2
+    if flat_images:
+        img = processor.image_processor(images=flat_images, return_tensors="pt", **_pixel_kwargs(settings))
+        out.update(pixel_values=img["pixel_values"], image_grid_thw=img["image_grid_thw"])
+        texts = _expand(texts, processor.image_token, [int(g.prod()) // merge for g in img["image_grid_thw"]],
+                        [len(p) for p in images], "image")
+    video = qwen2_vl_video_inputs(processor.image_processor, clips, settings)
+    out.update(video)
+    texts = _expand(texts, processor.video_token, [int(g.prod()) // merge for g in video["video_grid_thw"]],
+                    [len(v) for v in videos], "clip")
+    enc = processor.tokenizer(texts, return_tensors="pt", padding=padding)
+    out["input_ids"], out["attention_mask"] = enc["input_ids"], enc["attention_mask"]
+    out["mm_token_type_ids"] = torch.tensor(processor.create_mm_token_type_ids(enc["input_ids"].tolist()),
+                                            dtype=torch.long)
+    return out
