@@ -3,13 +3,17 @@
 Layout of a cache folder (written by `prepare.prepare_corpus`):
 
     CACHE/manifest.json         which clip id is in which file, the preprocessing config and its hash
+    CACHE/manifest.journal.jsonl  during a prepare: one line per clip prepared since manifest.json was written
+                                (appended, so bookkeeping costs the same per clip at any corpus size); folded into
+                                manifest.json when the run ends, and replayed by readers if it was interrupted
     CACHE/clips/ab/<key>.npz    one clip: face, scene, slots, frame_index, boxes, detected, meta
     CACHE/summary.json          what the last prepare did (clips, cached, skipped, invalid, missed detections)
 
 The key of a clip is a hash of its source's fingerprint (path, size and mtime; the content for small files; every
 file's for a frame folder) and of the preprocessing config: changing a video, or a setting that changes the frames,
 gives a new key, and nothing else does. Each clip file is written to a temporary name and renamed, so a crash never
-leaves a half-written clip that reads as valid; the manifest is rewritten the same way.
+leaves a half-written clip that reads as valid; the manifest is rewritten the same way (at the start and the end of
+a run), and a torn last journal line is ignored.
 
 Reading (what a training task needs):
 
@@ -168,7 +172,9 @@ class ClipCache:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.manifest_path = self.root / "manifest.json"
+        self.journal_path = self.root / "manifest.journal.jsonl"
         self._manifest: dict[str, Any] | None = None
+        self._journal: Any = None  # the open journal during a prepare
 
     # -- reading ------------------------------------------------------------------------------------------------
     @property
@@ -187,8 +193,28 @@ class ClipCache:
                 raise DataError(f"not a clip cache of version {CACHE_VERSION} (format {data.get('format')!r}, "
                                 f"version {data.get('version')!r}).", file=self.manifest_path,
                                 fix="prepare the corpus again into a new folder.")
+            data["clips"] = self._replay(data.get("config_hash"), dict(data.get("clips", {})))
             self._manifest = data
         return self._manifest
+
+    def _replay(self, cfg_hash: str | None, clips: dict[str, Any]) -> dict[str, Any]:
+        """`clips` with the journal of an unfinished (or running) prepare of the same config applied."""
+        try:
+            lines = self.journal_path.read_text(encoding="utf-8").splitlines()
+        except OSError:
+            return clips
+        for n, line in enumerate(lines):
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # a line torn by a kill mid-write: that clip is prepared again (its file is found)
+            if n == 0:
+                if rec.get("config_hash") != cfg_hash:
+                    return clips
+                continue
+            if "entry" in rec:
+                clips[rec["clip_id"]] = rec["entry"]
+        return clips
 
     @property
     def config(self) -> dict[str, Any]:
@@ -241,18 +267,42 @@ class ClipCache:
         return rel
 
     def read_existing_entries(self, cfg_hash: str) -> dict[str, Any]:
-        """Manifest entries of an earlier prepare with the same config (kept when one fold is added later)."""
+        """Manifest entries of an earlier prepare with the same config (kept when one fold is added later),
+        with the journal of an interrupted one replayed."""
         try:
             data = json.loads(self.manifest_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return {}
         if data.get("format") != CACHE_FORMAT or data.get("config_hash") != cfg_hash:
             return {}
-        return dict(data.get("clips", {}))
+        return self._replay(cfg_hash, dict(data.get("clips", {})))
 
     def write_manifest(self, config: dict[str, Any], cfg_hash: str, clips: dict[str, Any], *,
                        corpus: str = "", classes: list[str] | None = None) -> None:
+        """The whole manifest, atomically; the journal it absorbs is removed (after the rename)."""
         data = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "corpus": corpus, "classes": classes or [],
-                "config_hash": cfg_hash, "config": config, "clips": clips}
-        atomic.write_text(self.manifest_path, json.dumps(data, indent=1, sort_keys=False))
+                "config_hash": cfg_hash, "config": config, "clips": dict(clips)}
+        atomic.write_text(self.manifest_path, json.dumps(data, separators=(",", ":")))
+        self.close_journal()
+        self.journal_path.unlink(missing_ok=True)
         self._manifest = data
+
+    def begin(self, config: dict[str, Any], cfg_hash: str, clips: dict[str, Any], *, corpus: str = "",
+              classes: list[str] | None = None) -> None:
+        """Start a prepare: the manifest as it stands, then an empty journal that `append` adds clips to."""
+        self.write_manifest(config, cfg_hash, clips, corpus=corpus, classes=classes)
+        self._journal = open(self.journal_path, "w", encoding="utf-8")  # noqa: SIM115 - closed by end/close
+        self._journal.write(json.dumps({"config_hash": cfg_hash}) + "\n")
+        self._journal.flush()
+
+    def append(self, clip_id: str, entry: dict[str, Any]) -> None:
+        """Record one prepared clip: one line, flushed (constant time whatever the corpus size)."""
+        self._journal.write(json.dumps({"clip_id": clip_id, "entry": entry}, separators=(",", ":")) + "\n")
+        self._journal.flush()
+        if self._manifest is not None:
+            self._manifest["clips"][clip_id] = entry
+
+    def close_journal(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None

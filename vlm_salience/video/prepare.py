@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import signal
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
@@ -26,11 +27,16 @@ from vlm_salience.config import StrictModel, apply_overrides, load_config, valid
 from vlm_salience.data.video.frames import count_frames, read_frames
 from vlm_salience.data.video.records import VideoClip, VideoCorpus
 from vlm_salience.data.video.sampling import segment_indices
-from vlm_salience.errors import DataError
+from vlm_salience.errors import ConfigError, DataError
 from vlm_salience.video.cache import ClipCache, PreparedClip, clip_key, config_hash, read_clip
 from vlm_salience.video.streams import FaceFinder, StreamConfig, face_finder, make_streams
 
-MANIFEST_EVERY = 25  # clips between manifest rewrites during a run (the clip files themselves are the truth)
+PARTS = ("all", "train", "test", "val")
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM (timeout, Slurm, kill) during a prepare: raised in the main thread so the workers are stopped and
+    the manifest saved before the process ends."""
 
 
 class PrepareConfig(StrictModel):
@@ -43,7 +49,17 @@ class PrepareConfig(StrictModel):
 
 
 def load_prepare_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> PrepareConfig:
-    """A prepare YAML (configs/video/prepare*.yaml) with dotted overrides; None: the defaults."""
+    """A prepare YAML (configs/video/prepare*.yaml) with dotted overrides; None: the defaults. An override of a
+    data-config field (root=...) is named as such: it belongs to --data-set, not --set."""
+    from vlm_salience.data.video.config import DfewConfig, Ferv39kConfig, MafwConfig, VideoCsvConfig
+
+    data_fields = set().union(*(m.model_fields for m in (DfewConfig, Ferv39kConfig, MafwConfig, VideoCsvConfig)))
+    for item in overrides:
+        top = item.split("=", 1)[0].split(".")[0].strip()
+        if top not in PrepareConfig.model_fields and top in data_fields:
+            raise ConfigError(f"--set {item}: '{top}' is a field of the data config, not of the prepare config. "
+                              f"Fix: pass --data-set {item} (--set overrides the prepare YAML: "
+                              f"{', '.join(PrepareConfig.model_fields)}).")
     if path is None:
         return validate(apply_overrides({}, list(overrides)), PrepareConfig, source="prepare defaults",
                         base_dir=None)
@@ -119,12 +135,24 @@ def _entry(clip: VideoClip, key: str, rel: str, prepared: PreparedClip) -> dict[
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_init(cfg_json: str) -> None:
+def _worker_init(cfg_json: str, parent: int) -> None:
+    import threading
+
     import cv2
 
     cv2.setNumThreads(1)
+    # A parent killed outright (SIGKILL, OOM) cannot stop its workers: each leaves when it is orphaned.
+    threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
     cfg = PrepareConfig.model_validate_json(cfg_json)
     _WORKER.update(cfg=cfg, finder=face_finder(cfg.streams.detection))
+
+
+def _exit_when_orphaned(parent: int, every: float = 0.5) -> None:
+    import time
+
+    while os.getppid() == parent:
+        time.sleep(every)
+    os._exit(1)
 
 
 def _worker_run(clip: VideoClip, key: str, root: str) -> tuple[str, Any]:
@@ -147,39 +175,72 @@ def _process(clip: VideoClip, key: str, cache: ClipCache, cfg: PrepareConfig,
     return "ok", _entry(clip, key, rel, prepared)
 
 
-def _clips_of(corpus: VideoCorpus, fold: str | None) -> list[VideoClip]:
-    if fold is None:
+def _clips_of(corpus: VideoCorpus, fold: str | None, part: str = "all") -> list[VideoClip]:
+    """The clips of one fold (every fold: None) and part ("all": train, test and val), in corpus order."""
+    if part not in PARTS:
+        raise DataError(f"unknown part '{part}'.", fix=f"use one of {', '.join(PARTS)}.")
+    if fold is None and part == "all":
         return list(corpus.clips)
-    if fold not in corpus.folds:
+    if fold is not None and fold not in corpus.folds:
         raise DataError(f"corpus '{corpus.name}' has no fold '{fold}'.", fix=f"use one of {sorted(corpus.folds)}.")
-    ids: list[str] = []
-    for part in corpus.folds[fold].values():
-        ids.extend(i for i in part if i not in ids)
-    return [corpus.clip(i) for i in ids]
+    wanted: set[str] = set()
+    for name in ([fold] if fold is not None else list(corpus.folds)):
+        for p, ids in corpus.folds[name].items():
+            if part in ("all", p):
+                wanted.update(ids)
+    return [c for c in corpus.clips if c.clip_id in wanted]
 
 
-def _load_corpus(data: str | Path | VideoCorpus, drop_invalid: bool) -> VideoCorpus:
+def _load_corpus(data: str | Path | VideoCorpus, drop_invalid: bool, overrides: list[str] | tuple[str, ...] = (),
+                 progress: bool = False) -> VideoCorpus:
     if isinstance(data, VideoCorpus):
         return data
     from vlm_salience.data.video import load_video_corpus
 
-    return load_video_corpus(data, drop_invalid=drop_invalid)
+    return load_video_corpus(data, drop_invalid=drop_invalid, overrides=overrides, progress=progress)
+
+
+def _stop_on_sigterm() -> Any:
+    """Turn SIGTERM into `Stopped` in the main thread (so `finally` blocks stop the workers); returns the
+    previous handler, or None where signals cannot be set (not the main thread)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise Stopped("stopped by SIGTERM")
+    return signal.signal(signal.SIGTERM, handler)
 
 
 def prepare_corpus(data: str | Path | VideoCorpus, prepare_cfg: str | Path | PrepareConfig | None = None,
-                   out_cache_dir: str | Path = "video_cache", *, fold: str | None = None,
-                   drop_invalid: bool = False, progress: bool = True, workers: int = 1) -> dict[str, Any]:
-    """Prepare every clip of a corpus (a data YAML, or a loaded VideoCorpus) into `out_cache_dir`.
+                   out_cache_dir: str | Path = "video_cache", *, fold: str | None = None, part: str = "all",
+                   drop_invalid: bool = False, progress: bool = True, workers: int = 1,
+                   data_overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """Prepare every clip of a corpus (a data YAML with `data_overrides`, or a loaded VideoCorpus) into
+    `out_cache_dir`; `fold` and `part` ("train", "test", "val" or "all") restrict it to what one run needs.
 
     Returns (and writes to CACHE/summary.json) {clips, prepared, skipped, cached, invalid: [{clip_id, file,
     error}], missed_detection_frames, detection_frames, clips_with_missed, dropped_rows (what the corpus loader
     skipped under drop_invalid), config_hash, out}. `skipped` clips
     were already cached with this config and unchanged source. Raises DataError naming the file for the first bad
-    clip unless `drop_invalid`; whatever was prepared before it stays cached.
+    clip unless `drop_invalid`; whatever was prepared before it stays cached. SIGTERM stops the workers, saves
+    the manifest and raises `Stopped` (a KeyboardInterrupt); a rerun resumes.
     """
+    previous = _stop_on_sigterm()
+    try:
+        return _prepare(data, prepare_cfg, out_cache_dir, fold=fold, part=part, drop_invalid=drop_invalid,
+                        progress=progress, workers=workers, data_overrides=data_overrides)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _prepare(data, prepare_cfg, out_cache_dir, *, fold, part, drop_invalid, progress, workers,
+             data_overrides) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
-    corpus = _load_corpus(data, drop_invalid)
+    corpus = _load_corpus(data, drop_invalid, data_overrides, progress)
     cfg = prepare_cfg if isinstance(prepare_cfg, PrepareConfig) else load_prepare_config(prepare_cfg)
     finder = face_finder(cfg.streams.detection)
     settings = hashed_settings(cfg, finder)
@@ -187,12 +248,13 @@ def prepare_corpus(data: str | Path | VideoCorpus, prepare_cfg: str | Path | Pre
     cache = ClipCache(out_cache_dir)
     cache.root.mkdir(parents=True, exist_ok=True)
     entries = cache.read_existing_entries(h)
-    clips = _clips_of(corpus, fold)
+    clips = _clips_of(corpus, fold, part)
     use_face = cfg.streams.use_face_source
 
     todo: list[tuple[VideoClip, str]] = []
     skipped = 0
-    for clip in clips:
+    for clip in tqdm(clips, desc=f"{corpus.name}: clip keys and cache", unit="clip", disable=not progress,
+                     mininterval=1.0):
         key = clip_key(clip.source, clip.face_source if use_face else None, h)
         old = entries.get(clip.clip_id)
         if old is not None and old.get("key") == key and cache.has_valid(key):
@@ -207,6 +269,8 @@ def prepare_corpus(data: str | Path | VideoCorpus, prepare_cfg: str | Path | Pre
     def save_manifest() -> None:
         cache.write_manifest(settings, h, entries, corpus=corpus.name, classes=list(corpus.classes))
 
+    cache.begin(settings, h, entries, corpus=corpus.name, classes=list(corpus.classes))
+
     invalid: list[dict[str, Any]] = []
     prepared = 0
     bar = tqdm(total=len(todo), desc=f"prepare {corpus.name}", unit="clip", disable=not progress)
@@ -215,13 +279,11 @@ def prepare_corpus(data: str | Path | VideoCorpus, prepare_cfg: str | Path | Pre
         nonlocal prepared
         if status == "ok":
             entries[clip.clip_id] = payload
+            cache.append(clip.clip_id, payload)
             prepared += 1
-            if prepared % MANIFEST_EVERY == 0:
-                save_manifest()
         else:
             invalid.append(payload)
             if not drop_invalid:
-                save_manifest()
                 raise DataError(payload["error"])
         bar.update(1)
 
@@ -238,7 +300,7 @@ def prepare_corpus(data: str | Path | VideoCorpus, prepare_cfg: str | Path | Pre
 
     missed = sum(int(entries[c.clip_id]["missed"]) for c in clips if c.clip_id in entries)
     detect = sum(int(entries[c.clip_id]["detect_frames"]) for c in clips if c.clip_id in entries)
-    summary = {"corpus": corpus.name, "fold": fold, "clips": len(clips), "prepared": prepared, "skipped": skipped,
+    summary = {"corpus": corpus.name, "fold": fold, "part": part, "clips": len(clips), "prepared": prepared, "skipped": skipped,
                "cached": sum(c.clip_id in entries for c in clips), "invalid": invalid,
                "missed_detection_frames": missed, "detection_frames": detect,
                "clips_with_missed": sum(int(entries[c.clip_id]["missed"]) > 0 for c in clips
@@ -254,20 +316,25 @@ def _run_pool(todo: list[tuple[VideoClip, str]], cache: ClipCache, cfg: PrepareC
     workers = min(workers, os.cpu_count() or 1, len(todo))
     # "spawn": a forked child inherits the parent's OpenCV/FFmpeg thread pools mid-flight and can deadlock
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
-                             initargs=(cfg.model_dump_json(),)) as pool:
-        pending: dict[Any, VideoClip] = {}
-        it = iter(todo)
-        try:
-            for clip, key in it:
-                pending[pool.submit(_worker_run, clip, key, str(cache.root))] = clip
-                if len(pending) >= 2 * workers:
-                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        handle(pending.pop(fut), *fut.result())
-            for fut in list(pending):
-                handle(pending.pop(fut), *fut.result())
-        except BaseException:
-            for fut in pending:
-                fut.cancel()
-            raise
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
+                               initargs=(cfg.model_dump_json(), os.getpid()))
+    pending: dict[Any, VideoClip] = {}
+    try:
+        for clip, key in todo:
+            pending[pool.submit(_worker_run, clip, key, str(cache.root))] = clip
+            if len(pending) >= 2 * workers:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    handle(pending.pop(fut), *fut.result())
+        for fut in list(pending):
+            handle(pending.pop(fut), *fut.result())
+    except BaseException:
+        # SIGTERM, Ctrl-C or a bad clip: stop the workers now rather than after the clips they hold
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in processes:
+            proc.terminate()
+        for proc in processes:
+            proc.join(5)
+        raise
+    pool.shutdown(wait=True)
