@@ -512,8 +512,9 @@ def cmd_video_prepare(args: argparse.Namespace) -> int:
 
     cfg = load_prepare_config(args.config, args.set)
     out = args.out or "video_cache"
-    summary = prepare_corpus(args.data, cfg, check_out_dir(out), fold=args.fold, drop_invalid=args.drop_invalid,
-                             progress=not args.quiet, workers=args.workers)
+    summary = prepare_corpus(args.data, cfg, check_out_dir(out), fold=args.fold, part=args.part,
+                             drop_invalid=args.drop_invalid, progress=not args.quiet, workers=args.workers,
+                             data_overrides=args.data_set)
     invalid = summary.get("invalid") or []
     print(f"prepared {summary.get('prepared')} clip(s), {summary.get('skipped')} already cached, "
           f"{len(invalid)} invalid; face detection missed {summary.get('missed_detection_frames')} of "
@@ -541,11 +542,26 @@ def _print_variants(doc: dict[str, Any], out: str | Path) -> None:
           f"variant's own report in {Path(out) / 'variants'}")
 
 
+def _video_overrides(args: argparse.Namespace) -> list[str]:
+    """--set and --out of a video YAML, with --data-set appended to its data.overrides (the one syntax every
+    command that reads a data config takes)."""
+    import json
+
+    from vlm_salience.config import apply_overrides, read_yaml
+
+    sets = _with_out(args)
+    if getattr(args, "data_set", None):
+        data = apply_overrides(read_yaml(args.config), list(args.set)).get("data") or {}
+        current = list(data.get("overrides") or []) if isinstance(data, dict) else []
+        sets.append("data.overrides=" + json.dumps(current + list(args.data_set)))
+    return sets
+
+
 def cmd_video_train(args: argparse.Namespace) -> int:
     from vlm_salience.ous.variants import has_variants, load_ous_config, train_variants
     from vlm_salience.video.train import train_video
 
-    overrides = _with_out(args)
+    overrides = _video_overrides(args)
     if has_variants(args.config, overrides):  # a list of model variants (ablations) compared side by side
         doc = train_variants(args.config, overrides, resume=args.resume, progress=not args.quiet)
         if doc.get("stopped"):
@@ -568,7 +584,7 @@ def cmd_video_eval(args: argparse.Namespace) -> int:
     from vlm_salience.ous.variants import eval_variants, has_variants, load_ous_config
     from vlm_salience.video.train import eval_video
 
-    overrides = _with_out(args)
+    overrides = _video_overrides(args)
     if has_variants(args.config, overrides):
         doc = eval_variants(args.config, overrides, progress=not args.quiet)
         _print_variants(doc, load_ous_config(args.config, overrides).out)
@@ -607,15 +623,20 @@ def cmd_video_describe(args: argparse.Namespace) -> int:
 def _add_video_commands(vsub) -> None:
     vp = _parser(vsub, "prepare", help="detect, track and crop the face and scene streams of every clip into a "
                  "frame cache (resumable; training never decodes video again)",
-                 example="vlm-salience video prepare --data configs/data/dfew.yaml --out /data/dfew_cache")
+                 example="vlm-salience video prepare --data configs/data/dfew.yaml --data-set root=/data/DFEW "
+                         "--fold set_1 --part test --out /data/dfew_cache")
     vp.add_argument("--data", required=True, help="video data YAML (configs/data/dfew.yaml, ...)")
     vp.add_argument("--config", help="prepare YAML (frames per segment, stream sizes, detector); default settings "
                     "without it")
     vp.add_argument("--out", help="cache folder (default ./video_cache)")
-    vp.add_argument("--fold", help="only the clips of this fold (train and test)")
+    vp.add_argument("--fold", help="only the clips of this fold (with --part: of that part)")
+    vp.add_argument("--part", choices=["all", "train", "test", "val"], default="all",
+                    help="only the clips of this part of --fold (of every fold without --fold); default all. In "
+                         "5-fold cross-validation a fold's train and test parts are the whole corpus")
     vp.add_argument("--workers", type=int, default=1, help="processes decoding and detecting in parallel")
     vp.add_argument("--drop-invalid", action="store_true", help="skip unreadable clips and report them, not fail")
     _add_overrides(vp, example="streams.face_size=112")
+    _add_overrides(vp, "--data-set", "data config", "root=/data/DFEW")
     _json_flag(vp, "the prepare summary")
     vp.set_defaults(func=cmd_video_prepare)
     vt = _config_command(vsub, "train", cmd_video_train, "configs/video/<name>.yaml",
@@ -623,10 +644,12 @@ def _add_video_commands(vsub) -> None:
                               "`accelerate launch`)",
                          example="vlm-salience video train configs/video/baseline_synthetic.yaml")
     vt.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of each fold")
+    _add_overrides(vt, "--data-set", "data config", "root=/data/DFEW")
     _json_flag(vt, "the run's metrics")
     ve = _config_command(vsub, "eval", cmd_video_eval, "the video YAML that was trained",
                          help="predict every fold's test clips with the chosen weights and rewrite the report",
                          example="vlm-salience video eval configs/video/baseline_synthetic.yaml")
+    _add_overrides(ve, "--data-set", "data config", "root=/data/DFEW")
     _json_flag(ve, "the run's metrics")
     vd = _config_command(vsub, "describe", cmd_video_describe, "a describe YAML (configs/grace/describe_*.yaml)",
                          help="GRACE's coarse-to-fine text: describe every clip with a VLM, refine it into facial "
