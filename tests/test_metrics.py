@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vlm_salience import metrics
+from vlm_salience import metrics, stats
 from vlm_salience.predictions import Predictions
 
 
@@ -146,13 +146,13 @@ def test_weighted_resample_by_hand():
     # a resample drawing clip 0 twice, clip 3 twice, clip 4 and clip 5 once (clips 1, 2 not drawn):
     # class 0: 2 clips both right -> 1; class 1: 3 clips, 2 right -> 2/3; class 2: 1 -> 1.
     w = np.array([[1, 1, 1, 1, 1, 1], [2, 0, 0, 2, 1, 1]], dtype=float)
-    rows = metrics._classification_rows(Y, YHAT, 3, w)
+    rows = stats.classification_rows(Y, YHAT, 3, w)
     assert rows["recall"][1] == pytest.approx([1.0, 2 / 3, 1.0])
     assert rows["uar"][1] == pytest.approx((1 + 2 / 3 + 1) / 3)
     assert rows["war"][1] == pytest.approx(5 / 6)
     # a resample without class 2: UAR over the two classes it holds, recall of class 2 undefined
     w2 = np.array([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 2, 0]], dtype=float)
-    r2 = metrics._classification_rows(Y, YHAT, 3, w2)
+    r2 = stats.classification_rows(Y, YHAT, 3, w2)
     assert np.isnan(r2["recall"][1, 2]) and r2["uar"][1] == pytest.approx((2 / 3 + 1 / 3) / 2)
 
 

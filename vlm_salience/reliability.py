@@ -22,23 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from vlm_salience.cue_models import Block, CueTable
+from vlm_salience.stats import distribution_variance  # numpy only; data/synth.py reads it there too
 
 _EPS = 1e-12
-
-
-def distribution_variance(dist: np.ndarray, support: np.ndarray, categorical: bool) -> np.ndarray:
-    """(n,) variance of each item's distributions (n, D, S), averaged over the D dimensions.
-
-    Rated: sum_s p_s (s - mean)^2. Categorical: sum_k p_k (1 - p_k), the total variance of the one-hot answer."""
-    p = np.asarray(dist, dtype=float)
-    p = p / p.sum(axis=-1, keepdims=True)
-    if categorical:
-        var = (p * (1.0 - p)).sum(axis=-1)
-    else:
-        s = np.asarray(support, dtype=float)
-        mean = p @ s
-        var = (p * (s[None, None, :] - mean[..., None]) ** 2).sum(axis=-1)
-    return var.mean(axis=-1)
 
 
 def cue_variances(cues: CueTable) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -24,8 +24,8 @@ from tqdm.auto import tqdm
 from vlm_salience.atomic import staged_dir, write_text
 from vlm_salience.config import StrictModel
 from vlm_salience.data.faces import ACTIONS, FaceStyle, render_face
-from vlm_salience.reliability import distribution_variance
 from vlm_salience.salience import DEFAULT_THRESHOLD, RELIABILITY_KINDS, SalienceLaw
+from vlm_salience.stats import distribution_variance, softmax
 
 OUTCOMES = ("CC", "CD", "DC", "DD")
 
@@ -100,12 +100,6 @@ class SynthConfig(StrictModel):
     image_size: int = 112
 
 
-def _softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
-    z = z - z.max(axis=axis, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=axis, keepdims=True)
-
-
 def _gauss_grid(mu: np.ndarray, sd: np.ndarray, grid: np.ndarray) -> np.ndarray:
     p = np.exp(-0.5 * ((grid[None, :] - mu[:, None]) / sd[:, None]) ** 2)
     return p / p.sum(axis=1, keepdims=True)
@@ -115,7 +109,7 @@ def _temper(pf: np.ndarray, pc: np.ndarray, p0: np.ndarray, wf: np.ndarray, wc: 
     """The tempered product written out here (independent of bci); weights (n,) or (n, K) per label."""
     lf, lc, l0 = (np.log(np.clip(p, 1e-12, None)) for p in (pf, pc, p0))
     wf, wc = (w if w.ndim == 2 else w[:, None] for w in (wf, wc))
-    return _softmax(l0 + wf * (lf - l0) + wc * (lc - l0))
+    return softmax(l0 + wf * (lf - l0) + wc * (lc - l0))
 
 
 def generate(cfg: SynthConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, list[tuple[str, str, float, FaceStyle]]]:
@@ -163,7 +157,7 @@ def generate_with_distributions(cfg: SynthConfig) -> tuple[pd.DataFrame, pd.Data
 
     def ctx_probs(outcome_idx: np.ndarray) -> np.ndarray:
         logits = base[outcome_idx] * stakes[:, None]
-        return _softmax(logits)
+        return softmax(logits)
 
     p_ctx = ctx_probs(o_idx)
     p_prior = np.mean([ctx_probs(np.full(n, o)) for o in range(4)], axis=0)
@@ -173,7 +167,7 @@ def generate_with_distributions(cfg: SynthConfig) -> tuple[pd.DataFrame, pd.Data
     face_logits[:, neutral] += cfg.perception.neutral_pull * (1.0 - x)
     readability = (np.exp(rng.normal(0, cfg.perception.readability_sd, size=n)) if cfg.perception.readability_sd > 0
                    else np.ones(n))  # drawn only when asked, so that existing configs generate the same corpus
-    p_face = _softmax(face_logits * readability[:, None])
+    p_face = softmax(face_logits * readability[:, None])
 
     v_lo, v_hi = cfg.valence_scale
     vgrid = np.arange(v_lo, v_hi + 1, dtype=float)
@@ -220,7 +214,7 @@ def generate_with_distributions(cfg: SynthConfig) -> tuple[pd.DataFrame, pd.Data
         pe, pvv = dists[cond]
         for r in range(cfg.raters[cond]):
             temp = np.exp(rng.normal(0, pv.rater_temperature_sd))
-            pe_r = _softmax(np.log(np.clip(pe, 1e-12, None)) / temp)
+            pe_r = softmax(np.log(np.clip(pe, 1e-12, None)) / temp)
             choice = (pe_r.cumsum(axis=1) > rng.random((n, 1))).argmax(axis=1)
             val = vgrid[(pvv.cumsum(axis=1) > rng.random((n, 1))).argmax(axis=1)].astype(int)
             rows.append(pd.DataFrame({"trial_id": trial_ids, "condition": cond, "rater": f"{cond[:3]}{r:02d}",

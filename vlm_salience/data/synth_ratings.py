@@ -31,7 +31,8 @@ from tqdm.auto import tqdm
 from vlm_salience.atomic import staged_dir, write_text
 from vlm_salience.config import StrictModel
 from vlm_salience.data.faces import render_face
-from vlm_salience.data.synth import SynthConfig, _softmax, data_config, generate_with_distributions
+from vlm_salience.data.synth import SynthConfig, data_config, generate_with_distributions
+from vlm_salience.stats import softmax
 
 # Signed valence of the synthetic labels (valence is derived from the rated emotions; no valence is rated).
 VALENCE = {"joy": 1.0, "surprise": 0.0, "neutral": 0.0, "sadness": -1.0, "anger": -1.0, "fear": -1.0,
@@ -67,7 +68,7 @@ def rate(p: np.ndarray, n_raters: int, rng: np.random.Generator, cfg: RatingSynt
     logp = np.log(np.clip(p, 1e-12, None))
     for r in range(n_raters):
         temp = np.exp(rng.normal(0, cfg.perception.rater_temperature_sd))
-        q = _softmax(logp / temp)
+        q = softmax(logp / temp)
         mean = low + (high - low) * q ** cfg.ratings.exponent + rng.normal(0, cfg.ratings.rater_bias_sd)
         out[r] = np.clip(np.rint(mean + rng.normal(0, cfg.ratings.noise_sd, size=p.shape)), low, high)
     return out.astype(int)

@@ -42,11 +42,12 @@ class MotionConfig(StrictModel):
         return "off" if v is False else v
 
 
-def _grey(frames: np.ndarray) -> np.ndarray:
+def grey_frames(frames: np.ndarray) -> np.ndarray:
+    """uint8 RGB frames (..., H, W, 3) as grey levels in [0, 1]: motion energy is measured on brightness."""
     return frames.astype(np.float32).mean(axis=-1) / 255.0  # (..., H, W)
 
 
-def _pool(x: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+def pool_grid(x: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     """(..., H, W) -> (..., gh, gw) mean over each patch (H, W cropped to multiples of the grid)."""
     gh, gw = grid
     h, w = x.shape[-2:]
@@ -74,7 +75,7 @@ def patch_energy(frames: np.ndarray, grid: tuple[int, int], cfg: MotionConfig) -
     t = frames.shape[0]
     if cfg.mode == "off" or t < 2:
         return np.ones((t, grid[0] * grid[1]), np.float32)
-    grey = _grey(frames)
+    grey = grey_frames(frames)
     if cfg.mode == "diff":
         steps = np.diff(grey, axis=0, prepend=grey[:1])  # (T, H, W), d_0 = 0
         change = grey - grey[:1] if cfg.reference == "first" else steps
@@ -88,9 +89,9 @@ def patch_energy(frames: np.ndarray, grid: tuple[int, int], cfg: MotionConfig) -
         if cfg.persistence:
             net = np.linalg.norm(step_flow.sum(axis=0), axis=-1)
             path = np.linalg.norm(step_flow, axis=-1).sum(axis=0)
-    e = _pool(energy, grid)  # (T, gh, gw)
+    e = pool_grid(energy, grid)  # (T, gh, gw)
     if cfg.persistence:
-        rho = _pool(np.where(path > 1e-6, net / np.maximum(path, 1e-6), 0.0), grid)
+        rho = pool_grid(np.where(path > 1e-6, net / np.maximum(path, 1e-6), 0.0), grid)
         e = e * rho[None]
     e = e.reshape(t, -1)
     if cfg.suppress_global:

@@ -69,11 +69,11 @@ def plot_alignment(inspection: dict[str, Any], index: int, path: str | Path, *, 
 
 def _patch_maps(face: np.ndarray, grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """(net change energy, back-and-forth energy) per patch of one clip's frames (T, H, W, 3)."""
-    from vlm_salience.grace.motion import _grey, _pool
+    from vlm_salience.grace.motion import grey_frames, pool_grid
 
-    g = _grey(face)
-    net = _pool((g[-1] - g[0]) ** 2, grid).ravel()
-    path = _pool((np.diff(g, axis=0) ** 2).sum(axis=0), grid).ravel()
+    g = grey_frames(face)
+    net = pool_grid((g[-1] - g[0]) ** 2, grid).ravel()
+    path = pool_grid((np.diff(g, axis=0) ** 2).sum(axis=0), grid).ravel()
     return net, np.clip(path - net, 0.0, None)
 
 

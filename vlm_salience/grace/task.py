@@ -42,11 +42,11 @@ class _TextTokenizer:
     def __init__(self, path: str) -> None:
         from transformers import AutoConfig, AutoTokenizer
 
-        from vlm_salience.models.encoders import _max_length, family_of
+        from vlm_salience.models.encoders import family_of, text_max_length
 
         self.tok = AutoTokenizer.from_pretrained(path)
         self.family = family_of(AutoConfig.from_pretrained(path).model_type)
-        self.window = _max_length(path) or int(getattr(self.tok, "model_max_length", 77))
+        self.window = text_max_length(path) or int(getattr(self.tok, "model_max_length", 77))
 
     def lengths(self, texts: list[str]) -> list[int]:
         return [len(x) for x in self.tok(list(texts), truncation=False)["input_ids"]]

@@ -272,7 +272,8 @@ def _declared_family(path: str, revision: str | None, trust_remote_code: bool) -
     return family_of(cfg.model_type)
 
 
-def _max_length(path: str) -> int | None:
+def text_max_length(path: str) -> int | None:
+    """The text window a tiny offline encoder records in its encoder.json (None: take the tokenizer's)."""
     meta = Path(path) / "encoder.json"
     if meta.is_file():
         return json.loads(meta.read_text()).get("max_length")
@@ -299,7 +300,7 @@ def load_encoder(cfg: EncoderConfig, *, device: str | None = None) -> ClipEncode
     model = _model_class(family).from_pretrained(path, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(path, revision=cfg.revision)
     processor = _image_processor_class(family).from_pretrained(path, revision=cfg.revision)
-    enc = ClipEncoder(model, tokenizer, processor, family, max_length=_max_length(path))
+    enc = ClipEncoder(model, tokenizer, processor, family, max_length=text_max_length(path))
     if device is not None:
         enc.to(device)
     return enc.eval()
