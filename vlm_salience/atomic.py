@@ -1,4 +1,9 @@
-"""Atomic writes: a reader (or a crash) never sees a half-written file or output folder."""
+"""Atomic writes: a reader (or a crash) never sees a half-written file or output folder.
+
+The temporary files and folders that become outputs are created private (0600 / 0700) by `tempfile`; they are
+given the mode an ordinary `open`/`mkdir` would have (0666 / 0777 less the umask) before they are renamed into
+place, so collaborators read results as they read any other file the user writes.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +15,27 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (/proc), else set and restored."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o666 & ~current_umask())  # mkstemp's 0600 would hide it from everyone else
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
@@ -34,6 +54,7 @@ def _stage(out: Path, kind: str) -> Iterator[Path]:
     """Yield (once) an empty folder beside `out`, removed again if the caller's block fails; return it."""
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.{kind}-", dir=out.parent))
+    os.chmod(stage, 0o777 & ~current_umask())  # mkdtemp's 0700 would hide the output folder from everyone else
     try:
         yield stage
     except BaseException:

@@ -11,6 +11,7 @@ Convention: one YAML per run (a positional CONFIG), flags override it; `--set ke
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -67,7 +68,9 @@ def _emit_json(target: str | None, payload: Any) -> None:
     if target is None:
         return
     text = json.dumps(payload, indent=2, default=float)
-    if target == "-":
+    if hasattr(target, "write"):  # `--json -`: the real stdout, which main() keeps for the JSON alone
+        print(text, file=target, flush=True)
+    elif target == "-":
         print(text)
     else:
         write_text(target, text + "\n")
@@ -235,7 +238,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     from vlm_salience.data import load_corpus
     from vlm_salience.resources import shipped
     from vlm_salience.retrieval.build import build_corpus_index
-    from vlm_salience.retrieval.index import IndexConfig
+    from vlm_salience.retrieval.index import IndexConfig, check_index_out
 
     cfg, run = _run_yaml(args.config or args.config_opt or shipped("configs/retrieval/default.yaml"), IndexConfig,
                          args.set, ("data", "out"))
@@ -252,6 +255,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
           f"{index.manifest['embedding']['text_model']}, dim {index.manifest['embedding']['dim']}, "
           f"{index.manifest['build_seconds']:.1f} s)")
     return 0
+    check_index_out(out)  # before the build: the folder is replaced as a whole
 
 
 def cmd_index_query(args: argparse.Namespace) -> int:
@@ -266,7 +270,7 @@ def cmd_index_query(args: argparse.Namespace) -> int:
     if args.json is not None:
         _emit_json(args.json, [{"rank": h.rank, "id": h.id, "score": h.score, "text": h.text,
                                 "payload": h.payload} for h in hits])
-        if args.json == "-":
+        if args.json == "-" or hasattr(args.json, "write"):  # stdout is the JSON's
             return 0
     for h in hits:
         obs = h.payload.get("observed") or {}
@@ -440,7 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "hold `data:` and `out:`")
     ib.add_argument("--config", dest="config_opt", help="the retrieval YAML, as an option (older form)")
     ib.add_argument("--data", help="data config YAML; overrides the retrieval YAML's `data`")
-    ib.add_argument("--out", help="index folder (default: retrieval_index/<corpus name>); replaced as a whole")
+    ib.add_argument("--out", help="index folder (default: retrieval_index/<corpus name>); replaced as a whole, so a "
+                    "non-empty folder that is not an index is refused")
     ib.add_argument("--drop-invalid", action="store_true", help="skip invalid rows and report them, not fail")
     _add_overrides(ib, example="index.type=flat")
     _add_overrides(ib, "--data-set", "data config", "root=/my/data")
@@ -683,3 +688,7 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+        if getattr(args, "json", None) == "-":  # stdout carries the JSON alone: human lines go to stderr
+            args.json = sys.stdout
+            with contextlib.redirect_stdout(sys.stderr):
+                return int(args.func(args) or 0)

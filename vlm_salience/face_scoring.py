@@ -1,7 +1,8 @@
 """`face score`: one CSV row per image with its largest face's box, the classifier's probabilities and expressivity.
 
 Long runs resume: rows already in the CSV (faces found or not) are kept and their images skipped; rows that
-recorded an error are retried. Each chunk of rows is appended with one write and fsync, so an interruption loses at
+recorded an error are retried. One writer at a time: a run holds a lock file beside the CSV (`<csv>.lock`, released
+by the OS when the process ends), and a second run on the same CSV is refused instead of appending every row twice. Each chunk of rows is appended with one write and fsync, so an interruption loses at
 most the chunk in flight, and a half-written last line (no newline) is dropped on resume. A file that cannot be
 read as an image gets a row with status `error` and the reason (naming the file), instead of stopping the run;
 `strict=True` stops at the first one, after what was already scored is on disk.
@@ -13,13 +14,14 @@ import csv
 import io
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from vlm_salience.atomic import write_text
-from vlm_salience.errors import DataError
+from vlm_salience.errors import ConfigError, DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm"}
 STATUS = ("ok", "no_face", "error")
@@ -54,19 +56,19 @@ def _read_existing(out: Path, header: list[str]) -> list[dict[str, str]]:
     found = next(reader, None)
     if found != header:
         raise DataError(f"has columns {found}, but this model writes {header}.", file=out, row=1,
-                        fix="score into another --out file, or pass --no-resume to start it again.")
+                        fix="score into another --out file, or pass --fresh to start it again.")
     rows = []
     for line_no, r in enumerate(reader, start=2):
         if len(r) != len(header):
             raise DataError(f"has {len(r)} fields, expected {len(header)}.", file=out, row=line_no,
-                            fix="repair or remove the line, or pass --no-resume.")
+                            fix="repair or remove the line, or pass --fresh.")
         row = dict(zip(header, r))
         if row["status"] not in STATUS:
             raise DataError(f"unknown status '{row['status']}' (expected one of {list(STATUS)}).", file=out,
-                            row=line_no, column="status", fix="repair the line, or pass --no-resume.")
+                            row=line_no, column="status", fix="repair the line, or pass --fresh.")
         if row["status"] != "error":
             rows.append(row)
-    return rows
+    return list({r["path"]: r for r in rows}.values())  # one row per image: a later row wins over an earlier one
 
 
 def _csv_text(rows: Iterable[Sequence], header: list[str] | None = None) -> str:
@@ -91,14 +93,43 @@ def score_faces(inputs: Sequence[str | Path], out_csv: str | Path, model_cfg: st
                 detector_cfg: str | Path | None = None, progress: bool = True, resume: bool = True,
                 expressivity: str = "not_neutral", chunk: int = 64, strict: bool = False) -> dict:
     """Score every image under `inputs` into `out_csv`; return (and write beside it as .summary.json) the counts."""
-    from tqdm.auto import tqdm
-
     from vlm_salience.models.faces.analyzer import FaceAnalyzer
     from vlm_salience.models.faces.detector import read_image
 
     out = Path(out_csv)
     images = collect_images(inputs)
-    analyzer = FaceAnalyzer.from_configs(detector_cfg, model_cfg, expressivity)
+    with _sole_writer(out):
+        return _score_faces(images, out, FaceAnalyzer.from_configs(detector_cfg, model_cfg, expressivity),
+                            read_image, progress=progress, resume=resume, chunk=chunk, strict=strict)
+
+
+@contextmanager
+def _sole_writer(out: Path) -> Iterator[None]:
+    """Hold `<out>.lock` while scoring: two runs appending to one CSV would write every row twice."""
+    from filelock import FileLock, Timeout
+
+    parent = out.resolve().parent
+    existing = next(p for p in (parent, *parent.parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out}: the folder {existing} is not writable. Fix: pass a CSV path in a folder "
+                          "you can write to.")
+    parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(out) + ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise ConfigError(f"--out {out}: another `face score` is writing this CSV (it holds {lock.lock_file}). "
+                          "Fix: wait for it to finish, or score into another --out file.") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _score_faces(images: list[Path], out: Path, analyzer, read_image, *, progress: bool, resume: bool, chunk: int,
+                 strict: bool) -> dict:
+    from tqdm.auto import tqdm
+
     header = columns(analyzer.classifier.classes)
     kept = _read_existing(out, header) if resume and out.is_file() else []
     write_text(out, _csv_text([[r[c] for c in header] for r in kept], header))  # atomic: old rows, error rows out

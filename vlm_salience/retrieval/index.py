@@ -36,6 +36,27 @@ from vlm_salience.retrieval.embed import DEFAULT_TEXT_MODEL
 
 FORMAT_VERSION = 2  # 2: the manifest records a digest of every file and of the case ids
 FILES = ("index.faiss", "cases.parquet", "manifest.json")
+INDEX_FILES = (*FILES, "image_index.faiss")  # every name a saved index folder may hold
+
+
+def check_index_out(folder: str | Path) -> Path:
+    """Refuse to replace a folder that is not an index: saving replaces the folder as a whole, so a folder holding
+    anything but index files (notes, a corpus, another run) would be deleted with it.
+
+    Missing, empty, or holding only index file names (a complete or damaged index): fine to replace.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise DataError("is a file, but an index is a folder.", file=folder,
+                        fix="pass a folder path for --out, e.g. retrieval_index/<name>.")
+    if folder.is_dir():
+        foreign = sorted(p.name for p in folder.iterdir() if p.name not in INDEX_FILES)
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise DataError(f"is a folder that is not an index (it holds {shown}); building an index replaces its "
+                            "--out folder as a whole, which would delete them.", file=folder,
+                            fix="pass a new or empty folder, or an existing index folder, for --out.")
+    return folder
 
 
 class IndexConfig(StrictModel):
@@ -478,7 +499,7 @@ class CaseIndex:
     def save(self, folder: str | Path) -> Path:
         import faiss
 
-        folder = Path(folder)
+        folder = check_index_out(folder)
         with replaced_dir(folder) as stage:
             faiss.write_index(self.index, str(stage / "index.faiss"))
             names = ["index.faiss", "cases.parquet"]

@@ -310,6 +310,11 @@ class Engine:
         return batch_plan(self.lengths, o.batch_size, self.accelerator.num_processes, epoch, self.cfg.seed,
                           self.group, o.grad_accum)
 
+    def optim_settings(self) -> dict[str, Any]:
+        """What the restored optimiser and schedule were built with: resuming under other values would keep the old
+        ones (their state is loaded) while the run's record names the new ones."""
+        return {**self.cfg.optim.model_dump(mode="json"), "total_steps": self.total_steps}
+
     def plan_settings(self) -> dict[str, Any]:
         """What the data position of a checkpoint means: resuming under other values would train other batches."""
         o = self.cfg.optim
@@ -340,7 +345,7 @@ class Engine:
         acc.wait_for_everyone()
         if acc.is_main_process:
             state = {"format": FORMAT, "global_step": step, "task": self.task.name, "fingerprint": self.fingerprint,
-                     "plan": self.plan_settings(), "world_size": acc.num_processes,
+                     "plan": self.plan_settings(), "optim": self.optim_settings(), "world_size": acc.num_processes,
                      "total_steps": self.total_steps, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
                      "manifest": manifest(tmp)}
             (tmp / STATE).write_text(json.dumps(state, indent=2))  # last: a folder without it is incomplete
@@ -371,6 +376,15 @@ class Engine:
             said = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in differ.items())
             raise CheckpointError(f"checkpoint {ckpt.folder} was written under another batch plan ({said}): its "
                                   "data position would point at other batches; resume with the same settings")
+        optim = state.get("optim")  # absent in checkpoints written before it was recorded
+        changed = {k: (optim.get(k), v) for k, v in self.optim_settings().items()
+                   if optim is not None and optim.get(k) != v}
+        if changed:
+            said = ", ".join(f"{'' if k == 'total_steps' else 'optim.'}{k} {a} -> {b}" for k, (a, b) in changed.items())
+            raise CheckpointError(f"checkpoint {ckpt.folder} was trained with other optimiser settings ({said}): the "
+                                  "restored optimiser and schedule would keep the old ones while the run records the "
+                                  "new; resume with the settings it was trained with, or start a fresh run in another "
+                                  "out folder")
         verify_checkpoint(ckpt.folder, state)
         rank_file = ckpt.folder / f"rng_rank{self.accelerator.process_index}.pt"
         if f"rng_rank{self.accelerator.process_index}.pt" not in state["manifest"] or not rank_file.is_file():

@@ -337,17 +337,19 @@ class VideoClassifierTask(Task):
     def load_trained(self, device: Any = None) -> torch.nn.Module:
         """The model with the fold's saved weights, for evaluation."""
         from safetensors.torch import load_file
+                    "weights": {"bytes": (stage / WEIGHTS).stat().st_size, "sha256": _sha256(stage / WEIGHTS)},
+                    "optim": self.cfg.optim.model_dump(mode="json"),
 
         path = self.model_dir() / WEIGHTS
         if not path.is_file():
             raise ConfigError(f"{path}: no trained model for fold {self.fold}; run `vlm-salience video train` "
                               "with this config first")
-        meta = json.loads((self.model_dir() / "task.json").read_text())
+        meta = _read_meta(self.model_dir() / "task.json", self.fold)
         model = self.build_model()
         if meta.get("fingerprint", {}).get("model config") != self.fingerprint()["model config"]:
             raise ConfigError(f"{path}: trained with another model config than this YAML's; evaluate with the "
                               "config it was trained with")
-        load_trainable(model, load_file(str(path)), path)
+        load_trainable(model, _load_weights(path, meta.get("weights"), self.fold), path)
         if device is not None:
             model.to(device)
         return model.eval()
@@ -360,6 +362,50 @@ class BaselineTask(VideoClassifierTask):
 
     def build_model(self):
         from vlm_salience.models.encoders import load_encoder
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+_RETRAIN = "retrain the fold: `vlm-salience video train` with this config (without --resume it starts over)"
+
+
+def _read_meta(path: Path, fold: str) -> dict[str, Any]:
+    """A fold's task.json; unreadable or missing: an error naming it, not a traceback."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: the record of fold {fold}'s final weights is missing or unreadable ({exc}). "
+                          f"Fix: {_RETRAIN}.") from None
+
+
+def _load_weights(path: Path, recorded: dict[str, Any] | None, fold: str) -> dict[str, torch.Tensor]:
+    """The final weights, checked against the size and digest task.json recorded (where it did): a truncated or
+    altered file is refused with the fix, never loaded half or passed on as a traceback."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if recorded:
+        size = path.stat().st_size
+        if size != recorded.get("bytes") or _sha256(path) != recorded.get("sha256"):
+            raise ConfigError(f"{path}: fold {fold}'s final weights are damaged ({size} bytes, "
+                              f"{recorded.get('bytes')} recorded; or their SHA-256 differs): truncated or "
+                              f"overwritten. Fix: {_RETRAIN}.")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: fold {fold}'s final weights cannot be read ({exc}): truncated or damaged. "
+                          f"Fix: {_RETRAIN}.") from None
+
+
+class BaselineTrainConfig(VideoTrainConfig[BaselineModelConfig]):
+    """A video config whose model is the face-only baseline (`kind: baseline`)."""
+
+
+@register_video_model("baseline")
         from vlm_salience.video.baseline import BaselineModel
 
         encoder = load_encoder(self.cfg.model.encoder)

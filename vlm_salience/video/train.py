@@ -94,7 +94,16 @@ def _fold_done(task) -> bool:
     meta = task.model_dir() / "task.json"
     if not meta.is_file():
         return False
-    return json.loads(meta.read_text()).get("fingerprint") == task.fingerprint()
+    done = json.loads(meta.read_text())
+    if done.get("fingerprint") != task.fingerprint():
+        return False
+    was, now = done.get("optim"), task.cfg.optim.model_dump(mode="json")
+    changed = {k: (was.get(k), v) for k, v in now.items() if was is not None and was.get(k) != v}
+    if changed:  # skipping it would report the new settings beside weights trained with the old ones
+        said = ", ".join(f"optim.{k} {a} -> {b}" for k, (a, b) in changed.items())
+        raise ConfigError(f"{meta}: fold {task.fold} was trained with other optimiser settings ({said}); resume "
+                          "with the settings it was trained with, or start a fresh run in another out folder")
+    return True
 
 
 def _setup(config_path, overrides, progress: bool):

@@ -8,20 +8,21 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from vlm_salience.data.video import load_video_corpus
-from vlm_salience.data.video.frames import count_frames
+from vlm_salience.data.video.frames import check_decodes
 from vlm_salience.data.video.records import VideoCorpus
 from vlm_salience.errors import DataError
 
 
 def decodable(corpus: VideoCorpus, *, drop_invalid: bool = False, progress: bool = True) -> VideoCorpus:
-    """The corpus with every clip (and face clip) opened and its frames counted. Strict: the first bad clip
+    """The corpus with every clip (and face clip) decoded to its end and its frames counted against its header
+    (a clip cut short is damaged, not decoded). Strict: the first bad clip
     raises its DataError (file named); drop_invalid: bad clips leave the corpus and its folds, and are reported."""
     keep = []
     for clip in tqdm(corpus.clips, desc="checking clips", disable=not progress):
         try:
-            count_frames(clip.source)
+            check_decodes(clip.source)
             if clip.face_source is not None:
-                count_frames(clip.face_source)
+                check_decodes(clip.face_source)
         except DataError as exc:
             if not drop_invalid:
                 raise

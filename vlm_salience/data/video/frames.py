@@ -23,6 +23,9 @@ VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", 
 SEEK_GAP = 48  # frames: a wider gap between wanted frames is crossed by a seek rather than by decoding
 # Containers whose timestamps give the frame index (AVI's do not, with B-frames): others decode sequentially.
 TIMED_CONTAINERS = (".mp4", ".m4v", ".mov", ".mkv", ".webm")
+# A video whose stream ends before this share of the frames its header promises is damaged (cut off, say), not a
+# clip to pad with its last frame: a header a frame or two long is common, half a clip missing is not.
+MIN_DECODED_SHARE = 0.9
 
 _NUM = re.compile(r"(\d+)")
 
@@ -158,7 +161,8 @@ def _read_video(path: Path, indices: np.ndarray) -> np.ndarray:
                 got[wanted[k]] = arr
                 k += 1
         if k < len(wanted) and last is not None:
-            # The header promised more frames than the stream holds: the tail repeats its last frame.
+            _check_decoded(path, count, int(stream.frames or 0))
+            # The header promised a few more frames than the stream holds: the tail repeats its last frame.
             arr = last.to_ndarray(format="rgb24")
             for i in wanted[k:]:
                 got[i] = arr
@@ -192,6 +196,42 @@ def clip_fingerprint(source: Path) -> str:
     """A cheap hash of what a clip is made of (names, sizes, modification times), for caches keyed by clip."""
     source = Path(source)
     h = hashlib.sha256(str(source.resolve()).encode())
+def _check_decoded(path: Path, decoded: int, promised: int) -> None:
+    """A stream that ended far short of its header's frame count is a damaged clip: a DataError naming it."""
+    if promised > 0 and decoded < MIN_DECODED_SHARE * promised:
+        raise DataError(f"the video decodes only {decoded} of the {promised} frames its header promises (the "
+                        "file is cut off or damaged).", file=path,
+                        fix="re-extract or re-download the clip, or pass --drop-invalid.")
+
+
+def check_decodes(source: Path) -> int:
+    """Decode every frame of a video file (never converted to RGB) and return how many decoded; a stream that
+    fails to decode, or ends far short of its header's count, is a DataError naming the file. Frame folders:
+    every image decoded (`verify_frames`)."""
+    import av
+
+    source = Path(source)
+    if source.is_dir():
+        return verify_frames(source)
+    if not source.exists():
+        return count_frames(source)
+    container = _open(source)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        decoded = sum(1 for _ in container.decode(stream))
+        promised = int(stream.frames or 0)
+    except av.error.FFmpegError as exc:
+        raise DataError(f"the video cannot be decoded ({exc}).", file=source,
+                        fix="re-extract or re-download the clip, or pass --drop-invalid.") from None
+    finally:
+        container.close()
+    if decoded == 0:
+        raise DataError("no frame could be decoded.", file=source, fix="re-extract the clip, or pass --drop-invalid.")
+    _check_decoded(source, decoded, promised)
+    return decoded
+
+
     paths = frame_files(source) if source.is_dir() else [source]
     for p in paths:
         st = p.stat()

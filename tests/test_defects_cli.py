@@ -1,0 +1,186 @@
+"""Defects found by probing the CLI as a careful user and an adversary would (issue 29): each test fails with the
+defect planted back."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vlm_salience.cli import main
+from vlm_salience.errors import ConfigError, DataError
+
+# -- 1. index build --out never deletes a folder that is not an index ----------------------------------------------
+
+
+def test_index_build_refuses_a_folder_that_is_not_an_index(small_synth_corpus, tmp_path, capsys):
+    notes = tmp_path / "d" / "notes.txt"
+    notes.parent.mkdir()
+    notes.write_text("notes")
+    assert main(["index", "build", "--data", str(small_synth_corpus), "--out", str(notes.parent), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "not an index" in err and "notes.txt" in err and "Fix:" in err
+    assert notes.read_text() == "notes"
+    # the corpus folder itself holds its data YAML and CSVs: refused the same way, nothing deleted
+    corpus_dir = Path(small_synth_corpus).parent
+    before = sorted(p.name for p in corpus_dir.iterdir())
+    assert main(["index", "build", "--data", str(small_synth_corpus), "--out", str(corpus_dir), "--quiet"]) == 2
+    assert sorted(p.name for p in corpus_dir.iterdir()) == before
+
+
+def test_an_index_folder_or_an_empty_one_may_be_replaced(tmp_path):
+    from vlm_salience.retrieval.index import check_index_out
+
+    (tmp_path / "empty").mkdir()
+    old = tmp_path / "old"
+    old.mkdir()
+    for name in ("index.faiss", "manifest.json"):  # a damaged index (a part missing) is still an index
+        (old / name).write_text("x")
+    for folder in (tmp_path / "new", tmp_path / "empty", old):
+        assert check_index_out(folder) == folder
+    (old / "README").write_text("mine")
+    with pytest.raises(DataError, match="README"):
+        check_index_out(old)
+
+
+# -- 2. face score: one writer per CSV, one row per image ----------------------------------------------------------
+
+
+@pytest.fixture
+def face_images(tmp_path) -> Path:
+    from PIL import Image
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for i in range(3):
+        Image.new("RGB", (64, 48), (60 * i, 90, 120)).save(d / f"wall{i}.png")
+    return d
+
+
+def test_a_second_face_score_on_the_same_csv_is_refused(face_images, tmp_path, capsys):
+    from filelock import FileLock
+
+    out = tmp_path / "scores.csv"
+    with FileLock(str(out) + ".lock"):  # a first run holds the CSV
+        assert main(["face", "score", str(face_images), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "another `face score`" in err and "Fix:" in err
+    assert not out.exists()
+    assert main(["face", "score", str(face_images), "--out", str(out), "--quiet"]) == 0  # released: runs
+
+
+def test_a_rerun_drops_duplicate_rows_of_an_image(face_images, tmp_path, capsys):
+    out = tmp_path / "scores.csv"
+    assert main(["face", "score", str(face_images), "--out", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    header, *rows = out.read_text().splitlines()
+    out.write_text("\n".join([header, *rows, *rows]) + "\n")  # what two concurrent writers left behind
+    assert main(["face", "score", str(face_images), "--out", str(out), "--quiet", "--json", "-"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["images"] == 3 and len(out.read_text().splitlines()) == 4
+
+
+# -- 3. a clip that decodes far fewer frames than its header says is damaged -----------------------------------------
+
+
+def write_mp4(path: Path, frames: int = 16, size: tuple[int, int] = (48, 64)) -> Path:
+    """An mp4 with its index (moov) at the start, as `-movflags faststart` writes it."""
+    import av
+
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as c:
+        s = c.add_stream("mpeg4", rate=8)
+        s.height, s.width = size
+        s.pix_fmt = "yuv420p"
+        for _ in range(frames):
+            frame = av.VideoFrame.from_ndarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8), format="rgb24")
+            c.mux(s.encode(frame))
+        c.mux(s.encode())
+    return path
+
+
+def test_a_clip_cut_in_half_is_damaged_not_one_frame_repeated(tmp_path):
+    from vlm_salience.data.video.frames import check_decodes, count_frames, read_frames
+
+    full = write_mp4(tmp_path / "full.mp4")
+    cut = tmp_path / "cut.mp4"
+    data = full.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    assert count_frames(cut) == 16  # the header still says 16
+    assert check_decodes(full) == 16 and read_frames(full, range(16)).shape[0] == 16
+    for read in (lambda: read_frames(cut, np.linspace(0, 15, 8).round().astype(int)), lambda: check_decodes(cut)):
+        with pytest.raises(DataError, match=r"decodes only \d+ of the 16 frames") as exc:
+            read()
+        assert exc.value.file == cut
+
+
+def test_data_check_decode_counts_and_names_a_cut_clip(tmp_path, capsys):
+    import csv
+
+    root = tmp_path / "clips"
+    root.mkdir()
+    rows = []
+    for i in range(4):
+        write_mp4(root / f"c{i}.mp4", frames=12)
+        rows.append({"clip": f"c{i}.mp4", "label": ["happy", "sad"][i % 2], "fold": "1" if i < 2 else "2"})
+    data = (root / "c3.mp4").read_bytes()
+    (root / "c3.mp4").write_bytes(data[: len(data) // 2])
+    with open(root / "clips.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["clip", "label", "fold"])
+        w.writeheader()
+        w.writerows(rows)
+    yaml = tmp_path / "data.yaml"
+    yaml.write_text(f"name: cut\nformat: video_csv\nroot: {root}\nfile: clips.csv\nclasses: [happy, sad]\n")
+    assert main(["data", "check", "--data", str(yaml), "--decode", "--quiet"]) == 2
+    assert "c3.mp4" in capsys.readouterr().err
+    assert main(["data", "check", "--data", str(yaml), "--decode", "--drop-invalid", "--quiet", "--json", "-"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["clips"] == 3 and any("c3" in line and "decodes only" in line for line in doc["dropped_lines"])
+
+
+# -- 4. resume with other optimiser settings is refused ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("over, said", [({"optim__lr": 0.5}, "optim.lr 0.05 -> 0.5"),
+                                        ({"optim__max_steps": 6}, "optim.max_steps 4 -> 6"),
+                                        ({"optim__schedule": "linear"}, "optim.schedule cosine -> linear")])
+def test_resume_with_other_optimiser_settings_is_refused(tmp_path, over, said):
+    from test_engine import LinearTask, config
+
+    from vlm_salience.training.engine import CheckpointError, train
+
+    train(config(tmp_path, optim__max_steps=4), LinearTask(), progress=False)
+    with pytest.raises(CheckpointError, match="other optimiser settings") as exc:
+        train(config(tmp_path, **{"optim__max_steps": 4, **over}), LinearTask(), resume=True, progress=False)
+    assert said in str(exc.value)
+    # the same settings resume
+    assert train(config(tmp_path, optim__max_steps=4), LinearTask(), resume=True, progress=False)["steps"] == 4
+
+
+# -- 9. atomic outputs honour the umask ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def test_atomic_outputs_get_the_mode_the_umask_gives(tmp_path, umask_022):
+    from vlm_salience.atomic import current_umask, replaced_dir, staged_dir, write_text
+
+    assert current_umask() == 0o022
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert mode(write_text(tmp_path / "a.json", "{}")) == 0o644
+    with staged_dir(tmp_path / "run") as stage:
+        (stage / "x.txt").write_text("x")
+    with replaced_dir(tmp_path / "index") as stage:
+        (stage / "y.txt").write_text("y")
+    assert mode(tmp_path / "run") == 0o755 and mode(tmp_path / "index") == 0o755
+    os.umask(0o077)  # a private umask stays private
+    assert mode(write_text(tmp_path / "b.json", "{}")) == 0o600
