@@ -191,3 +191,52 @@ def test_clip_sampling_is_the_video_models_tsn_sampler(tmp_path):
     digests = {build_prompt(tpl, item, spec, clip=ClipSettings(frames=4, **kw), clip_mode="images").digest
                for kw in ({}, {"max_pixels": 3136}, {"stream": "scene"})}
     assert len(digests | {p.digest}) == 3 and p.digest in digests
+
+
+# -- video corpora: zero-shot label scoring on the video models' test clips, one comparison table ----------------
+
+CLIPS = ("clips=14", "frames=8", "size=64", "folds=2", "layouts=[generic]")
+
+
+def test_video_prompt_run_on_fold_test_clips_and_one_comparison_table(tmp_path, synthetic_clips, tiny_vlms,
+                                                                      capsys):
+    """`prompt run` with a video data YAML (the shipped prompt_video_synthetic.yaml) predicts each fold's test
+    clips only, in the video report's layout; `video compare` puts two runs side by side and refuses a run on
+    other clips, naming them."""
+    from vlm_salience.cli import main
+    from vlm_salience.config import load_config
+    from vlm_salience.data.video import load_video_corpus
+    from vlm_salience.prompting.video_experiment import VideoPromptConfig, run_video_prompting
+    from vlm_salience.video.report import compare_runs
+
+    data = synthetic_clips(*CLIPS)
+    corpus = load_video_corpus(data)
+    shipped = REPO / "configs" / "experiment" / "prompt_video_synthetic.yaml"
+    sets = [f"data={data}", f"models=[{{backend: hf, name: tiny, path: {tiny_vlms['qwen2_vl']}, batch_size: 4}}]",
+            "clip.frames=4", "max_test_clips=2", "report.n_boot=50", f"cache={tmp_path / 'cache.sqlite'}"]
+    args = [x for s in sets for x in ("--set", s)]
+    assert main(["prompt", "run", str(shipped), "--out", str(tmp_path / "video"), "--quiet", *args]) == 0
+    run_video = tmp_path / "video" / "tiny__zero_shot"
+    df = pd.read_csv(run_video / "predictions.csv", dtype={"fold": str, "clip_id": str})
+    expected = [(f, c) for f in corpus.folds for c in corpus.folds[f]["test"][:2]]
+    assert list(zip(df.fold, df.clip_id)) == expected  # each fold's test clips, never a training clip
+    for f in corpus.folds:
+        assert not set(df.clip_id[df.fold == f]) & set(corpus.folds[f]["train"])
+    assert json.loads((run_video / "metrics.json").read_text())["corpus"]["n_test_clips"] == 4
+
+    cfg = load_config(shipped, VideoPromptConfig, [*sets, "clip.mode=images", f"out={tmp_path / 'images'}"])
+    run_video_prompting(cfg, progress=False)
+    run_images = tmp_path / "images" / "tiny__zero_shot"
+    capsys.readouterr()
+    assert main(["video", "compare", f"video={run_video}", f"images={run_images}", "--n-boot", "50",
+                 "--out", str(tmp_path / "cmp"), "--quiet"]) == 0
+    table = capsys.readouterr().out
+    assert "| video |" in table and "| images |" in table and "4 test clips" in table
+    doc = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert doc["runs"]["images"]["vs_reference"]["uar"]["diff"] == pytest.approx(
+        doc["runs"]["images"]["pooled"]["uar"]["value"] - doc["runs"]["video"]["pooled"]["uar"]["value"])
+
+    few = load_config(shipped, VideoPromptConfig, [*sets, "max_test_clips=1", f"out={tmp_path / 'few'}"])
+    run_video_prompting(few, progress=False)  # answers come from the cache
+    with pytest.raises(ValueError, match="not tested on the clips of 'video'.*only in 'video'"):
+        compare_runs({"video": run_video, "few": tmp_path / "few" / "tiny__zero_shot"})

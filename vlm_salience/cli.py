@@ -291,14 +291,59 @@ def cmd_index_info(args: argparse.Namespace) -> int:
 def cmd_prompt_run(args: argparse.Namespace) -> int:
     from vlm_salience.config import load_config
     from vlm_salience.prompting.experiment import ExperimentConfig, run_experiment
+    from vlm_salience.prompting.video_experiment import is_video_experiment
     from vlm_salience.report import print_experiment_table, write_experiment_outputs
 
+    if is_video_experiment(args.config, _with_out(args)):  # a video data YAML: label scoring over its classes
+        return cmd_prompt_run_video(args)
     cfg = load_config(args.config, ExperimentConfig, _with_out(args))
     result = run_experiment(cfg, progress=not args.quiet)
     out = write_experiment_outputs(result, cfg.out)
     print_experiment_table(result)
     print(f"wrote {out}/metrics.json, predictions.csv, report.md and plots (answers cached in "
           f"{cfg.cache or Path(cfg.out) / 'cache.sqlite'})")
+    return 0
+
+
+def cmd_prompt_run_video(args: argparse.Namespace) -> int:
+    from vlm_salience.config import load_config
+    from vlm_salience.prompting.video_experiment import VideoPromptConfig, run_video_prompting
+
+    cfg = load_config(args.config, VideoPromptConfig, _with_out(args))
+    doc = run_video_prompting(cfg, progress=not args.quiet)
+    def ci(v: dict[str, Any]) -> str:
+        return f"{v['value']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]"
+    for name, r in doc["runs"].items():
+        print(f"{name}: UAR {ci(r['uar'])}, WAR {ci(r['war'])} on {r['n']} test clips -> {r['out']}")
+        for note in r["notes"]:
+            print(f"  - {note}")
+    print("compare with video models on the same clips: vlm-salience video compare RUN_FOLDER...")
+    _emit_json(getattr(args, "json", None), doc)
+    return 0
+
+
+def cmd_video_compare(args: argparse.Namespace) -> int:
+    import json
+
+    from vlm_salience.atomic import write_text
+    from vlm_salience.video.report import compare_runs, comparison_markdown
+
+    runs = {}
+    for spec in args.runs:
+        name, _, folder = spec.rpartition("=") if "=" in spec else (Path(spec).name, "", spec)
+        runs[name] = folder
+    try:
+        doc = compare_runs(runs, reference=args.reference, n_boot=args.n_boot)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    table = comparison_markdown(doc)
+    print(table)
+    if args.out:
+        out = Path(args.out)
+        write_text(out / "comparison.json", json.dumps(doc, indent=2))
+        write_text(out / "comparison.md", table)
+        print(f"wrote {out}/comparison.json and comparison.md")
+    _emit_json(args.json, doc)
     return 0
 
 
@@ -661,6 +706,15 @@ def _add_video_commands(vsub) -> None:
                               "actions, intensity and time course (cached, resumable)",
                          example="vlm-salience video describe configs/grace/describe_synthetic.yaml")
     _json_flag(vd, "the summary")
+    vc = _parser(vsub, "compare", help="one UAR/WAR table of finished runs on the same test clips (video models, "
+                 "video prompt runs), with paired differences against a reference; refuses runs on other clips",
+                 example="vlm-salience video compare runs/video_baseline_synthetic runs/prompt_video/tiny__zero_shot")
+    vc.add_argument("runs", nargs="+", help="run folders with a predictions.csv (NAME=FOLDER to name a row)")
+    vc.add_argument("--reference", help="the row the others are compared to (default: the first)")
+    vc.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    vc.add_argument("--out", help="also write comparison.json and comparison.md into this folder")
+    _json_flag(vc, "the comparison")
+    vc.set_defaults(func=cmd_video_compare)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -99,15 +99,16 @@ def sample_frames(source: Path | tuple[Path, ...] | list[Path], settings: ClipSe
 
 # -- native video input for the Qwen2-VL family ---------------------------------------------------------------------
 
-def _pixel_kwargs(settings: ClipSettings | None) -> dict[str, Any]:
-    if settings is None:
+def _pixel_kwargs(settings: ClipSettings | None, image_processor=None) -> dict[str, Any]:
+    """min_pixels/max_pixels as the Qwen-VL image processor's `size` (shortest_edge / longest_edge in pixels)."""
+    if settings is None or (settings.min_pixels is None and settings.max_pixels is None):
         return {}
-    out = {}
+    size = dict(getattr(image_processor, "size", None) or {})
     if settings.min_pixels is not None:
-        out["min_pixels"] = settings.min_pixels
+        size["shortest_edge"] = settings.min_pixels
     if settings.max_pixels is not None:
-        out["max_pixels"] = settings.max_pixels
-    return out
+        size["longest_edge"] = settings.max_pixels
+    return {"size": size}
 
 
 def qwen2_vl_video_inputs(image_processor, videos: list[list[Any]], settings: ClipSettings | None = None
@@ -122,7 +123,7 @@ def qwen2_vl_video_inputs(image_processor, videos: list[list[Any]], settings: Cl
         if not frames:
             raise ValueError("a clip with no frames")
         frames = list(frames) + [frames[-1]] * (-len(frames) % tps)  # pad as Qwen2VLVideoProcessor does
-        enc = image_processor(images=frames, return_tensors="pt", **_pixel_kwargs(settings))
+        enc = image_processor(images=frames, return_tensors="pt", **_pixel_kwargs(settings, image_processor))
         pv, thw = enc["pixel_values"], enc["image_grid_thw"]
         if not bool((thw == thw[0]).all()):
             raise ValueError("the frames of one clip resize to different grids; give frames of one size")
@@ -170,7 +171,7 @@ def encode_prompts(processor, family: str, texts: list[str], images: list[list[A
         if flat_images:
             kwargs["images"] = [list(p) for p in images] if family == "idefics3" else flat_images
             if family in VIDEO_FAMILIES:
-                kwargs.update(_pixel_kwargs(settings))
+                kwargs.update(_pixel_kwargs(settings, processor.image_processor))
         return dict(processor(**kwargs))
     if family not in VIDEO_FAMILIES:
         from vlm_salience.errors import ConfigError
@@ -179,7 +180,8 @@ def encode_prompts(processor, family: str, texts: list[str], images: list[list[A
     out: dict[str, Any] = {}
     merge = int(processor.image_processor.merge_size) ** 2
     if flat_images:
-        img = processor.image_processor(images=flat_images, return_tensors="pt", **_pixel_kwargs(settings))
+        img = processor.image_processor(images=flat_images, return_tensors="pt",
+                                        **_pixel_kwargs(settings, processor.image_processor))
         out.update(pixel_values=img["pixel_values"], image_grid_thw=img["image_grid_thw"])
         texts = _expand(texts, processor.image_token, [int(g.prod()) // merge for g in img["image_grid_thw"]],
                         [len(p) for p in images], "image")

@@ -279,3 +279,66 @@ def paired_comparison(run_a: str | Path, run_b: str | Path, *, n_boot: int = 100
     return paired_bootstrap_classification(both["predicted_a"].map(idx).to_numpy(np.int64),
                                            both["predicted_b"].map(idx).to_numpy(np.int64), y,
                                            n_classes=len(classes), n_boot=n_boot, seed=seed)
+
+
+# -- one table for runs of any kind on the same test clips (video models, prompted or fine-tuned VLMs) ------------
+
+def compare_runs(runs: dict[str, str | Path], *, reference: str | None = None, n_boot: int = 1000,
+                 seed: int = 0) -> dict[str, Any]:
+    """UAR/WAR (95% bootstrap intervals over clips, fold mean ± sd) of finished runs, each a folder with a
+    predictions.csv in the video report's layout (`video train`, `variants`, a video `prompt run`), and each run's
+    paired difference against `reference` (default: the first). Refuses runs whose (fold, clip) sets or true
+    labels differ, naming the run and the clips, so every row of the table is measured on the same test clips."""
+    if not runs:
+        raise ValueError("compare_runs needs at least one run")
+    frames: dict[str, pd.DataFrame] = {}
+    for name, folder in runs.items():
+        path = Path(folder) / "predictions.csv"
+        if not path.is_file():
+            raise ValueError(f"run '{name}': {path} not found (a finished video run or video prompt run has one)")
+        df = pd.read_csv(path, dtype={"fold": str, "clip_id": str})
+        frames[name] = df.sort_values(["fold", "clip_id"]).reset_index(drop=True)
+    reference = reference or next(iter(runs))
+    if reference not in frames:
+        raise ValueError(f"reference '{reference}' is not one of the runs {list(frames)}")
+    ref = frames[reference]
+    ref_keys = set(zip(ref["fold"], ref["clip_id"]))
+    classes = [c[2:] for c in ref.columns if c.startswith("p_")]
+    for name, df in frames.items():
+        keys = set(zip(df["fold"], df["clip_id"]))
+        if keys != ref_keys:
+            only_ref, only_run = sorted(ref_keys - keys), sorted(keys - ref_keys)
+            raise ValueError(f"run '{name}' was not tested on the clips of '{reference}': {len(only_run)} clip(s) only "
+                             f"in '{name}' (first {only_run[:5]}), {len(only_ref)} only in '{reference}' (first "
+                             f"{only_ref[:5]}); compare runs of the same corpus, folds and test clips")
+        if [c[2:] for c in df.columns if c.startswith("p_")] != classes:
+            raise ValueError(f"run '{name}' has other classes than '{reference}'")
+        if (df["label"].to_numpy() != ref["label"].to_numpy()).any():
+            raise ValueError(f"run '{name}' gives other true labels than '{reference}': not the same corpus")
+    index = {c: k for k, c in enumerate(classes)}
+    y = ref["label"].map(index).to_numpy(np.int64)
+    pred = {n: df[[f"p_{c}" for c in classes]].to_numpy().argmax(axis=1) for n, df in frames.items()}
+    rows: dict[str, Any] = {}
+    for name, df in frames.items():
+        s = scores_from_predictions(df, classes, n_boot=n_boot, seed=seed)
+        rows[name] = {"folder": str(runs[name]), "pooled": {k: s["pooled"][k] for k in ("uar", "war", "n")},
+                      "summary": s["summary"],
+                      "vs_reference": None if name == reference else paired_bootstrap_classification(
+                          pred[name], pred[reference], y, n_classes=len(classes), n_boot=n_boot, seed=seed)}
+    return _clean({"reference": reference, "classes": classes, "n_clips": int(len(ref)),
+                   "folds": sorted(set(ref["fold"])), "runs": rows})
+
+
+def comparison_markdown(doc: dict[str, Any]) -> str:
+    """The comparison as one markdown table (pooled UAR/WAR with intervals, fold mean, paired differences)."""
+    ref = doc["reference"]
+    lines = [f"{doc['n_clips']} test clips ({len(doc['folds'])} fold(s)), the same for every run. 95% bootstrap "
+             f"intervals over clips; differences are paired (run − {ref}) on the same clips.", "",
+             "| run | UAR | WAR | UAR fold mean | Δ UAR | Δ WAR |", "|---|---|---|---|---|---|"]
+    for name, r in doc["runs"].items():
+        d = r["vs_reference"]
+        delta = ("reference", "") if d is None else tuple(
+            f"{d[m]['diff']:+.3f} [{d[m]['ci95'][0]:+.3f}, {d[m]['ci95'][1]:+.3f}]" for m in ("uar", "war"))
+        lines.append(f"| {name} | {_fmt(r['pooled']['uar'])} | {_fmt(r['pooled']['war'])} | "
+                     f"{r['summary']['uar']['mean']:.3f} | {delta[0]} | {delta[1]} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,243 @@
+"""Zero-shot VLM prompting on a video corpus (DFEW, FERV39k, MAFW, generic CSV, the synthetic clips): label scoring
+over the corpus's classes on each fold's test clips, scored with the video models' UAR/WAR code.
+
+`vlm-salience prompt run` dispatches here when the experiment's `data` is a video data YAML. Each model x strategy
+is written as one video run folder (`OUT/<model>__<strategy>/predictions.csv, metrics.json, report.md`) in the
+layout of `video train` runs, so `vlm-salience video compare` can put it beside the baseline, OUS and GRACE on the
+same test clips. A clip is sampled by the video models' TSN sampler (evaluation: segment middles) from the face
+clip (`clip.stream: face`, the corpus's face crops) or the whole clip (`scene`). Nothing is trained here: only test
+clips are read, and no label reaches a prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+from tqdm.auto import tqdm
+
+from vlm_salience.config import RelPath, StrictModel
+from vlm_salience.errors import ConfigError
+from vlm_salience.prompting.clips import ClipSettings
+from vlm_salience.prompting.experiment import ModelEntry
+
+
+class VideoStrategy(StrictModel):
+    name: str
+    template: str = "clip_emotion"
+    read: Literal["score", "generate"] = "score"
+    max_new_tokens: int = Field(32, ge=1)
+
+
+class VideoReportSettings(StrictModel):
+    n_boot: int = Field(1000, ge=0)
+    seed: int = 0
+
+
+class VideoPromptConfig(StrictModel):
+    """A prompting experiment over a video corpus (configs/experiment/prompt_video_*.yaml)."""
+
+    name: str
+    data: RelPath  # a video data YAML (format: dfew | ferv39k | mafw | video_csv)
+    data_overrides: list[str] = Field(default_factory=list)
+    folds: list[str] | None = None  # default: every fold; each fold's test clips are predicted
+    max_test_clips: int | None = Field(None, ge=1)  # per fold, for smoke runs (the fold list's first clips)
+    models: list[ModelEntry]
+    strategies: list[VideoStrategy] = Field(default_factory=lambda: [VideoStrategy(name="zero_shot")])
+    clip: ClipSettings = Field(default_factory=ClipSettings)
+    out: RelPath
+    cache: RelPath | None = None  # default: <out>/cache.sqlite
+    chunk: int = Field(16, ge=1)
+    report: VideoReportSettings = Field(default_factory=VideoReportSettings)
+
+
+def is_video_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> bool:
+    """True when an experiment YAML's `data` is a video data YAML (so `prompt run` takes this path)."""
+    from vlm_salience.config import apply_overrides, read_yaml
+    from vlm_salience.data.video import is_video_data_config
+
+    path = Path(path)
+    raw = apply_overrides(read_yaml(path), list(overrides))
+    data = raw.get("data")
+    if not isinstance(data, str):
+        return False
+    target = Path(data) if Path(data).is_absolute() else path.resolve().parent / data
+    return target.is_file() and is_video_data_config(target)
+
+
+@dataclass
+class _ClipPredictions:
+    """The fields `video/report.predictions_frame` reads."""
+
+    clip_ids: list[str]
+    labels: np.ndarray
+    probs: np.ndarray
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return self.probs.argmax(axis=1)
+
+
+def _items(corpus, clip_ids: list[str], stream: str):
+    """Items (the prompting unit) for clips: the face is the clip's face crops or its whole frames."""
+    from vlm_salience.data.corpus import Face, Item, Situation
+
+    out = []
+    for cid in clip_ids:
+        c = corpus.clip(cid)
+        source = c.face_source if stream == "face" else c.source
+        if source is None:
+            raise ConfigError(f"clip.stream face: clip '{cid}' of corpus '{corpus.name}' has no face-crop clip "
+                              "(face_dir / the CSV's face column); set clip.stream: scene")
+        kind = "frames" if Path(source).is_dir() else "video"
+        out.append(Item(id=cid, face=Face(id=cid, media=(Path(source),), media_kind=kind),
+                        situation=Situation(id=cid, features={}, text="")))
+    return out
+
+
+def run_video_prompting(cfg: VideoPromptConfig, *, progress: bool = True) -> dict[str, Any]:
+    """Predict every chosen fold's test clips with every model x strategy; write one video run folder each."""
+    from vlm_salience.data.video import load_video_corpus
+    from vlm_salience.prompting.answers import AnswerSpec
+    from vlm_salience.prompting.cache import AnswerCache, prompt_answer_key
+    from vlm_salience.prompting.experiment import make_backend
+    from vlm_salience.prompting.inputs import ItemError, build_prompt
+    from vlm_salience.prompting.templates import load_template
+
+    corpus = load_video_corpus(cfg.data, overrides=cfg.data_overrides)
+    folds = cfg.folds or list(corpus.folds)
+    unknown = [f for f in folds if f not in corpus.folds]
+    if unknown:
+        raise ConfigError(f"{cfg.name}: folds {unknown} are not folds of corpus '{corpus.name}' "
+                          f"(folds: {sorted(corpus.folds)})")
+    spec = AnswerSpec("choice", tuple(corpus.classes), None, None)
+    tests = {f: corpus.folds[f].get("test", [])[:cfg.max_test_clips] for f in folds}
+    cache = AnswerCache(cfg.cache or Path(cfg.out) / "cache.sqlite")
+    runs: dict[str, Any] = {}
+    try:
+        for entry in cfg.models:
+            backend = make_backend(entry, progress=progress)
+            mode = cfg.clip.resolved_mode(getattr(backend, "family", None))
+            fingerprint = backend.fingerprint()
+            for strategy in cfg.strategies:
+                template = load_template(strategy.template)
+                per_fold: dict[str, Any] = {}
+                failed: dict[str, str] = {}
+                t0, asked = time.perf_counter(), 0
+                for fold in folds:
+                    ids = tests[fold]
+                    prompts, keys = [], []
+                    for item in _items(corpus, ids, cfg.clip.stream):
+                        try:
+                            p = build_prompt(template, item, spec, clip=cfg.clip, clip_mode=mode)
+                        except ItemError as exc:
+                            failed[item.id] = str(exc)
+                            p = None
+                        prompts.append(p)
+                        keys.append(None if p is None else prompt_answer_key(
+                            fingerprint, template.digest, p, strategy.read,
+                            max_new_tokens=strategy.max_new_tokens, slots=spec.slots()))
+                    got = cache.get_many([k for k in keys if k])
+                    todo = [j for j, k in enumerate(keys) if k and k not in got]
+                    bar = tqdm(total=len(todo), desc=f"{backend.name}/{strategy.name}/{fold}", disable=not progress)
+                    for s in range(0, len(todo), cfg.chunk):
+                        idx = todo[s:s + cfg.chunk]
+                        batch = [prompts[j] for j in idx]
+                        if strategy.read == "score":
+                            res = backend.score(batch, spec.slots(), on_batch=bar.update)
+                            answers = [{"error": str(r)} if isinstance(r, Exception) else
+                                       {"slots": {k: v.tolist() for k, v in r.items()}} for r in res]
+                        else:
+                            res = backend.generate(batch, strategy.max_new_tokens, on_batch=bar.update)
+                            answers = [{"error": str(r)} if isinstance(r, Exception) else {"text": r} for r in res]
+                        new = {keys[j]: a for j, a in zip(idx, answers)}
+                        cache.put_many(new)
+                        got.update(new)
+                        asked += len(idx)
+                    bar.close()
+                    per_fold[fold] = _to_predictions(corpus, spec, ids, keys, got, failed)
+                name = f"{backend.name}__{strategy.name}"
+                runs[name] = write_prompt_video_run(
+                    cfg, corpus, per_fold, Path(cfg.out) / name, method=f"{backend.name}/{strategy.name}",
+                    notes=_notes(backend, mode, cfg, failed, asked, time.perf_counter() - t0,
+                                 getattr(entry, "build", None) is not None))
+            if hasattr(backend, "close"):
+                backend.close()
+    finally:
+        cache.close()
+    return {"runs": runs, "folds": folds, "test_clips": {f: len(v) for f, v in tests.items()}}
+
+
+def _to_predictions(corpus, spec, ids, keys, got, failed) -> _ClipPredictions:
+    """Scored or parsed answers -> class probabilities; failed clips are left out here and counted in notes."""
+    from vlm_salience.prompting.answers import AnswerError, parse_answer
+
+    keep, probs = [], []
+    for cid, key in zip(ids, keys):
+        a = got.get(key) if key else None
+        if a is None or "error" in a:
+            failed.setdefault(cid, (a or {}).get("error", "no answer"))
+            continue
+        if "slots" in a:
+            logp = np.asarray(a["slots"]["emotion"], float)
+            p = np.exp(logp - logp.max())
+            probs.append(p / p.sum())
+        else:
+            try:
+                probs.append(parse_answer(a["text"], spec).emotion_dist)
+            except AnswerError as exc:
+                failed[cid] = f"unparseable answer: {exc}"
+                continue
+        keep.append(cid)
+    labels = np.array([corpus.clip(c).label for c in keep], dtype=np.int64)
+    return _ClipPredictions(clip_ids=keep, labels=labels,
+                            probs=np.array(probs).reshape(len(keep), len(corpus.classes)))
+
+
+def _notes(backend, mode, cfg, failed, asked, seconds, tiny) -> list[str]:
+    notes = [f"clips given as {'one native video input' if mode == 'video' else 'frames as images'} "
+             f"({cfg.clip.frames} TSN segment middles of the {cfg.clip.stream} clip; model family "
+             f"{getattr(backend, 'family', 'server')})"]
+    if tiny:
+        notes.append("the model is a tiny random stand-in: its predictions are noise")
+    if failed:
+        notes.append(f"{len(failed)} clip(s) failed and are not scored (first: {next(iter(failed.values()))})")
+    if asked:
+        notes.append(f"{asked} clips asked in {seconds:.1f} s ({asked / max(seconds, 1e-9):.2f} clips/s)")
+    return notes
+
+
+def write_prompt_video_run(cfg: VideoPromptConfig, corpus, per_fold: dict[str, Any], out: Path, *, method: str,
+                           notes: list[str]) -> dict[str, Any]:
+    """predictions.csv, metrics.json, report.md and the confusion plot, in the layout of a `video train` run."""
+    from vlm_salience import __version__
+    from vlm_salience.atomic import staged_dir
+    from vlm_salience.formatting import json_safe
+    from vlm_salience.video.report import (ambiguity, plot_confusion, predictions_frame, report_markdown,
+                                           scores_from_predictions)
+
+    classes = list(corpus.classes)
+    amb = ambiguity(corpus)
+    df = predictions_frame({f: {"test": p} for f, p in per_fold.items()}, classes, amb)
+    if df.empty:
+        raise ConfigError(f"{method}: no clip was predicted (every clip failed); see the notes: {notes}")
+    scores = scores_from_predictions(df, classes, n_boot=cfg.report.n_boot, seed=cfg.report.seed, ambiguous=amb)
+    doc = json_safe({"package_version": __version__, "run": f"{cfg.name}/{out.name}",
+                  "corpus": {"name": corpus.name, "classes": classes, "fingerprint": corpus.fingerprint,
+                             "n_clips": len(corpus), "n_test_clips": int(len(df)), "n_ambiguous": len(amb)},
+                  "config": cfg.model_dump(mode="json"), "methods": {method: scores}, "notes": notes})
+    with staged_dir(out) as stage:
+        figures = []
+        if plot_confusion(scores["pooled"]["confusion"], classes, stage / "confusion.png",
+                          f"{method}: confusion (pooled over folds, row-normalised)"):
+            figures.append("confusion.png")
+        df.to_csv(stage / "predictions.csv", index=False)
+        (stage / "metrics.json").write_text(json.dumps(doc, indent=2))
+        (stage / "report.md").write_text(report_markdown(doc, figures))
+    return {"out": str(out), "uar": scores["pooled"]["uar"], "war": scores["pooled"]["war"],
+            "n": int(len(df)), "notes": notes}
