@@ -157,8 +157,7 @@ def per_class_recall(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> 
         return np.where(support > 0, np.diag(cm) / np.maximum(support, 1), np.nan)
 
 
-def classification_rows(t: np.ndarray, p: np.ndarray, n_classes: int, w: np.ndarray
-                         ) -> dict[str, np.ndarray]:
+def classification_rows(t: np.ndarray, p: np.ndarray, n_classes: int, w: np.ndarray) -> dict[str, np.ndarray]:
     """Per resample (rows of w): weighted class support, hits, per-class recall, UAR and WAR."""
     onehot = np.eye(n_classes)[t]  # (n, C)
     correct = (t == p).astype(float)
