@@ -180,3 +180,25 @@ def test_label_order_must_name_every_class(tmp_path):
     with pytest.raises(ConfigError, match="label_order must name every class once"):
         load_video_corpus(DATA / "mafw.yaml", overrides=[f"root={root}", "list_format=dfer_clip",
                                                          "label_order=[happiness, sadness]"])
+
+
+# ------------------------------------------------------------------ data check --decode opens every frame
+
+
+def test_check_decode_opens_frame_images_and_names_the_bad_one(tmp_path):
+    from vlm_salience.data.video.check import check_video_data
+
+    root = dfew_tree(tmp_path / "DFEW")
+    sets = [f"root={root}", "folds=[1,2]"]
+    frame = root / "Clip" / "clip_224x224" / "00004" / "3.jpg"
+    frame.write_bytes(np.random.default_rng(0).integers(0, 256, 600, dtype=np.uint8).tobytes())  # not an image
+    assert check_video_data(DATA / "dfew.yaml", overrides=sets)["clips"] == 6  # cheap checks: it exists
+    with pytest.raises(DataError, match=r"00004/3\.jpg: unreadable image"):
+        check_video_data(DATA / "dfew.yaml", overrides=sets, decode=True, progress=False)
+    big = Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    big.save(frame)
+    frame.write_bytes(frame.read_bytes()[:-200])  # a JPEG cut short: its header opens, its data does not
+    with pytest.raises(DataError, match=r"00004/3\.jpg: unreadable image"):
+        check_video_data(DATA / "dfew.yaml", overrides=sets, decode=True, progress=False)
+    summary = check_video_data(DATA / "dfew.yaml", overrides=sets, decode=True, drop_invalid=True, progress=False)
+    assert summary["clips"] == 5 and summary["dropped"]["by_reason"][0]["file"] == "Clip/clip_224x224/00004/3.jpg"

@@ -1,5 +1,6 @@
-"""`data check` for video data YAMLs: load the corpus (cheap checks), optionally open every clip (frame counts,
-which finds corrupt, empty and zero-frame clips before a long run), and summarise."""
+"""`data check` for video data YAMLs: load the corpus (cheap checks), optionally open every clip (every frame image
+decoded, at 1/8 scale for JPEGs; videos opened and their frames counted), which finds corrupt, foreign, empty and
+zero-frame clips before a long run, and summarise."""
 
 from __future__ import annotations
 
@@ -26,18 +27,25 @@ def decodable(corpus: VideoCorpus, *, drop_invalid: bool = False, progress: bool
         except DataError as exc:
             if not drop_invalid:
                 raise
-            corpus.dropped.add(Path(exc.file).name if exc.file else clip.clip_id,
+            corpus.dropped.add(_rel(Path(exc.file), corpus.root) if exc.file else clip.clip_id,
                                f"clip cannot be read: {exc.problem}", f"clip {clip.clip_id}")
             continue
         keep.append(clip.clip_id)
     return corpus if len(keep) == len(corpus) else corpus.subset(keep)  # subset keeps the same DropReport
 
 
+def _rel(path: Path, root: Path | None) -> str:
+    try:
+        return path.relative_to(root).as_posix() if root is not None else str(path)
+    except ValueError:
+        return str(path)
+
+
 def check_video_data(path: str | Path, *, drop_invalid: bool = False, overrides: list[str] | tuple[str, ...] = (),
                      decode: bool = False, progress: bool = True) -> dict:
     """Summary of a video data YAML (what `vlm-salience data check` prints): clips per class and fold part,
     polarity source, face clips, dropped rows with reasons, fingerprint. `decode` also opens every clip."""
-    corpus = load_video_corpus(path, drop_invalid=drop_invalid, overrides=overrides)
+    corpus = load_video_corpus(path, drop_invalid=drop_invalid, overrides=overrides, progress=progress)
     if decode:
         corpus = decodable(corpus, drop_invalid=drop_invalid, progress=progress)
     return corpus.summary() | {"dropped_lines": corpus.dropped.lines(), "decoded": decode}

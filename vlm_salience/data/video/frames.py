@@ -96,6 +96,26 @@ def count_frames(source: Path) -> int:
     return n
 
 
+def verify_frames(source: Path) -> int:
+    """Open every image of a frame folder and decode it (JPEGs at 1/8 scale: the whole file is read, at a
+    fraction of the cost), so a damaged or foreign file is found before a long run (`data check --decode`).
+    Returns the frame count; DataError naming the bad file."""
+    source = Path(source)
+    files = frame_files(source)
+    if not files:
+        raise DataError(f"the frame folder holds no images ({'/'.join(IMAGE_EXTS)}).", file=source,
+                        fix="extract the clip's frames into it, or pass --drop-invalid.")
+    for path in files:
+        try:
+            with Image.open(path) as img:
+                img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
+                img.load()
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+            raise DataError(f"unreadable image ({exc}).", file=path,
+                            fix="re-extract the frame, or pass --drop-invalid.") from None
+    return len(files)
+
+
 def _rgb(img: Image.Image, path: Path, size: tuple[int, int] | None) -> np.ndarray:
     img = img.convert("RGB")
     if size is not None and img.size != size:
@@ -176,26 +196,6 @@ def _read_video(path: Path, indices: np.ndarray) -> np.ndarray:
     return np.stack([got[int(i)] for i in indices])
 
 
-def read_frames(source: Path, indices: Sequence[int]) -> np.ndarray:
-    """Frames `indices` of a clip as a (T, H, W, 3) uint8 RGB array, in the order given (repeats allowed)."""
-    source = Path(source)
-    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-    if idx.size == 0:
-        raise ValueError("read_frames needs at least one index")
-    if (idx < 0).any():
-        raise ValueError(f"frame indices must be >= 0, got {idx.min()}")
-    if source.is_dir():
-        return _read_images(source, idx)
-    if not source.exists():
-        raise DataError("clip not found (neither a video file nor a frame folder).", file=source,
-                        fix="check the corpus root and the clip's name.")
-    return _read_video(source, idx)
-
-
-def clip_fingerprint(source: Path) -> str:
-    """A cheap hash of what a clip is made of (names, sizes, modification times), for caches keyed by clip."""
-    source = Path(source)
-    h = hashlib.sha256(str(source.resolve()).encode())
 def _check_decoded(path: Path, decoded: int, promised: int) -> None:
     """A stream that ended far short of its header's frame count is a damaged clip: a DataError naming it."""
     if promised > 0 and decoded < MIN_DECODED_SHARE * promised:
@@ -232,6 +232,26 @@ def check_decodes(source: Path) -> int:
     return decoded
 
 
+def read_frames(source: Path, indices: Sequence[int]) -> np.ndarray:
+    """Frames `indices` of a clip as a (T, H, W, 3) uint8 RGB array, in the order given (repeats allowed)."""
+    source = Path(source)
+    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if idx.size == 0:
+        raise ValueError("read_frames needs at least one index")
+    if (idx < 0).any():
+        raise ValueError(f"frame indices must be >= 0, got {idx.min()}")
+    if source.is_dir():
+        return _read_images(source, idx)
+    if not source.exists():
+        raise DataError("clip not found (neither a video file nor a frame folder).", file=source,
+                        fix="check the corpus root and the clip's name.")
+    return _read_video(source, idx)
+
+
+def clip_fingerprint(source: Path) -> str:
+    """A cheap hash of what a clip is made of (names, sizes, modification times), for caches keyed by clip."""
+    source = Path(source)
+    h = hashlib.sha256(str(source.resolve()).encode())
     paths = frame_files(source) if source.is_dir() else [source]
     for p in paths:
         st = p.stat()

@@ -401,6 +401,8 @@ _CSV_COLUMNS = {"clip", "label", "fold", "split", "polarity", "face", "text", "i
 def load_video_csv(cfg: VideoCsvConfig, *, drop_invalid: bool = False, progress: bool = False) -> VideoCorpus:
     """Columns beyond the known ones land in VideoClip.meta as text (the synthetic corpus's ambiguous flag)."""
     path = Path(cfg.root) / cfg.file
+    if not path.is_file():  # read_table's own fix names the rating corpora's `files` field
+        raise DataError("clips CSV not found.", file=path, fix="check 'root' and 'file' in the data config.")
     df = read_table(path)
     for col in ("clip", "label"):
         if col not in df.columns:
