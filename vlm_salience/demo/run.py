@@ -148,7 +148,7 @@ def _video_step(console: Console, out: Path, quick: bool, progress: bool) -> Non
 
     base_steps, ous_steps, grace_steps = QUICK_STEPS if quick else FULL_STEPS
     small = (" [bold]--quick: a few dozen steps per model, far too few for the tiny random encoders to learn; the "
-             "figures exercise the pipeline, not the science (`make demo` trains longer).[/bold]" if quick else "")
+             "figures exercise the pipeline, not the science (`make demo-full` trains longer).[/bold]" if quick else "")
     console.rule("7a. Video: synthetic clips and the face-only baseline (UAR/WAR)")
     console.print("Synthetic clips with a planted rigid-cognition law: in the happy/sad and surprise/fear pairs some "
                   "faces are ambiguous and the scene's polarity decides. The face-only baseline (DFER-CLIP recipe, a "
