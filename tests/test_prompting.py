@@ -315,9 +315,11 @@ def test_experiment_config_checks_references(tmp_path, small_synth_corpus, tiny_
 def test_shipped_experiment_configs_validate():
     from vlm_salience.config import load_config
     from vlm_salience.prompting.experiment import ExperimentConfig
+    from vlm_salience.prompting.video_experiment import VideoPromptConfig
 
     for path in sorted((REPO / "configs" / "experiment").glob("prompt_*.yaml")):
-        cfg = load_config(path, ExperimentConfig)
+        # prompt_video_*: a video corpus (label scoring over its classes on the video models' test clips)
+        cfg = load_config(path, VideoPromptConfig if path.name.startswith("prompt_video") else ExperimentConfig)
         assert cfg.models and cfg.strategies
 
 

@@ -1,9 +1,14 @@
 """Batches for supervised fine-tuning of a VLM: the model's processor builds the inputs; the loss is on the
-assistant's answer only (prompt, image and padding tokens are -100)."""
+assistant's answer only (prompt, image and padding tokens are -100).
+
+A clip face (a `videos` row) is sampled afresh each epoch by the video models' training sampler (a random frame
+per TSN segment, seeded by (seed, epoch, item): a resumed run draws the same frames) and encoded as one native
+video input or as its frames as images (`prompting/clips.py`); its prompt is never cached across epochs."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,8 +24,11 @@ class VLMCollator:
     """Encodes prompts once (cached by index), writes each answer for the epoch, pads batches (right)."""
 
     def __init__(self, processor, family: str, *, max_length: int, eos_token_id: int, pad_token_id: int,
-                 shuffle_keys: bool = True, seed: int = 0) -> None:
+                 shuffle_keys: bool = True, seed: int = 0, clip=None) -> None:
+        from vlm_salience.prompting.clips import ClipSettings
+
         self.processor, self.family = processor, family
+        self.clip = clip or ClipSettings()
         self.tok = processor.tokenizer
         self.max_length, self.eos, self.pad = max_length, eos_token_id, pad_token_id
         self.shuffle_keys, self.seed = shuffle_keys, seed
@@ -34,7 +42,7 @@ class VLMCollator:
 
     def encode(self, example: dict[str, Any], index: int, epoch: int = 0) -> dict[str, Any]:
         """Prompt tensors (cached) and this epoch's answer tokens with their labels."""
-        prompt = self._prompt(example, index)
+        prompt = self._prompt(example, index, epoch)
         answer_ids = torch.tensor(self.tok(self.answer_text(example, index, epoch),
                                            add_special_tokens=False).input_ids + [self.eos])
         ids = torch.cat([prompt["prompt_ids"], answer_ids])
@@ -48,23 +56,42 @@ class VLMCollator:
         out.update({k: v for k, v in prompt.items() if k not in ("prompt_ids", "mm_token_type_ids")})
         return out
 
-    def _prompt(self, example: dict[str, Any], index: int) -> dict[str, Any]:
-        if index in self._cache:
+    def _frames(self, example: dict[str, Any], epoch: int) -> list[Any]:
+        from vlm_salience.errors import DataError
+        from vlm_salience.prompting.clips import sample_frames, training_rng
+
+        rng = training_rng(self.clip, epoch, str(example.get("item_id")))
+        try:
+            return sample_frames([Path(p) for p in example["videos"]], self.clip, train=True, rng=rng)
+        except DataError as exc:
+            raise ConfigError(f"item {example.get('item_id')}: cannot read its face clip ({exc})") from None
+
+    def _prompt(self, example: dict[str, Any], index: int, epoch: int = 0) -> dict[str, Any]:
+        from vlm_salience.prompting.clips import encode_prompts
+
+        clip = bool(example.get("videos"))
+        if not clip and index in self._cache:
             return self._cache[index]
         messages = json.loads(example["messages"])
         n_images = sum(p["type"] == "image" for m in messages for p in m["content"])
-        images = [load_image(example["image"])] * n_images if n_images else []
+        n_videos = sum(p["type"] == "video" for m in messages for p in m["content"])
+        images, videos = [], []
+        if clip:
+            frames = self._frames(example, epoch)
+            videos = [frames] * n_videos
+            images = frames * (n_images // len(frames)) if n_images else []
+        elif n_images:
+            images = [load_image(example["image"])] * n_images
         prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True)
-        kwargs: dict[str, Any] = {"text": [prompt], "return_tensors": "pt"}
-        if images:
-            kwargs["images"] = [images] if self.family == "idefics3" else images
-        enc = dict(self.processor(**kwargs))
+        enc = encode_prompts(self.processor, self.family, [prompt], [images], [videos], self.clip if clip else None,
+                             padding=False)
         out = {"prompt_ids": enc.pop("input_ids")[0]}
         enc.pop("attention_mask", None)
         if "mm_token_type_ids" in enc:
             out["mm_token_type_ids"] = enc.pop("mm_token_type_ids")[0]
         out.update({k: v for k, v in enc.items() if torch.is_tensor(v)})
-        self._cache[index] = out
+        if not clip:
+            self._cache[index] = out
         return out
 
     def __call__(self, encoded: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -82,10 +109,11 @@ class VLMCollator:
             batch["attention_mask"][b, :n] = 1
             if "mm_token_type_ids" in batch:
                 batch["mm_token_type_ids"][b, :n] = e["mm_token_type_ids"]
-        for key in ("pixel_values", "image_grid_thw", "pixel_attention_mask"):
+        for key in ("pixel_values", "image_grid_thw", "pixel_attention_mask", "pixel_values_videos",
+                    "video_grid_thw"):
             parts = [e[key] for e in encoded if key in e]
             if parts:
-                if len(parts) != B and key != "image_grid_thw":
+                if len(parts) != B and key not in ("image_grid_thw", "video_grid_thw"):
                     raise ConfigError("a batch mixes examples with and without images; train such data "
                                       "in separate adapters or give every prompt the same inputs")
                 batch[key] = torch.cat(parts, dim=0)

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from vlm_salience.config import RelPath, StrictModel
 from vlm_salience.models.loading import ModelConfig
+from vlm_salience.prompting.clips import ClipSettings
 from vlm_salience.training.engine_config import (  # noqa: F401  (re-exported: older imports name them here)
     CheckpointConfig, EngineConfig, EvalConfig, OptimConfig, Precision)
 
@@ -42,6 +43,7 @@ class DataConfig(StrictModel):
     key_order: Literal["shuffled", "fixed"] = "shuffled"  # answer JSON key order: shuffled teaches every slot
     answer: Literal["compact", "full"] = "compact"  # compact: valence and the modal emotion (label scoring reads
     # full distributions either way); full: also the observed distribution over labels
+    clip: ClipSettings = Field(default_factory=ClipSettings)  # faces that are clips: frames per clip, video/images
 
 
 class LoraConfig(StrictModel):

@@ -81,9 +81,14 @@ class TrainingData:
                                                   "top": top})
         return msgs[0]["content"][0]["text"].rstrip() + " "
 
-    def dataset(self, adapter: AdapterSpec, part: str = "train", examples_index=None):
-        """A datasets.Dataset of (item_id, messages, image, answer, expressivity) for one adapter and split."""
+    def dataset(self, adapter: AdapterSpec, part: str = "train", examples_index=None, *, clip_mode: str = "images"):
+        """A datasets.Dataset of (item_id, messages, image, videos, clip_mode, answer, expressivity) for one adapter
+        and split. A clip face is stored as LLaMA-Factory's video data is (a `videos` column of clip sources; its
+        frames per clip, `data.clip.frames`, play the part of `video_maxlen`): the collator samples its frames
+        afresh each epoch with the training sampler. `clip_mode` ("video" or "images") is the model family's."""
         from datasets import Dataset
+
+        from vlm_salience.prompting.inputs import is_clip
 
         template = load_template(adapter.template)
         rows = []
@@ -94,11 +99,15 @@ class TrainingData:
                 examples = examples_index(i, adapter.k)
             try:
                 prompt = build_prompt(template, item, self.spec, examples=examples,
-                                      expressivity=float(self.expressivity[i]))
+                                      expressivity=float(self.expressivity[i]), clip=self.cfg.data.clip,
+                                      clip_mode=clip_mode)
             except ItemError as exc:
                 raise ConfigError(f"adapter '{adapter.name}': {exc}") from None
+            clip = prompt.clip is not None and is_clip(item)
             rows.append({"item_id": item.id, "messages": json.dumps(prompt.messages),
-                         "image": str(item.face.media[0]) if prompt.images else "",
+                         "image": str(item.face.media[0]) if prompt.images and not clip else "",
+                         "videos": [str(p) for p in item.face.media] if clip else [],
+                         "clip_mode": clip_mode if clip else "",
                          "answer_fields": json.dumps(self.answer_fields(i)),
                          "rationale": self.rationale(i) if self.cfg.data.rationale else "",
                          "expressivity": float(self.expressivity[i])})

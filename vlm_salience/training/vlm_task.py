@@ -103,9 +103,10 @@ class VLMTask(Task):
         self.collator = VLMCollator(self.loaded.processor, self.loaded.family, max_length=cfg.data.max_length,
                                     eos_token_id=int(eos if not isinstance(eos, list) else eos[0]),
                                     pad_token_id=tok.pad_token_id, shuffle_keys=cfg.data.key_order == "shuffled",
-                                    seed=cfg.seed)
+                                    seed=cfg.seed, clip=cfg.data.clip)
         index = retrieved_examples(self.data, self.adapter) if self.adapter.examples == "retrieved" else None
-        self.train_set = self.data.dataset(self.adapter, "train", index)
+        self.clip_mode = cfg.data.clip.resolved_mode(self.loaded.family)  # clip faces: native video or images
+        self.train_set = self.data.dataset(self.adapter, "train", index, clip_mode=self.clip_mode)
         self.examples = [dict(ex) for ex in self.train_set]
         encoded = [self.collator.encode(ex, i) for i, ex in enumerate(self.examples)]
         tokens = sum(len(self.collator.tok(self.collator.answer_text(ex, i, 0), add_special_tokens=False).input_ids)
@@ -169,7 +170,8 @@ class VLMTask(Task):
                         config=self.loaded.config)
         backend = HFBackend(vlm, batch_size=self.cfg.optim.batch_size)
         template = load_template(self.adapter.template)
-        prompts = [build_prompt(template, d.corpus.items[i], d.spec) for i in idx]
+        prompts = [build_prompt(template, d.corpus.items[i], d.spec, clip=self.cfg.data.clip,
+                                clip_mode=self.clip_mode) for i in idx]  # clips: the evaluation sampler
         scores = backend.score(prompts, d.spec.slots())
         ids = d.corpus.item_ids[idx]
         pred = answers_to_predictions(d.corpus, d.spec, self.adapter.name, ids,
