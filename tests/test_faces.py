@@ -119,8 +119,8 @@ def test_load_detector_by_name_and_unknown():
     from vlm_salience.errors import ConfigError
 
     assert isinstance(load_detector("haar"), HaarDetector)
-    with pytest.raises(ConfigError, match="unknown face detector 'mtcnn'"):
-        load_detector("mtcnn")
+    with pytest.raises(ConfigError, match=r"unknown face detector 'retinaface'.*\['haar', 'mtcnn'\]"):
+        load_detector("retinaface")
 
 
 # ---------------------------------------------------------------- expression classifiers
@@ -295,6 +295,11 @@ def test_every_face_yaml_loads():
     for path in sorted((CONFIGS / "models").glob("face_*.yaml")):
         if path.name == "face_haar.yaml":
             assert isinstance(load_detector(path), HaarDetector)
+        elif path.name == "face_mtcnn.yaml":
+            from vlm_salience.models.faces.detector import DetectorConfig
+            from vlm_salience.config import load_config
+
+            assert load_config(path, DetectorConfig).kind == "mtcnn"
         else:
             assert read_classifier_config(path).name
 

