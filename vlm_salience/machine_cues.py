@@ -205,7 +205,12 @@ def read_images(corpus: Corpus, faces: list[str], cfg: ImageReaderConfig, analyz
     notes = []
     if missing and cfg.no_face == "error":
         raise DataError(f"no face found in {len(missing)} image(s), first {missing[0]}.", file=missing[0],
-                        fix="crop the images to the face, or set model.no_face: whole_image.")
+                        fix="if the images are tight face crops (the face fills the image), use a detector that "
+                            "pads them and looks again: model.detector set to the path of "
+                            "configs/models/face_mtcnn.yaml (the Haar cascade cannot fit a window around a face "
+                            "that fills the image; cropping tighter cannot help), or pad the images with a border "
+                            "of about a third of their size; or set model.no_face: whole_image to classify the "
+                            "whole image.")
     if missing:
         from vlm_salience.models.faces.detector import FaceBox
 
