@@ -48,10 +48,11 @@ def dfew_tree(root: Path) -> Path:
     return root
 
 
-def test_dfew_dfer_clip_lists_load_as_the_official_csvs(tmp_path):
+def test_dfew_dfer_clip_lists_load_as_the_official_csvs(tmp_path, capsys):
     root = dfew_tree(tmp_path / "DFEW")
     sets = [f"root={root}", "folds=[1,2]"]
-    official = load_video_corpus(DATA / "dfew.yaml", overrides=sets)
+    official = load_video_corpus(DATA / "dfew.yaml", overrides=sets, progress=True)
+    assert "dfew: finding clips" in capsys.readouterr().err  # a large corpus shows progress while it loads
     dfer = load_video_corpus(DATA / "dfew.yaml", overrides=sets + ["list_format=dfer_clip"])
     assert dfer.folds == official.folds and dfer.folds["set_1"]["test"] == ["00001", "00003", "00005"]
     assert [(c.clip_id, c.label, c.source) for c in dfer.clips] == [(c.clip_id, c.label, c.source)

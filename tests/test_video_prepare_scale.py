@@ -135,3 +135,24 @@ def test_a_stopped_prepare_leaves_no_worker_behind(corpus_yaml, tmp_path, sig):
         for k in kids | _descendants(proc.pid):
             if _alive(k):
                 os.kill(k, signal.SIGKILL)
+
+
+def test_folder_keys_hash_what_they_always_hashed(tmp_path):
+    """The faster walk keeps every existing cache's keys: the same bytes as rglob's sorted regular files."""
+    import hashlib
+
+    from vlm_salience.video.cache import fingerprint
+
+    def reference(p: Path) -> str:  # the key as caches were made before (rglob + Path.stat)
+        h = hashlib.sha256(str(p.resolve()).encode())
+        for f in sorted(x for x in p.rglob("*") if x.is_file()):
+            st = f.stat()
+            h.update(f"\0{f.relative_to(p)}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+        return h.hexdigest()
+
+    d = tmp_path / "clip"
+    (d / "a" / "b").mkdir(parents=True)
+    for rel, text in (("a/b/x.jpg", "1"), ("a-c", "22"), ("a/z", "3"), ("10.jpg", "4"), ("9.jpg", "5")):
+        (d / rel).write_text(text)
+    os.symlink(d / "nowhere", d / "dangling")
+    assert fingerprint(d) == reference(d)
