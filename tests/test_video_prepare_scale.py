@@ -156,3 +156,16 @@ def test_folder_keys_hash_what_they_always_hashed(tmp_path):
         (d / rel).write_text(text)
     os.symlink(d / "nowhere", d / "dangling")
     assert fingerprint(d) == reference(d)
+
+
+def test_video_train_and_eval_take_data_set_appended_to_the_yaml_overrides(tmp_path):
+    from vlm_salience.cli import _video_overrides, build_parser
+    from vlm_salience.config import apply_overrides, read_yaml
+
+    y = tmp_path / "run.yaml"
+    y.write_text("data:\n  config: d.yaml\n  overrides: [face_dir=faces]\n")
+    for cmd in ("train", "eval"):
+        args = build_parser().parse_args(["video", cmd, str(y), "--data-set", "root=/data/DFEW",
+                                          "--data-set", "list_format=dfer_clip"])
+        data = apply_overrides(read_yaml(y), _video_overrides(args))["data"]
+        assert data["overrides"] == ["face_dir=faces", "root=/data/DFEW", "list_format=dfer_clip"]
