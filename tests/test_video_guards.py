@@ -314,3 +314,48 @@ def test_cross_fit_spread_uses_the_other_faces_only():
     sds = np.array([[1.0, 10.0], [2.0, 20.0], [3.0, 30.0]])
     out = cross_fit_spread(sds, [np.array([0]), np.array([1]), np.array([2])])
     np.testing.assert_allclose(out, [[2.5, 25.0], [2.0, 20.0], [1.5, 15.0]])
+
+
+# -- the test folds are scored on their test clips; a resume skips only folds trained with this config ------------
+def test_evaluation_predicts_each_folds_test_clips(monkeypatch):
+    from vlm_salience.video import report as video_report
+    from vlm_salience.video.train import evaluate_run
+
+    corpus = _corpus(n_per_class=4)
+    seen = {}
+
+    class Task:
+        def __init__(self, cfg, **kw):
+            pass
+
+        def load_trained(self, device):
+            return "model"
+
+        def predict(self, model, ids, device=None):
+            return list(ids)
+
+    monkeypatch.setattr(video_report, "write_video_report",
+                        lambda cfg, corpus, per_fold, **kw: seen.update(per_fold) or {"ok": True})
+    cfg = SimpleNamespace(data=SimpleNamespace(validation_fraction=0.25, split_seed=0, cache="cache"))
+    cached = [c.clip_id for c in corpus.clips][1:]  # one test clip missing from the cache
+    store = SimpleNamespace(cache=SimpleNamespace(ids=lambda: cached))
+    assert evaluate_run(cfg, Task, corpus, ["1"], store, progress=False) == {"ok": True}
+    assert seen["1"]["test"] == [i for i in corpus.folds["1"]["test"] if i in cached]
+    assert seen["1"]["missing_from_cache"] == 1
+
+
+def test_resume_skips_a_fold_only_when_trained_with_this_config(tmp_path):
+    import json
+
+    from vlm_salience.video.train import _fold_done
+
+    (tmp_path / "task.json").write_text(json.dumps({"fingerprint": {"data": "a", "model config": "m"},
+                                                    "optim": {"lr": 0.001}}))
+
+    def task(fp):
+        return SimpleNamespace(model_dir=lambda: tmp_path, fingerprint=lambda: fp, fold="1",
+                               cfg=SimpleNamespace(optim=SimpleNamespace(model_dump=lambda mode: {"lr": 0.001})))
+
+    assert _fold_done(task({"data": "a", "model config": "m"}))
+    assert not _fold_done(task({"data": "b", "model config": "m"}))
+    assert not _fold_done(task({"data": "a", "model config": "other"}))
