@@ -248,6 +248,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     corpus = load_corpus(data, drop_invalid=args.drop_invalid, overrides=args.data_set)
     out = Path(args.out or run.get("out") or Path("retrieval_index") / corpus.name)
     check_out_dir(out)
+    check_index_out(out)  # before the build: the folder is replaced as a whole
     index = build_corpus_index(corpus, cfg, data_config=data, progress=not args.quiet)
     index.save(out)
     spec = index.manifest["index"]
@@ -255,7 +256,6 @@ def cmd_index_build(args: argparse.Namespace) -> int:
           f"{index.manifest['embedding']['text_model']}, dim {index.manifest['embedding']['dim']}, "
           f"{index.manifest['build_seconds']:.1f} s)")
     return 0
-    check_index_out(out)  # before the build: the folder is replaced as a whole
 
 
 def cmd_index_query(args: argparse.Namespace) -> int:
@@ -724,6 +724,10 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "quiet", False):  # transformers/hub read this when first imported (inside the commands)
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
+        if getattr(args, "json", None) == "-":  # stdout carries the JSON alone: human lines go to stderr
+            args.json = sys.stdout
+            with contextlib.redirect_stdout(sys.stderr):
+                return int(args.func(args) or 0)
         return int(args.func(args) or 0)
     except VlmSalienceError as exc:
         if args.debug:
@@ -742,7 +746,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-        if getattr(args, "json", None) == "-":  # stdout carries the JSON alone: human lines go to stderr
-            args.json = sys.stdout
-            with contextlib.redirect_stdout(sys.stderr):
-                return int(args.func(args) or 0)

@@ -330,6 +330,8 @@ class VideoClassifierTask(Task):
             save_file(state, str(stage / WEIGHTS))
             meta = {"fold": self.fold, "classes": self.classes, "kind": self.cfg.model.kind,
                     "fingerprint": self.fingerprint(), "selection": selection,
+                    "weights": {"bytes": (stage / WEIGHTS).stat().st_size, "sha256": _sha256(stage / WEIGHTS)},
+                    "optim": self.cfg.optim.model_dump(mode="json"),
                     "train_clips": len(self.train_ids), "validation_clips": len(self.val_ids),
                     "training": {k: v for k, v in result.items() if k != "history"}, "history": result.get("history")}
             (stage / "task.json").write_text(json.dumps(meta, indent=2, default=float))
@@ -337,8 +339,6 @@ class VideoClassifierTask(Task):
     def load_trained(self, device: Any = None) -> torch.nn.Module:
         """The model with the fold's saved weights, for evaluation."""
         from safetensors.torch import load_file
-                    "weights": {"bytes": (stage / WEIGHTS).stat().st_size, "sha256": _sha256(stage / WEIGHTS)},
-                    "optim": self.cfg.optim.model_dump(mode="json"),
 
         path = self.model_dir() / WEIGHTS
         if not path.is_file():
@@ -355,13 +355,6 @@ class VideoClassifierTask(Task):
         return model.eval()
 
 
-class BaselineTask(VideoClassifierTask):
-    """The face-only DFER-CLIP baseline."""
-
-    streams = ("face",)
-
-    def build_model(self):
-        from vlm_salience.models.encoders import load_encoder
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -401,11 +394,13 @@ def _load_weights(path: Path, recorded: dict[str, Any] | None, fold: str) -> dic
                           f"Fix: {_RETRAIN}.") from None
 
 
-class BaselineTrainConfig(VideoTrainConfig[BaselineModelConfig]):
-    """A video config whose model is the face-only baseline (`kind: baseline`)."""
+class BaselineTask(VideoClassifierTask):
+    """The face-only DFER-CLIP baseline."""
 
+    streams = ("face",)
 
-@register_video_model("baseline")
+    def build_model(self):
+        from vlm_salience.models.encoders import load_encoder
         from vlm_salience.video.baseline import BaselineModel
 
         encoder = load_encoder(self.cfg.model.encoder)
