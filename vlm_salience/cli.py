@@ -205,18 +205,10 @@ def cmd_bci(args: argparse.Namespace) -> int:
 
     if args.config and args.config_opt and args.config != args.config_opt:
         raise ConfigError(f"two study configs given ({args.config} and --config {args.config_opt}). Fix: pass one.")
-    if args.cue:  # the machine cue beside the human one: two studies and their side-by-side comparison
-        from vlm_salience.machine_cues import machine_cue_study
-
-        if not args.out:
-            raise ConfigError("bci --cue needs --out (a folder for human/, machine/ and side_by_side.md).")
-        doc = machine_cue_study(args.cue, args.config or args.config_opt or shipped("configs/experiment/bci.yaml"),
-                                check_out_dir(args.out), study_overrides=args.set, progress=not args.quiet)
-        print((Path(args.out) / "side_by_side.md").read_text())
-        _emit_json(args.json, doc)
-        return 0
     cfg, run = _run_yaml(args.config or args.config_opt or shipped("configs/experiment/bci.yaml"), StudyConfig,
                          args.set, ("data", "out"))
+    if args.cue:  # the machine cue beside the human one: two studies and their side-by-side comparison
+        return _bci_cue(args, cfg, run)
     data, out = args.data or run.get("data"), args.out or run.get("out")
     if not data or not out:
         raise ConfigError("bci needs a data config and an output folder: pass --data and --out, or put "
@@ -231,6 +223,29 @@ def cmd_bci(args: argparse.Namespace) -> int:
     out = write_outputs(result, out)
     print_table(result)
     print(f"wrote {out}/metrics.json, predictions.csv, report.md and plots")
+    return 0
+
+
+def _bci_cue(args: argparse.Namespace, cfg: Any, run: dict) -> int:
+    """`bci --cue`: every flag of a plain study honoured. --data (else the study YAML's `data:`) replaces the cue
+    YAML's corpus; --data-set and --drop-invalid load it; --out (else the study YAML's `out:`); --jobs, --quick."""
+    from vlm_salience.machine_cues import machine_cue_study
+
+    out = args.out or run.get("out")
+    if not out:
+        raise ConfigError("bci --cue needs an output folder (for human/, machine/ and side_by_side.md): pass --out, "
+                          "or put `out:` in the study YAML.")
+    if getattr(args, "jobs", None) is not None:
+        cfg = cfg.model_copy(update={"n_jobs": args.jobs})
+    if getattr(args, "quick", False):
+        from vlm_salience.study import quick_config
+
+        cfg = quick_config(cfg)
+    doc = machine_cue_study(args.cue, cfg, check_out_dir(out), progress=not args.quiet,
+                            data=args.data or run.get("data"), data_overrides=args.data_set,
+                            drop_invalid=args.drop_invalid)
+    print((Path(out) / "side_by_side.md").read_text())
+    _emit_json(args.json, doc)
     return 0
 
 

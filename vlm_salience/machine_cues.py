@@ -416,9 +416,14 @@ def load_machine_corpus(path: str | Path, overrides: Sequence[str] = (), drop_in
 
 
 def zscore_columns(a: np.ndarray) -> np.ndarray:
+    """Each column centred and scaled to unit SD; a constant column (up to rounding: its SD may be ~1e-17, not 0)
+    becomes exactly 0, so it adds nothing to a correlation instead of amplified rounding noise."""
+    from vlm_salience.stats import constant_columns
+
     a = np.asarray(a, float)
-    sd = a.std(axis=0)
-    return (a - a.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+    const = constant_columns(a)
+    sd = np.where(const, 1.0, a.std(axis=0))
+    return np.where(const, 0.0, (a - a.mean(axis=0)) / sd)
 
 
 def agreement(human: np.ndarray, machine: np.ndarray, emotions: Sequence[str], scale_low: float | None = None
@@ -464,11 +469,42 @@ def rating_kld(human_corpus: Corpus, machine_corpus_: Corpus, faces: Sequence[st
 def cue_agreement(human_corpus: Corpus, cue: MachineCue) -> dict[str, Any]:
     """The machine's face cue against the human face-only judgements: raw scores (uncalibrated), calibrated
     (out of fold) means, and the KLD of the rating distributions the study's face cue model sees."""
+    from vlm_salience.stats import constant_columns
+
     labels = human_corpus.labels
     low = human_corpus.scale.low
-    return {"uncalibrated": agreement(cue.human_means, cue.reading.scores, labels),
-            "calibrated": agreement(cue.human_means, cue.calibrated, labels, low),
-            "rating_kld": rating_kld(human_corpus, cue.corpus, cue.reading.face_ids)}
+    scores = np.asarray(cue.reading.scores, float)
+    constant = constant_columns(scores[np.isfinite(cue.human_means).all(axis=1)])
+    calibrated = np.array(cue.calibrated, float)
+    # A constant score carries no information; its out-of-fold calibration is each face's mean over the *other*
+    # faces, anti-correlated with its own by construction (r -1 with leave one face out): not a finding.
+    calibrated[:, constant] = np.nanmean(calibrated[:, constant], axis=0) if constant.any() else 0.0
+    out = {"uncalibrated": agreement(cue.human_means, scores, labels),
+           "calibrated": agreement(cue.human_means, calibrated, labels, low),
+           "rating_kld": rating_kld(human_corpus, cue.corpus, cue.reading.face_ids)}
+    out["notes"] = agreement_notes(out, [e for e, c in zip(labels, constant) if c], len(cue.folds))
+    return out
+
+
+def agreement_notes(agree: dict[str, Any], constant: Sequence[str], n_folds: int) -> list[str]:
+    """What a reader of the agreement table must know: which emotions the model scores the same for every face
+    (no information), and where calibration lowered r, and why."""
+    notes = []
+    if constant:
+        notes.append(f"constant cue for {', '.join(constant)}: the model gives every face the same score, so it "
+                     "carries no information about them (r not defined); its calibrated ratings are only the other "
+                     "faces' mean.")
+    unc, cal = agree["uncalibrated"]["r_per_emotion"], agree["calibrated"]["r_per_emotion"]
+    lower = [e for e in cal if e not in constant and np.isfinite(unc[e]) and np.isfinite(cal[e]) and cal[e] < unc[e]]
+    if lower:
+        faces = agree["calibrated"]["faces"]
+        said = ", ".join(f"{e} {unc[e]:+.2f} -> {cal[e]:+.2f}" for e in lower)
+        notes.append(f"calibrated r below the uncalibrated r for {said}: each face's calibration is fitted on the "
+                     f"other faces only ({faces} faces, {n_folds} folds, about {faces / max(n_folds, 1):.1f} per "
+                     "fold). With few faces, holding a face out moves the fitted map against it (a high face "
+                     "leaves a lower mean behind), which pushes a weak signal negative; the uncalibrated r is "
+                     "the fairer reading of the model's ranking there.")
+    return notes
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -512,6 +548,11 @@ def _value(entry: Any) -> float:
     return float(entry)
 
 
+def _r(v: float) -> str:
+    """An r for a table: 'n/a' where it is not defined (a constant cue)."""
+    return f"{v:.2f}" if np.isfinite(v) else "n/a"
+
+
 def side_by_side_table(out: dict[str, Any]) -> str:
     """A plain-text table of side_by_side's output."""
     a = out["agreement"]
@@ -519,7 +560,8 @@ def side_by_side_table(out: dict[str, Any]) -> str:
              f"machine vs human face-only means (out of fold): r_z {a['calibrated']['r_z']:.3f}, raw r "
              f"{a['calibrated']['r_raw']:.3f}, profile KLD {a['calibrated']['kld']:.4f}, rating KLD "
              f"{a['rating_kld']:.4f}; uncalibrated scores r_z {a['uncalibrated']['r_z']:.3f}",
-             "r per emotion: " + ", ".join(f"{e} {v:.2f}" for e, v in a["calibrated"]["r_per_emotion"].items()),
+             "r per emotion: " + ", ".join(f"{e} {_r(v)}" for e, v in a["calibrated"]["r_per_emotion"].items()),
+             *[f"note: {n}" for n in a.get("notes", [])],
              f"{'method':<20}{'r human':>9}{'r machine':>11}{'survives':>10}{'KLD human':>11}{'KLD machine':>13}"]
     for name, row in out["methods"].items():
         lines.append(f"{name:<20}{row['r']['human']:>9.3f}{row['r']['machine']:>11.3f}{row['r_survival']:>10.2f}"
@@ -543,7 +585,9 @@ def side_by_side_markdown(out: dict[str, Any]) -> str:
              f"{a['calibrated']['kld']:.4f} | {a['rating_kld']:.4f} |", "",
              "| emotion | " + " | ".join(a["calibrated"]["r_per_emotion"]) + " |",
              "|---|" + "---|" * len(a["calibrated"]["r_per_emotion"]),
-             "| r | " + " | ".join(f"{v:.2f}" for v in a["calibrated"]["r_per_emotion"].values()) + " |", "",
+             "| r, uncalibrated | " + " | ".join(_r(v) for v in a["uncalibrated"]["r_per_emotion"].values()) + " |",
+             "| r, calibrated out of fold | " + " | ".join(_r(v) for v in a["calibrated"]["r_per_emotion"].values())
+             + " |", "", *[f"- {n}" for n in a.get("notes", [])], *([""] if a.get("notes") else []),
              "## The study with each cue", "",
              "Every method fitted and scored the same way (cross-validated, against the combined judgements); "
              "survives = r with the machine cue / r with the human cue.", "",
@@ -555,13 +599,14 @@ def side_by_side_markdown(out: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def machine_cue_study(cue_yaml: str | Path, study_yaml: str | Path, out: str | Path, *,
+def machine_cue_study(cue_yaml: str | Path, study_yaml: Any, out: str | Path, *,
                       study_overrides: Sequence[str] = (), cue_overrides: Sequence[str] = (),
-                      progress: bool = True) -> dict[str, Any]:
+                      progress: bool = True, **corpus_options: Any) -> dict[str, Any]:
     """`vlm-salience bci --cue CUE.yaml`: the study on the human corpus and on its machine-cue variant; writes
-    OUT/human/ and OUT/machine/ (each the study's usual report) and OUT/side_by_side.{json,md}."""
+    OUT/human/ and OUT/machine/ (each the study's usual report) and OUT/side_by_side.{json,md}. `corpus_options`:
+    run_machine_cue_study's data, data_overrides and drop_invalid (the CLI's --data, --data-set, --drop-invalid)."""
     return run_machine_cue_study(cue_yaml, study_yaml, out, study_overrides=study_overrides,
-                                 cue_overrides=cue_overrides, progress=progress).doc
+                                 cue_overrides=cue_overrides, progress=progress, **corpus_options).doc
 
 
 @dataclass
@@ -575,11 +620,14 @@ class MachineCueRun:
     side_by_side: dict[str, Any]
 
 
-def run_machine_cue_study(cue_yaml: str | Path, study_yaml: str | Path, out: str | Path, *,
+def run_machine_cue_study(cue_yaml: str | Path, study_yaml: Any, out: str | Path, *,
                           study_overrides: Sequence[str] = (), cue_overrides: Sequence[str] = (),
-                          progress: bool = True, analyzer=None) -> MachineCueRun:
+                          progress: bool = True, analyzer=None, data: str | Path | None = None,
+                          data_overrides: Sequence[str] = (), drop_invalid: bool = False) -> MachineCueRun:
     """machine_cue_study, returning the corpus, the machine cue and the side-by-side result with the document;
-    `analyzer`: a FaceAnalyzer already loaded (image readers), else built from the cue YAML."""
+    `analyzer`: a FaceAnalyzer already loaded (image readers), else built from the cue YAML. `study_yaml`: a study
+    YAML or a StudyConfig already loaded. `data` replaces the cue YAML's corpus (as --data does a study's, and
+    the notes say so); `data_overrides` and `drop_invalid` load it as for a plain study."""
     import json
 
     from vlm_salience.atomic import write_text
@@ -590,9 +638,19 @@ def run_machine_cue_study(cue_yaml: str | Path, study_yaml: str | Path, out: str
     cfg = load_machine_cue_config(cue_yaml, cue_overrides)
     from vlm_salience.data import load_corpus
 
-    human = load_corpus(cfg.data)
+    notes = []
+    if data is not None and Path(data).resolve() != Path(cfg.data).resolve():
+        notes.append(f"corpus: {data}, in place of the cue YAML's {cfg.data}")
+        cfg = cfg.model_copy(update={"data": str(data)})
+    human = load_corpus(cfg.data, drop_invalid=drop_invalid, overrides=list(data_overrides))
+    if data_overrides:
+        notes.append("data config overridden: " + ", ".join(data_overrides))
+    if human.dropped.total:
+        notes.append(f"--drop-invalid: skipped {human.dropped.total} row(s): " + "; ".join(human.dropped.lines()))
     cue = machine_corpus(human, cfg, analyzer=analyzer)
-    study = load_config(study_yaml, StudyConfig, list(study_overrides))
+    cue.notes[:0] = notes
+    study = study_yaml if isinstance(study_yaml, StudyConfig) else load_config(study_yaml, StudyConfig,
+                                                                                 list(study_overrides))
     res = side_by_side(human, cue, study, progress=progress)
     out = Path(out)
     write_outputs(res["results"]["human"], out / "human")

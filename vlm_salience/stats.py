@@ -23,11 +23,27 @@ def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
     return e / e.sum(axis=axis, keepdims=True)
 
 
+CONSTANT_RTOL = 1e-12  # spread below this share of the values' magnitude is rounding, not variation
+
+
+def constant_columns(a: np.ndarray) -> np.ndarray:
+    """Per column of a 2-D array (or the one column of a 1-D one): True where every value is the same up to
+    rounding. A mean of equal floats is not always exactly that float, so a constant column's SD is ~1e-17, not 0;
+    a test `sd == 0` would read rounding as signal (a constant cue getting an r)."""
+    a = np.asarray(a, float)
+    a2 = a.reshape(len(a), -1)
+    if len(a2) == 0:
+        return np.ones(a2.shape[1], bool)
+    spread = np.ptp(a2, axis=0)
+    scale = np.maximum(1.0, np.abs(a2).max(axis=0))
+    return spread <= CONSTANT_RTOL * scale
+
+
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.asarray(a, float).ravel(), np.asarray(b, float).ravel()
     keep = np.isfinite(a) & np.isfinite(b)
     a, b = a[keep], b[keep]
-    if len(a) < 2 or a.std() == 0 or b.std() == 0:
+    if len(a) < 2 or constant_columns(a)[0] or constant_columns(b)[0]:
         return float("nan")
     return float(np.corrcoef(a, b)[0, 1])
 
