@@ -7,8 +7,9 @@
     python benchmarks/bench_grace.py science --which vague   # refined vs coarse text where the coarse is vague
 
 `science` writes two synthetic corpora (configs/grace/clips_distractors.yaml, clips_no_distractors.yaml), trains
-each variant through the shared video workflow on the same folds, and writes OUT/{on,off}/ablations.{json,md}
-(paired bootstrap intervals) and OUT/shares.json (transport-plan mass on expression vs distractor regions).
+each variant as `variants:` of configs/video/grace_synthetic.yaml (what `vlm-salience video train` runs) on the same
+folds, and writes OUT/{on,off}/comparison/{metrics.json,report.md} (paired bootstrap intervals against full GRACE)
+and OUT/on/shares.json (transport-plan mass on expression vs distractor regions).
 `--which vague` adds configs/grace/clips_vague.yaml (each clip's face worded by one of several colloquial
 paraphrases) and compares refined with coarse text there; OUT/science.json keeps every condition run so far.
 """
@@ -189,15 +190,15 @@ def bench_cate(args) -> dict:
     return out
 
 
+# per condition: variant name -> its `set:` (dotted overrides of `model:`); "baseline" is the face-only kind
+_V = {"grace": {}, "no_motion": {"motion.mode": "off"}, "coarse_text": {"text.use": "coarse"},
+      "no_ot": {"ot.enabled": False}, "no_text": {"text.source": "none"},
+      "no_text_no_motion": {"text.source": "none", "motion.mode": "off"}}
 SCIENCE_VARIANTS = {
-    "on": {"grace": [], "no_motion": ["model.motion.mode=off"], "coarse_text": ["model.text.use=coarse"],
-           "no_ot": ["model.ot.enabled=false"], "no_text": ["model.text.source=none"],
-           "no_text_no_motion": ["model.text.source=none", "model.motion.mode=off"]},
-    "off": {"grace": [], "no_motion": ["model.motion.mode=off"], "coarse_text": ["model.text.use=coarse"],
-            "no_text": ["model.text.source=none"],
-            "no_text_no_motion": ["model.text.source=none", "model.motion.mode=off"]},
+    "on": {k: _V[k] for k in ("grace", "no_motion", "coarse_text", "no_ot", "no_text", "no_text_no_motion")},
+    "off": {k: _V[k] for k in ("grace", "no_motion", "coarse_text", "no_text", "no_text_no_motion")},
     # refined vs coarse where the coarse text is vague (varied colloquial wording, configs/grace/clips_vague.yaml)
-    "vague": {"grace": [], "coarse_text": ["model.text.use=coarse"], "no_text": ["model.text.source=none"]},
+    "vague": {k: _V[k] for k in ("grace", "coarse_text", "no_text")},
 }
 SCIENCE_CORPORA = {"on": "clips_distractors.yaml", "off": "clips_no_distractors.yaml", "vague": "clips_vague.yaml"}
 
@@ -207,7 +208,7 @@ def science(args) -> dict:
 
     from vlm_salience.config import load_config
     from vlm_salience.data.video.synth import ClipSynthConfig, write_clip_corpus
-    from vlm_salience.grace.ablation import run_ablations
+    from vlm_salience.video.variants import train_variants
 
     torch.set_num_threads(args.threads)
     out = Path(args.out).resolve()
@@ -229,20 +230,20 @@ def science(args) -> dict:
         variants = SCIENCE_VARIANTS[cond]
         if args.variants:
             variants = {k: v for k, v in variants.items() if k in args.variants.split(",")}
-        doc = run_ablations(ROOT / "configs/video/grace_synthetic.yaml", out / cond, variants=variants,
-                            overrides=overrides, baseline=(cond == "on" and not args.no_baseline))
-        result[cond] = {"methods": {k: v["pooled"]["uar"] for k, v in doc["methods"].items()},
-                        "paired_uar": {k: v["uar"] for k, v in doc["paired"].items()}}
-        print((out / cond / "ablations.md").read_text())
+        listed = [{"name": k, "set": s} for k, s in variants.items()]
+        if cond == "on" and not args.no_baseline:
+            listed.append({"name": "baseline", "kind": "baseline"})
+        doc = train_variants(ROOT / "configs/video/grace_synthetic.yaml",
+                             [*overrides, f"out={out / cond}", f"variants={json.dumps(listed)}", "compare_to=grace"],
+                             resume=True, progress=False)
+        result[cond] = {"methods": {k: v["all"]["uar"] for k, v in doc["variants"].items()},
+                        "paired_uar": {f"{k} - grace": v["all"]["uar"] for k, v in doc["paired"].items()}}
+        print((out / cond / "comparison" / "report.md").read_text())
     if "on" in which and not args.no_shares:
         from vlm_salience.grace.plots import region_shares
 
-        shares = region_shares(out / "on", ROOT / "configs/video/grace_synthetic.yaml", [
-            f"data.config={out / 'corpus_on' / 'generic' / 'data.yaml'}", f"data.cache={out / 'cache_on'}",
-            f"data.folds=[{args.folds}]", f"model.encoder.path={out / 'tiny-clip-grace'}"],
-            manifest=out / "corpus_on" / "manifest.csv",
-            variants={k: v for k, v in SCIENCE_VARIANTS["on"].items() if k in ("grace", "no_motion")},
-            plot_dir=out / "on")
+        shares = region_shares(out / "on", manifest=out / "corpus_on" / "manifest.csv",
+                               variants=["grace", "no_motion"], plot_dir=out / "on")
         result["shares"] = shares
         print(json.dumps(shares, indent=2))
     (out / "science.json").write_text(json.dumps(result, indent=2, default=float))

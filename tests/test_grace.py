@@ -331,10 +331,8 @@ def write_grace_config(folder: Path, clips: dict[str, Path], encoder: Path, *, s
 @pytest.mark.slow
 def test_grace_learns_the_synthetic_clips_and_reports_its_texts(law_clips, encoder_dir, tmp_path):
     from vlm_salience.data.video import load_video_corpus
-    from vlm_salience.grace import register
     from vlm_salience.video.train import train_video
 
-    register()
     cfg = write_grace_config(tmp_path / "g", law_clips, encoder_dir, steps=40)
     train_video(cfg, progress=False)
     run = tmp_path / "g" / "run"

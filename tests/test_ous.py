@@ -14,7 +14,7 @@ import torch
 
 from vlm_salience.errors import ConfigError, DataError
 from vlm_salience.models.encoders import EncoderConfig
-from vlm_salience.ous.config import FusionConfig, LossConfig, OusModelConfig, OusTrainConfig, baseline_model_section
+from vlm_salience.ous.config import FusionConfig, LossConfig, OusModelConfig, OusTrainConfig
 from vlm_salience.ous.losses import global_loss, polarity_loss
 from vlm_salience.ous.model import (ConcatFusion, OusModel, PolarityEncoder, SceneProjection, SharedLSTM,
                                     TypeFusionEncoder, head_expressivity, salience_law)
@@ -239,9 +239,9 @@ def test_polarity_targets_from_the_corpus_or_the_mapping_and_bad_values_named():
 
 
 def test_shipped_ous_configs_validate_and_variants_derive():
-    from vlm_salience.ous.variants import has_variants, load_ous_config, variant_configs
-    from vlm_salience.video.baseline import BaselineModelConfig
+    from vlm_salience.video.baseline import BaselineModelConfig, LearningRates
     from vlm_salience.video.config import load_video_config
+    from vlm_salience.video.variants import has_variants, shared_section, variant_configs
 
     assert has_variants(ROOT / "configs/video/ous_synthetic.yaml")
     assert not has_variants(ROOT / "configs/video/ous_synthetic.yaml", ["variants=[]"])
@@ -250,9 +250,9 @@ def test_shipped_ous_configs_validate_and_variants_derive():
 
     for name in ("ous_synthetic.yaml", "ous_synthetic_no_law.yaml", "ous_dfew.yaml", "ous_ferv39k.yaml",
                  "ous_mafw.yaml"):
-        cfg = load_ous_config(ROOT / "configs/video" / name)
+        cfg, _ = load_video_config(ROOT / "configs/video" / name)
         assert isinstance(cfg, OusTrainConfig) and cfg.model.kind == "ous"
-    cfg = load_ous_config(ROOT / "configs/video/ous_synthetic.yaml")
+    cfg, _ = load_video_config(ROOT / "configs/video/ous_synthetic.yaml")
     runs = variant_configs(cfg)
     assert {"baseline", "ous", "ous_no_scene", "ous_no_polarity", "ous_no_tfe", "ous_fixed_prompts",
             "ous_no_similarity", "ous_salience"} <= set(runs)
@@ -261,8 +261,11 @@ def test_shipped_ous_configs_validate_and_variants_derive():
     assert OusModelConfig.model_validate(runs["ous_no_tfe"]["model"]).use_tfe is False
     assert OusModelConfig.model_validate(runs["ous_salience"]["model"]).gate.mode == "salience"
     assert len({r["out"] for r in runs.values()}) == len(runs)
-    assert baseline_model_section({"lr": {"fusion": 1.0, "vision": 2.0}, "use_tfe": False})["lr"] == {"vision": 2.0}
-    dfew = load_ous_config(ROOT / "configs/video/ous_dfew.yaml")
+    assert runs["baseline"]["model"]["kind"] == "baseline" and "use_tfe" not in runs["baseline"]["model"]
+    assert runs["baseline"]["model"]["lr"] == cfg.model.lr.model_dump(include=set(LearningRates.model_fields))
+    assert shared_section({"lr": {"fusion": 1.0, "vision": 2.0}, "use_tfe": False}, BaselineModelConfig) == \
+        {"lr": {"vision": 2.0}}
+    dfew, _ = load_video_config(ROOT / "configs/video/ous_dfew.yaml")
     assert dfew.data.n_segments == 16 and dfew.optim.batch_size == 32 and dfew.optim.epochs == 40
     assert dfew.precision == "bf16"
 
@@ -272,7 +275,7 @@ def test_shipped_ous_configs_validate_and_variants_derive():
 
 def _run_law(tmp: Path, encoder_dir: Path, clips: dict[str, Path]) -> dict:
     """The README's quick pair (baseline, ous) on fold set_1 of prepared synthetic clips."""
-    from vlm_salience.ous.variants import train_variants
+    from vlm_salience.video.variants import train_variants
 
     overrides = [f"data.config={clips['data']}", f"data.cache={clips['cache']}", f"data.prepare={clips['prepare']}",
                  "data.folds=[set_1]", f"model.encoder.path={encoder_dir}", f"out={tmp / 'run'}",
@@ -303,9 +306,9 @@ def test_clip_without_scene_stream_is_a_clear_error(tmp_path):
     from types import SimpleNamespace
 
     from vlm_salience.ous.task import OusTask
-    from vlm_salience.ous.variants import load_ous_config
+    from vlm_salience.video.config import load_video_config
 
-    cfg = load_ous_config(ROOT / "configs/video/ous_synthetic.yaml")
+    cfg, _ = load_video_config(ROOT / "configs/video/ous_synthetic.yaml")
     clip = SimpleNamespace(arrays={"face": np.zeros((4, 8, 8, 3), np.uint8), "scene": np.zeros((0, 8, 8, 3),
                                                                                               np.uint8)})
     store = SimpleNamespace(get=lambda cid: clip)

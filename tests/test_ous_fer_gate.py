@@ -193,10 +193,10 @@ def test_the_source_changes_the_gate_input(request, tmp_path, fer, store):
 
     # through the task: the batch carries the classifier's per-clip value into the model, the encoder source none
     from vlm_salience.ous.task import OusTask
-    from vlm_salience.ous.variants import load_ous_config
+    from vlm_salience.video.config import load_video_config
 
     def task(source: str) -> OusTask:
-        cfg = load_ous_config(ROOT / "configs/video/ous_synthetic.yaml", [
+        cfg, _ = load_video_config(ROOT / "configs/video/ous_synthetic.yaml", [
             f"model.encoder.path={enc}", "model.gate.mode=salience", f"model.gate.expressivity={source}",
             f"model.gate.cache={tmp_path / 'x'}", "model.fusion.layers=1", "data.n_segments=4"])
         t = OusTask(cfg, fold="1", classes=CLASSES, labels={c: i for i, c in enumerate(CLIPS)},
@@ -226,7 +226,7 @@ def test_a_resumed_run_predicts_with_the_scene_stream_without_setup(store):
     from collections import OrderedDict
 
     from vlm_salience.ous.task import OusTask
-    from vlm_salience.ous.variants import load_ous_config
+    from vlm_salience.video.config import load_video_config
 
     class FaceOnlyStore(Store):  # reads only the streams asked for, as FrameStore does
         def __init__(self) -> None:
@@ -237,7 +237,7 @@ def test_a_resumed_run_predicts_with_the_scene_stream_without_setup(store):
             clip = self.clips[cid]
             return CachedFrames(clip.slots, {s: clip.arrays[s] for s in self.streams})
 
-    cfg = load_ous_config(ROOT / "configs/video/ous_synthetic.yaml", ["data.n_segments=4"])
+    cfg, _ = load_video_config(ROOT / "configs/video/ous_synthetic.yaml", ["data.n_segments=4"])
     s = FaceOnlyStore()
     task = OusTask(cfg, fold="1", classes=CLASSES, labels={c: i for i, c in enumerate(CLIPS)}, train_ids=["c1"],
                    val_ids=[], store=s, polarity={"c1": 2})

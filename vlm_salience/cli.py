@@ -623,8 +623,9 @@ def _video_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_video_train(args: argparse.Namespace) -> int:
-    from vlm_salience.ous.variants import has_variants, load_ous_config, train_variants
+    from vlm_salience.video.config import load_video_config
     from vlm_salience.video.train import train_video
+    from vlm_salience.video.variants import has_variants, train_variants
 
     overrides = _video_overrides(args)
     if has_variants(args.config, overrides):  # a list of model variants (ablations) compared side by side
@@ -632,7 +633,7 @@ def cmd_video_train(args: argparse.Namespace) -> int:
         if doc.get("stopped"):
             print(f"stopped (SIGTERM) in variant {doc.get('variant')}; continue with --resume")
             return 0
-        _print_variants(doc, load_ous_config(args.config, overrides).out)
+        _print_variants(doc, load_video_config(args.config, overrides)[0].out)
         _emit_json(args.json, doc)
         return 0
     result = train_video(args.config, overrides, resume=args.resume, progress=not args.quiet)
@@ -646,13 +647,14 @@ def cmd_video_train(args: argparse.Namespace) -> int:
 
 
 def cmd_video_eval(args: argparse.Namespace) -> int:
-    from vlm_salience.ous.variants import eval_variants, has_variants, load_ous_config
+    from vlm_salience.video.config import load_video_config
     from vlm_salience.video.train import eval_video
+    from vlm_salience.video.variants import eval_variants, has_variants
 
     overrides = _video_overrides(args)
     if has_variants(args.config, overrides):
         doc = eval_variants(args.config, overrides, progress=not args.quiet)
-        _print_variants(doc, load_ous_config(args.config, overrides).out)
+        _print_variants(doc, load_video_config(args.config, overrides)[0].out)
         _emit_json(args.json, doc)
         return 0
     doc = eval_video(args.config, overrides, progress=not args.quiet)

@@ -1,9 +1,5 @@
 """GRACE: coarse-to-fine affective text (CATE), motion-difference weights and token-level optimal transport
-between text and visual tokens, as a video classifier on the shared engine (video/task.py)."""
+between text and visual tokens, as a video classifier on the shared engine (video/task.py).
 
-
-def register() -> None:
-    """Make `model.kind: grace` known to the video workflow (video/config.py's VIDEO_MODELS)."""
-    from vlm_salience.video.config import VIDEO_MODELS
-
-    VIDEO_MODELS.setdefault("grace", "vlm_salience.grace.task:GraceTask")
+`model.kind: grace` is registered by `grace/task.py` (`@register_video_model`), found through the entry point
+`grace` of the group `vlm_salience.video_models`; its ablations are `variants:` of configs/video/grace_*.yaml."""

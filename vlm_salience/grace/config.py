@@ -52,5 +52,5 @@ class GraceModelConfig(StrictModel):
     keep_plans: int = Field(16, ge=0)  # test clips whose transport plans the report keeps (plans.npz, plot)
 
 
-class GraceTrainConfig(VideoTrainConfig):
-    model: GraceModelConfig
+class GraceTrainConfig(VideoTrainConfig[GraceModelConfig]):
+    """A video config whose model is GRACE (`kind: grace`)."""

@@ -99,21 +99,19 @@ def region_maps(store, manifest, grid: tuple[int, int], top: int = 4) -> dict[st
     return {"expression": expr, "distractor": dist}
 
 
-def region_shares(ablation_dir: str | Path, config: str | Path, overrides: list[str], *, manifest: str | Path,
-                  variants: dict[str, list[str]] | None = None, top: int = 4,
-                  plot_dir: str | Path | None = None) -> dict[str, Any]:
-    """Mean plan mass on expression vs distractor regions over the test clips with distractors, per variant
-    (name -> the overrides it was trained with; default: grace and no_motion)."""
+def region_shares(ablation_dir: str | Path, *, manifest: str | Path, variants: list[str] | None = None,
+                  top: int = 4, plot_dir: str | Path | None = None) -> dict[str, Any]:
+    """Mean plan mass on expression vs distractor regions over the test clips with distractors, per trained variant
+    of a variants run (`ablation_dir`: its out folder, whose variants/<name>/config.yaml each was trained from;
+    default: grace and no_motion)."""
     import pandas as pd
     import torch
 
-    from vlm_salience.grace import register
     from vlm_salience.video.cache import ClipCache
     from vlm_salience.video.config import load_video_config
     from vlm_salience.video.task import FrameStore
     from vlm_salience.video.train import folds_of, load_corpus, make_task
 
-    register()
     ablation_dir = Path(ablation_dir)
     man = pd.read_csv(manifest, dtype=str)
     if "clip_id" not in man and "id" in man:
@@ -121,9 +119,8 @@ def region_shares(ablation_dir: str | Path, config: str | Path, overrides: list[
     info = man.set_index("clip_id")
     out: dict[str, Any] = {"top_patches": top, "variants": {}}
     maps = None
-    variants = variants or {"grace": [], "no_motion": ["model.motion.mode=off"]}
-    for name, extra in variants.items():
-        cfg, task_cls = load_video_config(config, [*overrides, *extra, f"out={ablation_dir / name}"])
+    for name in variants or ["grace", "no_motion"]:
+        cfg, task_cls = load_video_config(ablation_dir / "variants" / name / "config.yaml")
         corpus = load_corpus(cfg)
         store = FrameStore(ClipCache(cfg.data.cache), cfg.data.memory_cache_mb)
         e_share, d_share, e_unif, d_unif, n = [], [], [], [], 0

@@ -21,6 +21,7 @@ import torch
 from vlm_salience.grace.config import GraceTrainConfig
 from vlm_salience.grace.model import contrastive_loss
 from vlm_salience.grace.motion import motion_weights
+from vlm_salience.video.registry import register_video_model
 from vlm_salience.video.task import VideoClassifierTask
 
 _CORPORA: dict[tuple, Any] = {}
@@ -57,6 +58,7 @@ class _TextTokenizer:
         return enc["input_ids"], enc["attention_mask"]
 
 
+@register_video_model("grace")
 class GraceTask(VideoClassifierTask):
     config_class = GraceTrainConfig
     streams = ("face",)

@@ -357,14 +357,12 @@ def describe_video(config_path: str | Path, overrides: list[str] | tuple[str, ..
     from pydantic import TypeAdapter
 
     from vlm_salience.config import apply_overrides, read_yaml
-    from vlm_salience.grace import register
     from vlm_salience.prompting.experiment import ModelEntry, make_backend
     from vlm_salience.video.cache import ClipCache
     from vlm_salience.video.config import load_video_config
     from vlm_salience.video.task import FrameStore
     from vlm_salience.video.train import ensure_cache, folds_of, load_corpus
 
-    register()
     from vlm_salience.config import validate
 
     path = Path(config_path).resolve()

@@ -2,7 +2,7 @@
 
 Only OUS's own ideas live here: the two-stream model on one shared encoder call (`model.py`), its losses
 (`losses.py`), its config with the ablation switches and the salience gate (`config.py`), its task for the engine
-(`task.py`) and the runner that trains a list of variants beside the face-only baseline and compares them
-(`variants.py`). Corpora, frame cache, engine, baseline pieces, metrics and the per-run report are the
-foundation's (`data/video`, `video/`, `training/`, `metrics.py`).
+(`task.py`, registered as `model.kind: ous`). Corpora, frame cache, engine, baseline pieces, the variants runner
+(`video/variants.py`: OUS against the baseline and its ablations), metrics and the per-run report are the
+foundation's (`data/video`, `video/`, `engine/`, `metrics.py`).
 """

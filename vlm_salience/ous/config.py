@@ -1,14 +1,14 @@
 """`model:` of an OUS video config (configs/video/ous_*.yaml), the ablation switches, the salience gate, the loss
-weights and their conditional switching, and the list of variants a run trains.
+weights and their conditional switching.
 
 The fields the face-only baseline also has (encoder, class_text, context_tokens, temporal, temperature, vision,
 text, lr) keep the baseline's names and meaning, so the `baseline` variant of a run is the same recipe on the same
-encoder: `baseline_model_section` derives it.
+encoder (`video/variants.py` keeps the shared fields).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -16,7 +16,7 @@ from vlm_salience.config import RelPath, StrictModel
 from vlm_salience.data.video.config import PolarityName
 from vlm_salience.models.encoders import EncoderConfig
 from vlm_salience.salience import LawKind
-from vlm_salience.video.baseline import BaselineModelConfig, LearningRates, TemporalConfig
+from vlm_salience.video.baseline import LearningRates, TemporalConfig
 from vlm_salience.video.config import VideoTrainConfig
 
 
@@ -146,51 +146,6 @@ class OusModelConfig(StrictModel):
         return self.use_scene and self.use_similarity
 
 
-class VariantConfig(StrictModel):
-    """One model a run trains: `baseline` (the face-only DFER-CLIP recipe on the same encoder) or OUS with
-    dotted overrides of `model:`, e.g. {name: ous_no_tfe, set: {use_tfe: false}}."""
-
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    kind: Literal["ous", "baseline"] = "ous"
-    set: dict[str, Any] = Field(default_factory=dict)
-
-
-DEFAULT_VARIANTS: list[dict[str, Any]] = [
-    {"name": "baseline", "kind": "baseline"},
-    {"name": "ous"},
-    {"name": "ous_no_scene", "set": {"use_scene": False}},
-    {"name": "ous_no_polarity", "set": {"use_polarity": False}},
-    {"name": "ous_no_tfe", "set": {"use_tfe": False}},
-    {"name": "ous_fixed_prompts", "set": {"learnable_prompts": False}},
-    {"name": "ous_no_similarity", "set": {"use_similarity": False}},
-    {"name": "ous_salience", "set": {"gate.mode": "salience"}},
-    {"name": "ous_control", "set": {"gate.mode": "control"}},
-]
-
-
-class OusTrainConfig(VideoTrainConfig):
-    """A video config whose model is OUS; `variants` (empty: just this model) is what `train_variants` runs."""
-
-    model: OusModelConfig  # type: ignore[assignment]
-    variants: list[VariantConfig] = Field(default_factory=list)
-    compare_to: str = "baseline"  # the variant every other is compared with
-
-    @model_validator(mode="after")
-    def _check_variants(self) -> OusTrainConfig:
-        names = [v.name for v in self.variants]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ValueError(f"variants: duplicate name(s) {dup}")
-        if self.variants and self.compare_to not in names:
-            raise ValueError(f"compare_to '{self.compare_to}' is not one of the variants {names}")
-        return self
-
-
-def baseline_model_section(model: dict[str, Any]) -> dict[str, Any]:
-    """The baseline's `model:` from an OUS `model:` (shared fields only; OUS's extra learning rates dropped)."""
-    keep = set(BaselineModelConfig.model_fields) - {"kind"}
-    out = {k: v for k, v in model.items() if k in keep}
-    if isinstance(out.get("lr"), dict):
-        out["lr"] = {k: v for k, v in out["lr"].items() if k in LearningRates.model_fields}
-    out["kind"] = "baseline"
-    return out
+class OusTrainConfig(VideoTrainConfig[OusModelConfig]):
+    """A video config whose model is OUS (`kind: ous`); its `variants:` (the baseline, the ablations, the gates)
+    are trained and compared by `video/variants.py`."""

@@ -16,6 +16,7 @@ from vlm_salience.data.video.records import POLARITIES
 from vlm_salience.errors import ConfigError, DataError
 from vlm_salience.ous.config import OusTrainConfig
 from vlm_salience.ous.losses import global_loss
+from vlm_salience.video.registry import register_video_model
 from vlm_salience.video.task import VideoClassifierTask
 
 
@@ -46,6 +47,7 @@ def polarity_targets(clip_ids: list[str], corpus_polarity: dict[str, Any], label
     return {}, "none"
 
 
+@register_video_model("ous")
 class OusTask(VideoClassifierTask):
     """OUS: face and scene streams (face only where `model.use_scene` is off)."""
 

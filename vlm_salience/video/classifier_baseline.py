@@ -30,6 +30,7 @@ from pydantic import Field
 from vlm_salience.config import RelPath, StrictModel
 from vlm_salience.errors import ConfigError
 from vlm_salience.video.config import VideoTrainConfig
+from vlm_salience.video.registry import register_video_model
 from vlm_salience.video.task import VideoClassifierTask, _digest
 
 
@@ -47,8 +48,8 @@ class FerPoolingModelConfig(StrictModel):
         return SimpleNamespace(build=None, path=self.classifier)
 
 
-class FerPoolingTrainConfig(VideoTrainConfig):
-    model: FerPoolingModelConfig  # type: ignore[assignment]
+class FerPoolingTrainConfig(VideoTrainConfig[FerPoolingModelConfig]):
+    """A video config whose model is FER pooling (`kind: fer_pooling`)."""
 
 
 def _grey64(frames: torch.Tensor) -> torch.Tensor:
@@ -128,6 +129,7 @@ def label_matrix(label_map_path: Path, fer_classes: list[str], corpus_classes: l
     return lm.matrix[np.ix_(rows, cols)]
 
 
+@register_video_model("fer_pooling")
 class FerPoolingTask(VideoClassifierTask):
     """The FER2013 classifier pooled over frames: a video model with nothing to train."""
 

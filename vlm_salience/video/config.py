@@ -1,23 +1,24 @@
-"""Video training configs (configs/video/*.yaml): data and cache, the model, the engine's settings, the report.
+"""Video training configs (configs/video/*.yaml): data and cache, the model, the engine's settings, the report, and
+the variants a run trains side by side.
 
-One YAML per run: `data:` names the corpus's data YAML, the prepared frame cache and the folds; `model:` the
-model (chosen by `kind`; the face-only baseline here, OUS and GRACE add theirs to `VIDEO_MODELS`); the engine's
-fields (optim, precision, checkpoint, eval cadence, tracker, seed, out) come from `EngineConfig`.
+One YAML per run: `data:` names the corpus's data YAML, the prepared frame cache and the folds; `model:` the model,
+chosen by its `kind` among the registered video models (`video/registry.py`: each model's task class brings its
+config class, a `VideoTrainConfig[ItsModelConfig]`); the engine's fields (optim, precision, checkpoint, eval
+cadence, tracker, seed, out) come from `EngineConfig`; `variants:` (optional) lists models trained and compared
+side by side by `video/variants.py`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from vlm_salience.config import RelPath, StrictModel, apply_overrides, read_yaml, validate
 from vlm_salience.errors import ConfigError
 from vlm_salience.training.engine_config import EngineConfig
-from vlm_salience.video.baseline import BaselineModelConfig
 from vlm_salience.video.prepare import PrepareConfig
-
 
 class VideoDataSection(StrictModel):
     """Which corpus, which cache, which folds, and how clips become batches."""
@@ -44,32 +45,61 @@ class ReportSection(StrictModel):
     select: Literal["best_validation", "last"] = "best_validation"  # which weights a fold keeps
 
 
-class VideoTrainConfig(EngineConfig):
+class VariantConfig(StrictModel):
+    """One model a run trains beside the others: a registered `kind` (None: the YAML's own model) with dotted
+    overrides of `model:`, e.g. {name: no_text, set: {text.source: none}} or {name: baseline, kind: baseline}.
+    A variant of another kind keeps the `model:` settings that kind shares (`video/variants.py`)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    kind: str | None = None
+    set: dict[str, Any] = Field(default_factory=dict)
+
+
+ModelT = TypeVar("ModelT", bound=StrictModel)
+
+
+class VideoTrainConfig(EngineConfig, Generic[ModelT]):
+    """A video run; `VideoTrainConfig[ItsModelConfig]` is a model's config class (its `model:` section typed)."""
+
     data: VideoDataSection
-    model: BaselineModelConfig
+    model: ModelT
     report: ReportSection = Field(default_factory=ReportSection)
+    variants: list[VariantConfig] = Field(default_factory=list)  # empty: just this model
+    compare_to: str | None = None  # the variant every other is compared with (None: the first)
+
+    @model_validator(mode="after")
+    def _check_variants(self) -> VideoTrainConfig:
+        names = [v.name for v in self.variants]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"variants: duplicate name(s) {dup}; give each variant its own name")
+        if self.variants and self.compare_to is not None and self.compare_to not in names:
+            raise ValueError(f"compare_to '{self.compare_to}' is not one of the variants {names}")
+        return self
+
+    @property
+    def reference(self) -> str | None:
+        """The variant the others are compared with."""
+        return self.compare_to or (self.variants[0].name if self.variants else None)
 
 
-# kind -> "module:TaskClass"; a task class names its config class (`config_class`). Imported only when used.
-VIDEO_MODELS: dict[str, str] = {"baseline": "vlm_salience.video.task:BaselineTask",
-                                "ous": "vlm_salience.ous.task:OusTask",
-                                "grace": "vlm_salience.grace.task:GraceTask",
-                                "fer_pooling": "vlm_salience.video.classifier_baseline:FerPoolingTask"}
+DEFAULT_KIND = "baseline"  # a `model:` without `kind` (older YAMLs)
 
 
-def task_class(kind: str):
-    import importlib
-
-    if kind not in VIDEO_MODELS:
-        raise ConfigError(f"model.kind '{kind}' is not a video model; known: {sorted(VIDEO_MODELS)}")
-    module, name = VIDEO_MODELS[kind].split(":")
-    return getattr(importlib.import_module(module), name)
+def model_kind(raw: dict[str, Any]) -> str:
+    """The `model.kind` a raw video YAML names (DEFAULT_KIND where it names none)."""
+    model = raw.get("model")
+    return model.get("kind", DEFAULT_KIND) if isinstance(model, dict) else DEFAULT_KIND
 
 
 def load_video_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[Any, type]:
-    """(config, task class) of a video YAML; the model's `kind` (default baseline) picks both."""
+    """(config, task class) of a video YAML; the model's `kind` picks both from the registry."""
+    from vlm_salience.video.registry import video_model
+
     path = Path(path)
     raw = apply_overrides(read_yaml(path), list(overrides))
-    kind = (raw.get("model") or {}).get("kind", "baseline") if isinstance(raw.get("model"), dict) else "baseline"
-    cls = task_class(kind)
+    try:
+        cls = video_model(model_kind(raw))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: field 'model.kind': {exc}") from None
     return validate(raw, cls.config_class, source=path, base_dir=path.resolve().parent), cls

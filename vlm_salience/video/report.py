@@ -261,24 +261,30 @@ def _training_summary(training: dict | None) -> dict | None:
     return {fold: {k: r.get(k) for k in keep if k in r} for fold, r in training.items()}
 
 
-def paired_comparison(run_a: str | Path, run_b: str | Path, *, n_boot: int = 1000, seed: int = 0
-                      ) -> dict[str, Any]:
+def paired_comparison(run_a: str | Path | pd.DataFrame, run_b: str | Path | pd.DataFrame, *, n_boot: int = 1000,
+                      seed: int = 0, classes: list[str] | None = None) -> dict[str, Any]:
     """Is run a better than run b on the clips both predicted (same corpus)? UAR/WAR differences with paired
-    bootstrap intervals, from the two runs' predictions.csv."""
-    a = pd.read_csv(Path(run_a) / "predictions.csv")
-    b = pd.read_csv(Path(run_b) / "predictions.csv")
-    key = ["fold", "clip_id"]
-    both = a.merge(b, on=key, suffixes=("_a", "_b"))
+    bootstrap intervals, from the two runs' predictions.csv (a run folder, or its predictions as a frame, e.g.
+    the ambiguous clips only). `classes`: the corpus's (None: the classes the two runs name); "n": the clips."""
+    def frame(run: str | Path | pd.DataFrame) -> pd.DataFrame:
+        if isinstance(run, pd.DataFrame):
+            return run
+        return pd.read_csv(Path(run) / "predictions.csv", dtype={"fold": str, "clip_id": str})
+
+    both = frame(run_a).merge(frame(run_b), on=["fold", "clip_id"], suffixes=("_a", "_b"))
     if both.empty:
-        raise ValueError(f"{run_a} and {run_b} share no predicted clips")
+        raise ValueError("the two runs share no predicted clips" if isinstance(run_a, pd.DataFrame) else
+                         f"{run_a} and {run_b} share no predicted clips")
     if (both["label_a"] != both["label_b"]).any():
         raise ValueError("the two runs disagree on true labels: they are not the same corpus")
-    classes = sorted(set(both["label_a"]) | set(both["predicted_a"]) | set(both["predicted_b"]))
+    if classes is None:
+        classes = sorted(set(both["label_a"]) | set(both["predicted_a"]) | set(both["predicted_b"]))
     idx = {c: k for k, c in enumerate(classes)}
     y = both["label_a"].map(idx).to_numpy(np.int64)
-    return paired_bootstrap_classification(both["predicted_a"].map(idx).to_numpy(np.int64),
-                                           both["predicted_b"].map(idx).to_numpy(np.int64), y,
-                                           n_classes=len(classes), n_boot=n_boot, seed=seed)
+    r = paired_bootstrap_classification(both["predicted_a"].map(idx).to_numpy(np.int64),
+                                        both["predicted_b"].map(idx).to_numpy(np.int64), y,
+                                        n_classes=len(classes), n_boot=n_boot, seed=seed)
+    return {**r, "n": int(len(both))}
 
 
 # -- one table for runs of any kind on the same test clips (video models, prompted or fine-tuned VLMs) ------------

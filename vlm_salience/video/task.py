@@ -28,8 +28,10 @@ import torch
 
 from vlm_salience.errors import ConfigError
 from vlm_salience.training.task import Task
+from vlm_salience.video.baseline import BaselineModelConfig
 from vlm_salience.video.cache import ClipCache, sample
 from vlm_salience.video.config import VideoTrainConfig
+from vlm_salience.video.registry import register_video_model
 
 WEIGHTS = "model.safetensors"
 BEST = "best.safetensors"
@@ -174,8 +176,10 @@ class VideoClassifierTask(Task):
     def build_model(self) -> torch.nn.Module:
         raise NotImplementedError
 
-    def encoder_path(self) -> str:
-        return str(self.cfg.model.encoder.path)
+    def encoder_path(self) -> str | None:
+        """The pretrained weights a checkpoint depends on (None: a model without `model.encoder`)."""
+        enc = getattr(self.cfg.model, "encoder", None)
+        return None if enc is None else str(enc.path)
 
     def model_inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
         return {s: batch[s] for s in self.streams}
@@ -203,7 +207,9 @@ class VideoClassifierTask(Task):
         from vlm_salience.models.encoders import encoder_fingerprint
 
         model_cfg = self.cfg.model.model_dump(mode="json", exclude={"encoder"})
-        return {"encoder": encoder_fingerprint(self.encoder_path()), "model config": _digest(model_cfg),
+        path = self.encoder_path()
+        return {**({"encoder": encoder_fingerprint(path)} if path is not None else {}),
+                "model config": _digest(model_cfg),
                 "data": _digest({"corpus": self.data_fingerprint, "cache": self.store.cache.manifest.get(
                     "config_hash"), "classes": self.classes, "n_segments": self.cfg.data.n_segments}),
                 "training split": _digest([self.train_ids, self.val_ids])}
@@ -394,9 +400,15 @@ def _load_weights(path: Path, recorded: dict[str, Any] | None, fold: str) -> dic
                           f"Fix: {_RETRAIN}.") from None
 
 
+class BaselineTrainConfig(VideoTrainConfig[BaselineModelConfig]):
+    """A video config whose model is the face-only baseline (`kind: baseline`)."""
+
+
+@register_video_model("baseline")
 class BaselineTask(VideoClassifierTask):
     """The face-only DFER-CLIP baseline."""
 
+    config_class = BaselineTrainConfig
     streams = ("face",)
 
     def build_model(self):

@@ -59,8 +59,9 @@ def ensure_cache(cfg, corpus, folds: list[str], *, progress: bool) -> dict[str, 
 
 
 def ensure_encoder(cfg) -> None:
-    enc = cfg.model.encoder
-    if enc.build is not None and not Path(enc.path).exists():
+    """Build the tiny encoder a config asks for where it is missing (models without `model.encoder`: nothing)."""
+    enc = getattr(cfg.model, "encoder", None)
+    if enc is not None and enc.build is not None and not Path(enc.path).exists():
         from vlm_salience.config import load_config
         from vlm_salience.models.encoders import TinyEncoderConfig, build_tiny_encoder
 
@@ -178,113 +179,3 @@ def evaluate_run(cfg, task_cls, corpus, folds, store, *, prepared: dict | None =
                           "missing_from_cache": len(corpus.folds[fold].get("test", [])) - len(test)}
         del model
     return write_video_report(cfg, corpus, per_fold, prepared=prepared, training=training)
-
-
-# -- the demo's video steps (`vlm-salience demo`, step 7) -----------------------------------------------------------
-#
-# One synthetic clip corpus (law on) under ROOT/clips and ONE frame cache under ROOT/clips_cache for the baseline,
-# OUS and GRACE: every demo run prepares with the baseline YAML's `data.prepare` settings (4 segments, 32 px), so
-# the clips are prepared once and the three models read the same frames. Each step is the ordinary workflow
-# (`train_video`, `ous/variants.py:train_variants`, `grace/ablation.py:run_ablations`) with dotted overrides.
-
-DEMO_BASELINE = "configs/video/baseline_synthetic.yaml"
-DEMO_OUS = "configs/video/ous_synthetic.yaml"
-DEMO_GRACE = "configs/video/grace_synthetic.yaml"
-
-
-def demo_clips(root: str | Path, *, progress: bool = True) -> Path:
-    """ROOT/clips (configs/synth/clips.yaml, law on), written if missing; returns its generic data YAML."""
-    from vlm_salience.resources import shipped
-
-    root = Path(root)
-    data = root / "clips" / "generic" / "data.yaml"
-    if not data.is_file():
-        from vlm_salience.config import load_config
-        from vlm_salience.data.video.synth import ClipSynthConfig, write_clip_corpus
-
-        write_clip_corpus(load_config(shipped("configs/synth/clips.yaml"), ClipSynthConfig), root / "clips",
-                          progress=progress)
-    return data
-
-
-def demo_overrides(root: str | Path, *, folds: list[str] | None = None, steps: int | None = None,
-                   progress: bool = True) -> list[str]:
-    """The overrides every demo video run shares: the corpus, the one cache and its prepare settings (the
-    baseline YAML's), the frames per clip, the folds, and the step count where one is given."""
-    import json
-
-    from vlm_salience.config import read_yaml
-    from vlm_salience.resources import shipped
-
-    root = Path(root)
-    data = demo_clips(root, progress=progress)
-    base = read_yaml(shipped(DEMO_BASELINE))["data"]
-    out = [f"data.config={data}", f"data.cache={root / 'clips_cache'}",
-           f"data.prepare={json.dumps(base['prepare'])}", f"data.n_segments={base['n_segments']}"]
-    if folds:
-        out.append(f"data.folds={json.dumps(list(folds))}")
-    if steps is not None:
-        out.append(f"optim.max_steps={int(steps)}")
-    return out
-
-
-def demo_step(root: str | Path, *, folds: list[str] | None = None, steps: int | None = None,
-              progress: bool = True) -> dict[str, Any]:
-    """The face-only baseline of configs/video/baseline_synthetic.yaml on the demo clips (resumable): its
-    headline figures. `steps` overrides its 600 training steps (the demo's --quick)."""
-    from vlm_salience.resources import shipped
-
-    root = Path(root)
-    overrides = [*demo_overrides(root, folds=folds, steps=steps, progress=progress),
-                 f"model.encoder.path={root / 'models' / 'tiny_clip'}", f"out={root / 'video_baseline_synthetic'}"]
-    res = train_video(shipped(DEMO_BASELINE), overrides, resume=True, progress=progress)
-    if res.get("report") is None:  # SIGTERM: checkpointed, the rerun resumes
-        return {"out": str(root / "video_baseline_synthetic"), "stopped": True}
-    m = res["report"].get("methods", {}).get("baseline", {})
-    return {"out": str(root / "video_baseline_synthetic"), "uar": m.get("pooled", {}).get("uar"),
-            "war": m.get("pooled", {}).get("war"), "fold_mean": m.get("summary", {}).get("uar"),
-            "ambiguous": m.get("ambiguous"), "unambiguous": m.get("unambiguous")}
-
-
-def demo_ous_step(root: str | Path, *, folds: list[str] | None = None, steps: int | None = None,
-                  progress: bool = True) -> dict[str, Any]:
-    """OUS against its face-only baseline (the README's quick pair of configs/video/ous_synthetic.yaml: the same
-    frozen tiny CLIP, steps and seed) on the demo clips; returns the comparison's metrics.json (resumable)."""
-    from vlm_salience.ous.variants import train_variants
-    from vlm_salience.resources import shipped
-
-    root = Path(root)
-    overrides = [*demo_overrides(root, folds=folds, steps=steps, progress=progress),
-                 f"model.encoder.path={root / 'models' / 'tiny_clip'}", f"out={root / 'video_ous_synthetic'}",
-                 "variants=[{name: baseline, kind: baseline}, {name: ous}]"]
-    doc = train_variants(shipped(DEMO_OUS), overrides, resume=True, progress=progress)
-    return {**doc, "out": str(root / "video_ous_synthetic" / "comparison")}
-
-
-def demo_grace_step(root: str | Path, *, folds: list[str] | None = None, steps: int | None = None,
-                    progress: bool = True) -> dict[str, Any]:
-    """GRACE against its no-text ablation (`model.text.source=none`: the same model on the face frames alone) on
-    the demo clips, through `run_ablations`; returns its ablations.json plus each run's ambiguous-clip scores and
-    the paired GRACE - no_text comparison."""
-    import json
-    import shutil
-
-    from vlm_salience.grace.ablation import run_ablations
-    from vlm_salience.resources import shipped
-    from vlm_salience.video.report import paired_comparison
-
-    root = Path(root)
-    out = root / "video_grace_synthetic"
-    overrides = [*demo_overrides(root, folds=folds, steps=steps, progress=progress),
-                 f"model.encoder.path={root / 'models' / 'tiny_clip_grace'}"]
-    previous = out / "ablations.json"
-    if previous.is_file() and json.loads(previous.read_text()).get("overrides") != overrides:
-        shutil.rmtree(out)  # other settings (--quick): their checkpoints would be refused on resume, so start afresh
-    doc = run_ablations(shipped(DEMO_GRACE), out, variants={"grace": [], "no_text": ["model.text.source=none"]},
-                        overrides=overrides, baseline=False, reference="grace", progress=progress)
-    for name in doc["methods"]:
-        m = next(iter(json.loads((out / name / "metrics.json").read_text())["methods"].values()))
-        doc["methods"][name]["ambiguous"] = m.get("ambiguous")
-    doc["grace_vs_no_text"] = paired_comparison(out / "grace", out / "no_text")
-    doc["out"] = str(out)
-    return doc
