@@ -135,9 +135,11 @@ def route(cfg: TrainConfig, *, progress: bool = True) -> ExperimentResult:
     backend = HFBackend(loaded, batch_size=cfg.optim.batch_size)
     model = loaded.model
 
+    clip = {"clip": cfg.data.clip, "clip_mode": cfg.data.clip.resolved_mode(loaded.family)}  # as in training
+
     def prompts_for(template: str, idx: np.ndarray):
         t = load_template(template)
-        return [build_prompt(t, corpus.items[i], spec) for i in idx]
+        return [build_prompt(t, corpus.items[i], spec, **clip) for i in idx]
 
     if r.zero_shot:
         with model.disable_adapter():
@@ -154,7 +156,7 @@ def route(cfg: TrainConfig, *, progress: bool = True) -> ExperimentResult:
     # hard: one pass over a batch that mixes both experts
     expressive = data.split_law.is_expressive(x[test])
     hard_names = [r.face if e else r.context for e in expressive]
-    hard_prompts = [build_prompt(load_template(specs[n].template), corpus.items[i], spec)
+    hard_prompts = [build_prompt(load_template(specs[n].template), corpus.items[i], spec, **clip)
                     for n, i in zip(hard_names, test)]
     pred, sec = _score(backend, hard_prompts, spec, "routed/hard", corpus, ids, adapters=hard_names)
     pred.weights = np.column_stack([[float(n == r.face) for n in hard_names], [float(n == r.context)
