@@ -151,7 +151,7 @@ def test_data_check_decode_counts_and_names_a_cut_clip(tmp_path, capsys):
 def test_resume_with_other_optimiser_settings_is_refused(tmp_path, over, said):
     from test_engine import LinearTask, config
 
-    from vlm_salience.training.engine import CheckpointError, train
+    from vlm_salience.engine.engine import CheckpointError, train
 
     train(config(tmp_path, optim__max_steps=4), LinearTask(), progress=False)
     with pytest.raises(CheckpointError, match="other optimiser settings") as exc:
@@ -184,3 +184,63 @@ def test_atomic_outputs_get_the_mode_the_umask_gives(tmp_path, umask_022):
     assert mode(tmp_path / "run") == 0o755 and mode(tmp_path / "index") == 0o755
     os.umask(0o077)  # a private umask stays private
     assert mode(write_text(tmp_path / "b.json", "{}")) == 0o600
+
+
+# -- 4 (a finished fold). A fold trained with other optimiser settings is not skipped as done ---------------------------
+
+
+def test_a_finished_fold_with_other_optimiser_settings_is_refused_not_skipped(tmp_path):
+    from types import SimpleNamespace
+
+    from vlm_salience.training.engine_config import OptimConfig
+    from vlm_salience.video.train import _fold_done
+
+    (tmp_path / "task.json").write_text(json.dumps({"fingerprint": {"data": "x"},
+                                                    "optim": OptimConfig(lr=0.01).model_dump(mode="json")}))
+    task = lambda **o: SimpleNamespace(fold="set_1", model_dir=lambda: tmp_path,  # noqa: E731
+                                       fingerprint=lambda: {"data": "x"}, cfg=SimpleNamespace(optim=OptimConfig(**o)))
+    assert _fold_done(task(lr=0.01))
+    with pytest.raises(ConfigError, match=r"other optimiser settings \(optim.lr 0.01 -> 0.5\)"):
+        _fold_done(task(lr=0.5))
+
+
+# -- 6. damaged final weights and an output folder that cannot be written: errors, not tracebacks ---------------------
+
+
+def test_damaged_final_weights_are_an_error_naming_the_file(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from vlm_salience.video.task import _load_weights, _read_meta, _sha256
+
+    path = tmp_path / "model.safetensors"
+    save_file({"w": torch.arange(64, dtype=torch.float32)}, str(path))
+    recorded = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+    assert torch.equal(_load_weights(path, recorded, "set_1")["w"], torch.arange(64, dtype=torch.float32))
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # truncated
+    for rec, said in ((recorded, "damaged"), (None, "cannot be read")):  # None: a task.json from before the record
+        with pytest.raises(ConfigError, match=said) as exc:
+            _load_weights(path, rec, "set_1")
+        assert str(path) in str(exc.value) and "Fix: retrain" in str(exc.value)
+    (tmp_path / "task.json").write_text("{")
+    with pytest.raises(ConfigError, match="task.json: the record of fold set_1"):
+        _read_meta(tmp_path / "task.json", "set_1")
+
+
+def test_face_score_into_a_folder_that_cannot_be_written_is_an_error(face_images, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("x")
+    assert main(["face", "score", str(face_images), "--out", str(tmp_path / "a_file" / "scores.csv"),
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "not a folder you can write to" in err and "Traceback" not in err
+
+
+# -- 8. messages: the flag that exists ------------------------------------------------------------------------------------
+
+
+def test_face_score_csv_mismatch_names_the_flag_that_exists(face_images, tmp_path, capsys):
+    out = tmp_path / "scores.csv"
+    out.write_text("path,status,other\n")
+    assert main(["face", "score", str(face_images), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--fresh" in err and "--no-resume" not in err

@@ -756,6 +756,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the file system refused (permissions, a full disk, a file where a folder goes)
+        if args.debug:
+            raise
+        print(f"error: {exc}. Fix: check that path and its permissions (--debug shows where it happened).",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -110,16 +110,19 @@ def _sole_writer(out: Path) -> Iterator[None]:
 
     parent = out.resolve().parent
     existing = next(p for p in (parent, *parent.parents) if p.exists())
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"--out {out}: the folder {existing} is not writable. Fix: pass a CSV path in a folder "
-                          "you can write to.")
-    parent.mkdir(parents=True, exist_ok=True)
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out}: {existing} is not a folder you can write to. Fix: pass a CSV path in a "
+                          "folder you can write to.")
     lock = FileLock(str(out) + ".lock")
     try:
+        parent.mkdir(parents=True, exist_ok=True)
         lock.acquire(timeout=0)
     except Timeout:
         raise ConfigError(f"--out {out}: another `face score` is writing this CSV (it holds {lock.lock_file}). "
                           "Fix: wait for it to finish, or score into another --out file.") from None
+    except OSError as exc:  # permissions the access check cannot see (ACLs, read-only mounts)
+        raise ConfigError(f"--out {out}: cannot write there ({exc.strerror or exc}). Fix: pass a CSV path in a "
+                          "folder you can write to.") from None
     try:
         yield
     finally:
