@@ -118,23 +118,30 @@ def test_a_clip_cut_in_half_is_damaged_not_one_frame_repeated(tmp_path):
         assert exc.value.file == cut
 
 
-def test_data_check_decode_counts_and_names_a_cut_clip(tmp_path, capsys):
+def clip_corpus(tmp_path: Path, rows: list[dict[str, str]] | None = None, cut: str | None = "c3.mp4") -> Path:
+    """Four 12-frame clips in a generic CSV (two folds), `cut` cut in half; returns the data YAML."""
     import csv
 
     root = tmp_path / "clips"
-    root.mkdir()
-    rows = []
+    root.mkdir(parents=True)
     for i in range(4):
         write_mp4(root / f"c{i}.mp4", frames=12)
-        rows.append({"clip": f"c{i}.mp4", "label": ["happy", "sad"][i % 2], "fold": "1" if i < 2 else "2"})
-    data = (root / "c3.mp4").read_bytes()
-    (root / "c3.mp4").write_bytes(data[: len(data) // 2])
+    rows = rows or [{"clip": f"c{i}.mp4", "label": ["happy", "sad"][i % 2], "fold": "1" if i < 2 else "2"}
+                    for i in range(4)]
+    if cut:
+        data = (root / cut).read_bytes()
+        (root / cut).write_bytes(data[: len(data) // 2])
     with open(root / "clips.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["clip", "label", "fold"])
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
     yaml = tmp_path / "data.yaml"
     yaml.write_text(f"name: cut\nformat: video_csv\nroot: {root}\nfile: clips.csv\nclasses: [happy, sad]\n")
+    return yaml
+
+
+def test_data_check_decode_counts_and_names_a_cut_clip(tmp_path, capsys):
+    yaml = clip_corpus(tmp_path)
     assert main(["data", "check", "--data", str(yaml), "--decode", "--quiet"]) == 2
     assert "c3.mp4" in capsys.readouterr().err
     assert main(["data", "check", "--data", str(yaml), "--decode", "--drop-invalid", "--quiet", "--json", "-"]) == 0
@@ -192,7 +199,7 @@ def test_atomic_outputs_get_the_mode_the_umask_gives(tmp_path, umask_022):
 def test_a_finished_fold_with_other_optimiser_settings_is_refused_not_skipped(tmp_path):
     from types import SimpleNamespace
 
-    from vlm_salience.training.engine_config import OptimConfig
+    from vlm_salience.engine.config import OptimConfig
     from vlm_salience.video.train import _fold_done
 
     (tmp_path / "task.json").write_text(json.dumps({"fingerprint": {"data": "x"},
@@ -244,3 +251,41 @@ def test_face_score_csv_mismatch_names_the_flag_that_exists(face_images, tmp_pat
     assert main(["face", "score", str(face_images), "--out", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "--fresh" in err and "--no-resume" not in err
+
+
+# -- 8. messages: a duplicate id names the id column; a bad clip names its id and list line; no advice to pass a flag
+# that was passed; what was left out of a video run is in its notes (report.md and the console) ------------------------
+
+
+def test_a_duplicate_id_is_reported_against_the_id_column(tmp_path):
+    from vlm_salience.data.video import load_video_corpus
+
+    rows = [{"clip": f"c{i}.mp4", "label": ["happy", "sad"][i % 2], "fold": "1" if i < 2 else "2",
+             "id": "a" if i in (1, 3) else f"id{i}"} for i in range(4)]
+    with pytest.raises(DataError) as exc:
+        load_video_corpus(clip_corpus(tmp_path, rows, cut=None))
+    e = exc.value
+    assert (e.column, e.row) == ("id", 5) and "duplicate clip id 'a' (also on line 3)" in str(e)
+    assert "(value 'a')" in str(e)
+
+
+def test_a_bad_clip_names_its_id_and_line_and_no_flag_already_passed(tmp_path):
+    from vlm_salience.video.prepare import PrepareConfig, prepare_corpus
+
+    yaml = clip_corpus(tmp_path)
+    cfg = PrepareConfig(n_segments=2, candidates_per_segment=1)
+    with pytest.raises(DataError) as exc:
+        prepare_corpus(yaml, cfg, tmp_path / "cache", progress=False)
+    assert "clip 'c3.mp4' (clips.csv line 5)" in str(exc.value) and "--drop-invalid" in str(exc.value)
+    summary = prepare_corpus(yaml, cfg, tmp_path / "cache", drop_invalid=True, progress=False)
+    (bad,) = summary["invalid"]
+    assert bad["clip_id"] == "c3.mp4" and "line 5" in bad["error"] and "--drop-invalid" not in bad["error"]
+    from vlm_salience.data.video import load_video_corpus
+    from vlm_salience.video.report import dropped_notes
+
+    rows = [{"clip": f"c{i}.mp4", "label": ["happy", "sad", "happy", "bored"][i], "fold": "1" if i < 2 else "2"}
+            for i in range(4)]
+    corpus = load_video_corpus(clip_corpus(tmp_path / "b", rows, cut=None), drop_invalid=True)
+    notes = dropped_notes(corpus, summary)
+    assert len(notes) == 2 and "skipped 1 row(s)" in notes[0] and "bored" in notes[0]
+    assert "prepare skipped 1 clip(s)" in notes[1] and "c3.mp4" in notes[1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 
@@ -37,3 +38,11 @@ class DataError(VlmSalienceError):
         if fix:
             text += f" Fix: {fix}"
         super().__init__(text)
+
+
+_DROP_ADVICE = re.compile(r",? or pass --drop-invalid(?= *[.;)]| *$)|,? pass --drop-invalid to skip [^.]*")
+
+
+def without_drop_advice(message: str) -> str:
+    """A message shown for a row or clip that --drop-invalid already skipped, less its advice to pass the flag."""
+    return _DROP_ADVICE.sub("", message)

@@ -27,7 +27,7 @@ from vlm_salience.config import StrictModel, apply_overrides, load_config, valid
 from vlm_salience.data.video.frames import count_frames, read_frames
 from vlm_salience.data.video.records import VideoClip, VideoCorpus
 from vlm_salience.data.video.sampling import segment_indices
-from vlm_salience.errors import ConfigError, DataError
+from vlm_salience.errors import ConfigError, DataError, without_drop_advice
 from vlm_salience.video.cache import ClipCache, PreparedClip, clip_key, config_hash, read_clip
 from vlm_salience.video.streams import FaceFinder, StreamConfig, face_finder, make_streams
 
@@ -165,12 +165,14 @@ def _process(clip: VideoClip, key: str, cache: ClipCache, cfg: PrepareConfig,
     """('ok', entry) or ('invalid', {clip_id, file, error}) for one clip."""
     try:
         prepared = prepare_clip(clip, cfg, finder)
-    except DataError as exc:
-        return "invalid", {"clip_id": clip.clip_id, "file": str(exc.file or clip.source), "error": str(exc)}
+    except DataError as exc:  # it names the file; the clip's id and list line say which row to fix or drop
+        return "invalid", {"clip_id": clip.clip_id, "where": clip.where, "file": str(exc.file or clip.source),
+                           "error": f"{clip.named()}: {exc}"}
     except OSError as exc:
-        err = DataError(f"clip '{clip.clip_id}' cannot be read ({exc}).", file=clip.source,
+        err = DataError(f"{clip.named()} cannot be read ({exc}).", file=clip.source,
                         fix="check the file, or pass --drop-invalid.")
-        return "invalid", {"clip_id": clip.clip_id, "file": str(clip.source), "error": str(err)}
+        return "invalid", {"clip_id": clip.clip_id, "where": clip.where, "file": str(clip.source),
+                           "error": str(err)}
     rel = cache.write(key, prepared, compress=cfg.compress)
     return "ok", _entry(clip, key, rel, prepared)
 
@@ -282,9 +284,9 @@ def _prepare(data, prepare_cfg, out_cache_dir, *, fold, part, drop_invalid, prog
             cache.append(clip.clip_id, payload)
             prepared += 1
         else:
-            invalid.append(payload)
             if not drop_invalid:
                 raise DataError(payload["error"])
+            invalid.append({**payload, "error": without_drop_advice(payload["error"])})  # it was passed
         bar.update(1)
 
     try:

@@ -28,7 +28,7 @@ def decodable(corpus: VideoCorpus, *, drop_invalid: bool = False, progress: bool
             if not drop_invalid:
                 raise
             corpus.dropped.add(_rel(Path(exc.file), corpus.root) if exc.file else clip.clip_id,
-                               f"clip cannot be read: {exc.problem}", f"clip {clip.clip_id}")
+                               f"clip cannot be read: {exc.problem}", clip.named())
             continue
         keep.append(clip.clip_id)
     return corpus if len(keep) == len(corpus) else corpus.subset(keep)  # subset keeps the same DropReport

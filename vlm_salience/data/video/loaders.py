@@ -117,6 +117,7 @@ class _Builder:
             labels.setdefault(row.key, (idx, row))
         clips: dict[str, VideoClip] = {}
         ids: dict[str, str] = {}
+        owner: dict[str, Row] = {}  # clip id -> the row that named it first
         for key, (idx, row) in tqdm(labels.items(), desc=f"{cfg.name}: finding clips", unit="clip",
                                     disable=not self.progress, mininterval=1.0):
             if key in self.bad:
@@ -136,12 +137,17 @@ class _Builder:
             polarity = self._polarity(row, idx)
             if polarity == -1:
                 continue
-            if clip_id in clips:
-                self.fail(f"duplicate clip id '{clip_id}'", row, row.id_column, "give every clip its own name.", key)
+            if clip_id in clips:  # an `id` column names the clip where the CSV has one: report that column
+                from_id = bool(row.extra.get("id", "").strip())
+                self.fail(f"duplicate clip id '{clip_id}' (also on line {owner[clip_id].line})", row,
+                          "id" if from_id else row.id_column, "give every clip its own name.",
+                          clip_id if from_id else key)
                 continue
+            owner[clip_id] = row
             text = row.extra.get("text") or None
             clips[clip_id] = VideoClip(clip_id=clip_id, source=source, label=idx, face_source=face,
-                                       polarity=polarity, text=text, meta=meta(row) if meta else {})
+                                       polarity=polarity, text=text, meta=meta(row) if meta else {},
+                                       where=f"{self.rel(row.file)} line {row.line}")
             ids[key] = clip_id
         folds: dict[str, dict[str, list[str]]] = {}
         for row in rows:

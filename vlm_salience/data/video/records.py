@@ -28,6 +28,11 @@ class VideoClip:
     polarity: int | None = None  # 0 negative / 1 neutral / 2 positive (a column, or mapped from the label)
     text: str | None = None  # a reference description (the synthetic corpus writes one)
     meta: dict[str, str] = field(default_factory=dict, compare=False, hash=False)  # FERV39k scene; CSV extras
+    where: str = field(default="", compare=False, hash=False)  # the list file and line naming it, for messages
+
+    def named(self) -> str:
+        """How a message names the clip: its id and the line that listed it (a file error names only the file)."""
+        return f"clip '{self.clip_id}'" + (f" ({self.where})" if self.where else "")
 
 
 @dataclass
