@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.test_video_prepare import make_corpus, small_cfg
@@ -169,3 +170,24 @@ def test_video_train_and_eval_take_data_set_appended_to_the_yaml_overrides(tmp_p
                                           "--data-set", "list_format=dfer_clip"])
         data = apply_overrides(read_yaml(y), _video_overrides(args))["data"]
         assert data["overrides"] == ["face_dir=faces", "root=/data/DFEW", "list_format=dfer_clip"]
+
+
+def test_jpeg_frames_are_the_raw_frames_to_jpeg_tolerance_in_a_fraction_of_the_bytes(corpus_yaml, tmp_path):
+    from vlm_salience.video.prepare import hashed_settings
+
+    raw_cfg = small_cfg(face_size=96, scene_size=96)
+    jpeg_cfg = raw_cfg.model_copy(update={"frame_codec": "jpeg", "jpeg_quality": 95})
+    assert "frame_codec" not in hashed_settings(raw_cfg)  # raw caches keep the keys they had
+    raw = prepare_corpus(corpus_yaml, raw_cfg, tmp_path / "raw", progress=False)
+    jpg = prepare_corpus(corpus_yaml, jpeg_cfg, tmp_path / "jpg", progress=False)
+    assert raw["config_hash"] != jpg["config_hash"] and jpg["prepared"] == 4
+    a, b = ClipCache(tmp_path / "raw"), ClipCache(tmp_path / "jpg")
+    for cid in a.ids():
+        x, y = a.load(cid), b.load(cid)
+        for name in ("face", "scene"):
+            fx, fy = getattr(x, name), getattr(y, name)
+            assert fx.shape == fy.shape and fy.dtype == np.uint8
+            assert np.abs(fx.astype(int) - fy.astype(int)).mean() < 4.0, (cid, name)  # of 255, 4:2:0 chroma
+        assert np.array_equal(x.slots, y.slots) and np.array_equal(x.boxes, y.boxes)
+    size = {k: sum(p.stat().st_size for p in (tmp_path / k).rglob("*.npz")) for k in ("raw", "jpg")}
+    assert size["jpg"] < 0.4 * size["raw"], size

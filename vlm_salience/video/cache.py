@@ -144,19 +144,59 @@ def clip_key(source: str | Path, face_source: str | Path | None, cfg_hash: str) 
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def _arrays(clip: PreparedClip) -> dict[str, np.ndarray]:
+def _jpeg(frames: np.ndarray, quality: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each RGB frame as a JPEG, concatenated, with the F + 1 offsets that cut them apart."""
+    import cv2
+
+    bufs = []
+    for f in frames:
+        ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(f[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+        if not ok:
+            raise ValueError("JPEG encoding failed")
+        bufs.append(buf.reshape(-1))
+    offsets = np.cumsum([0] + [len(b) for b in bufs]).astype(np.int64)
+    return (np.concatenate(bufs) if bufs else np.zeros(0, np.uint8)), offsets
+
+
+def _unjpeg(data: np.ndarray, offsets: np.ndarray, shape: np.ndarray) -> np.ndarray:
+    import cv2
+
+    out = np.empty(tuple(int(x) for x in shape), np.uint8)
+    for i in range(len(offsets) - 1):
+        img = cv2.imdecode(data[offsets[i]:offsets[i + 1]], cv2.IMREAD_COLOR)
+        if img is None or img.shape != out.shape[1:]:
+            raise ValueError(f"frame {i} does not decode to {tuple(out.shape[1:])}")
+        out[i] = img[..., ::-1]
+    return out
+
+
+def _arrays(clip: PreparedClip, jpeg_quality: int | None = None) -> dict[str, np.ndarray]:
     meta = {"clip_id": clip.clip_id, "missed": int(clip.missed), "detect_frames": int(clip.detect_frames),
             "n_source_frames": int(clip.n_source_frames)}
-    return {"face": clip.face, "scene": clip.scene, "slots": clip.slots.astype(np.int32),
-            "frame_index": clip.frame_index.astype(np.int32), "boxes": clip.boxes.astype(np.float32),
-            "detected": clip.detected.astype(bool), "meta": np.frombuffer(json.dumps(meta).encode(), np.uint8)}
+    out = {"slots": clip.slots.astype(np.int32),
+           "frame_index": clip.frame_index.astype(np.int32), "boxes": clip.boxes.astype(np.float32),
+           "detected": clip.detected.astype(bool), "meta": np.frombuffer(json.dumps(meta).encode(), np.uint8)}
+    for name in ("face", "scene"):
+        frames = getattr(clip, name)
+        if jpeg_quality is None:
+            out[name] = frames
+        else:  # the candidates as JPEGs: a tenth of the bytes, decoded when the clip is read
+            out[f"{name}_jpeg"], out[f"{name}_offsets"] = _jpeg(frames, jpeg_quality)
+            out[f"{name}_shape"] = np.array(frames.shape, np.int64)
+    return out
 
 
-def write_clip(path: Path, clip: PreparedClip, *, compress: bool = False) -> Path:
-    """Atomically write one clip (temp file + rename)."""
+def write_clip(path: Path, clip: PreparedClip, *, compress: bool = False, jpeg_quality: int | None = None) -> Path:
+    """Atomically write one clip (temp file + rename); `jpeg_quality`: face and scene frames as JPEGs."""
     buf = io.BytesIO()
-    (np.savez_compressed if compress else np.savez)(buf, **_arrays(clip))
+    (np.savez_compressed if compress else np.savez)(buf, **_arrays(clip, jpeg_quality))
     return atomic.write_bytes(path, buf.getvalue())
+
+
+def _frames(z: Any, name: str) -> np.ndarray:
+    if f"{name}_jpeg" in z.files:
+        return _unjpeg(z[f"{name}_jpeg"], z[f"{name}_offsets"], z[f"{name}_shape"])
+    return z[name]
 
 
 def read_clip(path: Path) -> PreparedClip:
@@ -164,7 +204,8 @@ def read_clip(path: Path) -> PreparedClip:
     try:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(bytes(z["meta"]).decode())
-            return PreparedClip(clip_id=meta["clip_id"], face=z["face"], scene=z["scene"], slots=z["slots"],
+            return PreparedClip(clip_id=meta["clip_id"], face=_frames(z, "face"), scene=_frames(z, "scene"),
+                                slots=z["slots"],
                                 frame_index=z["frame_index"], boxes=z["boxes"], detected=z["detected"],
                                 missed=int(meta["missed"]), detect_frames=int(meta["detect_frames"]),
                                 n_source_frames=int(meta["n_source_frames"]))
@@ -267,13 +308,15 @@ class ClipCache:
             return False
         try:
             with np.load(path, allow_pickle=False) as z:
-                return {"face", "scene", "slots", "meta"} <= set(z.files)
+                files = set(z.files)
+                return {"slots", "meta"} <= files and all(n in files or f"{n}_jpeg" in files
+                                                          for n in ("face", "scene"))
         except Exception:
             return False
 
-    def write(self, key: str, clip: PreparedClip, *, compress: bool = False) -> str:
+    def write(self, key: str, clip: PreparedClip, *, compress: bool = False, jpeg_quality: int | None = None) -> str:
         rel = self.relpath(key)
-        write_clip(self.root / rel, clip, compress=compress)
+        write_clip(self.root / rel, clip, compress=compress, jpeg_quality=jpeg_quality)
         return rel
 
     def read_existing_entries(self, cfg_hash: str) -> dict[str, Any]:

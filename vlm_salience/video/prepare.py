@@ -17,7 +17,7 @@ import os
 import signal
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -46,6 +46,10 @@ class PrepareConfig(StrictModel):
     candidates_per_segment: int = Field(3, ge=1, le=16)  # K frames cached per segment (1: evaluation only)
     streams: StreamConfig = StreamConfig()
     compress: bool = False  # zip-compress clip files (about half the disk, slower to load)
+    # raw: frames as uint8 arrays; jpeg: each cached frame as a JPEG of `jpeg_quality` (about a tenth of the disk;
+    # decoded when a clip is read, equal to the raw frames to JPEG tolerance)
+    frame_codec: Literal["raw", "jpeg"] = "raw"
+    jpeg_quality: int = Field(95, ge=50, le=100)
 
 
 def load_prepare_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> PrepareConfig:
@@ -70,6 +74,10 @@ def hashed_settings(cfg: PrepareConfig, finder: FaceFinder | None = None) -> dic
     """The settings that change the cached frames: the config (without storage options, with the detector's own
     settings in place of its YAML's path, so moving the YAML does not invalidate the cache)."""
     data = cfg.model_dump(mode="json", exclude={"compress"})
+    if data.pop("frame_codec") == "raw":  # raw frames hash as before the codec existed: old caches stay valid
+        data.pop("jpeg_quality")
+    else:
+        data["frame_codec"] = "jpeg"
     det = data["streams"]["detection"]
     det.pop("detector", None)
     detector_cfg = getattr(finder, "detector_config", None)
@@ -173,7 +181,8 @@ def _process(clip: VideoClip, key: str, cache: ClipCache, cfg: PrepareConfig,
                         fix="check the file, or pass --drop-invalid.")
         return "invalid", {"clip_id": clip.clip_id, "where": clip.where, "file": str(clip.source),
                            "error": str(err)}
-    rel = cache.write(key, prepared, compress=cfg.compress)
+    rel = cache.write(key, prepared, compress=cfg.compress,
+                      jpeg_quality=cfg.jpeg_quality if cfg.frame_codec == "jpeg" else None)
     return "ok", _entry(clip, key, rel, prepared)
 
 
