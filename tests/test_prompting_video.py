@@ -284,3 +284,25 @@ def test_train_on_split_steal_face_videos(tmp_path, small_synth_corpus, tiny_vlm
     results = train_all(tc, progress=False)
     assert results["face"]["steps"] == 2 and np.isfinite(results["face"]["final_eval"]["eval/kld"])
     assert (tmp_path / "out" / "adapters" / "face" / "adapter_model.safetensors").is_file()
+
+
+def test_bad_clips_and_families_without_video_fail_clearly(tmp_path):
+    """An undecodable clip is a per-item error naming the file (the run records it and goes on); a family with
+    no native video path asked for video names the family and the setting that works."""
+    from vlm_salience.data.corpus import Face, Item, RatingScale, Situation
+    from vlm_salience.errors import ConfigError
+    from vlm_salience.prompting.answers import AnswerSpec
+    from vlm_salience.prompting.clips import ClipSettings
+    from vlm_salience.prompting.inputs import ItemError, build_prompt
+    from vlm_salience.prompting.templates import load_template
+
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"not a video at all")
+    item = Item(id="x", face=Face(id="x", media=(bad,), media_kind="video"),
+                situation=Situation(id="x", features={}, text="A game."))
+    spec = AnswerSpec("choice", ("joy", "anger"), RatingScale(1, 9), None)
+    with pytest.raises(ItemError, match="item x: cannot read the face clip.*broken.mp4"):
+        build_prompt(load_template("face_only"), item, spec, clip=ClipSettings(frames=2), clip_mode="video")
+    with pytest.raises(ConfigError, match="family 'llava'.*clip.mode: images"):
+        ClipSettings(mode="video").resolved_mode("llava")
+    assert ClipSettings().resolved_mode("llava") == "images" and ClipSettings().resolved_mode("qwen2_vl") == "video"
