@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -34,21 +36,22 @@ def test_folds_fit_only_on_training_items_and_scale_expressivity_on_them(small_s
     """Spy on every fit and prediction: what a fold predicts was never part of what it was fitted on; and each
     test item's expressivity is min-max scaled by the training items' raw scores alone (computed here by hand)."""
     corpus = load_corpus(small_synth_corpus)
-    fitted_on, pairs = [], []
+    fitted_on, pairs = {}, []  # the items each law (by identity) was fitted on
     real_fit, real_predict = study_mod.bci.fit_law, study_mod._predict
 
     def spy_fit(cues, *a, **k):
-        fitted_on.append(set(cues.item_ids))
-        return real_fit(cues, *a, **k)
+        law = real_fit(cues, *a, **k)
+        fitted_on[id(law)] = (law, set(cues.item_ids))  # the law kept alive, so that its id stays its own
+        return law
 
     def spy_predict(corpus_, cues, m, law, x, idx):
-        pairs.append((fitted_on[-1] if fitted_on else set(), set(corpus_.item_ids[idx])))
+        pairs.append((fitted_on.get(id(law), (None, set()))[1], set(corpus_.item_ids[idx])))
         return real_predict(corpus_, cues, m, law, x, idx)
 
     monkeypatch.setattr(study_mod.bci, "fit_law", spy_fit)
     monkeypatch.setattr(study_mod, "_predict", spy_predict)
     cfg = load_config(REPO / "configs" / "experiment" / "bci_synthetic.yaml", StudyConfig,
-                      [*SMALL, "bootstrap.weights_n=0"])
+                      [*SMALL, "bootstrap.weights_n=0", "n_jobs=1"])  # the spies live in this process
     res = run_study(corpus, cfg, progress=False)
     weighted = [p for p in pairs if p[0]]
     assert len(weighted) >= 4 * cfg.cv.k  # every weighted method in every fold was fitted, then predicted
@@ -177,3 +180,46 @@ def test_law_off_corpora_show_no_salience_over_seeds_and_methods(tmp_path_factor
     assert checks == 3 * len(LAW_OFF_SEEDS)
     assert len(false_gaps) <= 1, false_gaps  # 12 gap intervals: at 95%, one false positive is the nominal rate
     assert len(false_wins) <= 3, false_wins  # 12 methods x 5 metrics, correlated; a few is the nominal rate
+
+
+# every kind of law (and so every null: gap, reliability, spread, and the sized laws' no-law corpora), kept small
+ALL_LAWS = ("methods=[{name: bci, rule: product, salience: plain}, {name: control, rule: product, salience: control}, "
+            "{name: salience_hard, rule: product, salience: hard}, "
+            "{name: reliability, rule: product, salience: reliability}, "
+            "{name: per_emotion, rule: product, salience: per_emotion}, "
+            "{name: pool_control, rule: pool, salience: control}, {name: pool_learned, rule: pool, salience: learned}]")
+
+
+def test_a_parallel_run_equals_a_serial_run_to_the_last_bit(small_synth_corpus):
+    """Folds, no-law corpora and bootstrap refits run in worker processes with n_jobs > 1; every random draw is
+    made in the main process in a fixed order, so every number (point estimates, intervals, nulls) is the same
+    as in a serial run. A task that drew from a generator shared with the other tasks would not be: each worker
+    gets its own copy of the generator's state, so the draws repeat and the intervals change."""
+    corpus = load_corpus(small_synth_corpus)
+    cfg = load_config(REPO / "configs" / "experiment" / "bci_synthetic.yaml", StudyConfig,
+                      [*SMALL, "bootstrap.n=20", "bootstrap.weights_n=3", "laws.null_wins=1", "cv.k=2", ALL_LAWS])
+    serial = run_study(corpus, cfg, progress=False, n_jobs=1)
+    parallel = run_study(corpus, cfg, progress=False, n_jobs=2)
+    assert serial.weights["per_emotion"]["null_spread"]["n_boot"] == 3  # the nulls were refitted
+    assert serial.comparisons["per_emotion"]["vs_control"]["kld"]["null_gains"]  # and the no-law corpora
+    np.testing.assert_equal(parallel.weights, serial.weights)  # NaN equals NaN here
+    np.testing.assert_equal(parallel.metrics, serial.metrics)
+    np.testing.assert_equal(parallel.comparisons, serial.comparisons)
+    for name, pred in serial.predictions.items():
+        np.testing.assert_array_equal(parallel.predictions[name].emotion_dist, pred.emotion_dist)
+
+
+def test_quick_is_a_preview_said_in_the_report_and_metrics(small_synth_corpus, tmp_path):
+    two = "methods=[{name: bci, rule: product, salience: plain}, {name: control, rule: product, salience: control}]"
+    cfg = load_config(REPO / "configs" / "experiment" / "bci_synthetic.yaml", StudyConfig,
+                      [*SMALL, "bootstrap.n=2000", "bootstrap.weights_n=200", "n_jobs=1", two])
+    quick = study_mod.quick_config(cfg)
+    assert (quick.bootstrap.n, quick.bootstrap.weights_n, quick.laws.null_wins, quick.quick) == (200, 20, 1, True)
+    assert study_mod.quick_config(quick) == quick and not cfg.quick  # idempotent, never the default
+    preview = run_study(load_corpus(small_synth_corpus), quick, progress=False)
+    assert preview.config.bootstrap.weights_n == 20
+    assert preview.weights["control"]["face_weight_gap"]["n_boot"] == 20  # refits
+    out = write_outputs(preview, tmp_path / "q")
+    assert "QUICK PREVIEW" in (out / "report.md").read_text().splitlines()[0]
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["config"]["quick"] is True and doc["notes"][0].startswith("QUICK PREVIEW")

@@ -27,13 +27,16 @@ control's fit, `bci.fit_law`), so it predicts valence exactly as the control doe
 
 from __future__ import annotations
 
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
+from joblib import Parallel, cpu_count, delayed
 from pydantic import Field, model_validator
 from tqdm.auto import tqdm
-
 
 from vlm_salience import bci
 from vlm_salience.config import StrictModel
@@ -103,9 +106,19 @@ class StudyConfig(StrictModel):
     bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
     reference: str = "bci"  # the method every other is compared with
     methods: list[MethodConfig]
+    # processes for the independent refits (folds, no-law corpora, bootstrap draws): joblib's n_jobs, -1 all cores,
+    # 1 in this process. Every random draw is made in the main process in a fixed order, so the numbers do not
+    # depend on it
+    n_jobs: int = -1
+    # a preview for iteration (`bci --quick`): fewer resamples and refits (`quick_config`), said in the report's
+    # first line and in metrics.json; never the default
+    quick: bool = False
 
     @model_validator(mode="after")
     def _names(self) -> StudyConfig:
+        if self.n_jobs == 0:
+            raise ValueError("n_jobs must be -1 (all cores), a positive number of processes, or -k (all but k-1); "
+                             "got 0")
         names = [m.name for m in self.methods]
         if len(set(names)) != len(names):
             raise ValueError(f"method names must be unique, got {names}")
@@ -126,6 +139,67 @@ class StudyConfig(StrictModel):
         if method.rule != "pool" or method.salience in ("plain", "control"):
             return None
         return next((m.name for m in self.methods if m.rule == "product" and m.salience == "control"), None)
+
+
+# what `--quick` keeps at most: enough resamples to see the picture, not to report it
+QUICK = {"bootstrap.n": 200, "bootstrap.weights_n": 20, "laws.null_wins": 1}
+
+
+def quick_config(cfg: StudyConfig) -> StudyConfig:
+    """The preview of a study (`quick: true`, `bci --quick`): the resample and refit counts of QUICK where the
+    config asks for more; everything that gives a point estimate is unchanged. Idempotent."""
+    bs = cfg.bootstrap.model_copy(update={"n": min(cfg.bootstrap.n, QUICK["bootstrap.n"]),
+                                          "weights_n": min(cfg.bootstrap.weights_n, QUICK["bootstrap.weights_n"])})
+    laws = cfg.laws.model_copy(update={"null_wins": min(cfg.laws.null_wins, QUICK["laws.null_wins"])})
+    return cfg.model_copy(update={"quick": True, "bootstrap": bs, "laws": laws})
+
+
+def quick_note(cfg: StudyConfig) -> str:
+    """The words a preview's report opens with."""
+    return (f"QUICK PREVIEW (--quick): {cfg.bootstrap.n} bootstrap resamples, {cfg.bootstrap.weights_n} weight "
+            f"refits and {cfg.laws.null_wins} no-law corpora (at most {QUICK['bootstrap.n']}, "
+            f"{QUICK['bootstrap.weights_n']} and {QUICK['laws.null_wins']}): the point estimates are the full "
+            "study's, the intervals and the verdicts are rough. Not for reporting; run without --quick.")
+
+
+T = TypeVar("T")
+
+
+def n_workers(n_jobs: int) -> int:
+    """joblib's reading of n_jobs on this machine: -1 all cores, -k all but k - 1, k > 0 itself."""
+    return max(1, cpu_count() + 1 + n_jobs) if n_jobs < 0 else n_jobs
+
+
+def _stage(items: Iterable[T], total: int, desc: str, unit: str, progress: bool) -> Iterator[T]:
+    """Progress of one stage. On a terminal a tqdm bar; in a log (no terminal) one line as the stage starts, one
+    every 30 s while it runs and one when it ends, instead of a flood of carriage returns."""
+    if not progress:
+        yield from items
+        return
+    if sys.stderr.isatty():
+        yield from tqdm(items, total=total, desc=desc, unit=unit)
+        return
+    t0 = last = time.perf_counter()
+    print(f"{desc}: {total} {unit}s", file=sys.stderr, flush=True)
+    for i, item in enumerate(items, 1):
+        yield item
+        now = time.perf_counter()
+        if now - last >= 30 and i < total:
+            print(f"{desc}: {i}/{total} ({now - t0:.0f} s)", file=sys.stderr, flush=True)
+            last = now
+    print(f"{desc}: done, {total} {unit}s in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+
+
+def run_tasks(fn: Callable[..., T], tasks: Sequence[tuple], n_jobs: int, *, desc: str = "", unit: str = "task",
+              progress: bool = False) -> list[T]:
+    """fn(*task) for every task, results in task order: through joblib's process pool (loky), or in this process
+    where n_jobs is 1 or there is a single task. The tasks must not draw random numbers (callers draw everything
+    first, in a fixed order), so a parallel run equals a serial one to the last bit."""
+    if n_workers(n_jobs) == 1 or len(tasks) <= 1:
+        results: Iterable[T] = (fn(*t) for t in tasks)
+    else:
+        results = Parallel(n_jobs=n_jobs, return_as="generator")(delayed(fn)(*t) for t in tasks)
+    return list(_stage(results, len(tasks), desc, unit, progress and bool(desc)))
 
 
 @dataclass
@@ -205,14 +279,26 @@ def _predict(corpus: Corpus, cues: CueTable, m: MethodConfig, law: SalienceLaw, 
     return from_blocks(corpus, m.name, corpus.item_ids[idx], blocks, weights, x[idx])
 
 
-def run_study(corpus: Corpus, cfg: StudyConfig, *, progress: bool = True) -> StudyResult:
+def _fit_all(cues: CueTable, methods: list[MethodConfig], x: np.ndarray, cfg: StudyConfig) -> list[SalienceLaw]:
+    """Every method's law fitted on the same (training) cues: one task of the parallel loops."""
+    return [_fit(cues, m, _law_x(m, cues, x), cfg) for m in methods]
+
+
+def run_study(corpus: Corpus, cfg: StudyConfig, *, progress: bool = True, n_jobs: int | None = None
+              ) -> StudyResult:
+    """The whole study (module docstring). `n_jobs` overrides the config's (joblib: -1 all cores, 1 serial); the
+    numbers are the same for any value. A config with `quick: true` runs as its preview (`quick_config`)."""
+    if cfg.quick:
+        cfg = quick_config(cfg)
+    jobs = cfg.n_jobs if n_jobs is None else n_jobs
     cues = build_cues(corpus, cfg.cue_models)
     raw = raw_scores(corpus, cfg.expressivity.estimator)
     thr = cfg.expressivity.threshold
     x_all = Normaliser.fit(raw, cfg.expressivity.normalise)(raw)
     all_idx = np.arange(len(corpus.items))
     result = StudyResult(corpus=corpus, config=cfg, predictions={}, observed=None, expressivity=x_all,
-                         notes=list(cues.notes), reliability=log_reliability_ratio(cues))
+                         notes=([quick_note(cfg)] if cfg.quick else []) + list(cues.notes),
+                         reliability=log_reliability_ratio(cues))
     if not corpus.has_targets:
         for m in cfg.methods:
             if m.salience == "plain" or m.rule in ("face", "context"):
@@ -228,17 +314,18 @@ def run_study(corpus: Corpus, cfg: StudyConfig, *, progress: bool = True) -> Stu
     folds = make_folds(corpus, cfg.cv)
     parts: dict[str, list[Predictions]] = {m.name: [] for m in cfg.methods}
     fold_laws: dict[str, list[dict]] = {m.name: [] for m in cfg.methods}
-    for test in tqdm(folds, desc=f"cross-validating ({len(folds)} folds)", disable=not progress, unit="fold"):
-        train = np.setdiff1d(all_idx, test)
-        x = Normaliser.fit(raw[train], cfg.expressivity.normalise)(raw)
-        train_cues = cues.take(train)
-        for m in cfg.methods:
-            law = _fit(train_cues, m, _law_x(m, train_cues, x[train]), cfg)
+    trains = [np.setdiff1d(all_idx, test) for test in folds]
+    xs = [Normaliser.fit(raw[train], cfg.expressivity.normalise)(raw) for train in trains]
+    laws_by_fold = run_tasks(_fit_all, [(cues.take(train), cfg.methods, x[train], cfg) for train, x in
+                                        zip(trains, xs)], jobs, desc=f"cross-validating ({len(folds)} folds)",
+                             unit="fold", progress=progress)
+    for test, x, laws in zip(folds, xs, laws_by_fold):
+        for m, law in zip(cfg.methods, laws):
             parts[m.name].append(_predict(corpus, cues, m, law, x, test))
             fold_laws[m.name].append(law.describe())
     groups, crossed, result.resampling = bootstrap_factors(corpus, cfg)
     bs = cfg.bootstrap
-    null_gains = _null_gains(corpus, cues, cfg, raw, folds, progress)
+    null_gains = _null_gains(corpus, cues, cfg, raw, folds, progress, jobs)
     for m in cfg.methods:
         pred = Predictions.concat(parts[m.name]).align(corpus.item_ids)
         result.predictions[m.name] = pred
@@ -263,7 +350,7 @@ def run_study(corpus: Corpus, cfg: StudyConfig, *, progress: bool = True) -> Stu
                 groups=groups, crossed=crossed)}
         comp["verdict"] = _verdict(comp, cfg.primary_metric, cfg.reference)
         result.comparisons[m.name] = comp
-    result.weights = _fitted_weights(corpus, cues, cfg, x_all, fold_laws, progress, groups, crossed)
+    result.weights = _fitted_weights(corpus, cues, cfg, x_all, fold_laws, progress, groups, crossed, jobs)
     for name, comp in result.comparisons.items():
         v = comp["verdict"]
         if "beats_control" in v:  # evidence of salience: better than the no-law models, and a gap beyond the null
@@ -273,7 +360,7 @@ def run_study(corpus: Corpus, cfg: StudyConfig, *, progress: bool = True) -> Stu
 
 
 def _null_gains(corpus: Corpus, cues: CueTable, cfg: StudyConfig, raw: np.ndarray, folds: list[np.ndarray],
-                progress: bool) -> dict[str, dict[str, list[float]]]:
+                progress: bool, n_jobs: int = 1) -> dict[str, dict[str, list[float]]]:
     """Per sized method (per_emotion, learned; product and pool) and metric: its out-of-fold gain over its control
     (law minus control) on each of `laws.null_wins` no-law corpora, cross-validated on the same folds.
 
@@ -299,19 +386,21 @@ def _null_gains(corpus: Corpus, cues: CueTable, cfg: StudyConfig, raw: np.ndarra
     all_idx = np.arange(len(corpus.items))
     gains: dict[str, dict[str, list[float]]] = {m.name: {} for m in sized}
     expected = _control_blocks(base, x_all, thr, obj, per_block=True)
-    for _ in tqdm(range(cfg.laws.null_wins), desc="no-law corpora (sized laws' gains)", disable=not progress,
-                  unit="corpus"):
-        nc = _draw_null(base, expected, rng, sample_targets=True)
+    # every no-law corpus is drawn first, in order (the fits draw nothing), then all corpora x folds are fitted at once
+    corpora = [_draw_null(base, expected, rng, sample_targets=True) for _ in range(cfg.laws.null_wins)]
+    trains = [np.setdiff1d(all_idx, test) for test in folds]
+    xs = [Normaliser.fit(raw[train], cfg.expressivity.normalise)(raw) for train in trains]
+    laws = run_tasks(_fit_all, [(nc.take(train), fitted, x[train], cfg) for nc in corpora
+                                for train, x in zip(trains, xs)], n_jobs,
+                     desc=f"no-law corpora (sized laws' gains: {len(corpora)} x {len(folds)} folds)", unit="fit",
+                     progress=progress)
+    for k, nc in enumerate(corpora):
         obs = _observed_targets(corpus, nc)
         parts: dict[str, list[Predictions]] = {m.name: [] for m in fitted}
-        for test in folds:
-            train = np.setdiff1d(all_idx, test)
-            x = Normaliser.fit(raw[train], cfg.expressivity.normalise)(raw)
-            train_cues = nc.take(train)
-            for m in fitted:
-                law = _fit(train_cues, m, _law_x(m, train_cues, x[train]), cfg)
+        for f, (test, x) in enumerate(zip(folds, xs)):
+            for m, law in zip(fitted, laws[k * len(folds) + f]):
                 parts[m.name].append(_predict(corpus, nc, m, law, x, test))
-        preds = {k: Predictions.concat(v).align(corpus.item_ids) for k, v in parts.items()}
+        preds = {name: Predictions.concat(v).align(corpus.item_ids) for name, v in parts.items()}
         for m in sized:
             diff = paired_bootstrap(preds[m.name], preds[cfg.control_of(m)], obs, n_boot=0)
             for metric, d in diff.items():
@@ -368,9 +457,52 @@ def holdout_baselines(corpus: Corpus, cfg: StudyConfig, cues: CueTable, train: n
     return preds, laws
 
 
+def _null_expectations(cues: CueTable, x: np.ndarray, thr: float, objective: bci.Objective, with_null: bool,
+                       with_rel: bool) -> tuple[dict[str, np.ndarray] | None, dict[str, np.ndarray] | None]:
+    """One resample's no-law expectations (`_control_blocks`): for the gap null (these cues) and for a
+    reliability law's null (the raw face-only histograms). Deterministic: the draws from them are made after, in
+    the main process, in the resamples' order. A task of the parallel loop."""
+    null = _control_blocks(cues, x, thr, objective) if with_null else None
+    rel = _control_blocks(_rel_base(cues), x, thr, objective) if with_rel else None
+    return null, rel
+
+
+def _rel_base(cues: CueTable) -> CueTable:
+    """What a reliability law's null is drawn from: the raw face-only histograms (see
+    reliability.empirical_face_cues)."""
+    return empirical_face_cues(cues) if cues.face_rows else cues
+
+
+_Refit = tuple[float, float, float, float, float | None, float | None, float | None]
+
+
+def _refit_draw(fitted: list[MethodConfig], cfg: StudyConfig, boot: CueTable, xb_all: np.ndarray, x: np.ndarray,
+                null: CueTable | None, rel_null: CueTable | None, spread_null: CueTable | None
+                ) -> dict[str, _Refit]:
+    """Every fitted method refitted on one bootstrap resample (`boot`, expressivity `xb_all`) and on its no-law
+    corpus: per method (gap, share gap, gamma, spread, null gap, null gamma, null spread), the null ones None for
+    a control. The resample's cues are built once and shared by every law. A task of the parallel loop."""
+    out: dict[str, _Refit] = {}
+    for m in fitted:
+        xb = _law_x(m, boot, xb_all)
+        b_law = _fit(boot, m, xb, cfg)
+        rel = m.salience in RELIABILITY_KINDS
+        row = (b_law.face_weight_gap(xb), _share_gap(b_law, xb), b_law.params[2] if rel else np.nan,
+               b_law.share_spread(xb))
+        nulls: tuple[float | None, float | None, float | None] = (None, None, None)
+        if m.salience != "control":
+            spread = m.salience in SPREAD_KINDS
+            nc = rel_null if rel else spread_null if spread else null
+            xn = _law_x(m, nc, x if spread else xb_all)
+            n_law = _fit(nc, m, xn, cfg)
+            nulls = (n_law.face_weight_gap(xn), n_law.params[2] if rel else np.nan, n_law.share_spread(xn))
+        out[m.name] = (*row, *nulls)
+    return out
+
+
 def _fitted_weights(corpus: Corpus, cues: CueTable, cfg: StudyConfig, x: np.ndarray,
                     fold_laws: dict[str, list[dict]], progress: bool, groups: np.ndarray | None = None,
-                    crossed: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
+                    crossed: np.ndarray | None = None, n_jobs: int = 1) -> dict[str, dict[str, Any]]:
     """Full-data fit per weighted method, with bootstrap intervals (refits on the resamples the scores use) of
     the face-weight gap between expressive and subtle faces, the quantity the salience hypothesis predicts to be
     positive. A product's gap is in weights; a pool's in face share (the only thing that moves a pool).
@@ -392,15 +524,18 @@ def _fitted_weights(corpus: Corpus, cues: CueTable, cfg: StudyConfig, x: np.ndar
     # each resample also redraws every face's face-only judgements, so the intervals carry the face cues' error
     boot_cues = [_with_resampled_faces(cues, rng).take(idx) for idx in draws]
     with_null = any(m.salience != "control" for m in fitted)
-    null_cues = ([_null_cues(c, x[idx], thr, obj, rng) for c, idx in
-                  tqdm(list(zip(boot_cues, draws)), desc="null resamples (no law)", disable=not progress,
-                       unit="resample")]
-                 if with_null else [])
+    with_rel = any(m.salience in RELIABILITY_KINDS for m in fitted)
+    # the no-law expectations of every resample are fitted in parallel (deterministic); the draws from them are
+    # made here, in the resamples' order, each kind of null from its own stream
+    expectations = (run_tasks(_null_expectations, [(c, x[idx], thr, obj, with_null, with_rel)
+                                                   for c, idx in zip(boot_cues, draws)], n_jobs,
+                              desc="null resamples (no law)", unit="resample", progress=progress)
+                    if with_null else [])
+    null_cues = [_draw_null(c, e[0], rng) for c, e in zip(boot_cues, expectations)]
     # a reliability law's null starts from the raw face-only histograms (see reliability.empirical_face_cues)
     rel_rng = np.random.default_rng(cfg.bootstrap.seed + 2)
-    rel_null_cues = ([_null_cues(empirical_face_cues(c) if c.face_rows else c, x[idx], thr, obj, rel_rng)
-                      for c, idx in
-                      zip(boot_cues, draws)] if any(m.salience in RELIABILITY_KINDS for m in fitted) else [])
+    rel_null_cues = ([_draw_null(_rel_base(c), e[1], rel_rng) for c, e in zip(boot_cues, expectations)]
+                     if with_rel else [])
     # sized laws (per_emotion, learned): a parametric null of their spread. Each null corpus is the full data with
     # no law by construction (targets drawn from one constant pair per block, face cues estimated again from
     # raters simulated from the estimated face cues), so its face cues err once, as the real ones do, against
@@ -415,25 +550,20 @@ def _fitted_weights(corpus: Corpus, cues: CueTable, cfg: StudyConfig, x: np.ndar
     if any(m.salience in SPREAD_KINDS for m in fitted):
         expected = _control_blocks(cues, x, thr, obj, per_block=True)
         spread_null_cues = [_draw_null(cues, expected, spread_rng, sample_targets=True) for _ in draws]
-    for m in tqdm(fitted, desc="bootstrapping fitted weights", disable=not progress or not fitted, unit="method"):
+    point = run_tasks(_fit_all, [(cues, [m], x, cfg) for m in fitted], n_jobs)  # the full-data fits, one per law
+    refits = run_tasks(_refit_draw, [(fitted, cfg, boot_cues[k], x[idx], x,
+                                      null_cues[k] if null_cues else None,
+                                      rel_null_cues[k] if rel_null_cues else None,
+                                      spread_null_cues[k] if spread_null_cues else None)
+                                     for k, idx in enumerate(draws)], n_jobs,
+                       desc=f"bootstrapping fitted weights ({len(fitted)} laws, with their nulls)", unit="resample",
+                       progress=progress and bool(fitted))
+    for m, (law,) in zip(fitted, point):
         x_m = _law_x(m, cues, x)
-        law = _fit(cues, m, x_m, cfg)
-        gaps, shares, nulls, gammas, null_gammas, spreads, null_spreads = [], [], [], [], [], [], []
-        for k, idx in enumerate(draws):
-            xb = _law_x(m, boot_cues[k], x[idx])
-            b_law = _fit(boot_cues[k], m, xb, cfg)
-            gaps.append(b_law.face_weight_gap(xb))
-            shares.append(_share_gap(b_law, xb))
-            gammas.append(b_law.params[2] if m.salience in RELIABILITY_KINDS else np.nan)
-            spreads.append(b_law.share_spread(xb))
-            if m.salience != "control":
-                nc = (rel_null_cues[k] if m.salience in RELIABILITY_KINDS
-                      else spread_null_cues[k] if m.salience in SPREAD_KINDS else null_cues[k])
-                xn = _law_x(m, nc, x if m.salience in SPREAD_KINDS else x[idx])
-                n_law = _fit(nc, m, xn, cfg)
-                nulls.append(n_law.face_weight_gap(xn))
-                null_gammas.append(n_law.params[2] if m.salience in RELIABILITY_KINDS else np.nan)
-                null_spreads.append(n_law.share_spread(xn))
+        rows = [r[m.name] for r in refits]
+        gaps, shares, gammas, spreads = ([r[i] for r in rows] for i in range(4))
+        has_null = m.salience != "control"
+        nulls, null_gammas, null_spreads = ([r[i] for r in rows] if has_null else [] for i in range(4, 7))
         entry = law.describe()
         entry["gap_scale"] = "face share" if m.rule == "pool" else "w_face"
         gap = law.face_weight_gap(x_m)
@@ -488,12 +618,6 @@ def _fitted_weights(corpus: Corpus, cues: CueTable, cfg: StudyConfig, x: np.ndar
 
 def _with_resampled_faces(cues: CueTable, rng: np.random.Generator) -> CueTable:
     return resample_face_raters(cues, rng) if cues.face_rows else cues
-
-
-def _null_cues(cues: CueTable, x: np.ndarray, thr: float, objective: bci.Objective,
-               rng: np.random.Generator) -> CueTable:
-    """The data a fit would see with no salience law (`_control_blocks`, then `_draw_null`)."""
-    return _draw_null(cues, _control_blocks(cues, x, thr, objective), rng)
 
 
 def _control_blocks(cues: CueTable, x: np.ndarray, thr: float, objective: bci.Objective, *,
