@@ -300,3 +300,91 @@ def test_face_score_picks_the_detector_by_name(mtcnn, astronaut, tmp_path):
     s_mtcnn = score_faces([d], tmp_path / "mtcnn.csv", detector_cfg="mtcnn", progress=False)
     assert (s_haar["faces"], s_haar["no_face"]) == (0, 3)
     assert (s_mtcnn["faces"], s_mtcnn["no_face"], s_mtcnn["detector"]) == (3, 0, "mtcnn")
+
+
+# ---------------------------------------------------------------- identities across a clip
+
+from vlm_salience.models.faces.identities import FaceTracker, pick_target, track_faces  # noqa: E402
+
+
+def crossing_boxes(T: int = 30, miss: range = range(12, 16), seed: int = 0) -> list[list[FaceBox]]:
+    """Two faces crossing: A moves right along y=40, B left along y=70 (their boxes overlap for a few frames, IoU up
+    to ~.4); A's detections are missing for the frames in `miss` (right at the crossing); boxes jitter by 2 px, and
+    the detector lists the faces in random order."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for t in range(T):
+        faces = []
+        for who, (x, y) in {"A": (20 + 12 * t, 40), "B": (380 - 12 * t, 70)}.items():
+            if who == "A" and t in miss:
+                continue
+            jx, jy = rng.normal(0, 2, 2)
+            pts = np.array([[25, 35], [55, 35], [40, 50], [28, 65], [52, 65]], float) + [x + jx, y + jy]
+            faces.append(FaceBox(int(x + jx), int(y + jy), 80, 96, 0.99, tuple(map(tuple, pts))))
+        rng.shuffle(faces)
+        out.append(faces)
+    return out
+
+
+def truth(face: FaceBox) -> str:
+    return "A" if abs(face.y - 40) < abs(face.y - 70) else "B"
+
+
+def test_two_crossing_faces_keep_their_ids_through_a_gap():
+    frames = crossing_boxes()
+    tracked, summary = track_faces(frames, max_gap=6)
+    ids = {who: {tid for faces in tracked for tid, f in faces if truth(f) == who} for who in "AB"}
+    assert ids["A"] == {ids["A"].copy().pop()} and ids["B"] == {ids["B"].copy().pop()} and ids["A"] != ids["B"]
+    assert summary["tracks"] == 2 and summary["gaps_bridged"] == 1
+    a = summary["per_track"][next(iter(ids["A"]))]
+    assert (a["first"], a["last"], a["frames"], a["gaps"]) == (0, 29, 26, 1)
+    # a gap longer than max_gap ends the track: A comes back as a third identity
+    _, short = track_faces(frames, max_gap=2)
+    assert short["tracks"] == 3 and short["gaps_bridged"] == 0
+
+
+def test_without_prediction_and_landmarks_the_ids_would_swap():
+    """The same clip with a tracker that only takes the nearest box by IoU to the last position (no velocity, no
+    landmarks) swaps or splits identities at the crossing: the assignment is what keeps them."""
+    tr = FaceTracker(max_gap=6, landmark_weight=0.0)
+    frames = crossing_boxes()
+    from vlm_salience.models.faces import identities
+
+    orig = identities._Track.predicted
+    identities._Track.predicted = lambda self, frame: self.box  # no motion model
+    try:
+        tracked = [tr.update([FaceBox(f.x, f.y, f.w, f.h, f.score) for f in fs]) for fs in frames]
+    finally:
+        identities._Track.predicted = orig
+    ids_a = {tid for faces in tracked for tid, f in faces if truth(f) == "A"}
+    assert len(ids_a) > 1
+
+
+def test_pick_target_rules():
+    frames = crossing_boxes(miss=range(0))
+    tracked, summary = track_faces(frames[:20] + [[f for f in fs if truth(f) == "B"] for fs in frames[20:]])
+    a = next(tid for tid, f in tracked[0] if truth(f) == "A")
+    b = next(tid for tid, f in tracked[0] if truth(f) == "B")
+    assert pick_target(summary, tracked, "longest") == b  # B is seen in all 30 frames, A in 20
+    assert pick_target(summary, tracked, "central", frame_size=(200, 200)) == a  # A stays nearer (100, 100)
+    with pytest.raises(ValueError, match="frame_size"):
+        pick_target(summary, tracked, "central")
+    assert pick_target({"tracks": 0}, [[], []]) is None
+
+
+def test_real_two_face_clip_gives_two_streams(mtcnn, astronaut):
+    """MTCNN on a generated clip of two astronauts' heads (one mirrored and tinted) crossing, 10 px a frame: one id
+    each, on every frame."""
+    face = cv2.resize(astronaut[30:230, 130:330], (120, 120), interpolation=cv2.INTER_AREA)  # face ~54 px wide
+    other = (face[:, ::-1] * [0.8, 0.9, 1.1]).clip(0, 255).astype(np.uint8)
+    frames = []
+    for t in range(10):
+        f = np.full((240, 360, 3), 60, np.uint8)
+        xa, xb = 20 + 20 * t, 220 - 20 * t
+        f[10:130, xb:xb + 120] = other
+        f[100:220, xa:xa + 120] = face
+        frames.append(f)
+    tracked, summary = track_faces(mtcnn.detect_batch(frames))
+    assert summary["tracks"] == 2 and all(len(fs) == 2 for fs in tracked)
+    first = {tid: f.y > 60 for tid, f in tracked[0]}
+    assert all({tid: f.y > 60 for tid, f in fs} == first for fs in tracked)
