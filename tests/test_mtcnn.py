@@ -338,6 +338,8 @@ def test_two_crossing_faces_keep_their_ids_through_a_gap():
     assert summary["tracks"] == 2 and summary["gaps_bridged"] == 1
     a = summary["per_track"][next(iter(ids["A"]))]
     assert (a["first"], a["last"], a["frames"], a["gaps"]) == (0, 29, 26, 1)
+    # a single missed frame is a bridged gap too
+    assert track_faces(crossing_boxes(miss=range(5, 6)), max_gap=6)[1]["gaps_bridged"] == 1
     # a gap longer than max_gap ends the track: A comes back as a third identity
     _, short = track_faces(frames, max_gap=2)
     assert short["tracks"] == 3 and short["gaps_bridged"] == 0
