@@ -155,7 +155,7 @@ def test_data_check_decode_counts_and_names_a_cut_clip(tmp_path, capsys):
 def test_resume_with_other_optimiser_settings_is_refused(tmp_path):
     from test_engine import LinearTask, config
 
-    from vlm_salience.training.engine import CheckpointError, train
+    from vlm_salience.engine.engine import CheckpointError, train
 
     train(config(tmp_path, optim__max_steps=4), LinearTask(), progress=False)
     for over, said in [({"optim__lr": 0.5}, "optim.lr 0.05 -> 0.5"),
@@ -199,7 +199,7 @@ def test_atomic_outputs_get_the_mode_the_umask_gives(tmp_path, umask_022):
 def test_a_finished_fold_with_other_optimiser_settings_is_refused_not_skipped(tmp_path):
     from types import SimpleNamespace
 
-    from vlm_salience.training.engine_config import OptimConfig
+    from vlm_salience.engine.config import OptimConfig
     from vlm_salience.video.train import _fold_done
 
     (tmp_path / "task.json").write_text(json.dumps({"fingerprint": {"data": "x"},

@@ -16,10 +16,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vlm_salience.errors import ConfigError
-from vlm_salience.training.engine import (CheckpointError, Engine, batch_plan, cpu_has_native_bf16,
+from vlm_salience.engine.engine import (CheckpointError, Engine, batch_plan, cpu_has_native_bf16,
                                           latest_checkpoint, resolve_precision, train)
-from vlm_salience.training.engine_config import EngineConfig
-from vlm_salience.training.task import Task
+from vlm_salience.engine.config import EngineConfig
+from vlm_salience.engine.task import Task
 
 
 class Crash(Exception):
@@ -123,7 +123,7 @@ def test_resume_after_a_crash_gives_the_weights_of_an_uninterrupted_run(tmp_path
 
 def test_rng_state_is_part_of_the_checkpoint(tmp_path, monkeypatch):
     """With dropout, resuming without the RNG state would draw other masks: a planted omission must show."""
-    from vlm_salience.training import engine
+    from vlm_salience.engine import engine
 
     straight = LinearTask(dropout=0.5)
     train(config(tmp_path / "a"), straight, progress=False)

@@ -11,8 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from vlm_salience.config import RelPath, StrictModel
 from vlm_salience.models.loading import ModelConfig
 from vlm_salience.prompting.clips import ClipSettings
-from vlm_salience.training.engine_config import (  # noqa: F401  (re-exported: older imports name them here)
-    CheckpointConfig, EngineConfig, EvalConfig, OptimConfig, Precision)
+from vlm_salience.engine.config import EngineConfig
 
 
 class TrainModelConfig(ModelConfig):

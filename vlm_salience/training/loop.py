@@ -1,7 +1,7 @@
 """`vlm-salience train`: every adapter of a training config, each the VLM LoRA task run by the engine.
 
-The loop itself is `training/engine.py` (generic); the VLM specifics are `training/vlm_task.py`. The names below
-are kept for callers of the earlier single-module trainer.
+The loop itself is the engine (`engine/engine.py`, generic); the VLM specifics are `training/vlm_task.py`. The names
+below are kept for callers of the earlier single-module trainer.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 
 from vlm_salience.training.config import AdapterSpec, TrainConfig
 from vlm_salience.training.data import TrainingData
-from vlm_salience.training.engine import Engine, batch_plan, latest_checkpoint  # noqa: F401  (re-exported)
+from vlm_salience.engine.engine import Engine
 from vlm_salience.training.vlm_task import (  # noqa: F401  (re-exported)
     VLMTask, adapter_path, base_fingerprint, save_adapter)
 

@@ -1,6 +1,6 @@
 """The VLM LoRA SFT task: one LoRA adapter of a VLM on the instruction data of one `AdapterSpec`.
 
-The engine (`training/engine.py`) runs it; this module holds everything VLM-specific: loading (or building) the
+The engine (`engine/engine.py`) runs it; this module holds everything VLM-specific: loading (or building) the
 base, the collator (answer-only loss), LoRA/QLoRA, the retrieved few-shot examples in the prompts, evaluation by
 label scoring (valence MSE and r, KLD), and the adapter's safetensors export.
 """
@@ -19,7 +19,7 @@ from vlm_salience.errors import ConfigError
 from vlm_salience.training.collator import VLMCollator
 from vlm_salience.training.config import AdapterSpec, TrainConfig
 from vlm_salience.training.data import TrainingData
-from vlm_salience.training.task import Task
+from vlm_salience.engine.task import Task
 from vlm_salience.models.fingerprint import checkpoint_fingerprint
 
 

@@ -17,7 +17,7 @@ from pydantic import Field, model_validator
 
 from vlm_salience.config import RelPath, StrictModel, apply_overrides, read_yaml, validate
 from vlm_salience.errors import ConfigError
-from vlm_salience.training.engine_config import EngineConfig
+from vlm_salience.engine.config import EngineConfig
 from vlm_salience.video.prepare import PrepareConfig
 
 class VideoDataSection(StrictModel):

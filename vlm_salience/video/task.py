@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from vlm_salience.errors import ConfigError
-from vlm_salience.training.task import Task
+from vlm_salience.engine.task import Task
 from vlm_salience.video.baseline import BaselineModelConfig
 from vlm_salience.video.cache import ClipCache, sample
 from vlm_salience.video.config import VideoTrainConfig

@@ -4,7 +4,7 @@ validation split carved from it chooses the weights), predict the test fold, rep
 Steps of `train_video`:
 1. load the config and the corpus; fill the frame cache where clips are missing (`video/prepare.py`; cached
    clips are skipped, so this is cheap after the first run), build a tiny encoder where the config asks for one;
-2. per fold: a task (`video/task.py`) on the engine (`training/engine.py`): exact resume, checkpoints, SIGTERM,
+2. per fold: a task (`video/task.py`) on the engine (`engine/engine.py`): exact resume, checkpoints, SIGTERM,
    precision from the config or `accelerate launch`; the fold's chosen weights land in OUT/models/<fold>/;
 3. on the main process, `eval_video`'s step: predict each test fold with its chosen weights and write
    metrics.json, predictions.csv, report.md and the plots (`video/report.py`).
@@ -122,7 +122,7 @@ def _setup(config_path, overrides, progress: bool):
 def train_video(config_path: str | Path, overrides: list[str] | tuple[str, ...] = (), *, resume: bool = False,
                 progress: bool = True) -> dict[str, Any]:
     """Train every fold of a video config and write its report; returns {"folds": {...}, "report": ...}."""
-    from vlm_salience.training.engine import Engine
+    from vlm_salience.engine.engine import Engine
 
     cfg, task_cls, corpus, folds, store_factory = _setup(config_path, overrides, progress)
     state = _state()

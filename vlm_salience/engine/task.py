@@ -1,6 +1,6 @@
 """The contract between the training engine and a model: a `Task`.
 
-The engine (`training/engine.py`) owns everything that is the same for every model: the batch plan, gradient
+The engine (`engine/engine.py`) owns everything that is the same for every model: the batch plan, gradient
 accumulation, mixed precision, clipping, the schedule, checkpoints, exact resume, SIGTERM, trackers, progress and
 when to evaluate. It never looks inside a batch. A task owns everything else: it builds the model, turns example
 indices into a batch, computes the loss, evaluates, and saves/loads its trainable weights.

@@ -1,6 +1,6 @@
 """The training engine, on accelerate: one process or many (`accelerate launch`), CPU or GPU, any `Task`.
 
-It never looks inside a batch: the task collates and computes the loss (`training/task.py` is the contract).
+It never looks inside a batch: the task collates and computes the loss (`engine/task.py` is the contract).
 
 - Batches come from a deterministic plan over optimizer steps (seed and epoch give the order; optionally batches
   of similar length), each step's examples split into micro-steps and then into one shard per rank, so a resumed
@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 
 from vlm_salience.errors import ConfigError
-from vlm_salience.training.engine_config import EngineConfig
-from vlm_salience.training.task import Task
+from vlm_salience.engine.config import EngineConfig
+from vlm_salience.engine.task import Task
 
 STATE = "trainer_state.json"
 FORMAT = 2  # checkpoint format version: a manifest of every part
