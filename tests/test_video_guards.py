@@ -129,7 +129,7 @@ def test_every_frame_setting_changes_the_cache_key():
 
     base = {"n_segments": 8, "candidates_per_segment": 2}
     changes = {
-        "n_segments": 9, "candidates_per_segment": 3,
+        "n_segments": 9, "candidates_per_segment": 3, "frame_codec": "jpeg",
         "streams.face_size": 64, "streams.scene_size": 64, "streams.face_pad": 0.4, "streams.mask_fill": "black",
         "streams.mask_pad": 0.3, "streams.smoothing": "ema", "streams.smoothing_window": 7,
         "streams.smoothing_alpha": 0.3, "streams.use_face_source": False,
@@ -137,7 +137,7 @@ def test_every_frame_setting_changes_the_cache_key():
         "streams.detection.min_neighbors": 4, "streams.detection.detect_on": "all",
         "streams.detection.min_score_share": 0.2,
     }
-    fields = {*prep.PrepareConfig.model_fields} - {"compress", "streams"}
+    fields = {*prep.PrepareConfig.model_fields} - {"compress", "streams", "jpeg_quality"}
     fields |= {f"streams.{f}" for f in StreamConfig.model_fields} - {"streams.detection"}
     fields |= {f"streams.detection.{f}" for f in DetectionConfig.model_fields} - {"streams.detection.detector"}
     assert fields == set(changes), "a new prepare setting: say here how it changes the cache key"
@@ -155,6 +155,13 @@ def test_every_frame_setting_changes_the_cache_key():
     for dotted, value in changes.items():
         cfg = prep.PrepareConfig.model_validate(nested(dotted, value))
         assert config_hash(prep.hashed_settings(cfg)) != ref, f"{dotted} is not part of the cache key"
+
+    # the JPEG quality changes the frames of a JPEG cache only (raw frames keep their key)
+    def key(**kw) -> str:
+        return config_hash(prep.hashed_settings(prep.PrepareConfig.model_validate({**base, **kw})))
+
+    assert key(frame_codec="jpeg", jpeg_quality=70) != key(frame_codec="jpeg", jpeg_quality=95)
+    assert key(frame_codec="raw", jpeg_quality=70) == key(frame_codec="raw", jpeg_quality=95)
 
     # the detector's own settings (from its YAML) are part of the key too, except its name and file
     det = HaarDetectorConfig()
