@@ -225,9 +225,10 @@ def test_video_prepare_train_eval_from_the_command_line(tmp_path, capsys):
     data = clips / "generic" / "data.yaml"
     cache = tmp_path / "cache"
     sets = ["--set", "n_segments=4", "--set", "candidates_per_segment=2"]
+    capsys.readouterr()
     assert main(["video", "prepare", "--data", str(data), "--out", str(cache), "--quiet", *sets, "--json"]) == 0
-    first = capsys.readouterr().out
-    assert "prepared 21 clip(s), 0 already cached" in first
+    first = capsys.readouterr()  # `--json -`: stdout is the JSON alone, the human line goes to stderr
+    assert "prepared 21 clip(s), 0 already cached" in first.err and json.loads(first.out)["prepared"] == 21
     assert main(["video", "prepare", "--data", str(data), "--out", str(cache), "--quiet", *sets]) == 0
     assert "prepared 0 clip(s), 21 already cached" in capsys.readouterr().out
     run = tmp_path / "run"
@@ -260,16 +261,14 @@ def test_face_score_writes_rows_resumes_and_counts(tmp_path, capsys):
     (tmp_path / "notes.png").write_text("not an image")
     out = tmp_path / "scores.csv"
     assert main(["face", "score", str(tmp_path), "--out", str(out), "--quiet", "--json"]) == 0
-    printed = capsys.readouterr().out
-    summary = json.loads(printed[printed.index("{"):])
+    summary = json.loads(capsys.readouterr().out)  # `--json -`: the JSON alone
     assert (summary["images"], summary["faces"], summary["no_face"], summary["errors"]) == (3, 1, 1, 1)
     rows = pd.read_csv(out).set_index("status")
     probs = rows.loc["ok", [c for c in rows.columns if c.startswith("p_")]]
     assert probs.idxmax() == "p_happy" and abs(probs.sum() - 1) < 1e-4
     assert "notes.png" in rows.loc["error", "error"] and pd.isna(rows.loc["no_face", "x"])
     assert main(["face", "score", str(tmp_path), "--out", str(out), "--quiet", "--json"]) == 0
-    printed = capsys.readouterr().out
-    again = json.loads(printed[printed.index("{"):])
+    again = json.loads(capsys.readouterr().out)
     assert again["resumed"] == 2 and again["images"] == 3  # the error row is retried, the others kept
     assert main(["face", "score", str(tmp_path), "--out", str(tmp_path), "--quiet"]) == 2
     assert "is a folder" in capsys.readouterr().err
@@ -290,8 +289,9 @@ def test_bci_with_a_machine_cue_runs_both_studies_side_by_side(affcog_config, tm
     rc = main(["bci", "--cue", "configs/cues/affcog_minilm.yaml", "--out", str(out), "--quiet",
                "--set", "bootstrap.n=50", "--set", "bootstrap.weights_n=0", "--set", CUE_TEST_METHODS, "--json"])
     assert rc == 0
-    printed = capsys.readouterr().out
-    doc = json.loads(printed[printed.index("\n{") + 1:])
+    printed = capsys.readouterr()
+    doc = json.loads(printed.out)  # `--json -`: stdout is the JSON alone, the side-by-side table goes to stderr
+    assert "# Human and machine face cue" in printed.err
     for part in ("human", "machine"):
         assert (out / part / "metrics.json").exists() and (out / part / "report.md").exists()
     human = json.loads((out / "human" / "metrics.json").read_text())["methods"]["bci"]["r"]["value"]
