@@ -12,13 +12,15 @@ import yaml
 
 from tables import write_cue_tables
 from vlm_salience.cli import main
+from vlm_salience.study import StudyConfig
 
 FACES = [f"r{i},f{i % 3},{t},{h},{s}" for i, (t, h, s) in enumerate(
     [("yay", 8, 1), ("oh", 3, 6), ("meh", 5, 4), ("yay", 7, 2), ("oh", 2, 7), ("meh", 4, 5)])]
 COMBINED = ["r9,f0,s1,10,9,1", "r10,f0,s2,0,5,5", "r11,f1,s1,10,5,4", "r12,f1,s2,0,1,9", "r13,f2,s1,10,6,3",
             "r14,f2,s2,0,3,6"]
-STUDY = {"cue_models": {"context_model": "ols"}, "bootstrap": {"n": 10, "weights_n": 0}, "n_jobs": 1,
-         "methods": [{"name": "bci", "rule": "product"}, {"name": "face", "rule": "face"}]}
+STUDY = {"cue_models": {"context_model": "ols"}, "bootstrap": {"n": 10, "weights_n": 0},
+         "methods": [{"name": "bci", "rule": "product"}, {"name": "face", "rule": "face"}],
+         **({"n_jobs": 1} if "n_jobs" in StudyConfig.model_fields else {})}  # serial: no process start-up
 
 
 class CharEmbedder:
