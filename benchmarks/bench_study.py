@@ -41,8 +41,14 @@ def child(args: argparse.Namespace) -> None:
     from vlm_salience.data import load_corpus
     import vlm_salience.study as study
 
-    sets = list(args.set)
-    cfg = load_config(REPO / "configs" / "experiment" / "bci.yaml", study.StudyConfig, sets)
+    path = REPO / "configs" / "experiment" / "bci.yaml"
+    if args.package:  # without the keys an older StudyConfig does not know
+        import yaml
+
+        data = {k: v for k, v in yaml.safe_load(path.read_text()).items() if k not in ("n_jobs", "quick")}
+        path = Path(tempfile.mkdtemp(prefix="bench_study_")) / "bci.yaml"
+        path.write_text(yaml.safe_dump(data))
+    cfg = load_config(path, study.StudyConfig, list(args.set))
     if args.quick:
         cfg = study.quick_config(cfg)
     corpus = load_corpus(args.data)
