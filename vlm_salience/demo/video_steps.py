@@ -55,6 +55,22 @@ def demo_overrides(root: str | Path, *, folds: list[str] | None = None, steps: i
     return out
 
 
+def _fresh_if_settings_changed(out: Path, overrides: list[str]) -> None:
+    """A demo run into a folder that holds the same step at other settings (`demo --quick`, then the full demo)
+    starts that step afresh: resuming would be refused, since a checkpoint with other optimiser settings is never
+    continued. Only the step's own folder, which the demo itself wrote, is cleared; the same settings resume."""
+    import json
+    import shutil
+
+    from vlm_salience.atomic import write_text
+
+    settings = out / "demo_overrides.json"
+    if out.is_dir() and (not settings.is_file() or json.loads(settings.read_text()) != overrides):
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(settings, json.dumps(overrides))
+
+
 def demo_step(root: str | Path, *, folds: list[str] | None = None, steps: int | None = None,
               progress: bool = True) -> dict[str, Any]:
     """The face-only baseline of configs/video/baseline_synthetic.yaml on the demo clips (resumable): its
@@ -64,6 +80,7 @@ def demo_step(root: str | Path, *, folds: list[str] | None = None, steps: int | 
     root = Path(root)
     overrides = [*demo_overrides(root, folds=folds, steps=steps, progress=progress),
                  f"model.encoder.path={root / 'models' / 'tiny_clip'}", f"out={root / 'video_baseline_synthetic'}"]
+    _fresh_if_settings_changed(root / "video_baseline_synthetic", overrides)
     res = train_video(shipped(DEMO_BASELINE), overrides, resume=True, progress=progress)
     if res.get("report") is None:  # SIGTERM: checkpointed, the rerun resumes
         return {"out": str(root / "video_baseline_synthetic"), "stopped": True}
@@ -84,6 +101,7 @@ def demo_ous_step(root: str | Path, *, folds: list[str] | None = None, steps: in
     overrides = [*demo_overrides(root, folds=folds, steps=steps, progress=progress),
                  f"model.encoder.path={root / 'models' / 'tiny_clip'}", f"out={root / 'video_ous_synthetic'}",
                  "variants=[{name: baseline, kind: baseline}, {name: ous}]"]
+    _fresh_if_settings_changed(root / "video_ous_synthetic", overrides)
     doc = train_variants(shipped(DEMO_OUS), overrides, resume=True, progress=progress)
     return {**doc, "out": str(root / "video_ous_synthetic" / "comparison")}
 
@@ -95,7 +113,6 @@ def demo_grace_step(root: str | Path, *, folds: list[str] | None = None, steps: 
     ambiguous-clip scores (its own metrics.json), the paired GRACE - no_text comparison and the comparison's
     folder (metrics.json, report.md)."""
     import json
-    import shutil
 
     from vlm_salience.resources import shipped
     from vlm_salience.video.report import paired_comparison
@@ -106,11 +123,7 @@ def demo_grace_step(root: str | Path, *, folds: list[str] | None = None, steps: 
     overrides = [*demo_overrides(root, folds=folds, steps=steps, progress=progress),
                  f"model.encoder.path={root / 'models' / 'tiny_clip_grace'}", f"out={out}",
                  "variants=[{name: grace}, {name: no_text, set: {text.source: none}}]", "compare_to=grace"]
-    settings = out / "demo_overrides.json"
-    if out.is_dir() and (not settings.is_file() or json.loads(settings.read_text()) != overrides):
-        shutil.rmtree(out)  # other settings (--quick): their checkpoints would be refused on resume, so start afresh
-    out.mkdir(parents=True, exist_ok=True)
-    settings.write_text(json.dumps(overrides))
+    _fresh_if_settings_changed(out, overrides)
     doc = train_variants(shipped(DEMO_GRACE), overrides, resume=True, progress=progress)
     if doc.get("stopped"):
         return {**doc, "out": str(out / "comparison")}
