@@ -31,7 +31,7 @@ from vlm_salience.config import RelPath, StrictModel
 from vlm_salience.errors import ConfigError
 from vlm_salience.video.config import VideoTrainConfig
 from vlm_salience.video.registry import register_video_model
-from vlm_salience.video.task import VideoClassifierTask, _digest
+from vlm_salience.video.task import VideoClassifierTask, config_digest
 
 
 class FerPoolingModelConfig(StrictModel):
@@ -153,8 +153,8 @@ class FerPoolingTask(VideoClassifierTask):
     def fingerprint(self) -> dict[str, str]:
         model_cfg = self.cfg.model.model_dump(mode="json")
         lm = Path(self.cfg.model.label_map)
-        return {"model config": _digest({**model_cfg, "label_map_text": lm.read_text() if lm.is_file() else ""}),
-                "data": _digest({"corpus": self.data_fingerprint, "cache": self.store.cache.manifest.get(
+        return {"model config": config_digest({**model_cfg, "label_map_text": lm.read_text() if lm.is_file() else ""}),
+                "data": config_digest({"corpus": self.data_fingerprint, "cache": self.store.cache.manifest.get(
                     "config_hash"), "classes": self.classes, "n_segments": self.cfg.data.n_segments})}
 
     def skip_training(self) -> dict[str, Any]:

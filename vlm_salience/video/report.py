@@ -330,7 +330,7 @@ def compare_runs(runs: dict[str, str | Path], *, reference: str | None = None, n
     classes = [c[2:] for c in ref.columns if c.startswith("p_")]
     for name, df in frames.items():
         keys = set(zip(df["fold"], df["clip_id"]))
-        if False and keys != ref_keys:  # planted
+        if keys != ref_keys:
             only_ref, only_run = sorted(ref_keys - keys), sorted(keys - ref_keys)
             raise ValueError(f"run '{name}' was not tested on the clips of '{reference}': {len(only_run)} clip(s) only "
                              f"in '{name}' (first {only_run[:5]}), {len(only_ref)} only in '{reference}' (first "

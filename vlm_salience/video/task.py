@@ -136,7 +136,8 @@ def split_validation(train_ids: list[str], labels: dict[str, int], fraction: flo
     return [i for i in train_ids if i not in val], [i for i in train_ids if i in val]
 
 
-def _digest(obj: Any) -> str:
+def config_digest(obj: Any) -> str:
+    """A short stable hash of a JSON-able object, for the fingerprints a resumed run is checked against."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -209,10 +210,10 @@ class VideoClassifierTask(Task):
         model_cfg = self.cfg.model.model_dump(mode="json", exclude={"encoder"})
         path = self.encoder_path()
         return {**({"encoder": encoder_fingerprint(path)} if path is not None else {}),
-                "model config": _digest(model_cfg),
-                "data": _digest({"corpus": self.data_fingerprint, "cache": self.store.cache.manifest.get(
+                "model config": config_digest(model_cfg),
+                "data": config_digest({"corpus": self.data_fingerprint, "cache": self.store.cache.manifest.get(
                     "config_hash"), "classes": self.classes, "n_segments": self.cfg.data.n_segments}),
-                "training split": _digest([self.train_ids, self.val_ids])}
+                "training split": config_digest([self.train_ids, self.val_ids])}
 
     def frames(self, clip_ids: list[str], epoch: int | None) -> dict[str, torch.Tensor]:
         """uint8 frames of each stream, (B, T, S, S, 3); epoch None: evaluation (segment middles)."""
