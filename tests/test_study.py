@@ -218,7 +218,7 @@ def test_quick_is_a_preview_said_in_the_report_and_metrics(small_synth_corpus, t
     assert study_mod.quick_config(quick) == quick and not cfg.quick  # idempotent, never the default
     preview = run_study(load_corpus(small_synth_corpus), quick, progress=False)
     assert preview.config.bootstrap.weights_n == 20
-    assert preview.weights["control"]["face_weight_gap"]["n_boot"] == 20  # refits
+    assert 15 <= preview.weights["control"]["face_weight_gap"]["n_boot"] <= 20  # finite gaps of 20 refits
     out = write_outputs(preview, tmp_path / "q")
     assert "QUICK PREVIEW" in (out / "report.md").read_text().splitlines()[0]
     doc = json.loads((out / "metrics.json").read_text())
