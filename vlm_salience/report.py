@@ -105,7 +105,8 @@ def print_table(result: StudyResult) -> None:
         for note in result.notes:
             console.print(f"- {note}")
         return
-    _print_rows(f"{result.corpus.name}: {len(result.corpus.items)} items, 95% intervals ({result.resampling}); "
+    _print_rows(("QUICK PREVIEW (--quick) of " if result.config.quick else "") +
+                f"{result.corpus.name}: {len(result.corpus.items)} items, 95% intervals ({result.resampling}); "
                 f"weights fitted by {result.config.fit_objective}", rows, result.notes, width=160)
 
 
@@ -389,7 +390,8 @@ def plot_profiles(tables: dict[str, pd.DataFrame], by: str, title: str, path: Pa
 def report_markdown(result: StudyResult, doc: dict[str, Any], figures: list[str],
                     profiles: dict[str, pd.DataFrame]) -> str:
     c, cfg = result.corpus, result.config
-    lines = [f"# Cue-integration study: {c.name}", ""]
+    lines = [f"# Cue-integration study: {c.name}" + (" (QUICK PREVIEW: rough intervals, not for reporting)"
+                                                      if cfg.quick else ""), ""]
     if c.has_targets:
         lines.append(f"{len(c.items)} items ({c.response} over {len(c.labels)} emotion labels). "
                      f"Expressivity: `{cfg.expressivity.estimator}`, normalised ({cfg.expressivity.normalise}) on "
