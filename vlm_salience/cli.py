@@ -94,7 +94,7 @@ def check_out_dir(out: str | Path) -> Path:
 
 def _run_yaml(path: str | Path, model: Any, overrides: list[str], keys: tuple[str, ...]) -> tuple[Any, dict]:
     """Load a run YAML: the config itself plus run-level keys (data, out) that flags may override."""
-    from vlm_salience.config import apply_overrides, read_yaml, validate
+    from vlm_salience.config import FromCommandLine, apply_overrides, read_yaml, validate
 
     path = Path(path)
     data = apply_overrides(read_yaml(path), overrides)
@@ -102,7 +102,8 @@ def _run_yaml(path: str | Path, model: Any, overrides: list[str], keys: tuple[st
     for k in keys:
         if k in data:
             value = data.pop(k)
-            run[k] = str((path.resolve().parent / value).resolve()) if value is not None else None
+            base = Path.cwd() if isinstance(value, FromCommandLine) else path.resolve().parent  # the path rule
+            run[k] = str((base / value).resolve()) if value is not None else None
     return validate(data, model, source=path, base_dir=path.resolve().parent), run
 
 
@@ -201,8 +202,10 @@ def cmd_bci(args: argparse.Namespace) -> int:
     from vlm_salience.data import load_corpus
     from vlm_salience.report import print_table, write_outputs
     from vlm_salience.resources import shipped
-    from vlm_salience.study import StudyConfig, run_study
+    from vlm_salience.study import StudyConfig, quick_config, run_study
 
+    if args.jobs == 0:
+        raise ConfigError("bci --jobs 0: pass -1 (all cores, the default), a number of processes, or 1 (serial).")
     if args.config and args.config_opt and args.config != args.config_opt:
         raise ConfigError(f"two study configs given ({args.config} and --config {args.config_opt}). Fix: pass one.")
     cfg, run = _run_yaml(args.config or args.config_opt or shipped("configs/experiment/bci.yaml"), StudyConfig,
@@ -219,6 +222,10 @@ def cmd_bci(args: argparse.Namespace) -> int:
         print(f"--drop-invalid: skipped {corpus.dropped.total} row(s):")
         for line in corpus.dropped.lines():
             print("  " + line)
+    if args.jobs is not None:
+        cfg = cfg.model_copy(update={"n_jobs": args.jobs})
+    if args.quick:
+        cfg = quick_config(cfg)
     result = run_study(corpus, cfg, progress=not args.quiet)
     out = write_outputs(result, out)
     print_table(result)
@@ -491,6 +498,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--cue", metavar="CUE.yaml", help="also run the study with a machine face cue "
                    "(configs/cues/*.yaml: a model reads the face or utterance instead of the human face-only "
                    "raters) and compare the two side by side")
+    b.add_argument("--jobs", type=int, metavar="N", help="processes for the independent refits (folds, bootstrap "
+                   "draws, no-law corpora): -1 all cores (default: the study YAML's n_jobs, -1), 1 serial; the "
+                   "numbers are the same for any N")
+    b.add_argument("--quick", action="store_true", help="a preview for iteration: at most 200 bootstrap "
+                   "resamples, 20 weight refits and 1 no-law corpus (same point estimates, rough intervals; said "
+                   "in the report's first line and in metrics.json)")
     _json_flag(b, "the --cue comparison")
     _add_overrides(b, example="cv.k=10")
     _add_overrides(b, "--data-set", "data config", "root=/my/data")
@@ -549,7 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = _parser(sub, "demo", help="synthesise a corpus and run everything on it",
                    example="vlm-salience demo --out runs/demo --quick")
     demo.add_argument("--out", default="runs/demo", help="folder for every demo output (default runs/demo)")
-    demo.add_argument("--quick", action="store_true", help="fewer bootstrap resamples")
+    demo.add_argument("--quick", action="store_true", help="every step with fewer training steps and resamples (what `make demo` runs)")
     demo.set_defaults(func=cmd_demo)
     return parser
 
