@@ -1,23 +1,33 @@
-"""Fine-tuning speed targets (issue 5), each against its baseline in the same run.
+"""Fine-tuning speed (issues 5 and 31), each figure against its baseline in the same run, printed as measured.
 
-1. Training tokens/s of `vlm-salience train` >= 1.0x TRL's SFTTrainer with the same model (a random Qwen2-VL,
-   configs/models/bench_qwen2_vl.yaml), LoRA config (r=8 on the language model's linear layers), data (combined
-   prompts of the synthetic Split-Steal corpus with their answers), batch size (8) and precision; in fp32 and bf16.
-   Tokens are the real (unpadded) tokens of each trainer's batches; peak memory is each run's max RSS.
-2. Model FLOPs utilisation of both, against the matrix-multiply peak of this machine measured in the same run.
-3. Routed inference of a batch that mixes two LoRA experts (one pass, peft adapter_names) <= 1.3x the time of the
+1. Training tokens/s of `vlm-salience train` against TRL's SFTTrainer with the same model (a random Qwen2-VL:
+   configs/models/bench_qwen2_vl.yaml on a CPU, configs/models/qwen2_vl_2b_shape.yaml, Qwen2-VL-2B's shapes, on
+   CUDA), LoRA config (r=8 on the language model's linear layers), data (combined prompts of the synthetic
+   Split-Steal corpus with their answers), batch size (8) and precision. fp32 always; bf16 only where the device
+   multiplies it natively (CUDA with bf16, a CPU with AMX-BF16/AVX512-BF16), or with --bf16. Tokens are the real
+   (unpadded) tokens of each trainer's batches. Peak memory: max RSS on a CPU, torch.cuda.max_memory_allocated on
+   CUDA (each run in its own process).
+2. Model FLOPs utilisation of every run, against the matrix-multiply peak of this device measured in the same run
+   (on CUDA with torch.cuda.synchronize around the timed multiplies).
+3. Levers of ours, each on and off, same everything else: `answer-only` (logits and loss at the answer positions
+   only, training/vlm_task.py) against the whole sequence's logits ("full-logits").
+4. Routed inference of a batch that mixes two LoRA experts (one pass, peft adapter_names) <= 1.3x the time of the
    same batch through a single adapter.
 
-Each training run is repeated (--repeats, in alternating order) and the ratio is that of the medians: see
-benchmarks/_harness.py for why a shared virtual machine needs that.
+Each training run is repeated (--repeats, in alternating order) and each ratio is that of the medians: see
+benchmarks/_harness.py for why a shared virtual machine needs that. Every line carries the 1-minute load average.
+The defaults finish within 10 minutes on a 2-core CPU; --full takes more steps and rounds. On CUDA both trainers'
+times end on a host sync (ours reads each step's loss, the HF Trainer the summed loss before its runtime).
 
-    python benchmarks/bench_training.py [--steps 30] [--repeats 2] [--json out.json]   (needs: pip install ".[bench]")
+    python benchmarks/bench_training.py [--full] [--steps N] [--repeats N] [--bf16] [--model YAML] [--json out.json]
+    (needs: pip install ".[bench]")
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import tempfile
@@ -28,13 +38,36 @@ import numpy as np
 from _harness import alternating, describe, median_run, paired_ratio, run_child
 
 HERE = Path(__file__).resolve()
+CPU_MODEL = "configs/models/bench_qwen2_vl.yaml"
+CUDA_MODEL = "configs/models/qwen2_vl_2b_shape.yaml"
 
 
-def setup(work: Path) -> tuple[Path, Path]:
-    sys.path.insert(0, str(HERE.parent))
-    from bench_prompting import setup as prompting_setup
+def on_cuda() -> bool:
+    import torch
 
-    return prompting_setup(work)
+    return torch.cuda.is_available()
+
+
+SMALL_CORPUS = ["participants=12", "rounds=4"]  # 48 items, 36 for training: enough for the default 3 steps
+
+
+def setup(work: Path, model_yaml: str, full: bool = True) -> tuple[Path, Path]:
+    """The random model of `model_yaml` and the synthetic corpus (the shipped one, or a small one whose encoding
+    and tokenising in every child takes seconds rather than a minute), built once into `work`."""
+    from vlm_salience.config import load_config
+    from vlm_salience.data.synth import SynthConfig, write_corpus
+    from vlm_salience.models.tiny import TinyVLMConfig, build_tiny_vlm
+    from vlm_salience.resources import shipped
+
+    model = work / Path(model_yaml).stem
+    if not model.exists():
+        src = Path(model_yaml) if Path(model_yaml).exists() else shipped(model_yaml)
+        build_tiny_vlm(load_config(src, TinyVLMConfig), model)
+    corpus = work / ("corpus" if full else "corpus_small")
+    if not corpus.exists():
+        write_corpus(load_config(shipped("configs/synth/split_steal.yaml"), SynthConfig, [] if full else SMALL_CORPUS),
+                     corpus, progress=False)
+    return model, corpus / "data.yaml"
 
 
 def train_config(work: Path, model: Path, corpus: Path, precision: str, steps: int) -> Path:
@@ -59,7 +92,8 @@ def train_config(work: Path, model: Path, corpus: Path, precision: str, steps: i
 
 def flops_per_token(model, tokens: int, seq_len: float, patches_per_token: float) -> float:
     """Model FLOPs of one trained token with LoRA: forward and the backward pass to the activations through the
-    language model (no gradients of frozen weights), attention included; the frozen vision tower forward only."""
+    language model (no gradients of frozen weights), attention and the output head at every position included
+    (the same count for every run, so MFU compares as tokens/s does); the frozen vision tower forward only."""
     cfg = model.config.text_config
     lm_linear = sum(p.numel() for n, p in model.named_parameters()
                     if p.ndim == 2 and "visual" not in n and "embed_tokens" not in n and "lora_" not in n)
@@ -77,16 +111,33 @@ def _count(batch, counted: dict):
     return batch
 
 
-def measure_train(name: str, work: Path, model: Path, corpus: Path, steps: int) -> dict:
+def peak_memory_mb() -> float:
+    """This process's peak memory: CUDA's allocator peak on a GPU, max RSS on a CPU."""
     import torch
 
-    precision = "bf16" if name.endswith("bf16") else "no"
-    if name.startswith("ours"):
-        from vlm_salience.config import load_config
-        from vlm_salience.training.config import TrainConfig
-        from vlm_salience.training.collator import VLMCollator
-        from vlm_salience.training.loop import Trainer
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
+
+def measure_train(name: str, work: Path, model: Path, corpus: Path, steps: int) -> dict:
+    """One training run. `name` is trainer_precision[_lever-off]: ours_fp32, trl_bf16, ours_fp32_full-logits."""
+    import torch
+
+    trainer_name, prec, *off = name.split("_")
+    precision = "bf16" if prec == "bf16" else "no"
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    if trainer_name == "ours":
+        from vlm_salience.config import load_config
+        from vlm_salience.training.collator import VLMCollator
+        from vlm_salience.training.config import TrainConfig
+        from vlm_salience.training.loop import Trainer
+        from vlm_salience.training.vlm_task import VLMTask
+
+        VLMTask.answer_only_logits = "full-logits" not in off
         cfg = load_config(train_config(work, model, corpus, precision, steps), TrainConfig)
         trainer = Trainer(cfg, cfg.adapters[0], progress=False)
         counted = {"tokens": 0, "seq": [], "images": 0}
@@ -106,15 +157,13 @@ def measure_train(name: str, work: Path, model: Path, corpus: Path, steps: int) 
 
         from vlm_salience.config import load_config
         from vlm_salience.models.loading import ModelConfig, load_vlm
+        from vlm_salience.prompting.answers import compose_answer
         from vlm_salience.training.config import LoraConfig as OurLora, TrainConfig
         from vlm_salience.training.data import TrainingData
         from vlm_salience.training.lora import target_modules
 
         cfg = load_config(train_config(work, model, corpus, precision, steps), TrainConfig)
-        data = TrainingData(cfg)
-        ds = data.dataset(cfg.adapters[0])
-        from vlm_salience.prompting.answers import compose_answer
-
+        ds = TrainingData(cfg).dataset(cfg.adapters[0])
         rows = []
         for i, ex in enumerate(ds):
             answer = compose_answer(json.loads(ex["answer_fields"]), np.random.default_rng([0, 0, i]))
@@ -126,7 +175,7 @@ def measure_train(name: str, work: Path, model: Path, corpus: Path, steps: int) 
         args = SFTConfig(output_dir=str(work / "trl"), per_device_train_batch_size=8, max_steps=steps,
                          learning_rate=2e-4, bf16=precision == "bf16", logging_steps=10_000, save_strategy="no",
                          report_to=[], max_length=None, dataloader_num_workers=0, warmup_steps=0,
-                         remove_unused_columns=False, use_cpu=True)
+                         remove_unused_columns=False, use_cpu=not cuda)
         trainer = SFTTrainer(model=loaded.model, args=args, train_dataset=Dataset.from_list(rows),
                              processing_class=loaded.processor, peft_config=lora)
         counted = {"tokens": 0, "seq": [], "images": 0}
@@ -138,28 +187,37 @@ def measure_train(name: str, work: Path, model: Path, corpus: Path, steps: int) 
         out = trainer.train()
         seconds = out.metrics["train_runtime"]
         hf_model = trainer.model
+    if cuda:
+        torch.cuda.synchronize()
     tokens = counted["tokens"]
     fpt = flops_per_token(hf_model, tokens, float(np.mean(counted["seq"])), counted["images"] / max(tokens, 1))
     return {"name": name, "steps": steps, "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
             "mean_padded_length": float(np.mean(counted["seq"])), "flops_per_token": fpt,
-            "achieved_gflops": fpt * tokens / seconds / 1e9,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "threads": torch.get_num_threads()}
+            "achieved_gflops": fpt * tokens / seconds / 1e9, "peak_memory_mb": peak_memory_mb(),
+            "memory_kind": "cuda max_memory_allocated" if cuda else "max RSS", "threads": torch.get_num_threads(),
+            "device": torch.cuda.get_device_name() if cuda else "cpu"}
 
 
-def measure_peak() -> dict:
+def measure_peak(precisions: list[str], seconds: float = 2.0) -> dict:
+    """Matrix-multiply GFLOP/s of this device per precision (square matmuls, timed between synchronisations)."""
     import torch
 
+    cuda = torch.cuda.is_available()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    n = 8192 if cuda else 2048
     out = {}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        a = torch.randn(2048, 2048, dtype=dtype)
+    for name in precisions:
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
+        a = torch.randn(n, n, dtype=dtype, device="cuda" if cuda else "cpu")
         a @ a
-        t0 = time.perf_counter()
-        n = 0
-        while time.perf_counter() - t0 < 2.0:
-            a @ a
-            n += 1
-        out[name] = 2 * 2048 ** 3 * n / (time.perf_counter() - t0) / 1e9
+        sync()
+        t0, k = time.perf_counter(), 0
+        while time.perf_counter() - t0 < seconds:
+            for _ in range(10 if cuda else 1):  # enqueue a few between host checks on a GPU
+                a @ a
+                k += 1
+            sync()
+        out[name] = 2 * n**3 * k / (time.perf_counter() - t0) / 1e9
     return out
 
 
@@ -199,66 +257,131 @@ def measure_routing(work: Path, model: Path, corpus: Path, items: int) -> dict:
         times["mixed"].append(time.perf_counter() - t0)
     single, mixed_t = min(times["single"]), min(times["mixed"])
     return {"items": len(ps), "single_adapter_seconds": single, "mixed_batch_seconds": mixed_t,
-            "ratio": mixed_t / single, "target_ratio": 1.3,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "ratio": mixed_t / single, "target_ratio": 1.3, "peak_memory_mb": peak_memory_mb()}
 
 
 def child_args(kind: str, args) -> list[str]:
-    return ["--child", kind, "--work", str(args.work), "--steps", str(args.steps), "--items", str(args.items)]
+    return ["--child", kind, "--work", str(args.work), "--steps", str(args.steps), "--items", str(args.items),
+            "--model", args.model, "--precisions", ",".join(args.precisions)] + (["--full"] if args.full else [])
+
+
+def load() -> str:
+    try:
+        return f"load {os.getloadavg()[0]:.2f}"
+    except OSError:
+        return "load n/a"
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--items", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=2, help="rounds of each training run, in alternating order")
+    ap.add_argument("--full", action="store_true", help="the whole synthetic corpus, more steps and rounds, and the "
+                    "routing figure (slower)")
+    ap.add_argument("--routing", action="store_true", help="measure routing [4] without --full too")
+    ap.add_argument("--steps", type=int, help="training steps per run (default 3; --full 30)")
+    ap.add_argument("--items", type=int, help="items of the routing measurement (default 32; --full 64)")
+    ap.add_argument("--repeats", type=int, help="rounds of each training run, in alternating order (default 2; "
+                    "--full 3)")
+    ap.add_argument("--bf16", action="store_true", help="measure bf16 even where the device has no native bf16")
+    ap.add_argument("--no-bf16", action="store_true", help="fp32 only")
+    ap.add_argument("--no-trl", action="store_true", help="skip the TRL baseline (levers only)")
+    ap.add_argument("--model", help=f"tiny-VLM YAML (default {CPU_MODEL} on a CPU, {CUDA_MODEL} on CUDA)")
     ap.add_argument("--work")
     ap.add_argument("--json")
     ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--precisions", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    args.steps = args.steps or (30 if args.full else 3)
+    args.items = args.items or (64 if args.full else 32)
+    args.repeats = args.repeats or (3 if args.full else 2)
     tmp = tempfile.TemporaryDirectory()
     args.work = Path(args.work or tmp.name)
-    model, corpus = setup(args.work)
     if args.child:
+        model, corpus = setup(args.work, args.model, args.full)
         if args.child == "peak":
-            out = measure_peak()
+            out = measure_peak(args.precisions.split(","))
         elif args.child == "routing":
             out = measure_routing(args.work, model, corpus, args.items)
         else:
             out = measure_train(args.child, args.work, model, corpus, args.steps)
         print(json.dumps(out))
         return
-    try:
-        import trl  # noqa: F401
-    except ImportError:
-        sys.exit("TRL is needed for the baseline: pip install '.[bench]'")
+
+    from vlm_salience.models.hardware import native_bf16
+
+    cuda = on_cuda()
+    device = "cuda" if cuda else "cpu"
+    args.model = args.model or (CUDA_MODEL if cuda else CPU_MODEL)
+    native = native_bf16(device)
+    bf16 = not args.no_bf16 and (native or args.bf16)
+    args.precisions = ["fp32", "bf16"] if bf16 else ["fp32"]
+    trl = not args.no_trl
+    if trl:
+        try:
+            import trl as _trl  # noqa: F401
+        except ImportError:
+            sys.exit("TRL is needed for the baseline: pip install '.[bench]' (or --no-trl)")
+    t_start = time.perf_counter()
+    say(f"bench_training: {device}, model {args.model}, {args.steps} steps x batch 8, {args.repeats} rounds; "
+        f"precisions {', '.join(args.precisions)}"
+        + ("" if bf16 else f" (bf16 skipped: {device} has no native bf16; --bf16 to measure it)")
+        + f"; {load()}")
+    setup(args.work, args.model, args.full)  # build once, outside every timed child
+    say(f"  model and corpus ready ({time.perf_counter() - t_start:.0f} s)")
 
     def run(kind: str) -> dict:
-        return run_child(HERE, child_args(kind, args))
+        out = run_child(HERE, child_args(kind, args))
+        if "tokens_per_s" in out:
+            say(f"  {kind:<24} {out['tokens_per_s']:8.0f} tokens/s  {out['seconds']:6.1f} s  {out['tokens']} tokens"
+                f"  peak {out['peak_memory_mb']:.0f} MB ({out['memory_kind']})  {load()}"
+                + ("" if out.get("steal") is None else f", steal {out['steal']:.0%}"))
+        return out
 
-    peak = run("peak")
-    runs = alternating(["trl_fp32", "ours_fp32", "trl_bf16", "ours_bf16"], args.repeats, run)
-    routing = alternating(["routing"], 1, run)["routing"][0]
-    print(f"matrix-multiply peak of this machine: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s")
-    summary = {}
-    for prec in ("fp32", "bf16"):
-        p = paired_ratio(runs[f"ours_{prec}"], runs[f"trl_{prec}"], "tokens_per_s")
-        ours, base = median_run(runs[f"ours_{prec}"], "tokens_per_s"), median_run(runs[f"trl_{prec}"], "tokens_per_s")
-        for k in (ours, base):
-            k["mfu"] = k["achieved_gflops"] / peak[prec]
-        summary[prec] = {**p, "mfu_ours": ours["mfu"], "mfu_trl": base["mfu"],
-                         "peak_rss_mb_ours": ours["peak_rss_mb"], "peak_rss_mb_trl": base["peak_rss_mb"]}
-        print(f"[1] {prec}: vlm-salience train {p['a_median']:.0f} tokens/s (peak RSS {ours['peak_rss_mb']:.0f} MB, "
-              f"padded length {ours['mean_padded_length']:.0f}), TRL SFTTrainer {p['b_median']:.0f} tokens/s (peak "
-              f"RSS {base['peak_rss_mb']:.0f} MB, padded length {base['mean_padded_length']:.0f}): ratio "
-              f"{describe(p)} (target >= 1.0x, stretch 1.3x)")
-        print(f"[2] {prec}: MFU vlm-salience {ours['mfu']:.1%}, TRL {base['mfu']:.1%} "
-              f"({ours['flops_per_token'] / 1e6:.0f} MFLOP per token)")
-    print(f"[3] routed mixed batch of {routing['items']} items: {routing['mixed_batch_seconds']:.2f} s, single "
-          f"adapter {routing['single_adapter_seconds']:.2f} s: ratio {routing['ratio']:.2f}x (target <= 1.3x)")
+    peak = {k: v for k, v in run("peak").items() if k in args.precisions}
+    say("matrix-multiply peak of this device: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items())
+        + f"  {load()}")
+    names = []
+    for prec in args.precisions:
+        names += ([f"trl_{prec}"] if trl else []) + [f"ours_{prec}", f"ours_{prec}_full-logits"]
+    runs = alternating(names, args.repeats, run)
+    summary: dict[str, dict] = {}
+    for prec in args.precisions:
+        ours = median_run(runs[f"ours_{prec}"], "tokens_per_s")
+        lever = paired_ratio(runs[f"ours_{prec}"], runs[f"ours_{prec}_full-logits"], "tokens_per_s")
+        summary[f"answer_only_{prec}"] = lever
+        say(f"[3] {prec}: answer-only logits on/off {describe(lever)}; {lever['a_median']:.0f} against "
+            f"{lever['b_median']:.0f} tokens/s")
+        if trl:
+            p = paired_ratio(runs[f"ours_{prec}"], runs[f"trl_{prec}"], "tokens_per_s")
+            base = median_run(runs[f"trl_{prec}"], "tokens_per_s")
+            summary[prec] = {**p, "mfu_ours": ours["achieved_gflops"] / peak[prec],
+                             "mfu_trl": base["achieved_gflops"] / peak[prec],
+                             "peak_memory_mb_ours": ours["peak_memory_mb"],
+                             "peak_memory_mb_trl": base["peak_memory_mb"]}
+            say(f"[1] {prec}: vlm-salience train {p['a_median']:.0f} tokens/s (peak {ours['peak_memory_mb']:.0f} MB, "
+                f"padded length {ours['mean_padded_length']:.0f}), TRL SFTTrainer {p['b_median']:.0f} tokens/s "
+                f"(peak {base['peak_memory_mb']:.0f} MB, padded length {base['mean_padded_length']:.0f}): ratio "
+                f"{describe(p)} (target >= 1.5x on a CPU, >= 3x on a GPU)")
+            say(f"[2] {prec}: MFU vlm-salience {summary[prec]['mfu_ours']:.1%}, TRL {summary[prec]['mfu_trl']:.1%} "
+                f"({ours['flops_per_token'] / 1e6:.0f} MFLOP per token)")
+        else:
+            say(f"[2] {prec}: MFU vlm-salience {ours['achieved_gflops'] / peak[prec]:.1%}")
+    routing = None
+    if args.full or args.routing:
+        routing = run("routing")
+        say(f"[4] routed mixed batch of {routing['items']} items: {routing['mixed_batch_seconds']:.2f} s, single "
+            f"adapter {routing['single_adapter_seconds']:.2f} s: ratio {routing['ratio']:.2f}x (target <= 1.3x)  "
+            f"{load()}")
+    else:
+        say("[4] routing: not measured at the default settings (--full or --routing)")
+    say(f"done in {time.perf_counter() - t_start:.0f} s")
     if args.json:
-        Path(args.json).write_text(json.dumps({"peak": peak, "runs": runs, "summary": summary, "routing": routing},
-                                              indent=2))
+        Path(args.json).write_text(json.dumps({"device": device, "model": args.model, "peak": peak, "runs": runs,
+                                               "summary": summary, "routing": routing}, indent=2))
+
 
 if __name__ == "__main__":
     main()

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from vlm_salience.errors import ConfigError
-from vlm_salience.training.collator import VLMCollator
+from vlm_salience.training.collator import IGNORE, VLMCollator
 from vlm_salience.training.config import AdapterSpec, TrainConfig
 from vlm_salience.training.data import TrainingData
 from vlm_salience.engine.task import Task
@@ -67,6 +67,35 @@ def retrieved_examples(data: TrainingData, adapter: AdapterSpec):
                  "face": h.payload.get("face_text"), "answer": d.spec.example_answer(h.payload["observed"])}
                 for h in hits]
     return examples
+
+
+def supervised_positions(labels):
+    """(mask, targets): the positions whose hidden state predicts an answer token (label != -100 one step later),
+    as a B x T mask, and those tokens in the mask's (row-major) order."""
+    import torch
+
+    following = labels[:, 1:]
+    keep = following != IGNORE
+    mask = torch.zeros_like(labels, dtype=torch.bool)
+    mask[:, :-1] = keep
+    return mask, following[keep]
+
+
+def answer_only_loss(model, batch):
+    """The model's causal-LM loss (mean cross-entropy of the shifted answer tokens), with the output head applied
+    only at the supervised positions: a pre-hook on the head selects those rows of its input for this call."""
+    import torch.nn.functional as F
+    from accelerate.utils import extract_model_from_parallel
+
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    mask, targets = supervised_positions(batch["labels"])
+    head = extract_model_from_parallel(model).get_output_embeddings()
+    hook = head.register_forward_pre_hook(lambda _m, args: (args[0][mask], *args[1:]))
+    try:
+        logits = model(**inputs, use_cache=False).logits  # N x vocab
+    finally:
+        hook.remove()
+    return F.cross_entropy(logits.float(), targets)
 
 
 class VLMTask(Task):
@@ -129,8 +158,16 @@ class VLMTask(Task):
     def collate(self, indices: list[int], epoch: int):
         return self.collator([self.collator.encode(self.examples[i], i, epoch) for i in indices])
 
+    # Logits and loss at the supervised (answer) positions only: the language-model head runs on the hidden states
+    # whose next token is an answer token (a few dozen per example) instead of the whole padded sequence, so the
+    # B x T x vocab logits (and their backward) shrink to N x vocab. The same loss as the model's own (mean
+    # cross-entropy of the shifted answer tokens); benchmarks/bench_training.py measures it on and off.
+    answer_only_logits: bool = True
+
     def loss(self, model, batch):
-        return model(**batch).loss  # mean over the micro-batch's answer tokens
+        if not self.answer_only_logits or "labels" not in batch:
+            return model(**batch).loss  # mean over the micro-batch's answer tokens
+        return answer_only_loss(model, batch)
 
     def tokens(self, batch) -> int:
         return int(batch["attention_mask"].sum())
