@@ -123,6 +123,17 @@ def to_grey_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(rgb @ np.array([0.299, 0.587, 0.114], np.float32) + 0.5, 0, 255).astype(np.uint8)
 
 
+def working_scale(h: int, w: int, upscale_below: int, max_side: int | None) -> float:
+    """The factor a detector searches an h x w image at: small images upscaled so the smallest face window fits,
+    large ones bounded by `max_side` (memory and time); boxes are mapped back by its inverse."""
+    scale = 1.0
+    if min(h, w) < upscale_below:
+        scale = upscale_below / min(h, w)
+    if max_side is not None and max(h, w) * scale > max_side:
+        scale = max_side / max(h, w)
+    return scale
+
+
 def resized_rgb(image: np.ndarray, scale: float) -> np.ndarray:
     """`image` as RGB uint8, resized by `scale`. A uint8 image is downscaled before it is copied or converted, so a
     huge photograph costs its own bytes plus the small copy, not several float copies of itself."""
@@ -241,12 +252,7 @@ class HaarDetector:
         self.name = cfg.name
 
     def _working_scale(self, h: int, w: int) -> float:
-        scale = 1.0
-        if min(h, w) < self.cfg.upscale_below:
-            scale = self.cfg.upscale_below / min(h, w)
-        if self.cfg.max_side is not None and max(h, w) * scale > self.cfg.max_side:
-            scale = self.cfg.max_side / max(h, w)
-        return scale
+        return working_scale(h, w, self.cfg.upscale_below, self.cfg.max_side)
 
     def detect(self, image: np.ndarray) -> list[FaceBox]:
         """Faces in `image` (RGB, grey, RGBA, 16-bit or float), best score first, in its own coordinates."""

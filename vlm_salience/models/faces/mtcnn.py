@@ -32,7 +32,7 @@ from torch.nn import functional as F
 
 from vlm_salience.errors import ConfigError
 from vlm_salience.models.faces.detector import (
-    FaceBox, MtcnnDetectorConfig, image_size, pad_and_detect, resized_rgb)
+    FaceBox, MtcnnDetectorConfig, image_size, pad_and_detect, resized_rgb, working_scale)
 
 WEIGHT_FILES = ("pnet.pt", "rnet.pt", "onet.pt")
 
@@ -237,12 +237,7 @@ class MtcnnDetector:
     # ------------------------------------------------------------------ the cascade
 
     def _scale(self, h: int, w: int) -> float:
-        scale = 1.0
-        if min(h, w) < self.cfg.upscale_below:
-            scale = self.cfg.upscale_below / min(h, w)
-        if self.cfg.max_side is not None and max(h, w) * scale > self.cfg.max_side:
-            scale = self.cfg.max_side / max(h, w)
-        return scale
+        return working_scale(h, w, self.cfg.upscale_below, self.cfg.max_side)
 
     def _detect_working(self, images: Sequence[np.ndarray]) -> list[list[FaceBox]]:
         """Rescale each image to its working size (bounded memory and time), run the cascade, map back."""
