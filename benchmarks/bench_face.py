@@ -50,7 +50,7 @@ def portraits(n: int, seed: int = 0) -> list[np.ndarray]:
 
 def measure(name: str, images: int, threads: int) -> dict:
     from vlm_salience.models.faces.analyzer import FaceAnalyzer
-    from vlm_salience.models.faces.detector import load_detector
+    from vlm_salience.models.faces.detectors import load_detector
     from vlm_salience.models.faces.expression import load_classifier
 
     kind, mode, rt = name.split("_")

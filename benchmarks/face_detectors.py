@@ -110,7 +110,8 @@ def main() -> None:
     import cv2
     import torch
 
-    from vlm_salience.models.faces.detector import load_detector, pad_and_detect
+    from vlm_salience.models.faces.detector import pad_and_detect
+    from vlm_salience.models.faces.detectors import load_detector
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)

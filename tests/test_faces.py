@@ -14,7 +14,8 @@ cv2 = pytest.importorskip("cv2")
 skdata = pytest.importorskip("skimage.data")
 
 from vlm_salience.models.faces.detector import (  # noqa: E402
-    FaceBox, HaarDetector, largest, load_detector, to_grey_uint8, to_rgb_uint8)
+    FaceBox, HaarDetector, largest, to_grey_uint8, to_rgb_uint8)
+from vlm_salience.models.faces.detectors import load_detector
 
 HAND_BOX = (182, 76, 90, 108)  # x, y, w, h in the 512×512 astronaut
 

@@ -16,7 +16,8 @@ skdata = pytest.importorskip("skimage.data")
 
 from vlm_salience.errors import ConfigError  # noqa: E402
 from vlm_salience.models.faces.detector import (  # noqa: E402
-    FaceBox, HaarDetector, load_detector, pad_and_detect)
+    FaceBox, HaarDetector, pad_and_detect)
+from vlm_salience.models.faces.detectors import load_detector
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # 5-30x faster than two threads on the shared 2 cores
 

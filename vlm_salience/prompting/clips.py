@@ -89,7 +89,7 @@ def sample_frames(source: Path | tuple[Path, ...] | list[Path], settings: ClipSe
             source = files[0]
         else:
             idx = frame_indices(len(files), settings, train=train, rng=rng)
-            from vlm_salience.prompting.inputs import load_image
+            from vlm_salience.prompting.images import load_image
 
             return [load_image(files[i]) for i in idx]
     source = Path(source)

@@ -29,7 +29,8 @@ from vlm_salience.predictions import Predictions, observed, ratings_to_distribut
 from vlm_salience.prompting.answers import AnswerError, AnswerSpec, parse_answer
 from vlm_salience.prompting.cache import AnswerCache, prompt_answer_key
 from vlm_salience.prompting.clips import ClipSettings
-from vlm_salience.prompting.inputs import ItemError, Prompt, build_prompt
+from vlm_salience.prompting.images import ItemError
+from vlm_salience.prompting.inputs import Prompt, build_prompt
 from vlm_salience.prompting.openai_backend import APIModelConfig, LogprobsUnavailable
 from vlm_salience.prompting.templates import load_template
 from vlm_salience.salience import LawKind, SalienceLaw

@@ -20,11 +20,8 @@ import numpy as np
 
 from vlm_salience.data.corpus import Item
 from vlm_salience.prompting.answers import AnswerSpec
+from vlm_salience.prompting.images import ItemError, load_image
 from vlm_salience.prompting.templates import PromptTemplate
-
-
-class ItemError(Exception):
-    """A per-item failure: the item's prediction carries the message and the run continues."""
 
 
 @dataclass
@@ -42,19 +39,6 @@ class Prompt:
     @property
     def text(self) -> str:
         return "\n".join(p.get("text", "<image>") for m in self.messages for p in m["content"])
-
-
-def load_image(path) -> Any:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            img.load()  # decodes fully: a truncated file fails here, not inside the model
-            return img.convert("RGB")
-    except FileNotFoundError:
-        raise ItemError(f"face image not found: {path}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ItemError(f"unreadable or truncated image {path} ({exc})") from None
 
 
 def is_clip(item: Item) -> bool:

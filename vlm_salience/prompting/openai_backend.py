@@ -30,7 +30,8 @@ from pydantic import Field, model_validator
 from vlm_salience.config import StrictModel
 from vlm_salience.errors import VlmSalienceError
 from vlm_salience.prompting.answers import Slot
-from vlm_salience.prompting.inputs import ItemError, Prompt
+from vlm_salience.prompting.images import ItemError
+from vlm_salience.prompting.inputs import Prompt
 
 FATAL_STATUS = {401: "the API key is missing or wrong", 403: "the key may not use this model",
                 404: "no such model or URL"}

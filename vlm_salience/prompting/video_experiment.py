@@ -106,7 +106,8 @@ def run_video_prompting(cfg: VideoPromptConfig, *, progress: bool = True) -> dic
     from vlm_salience.prompting.answers import AnswerSpec
     from vlm_salience.prompting.cache import AnswerCache, prompt_answer_key
     from vlm_salience.prompting.experiment import make_backend
-    from vlm_salience.prompting.inputs import ItemError, build_prompt
+    from vlm_salience.prompting.images import ItemError
+    from vlm_salience.prompting.inputs import build_prompt
     from vlm_salience.prompting.templates import load_template
 
     corpus = load_video_corpus(cfg.data, overrides=cfg.data_overrides)

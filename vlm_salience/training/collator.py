@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from vlm_salience.errors import ConfigError
-from vlm_salience.prompting.inputs import load_image
+from vlm_salience.prompting.images import load_image
 
 IGNORE = -100
 

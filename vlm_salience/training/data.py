@@ -18,7 +18,8 @@ from vlm_salience.data.corpus import Corpus
 from vlm_salience.errors import ConfigError
 from vlm_salience.predictions import Predictions, observed
 from vlm_salience.prompting.answers import AnswerSpec
-from vlm_salience.prompting.inputs import ItemError, build_prompt
+from vlm_salience.prompting.images import ItemError
+from vlm_salience.prompting.inputs import build_prompt
 from vlm_salience.prompting.templates import load_template
 from vlm_salience.splits import Splits, prepare_corpus_splits
 from vlm_salience.splits import split_groups as _split_groups

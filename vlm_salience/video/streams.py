@@ -69,7 +69,8 @@ class PackagedFinder:
     """The packaged detector of models/faces (OpenCV's Haar cascade) as a FaceFinder, downscaling to max_side."""
 
     def __init__(self, cfg: DetectionConfig) -> None:
-        from vlm_salience.models.faces.detector import HaarDetectorConfig, load_detector
+        from vlm_salience.models.faces.detector import HaarDetectorConfig
+        from vlm_salience.models.faces.detectors import load_detector
 
         base = load_detector(cfg.detector).cfg if cfg.detector is not None else HaarDetectorConfig(**VIDEO_PYRAMID)
         update = {"max_side": cfg.max_side, "scale_factor": cfg.scale_factor, "min_neighbors": cfg.min_neighbors}

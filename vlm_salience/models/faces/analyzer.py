@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from vlm_salience.models.faces.alignment import align_face, head_pose
-from vlm_salience.models.faces.detector import Detector, FaceBox, load_detector
+from vlm_salience.models.faces.detector import Detector, FaceBox
+from vlm_salience.models.faces.detectors import load_detector
 from vlm_salience.models.faces.expression import ExpressionClassifier, load_classifier
 from vlm_salience.models.faces.model_expressivity import model_expressivity
 

@@ -308,31 +308,6 @@ DetectorConfig = Annotated[HaarDetectorConfig | MtcnnDetectorConfig, Field(discr
 DETECTOR_CONFIGS: dict[str, type[StrictModel]] = {"haar": HaarDetectorConfig, "mtcnn": MtcnnDetectorConfig}
 
 
-def _detector_class(kind: str) -> type:
-    """The class for a kind, imported only when used (MTCNN needs torch)."""
-    if kind == "mtcnn":
-        from vlm_salience.models.faces.mtcnn import MtcnnDetector
-
-        return MtcnnDetector
-    return HaarDetector
-
-
-def load_detector(cfg: HaarDetectorConfig | MtcnnDetectorConfig | str | Path | None = None) -> Detector:
-    """A detector from a config object, a YAML path (configs/models/face_haar.yaml, face_mtcnn.yaml) or a name
-    ("haar", "mtcnn"). None: the Haar cascade."""
-    if cfg is None:
-        cfg = HaarDetectorConfig()
-    elif isinstance(cfg, (str, Path)):
-        if str(cfg) in DETECTOR_CONFIGS:
-            cfg = DETECTOR_CONFIGS[str(cfg)]()
-        elif Path(cfg).suffix in (".yaml", ".yml"):
-            cfg = load_config(cfg, DetectorConfig)
-        else:
-            raise ConfigError(f"unknown face detector '{cfg}'. Fix: use one of {sorted(DETECTOR_CONFIGS)} or the "
-                              "path of a face detector YAML such as configs/models/face_mtcnn.yaml.")
-    return _detector_class(cfg.kind)(cfg)
-
-
 def read_image(path: str | Path) -> np.ndarray:
     """An image file as an array (its own depth and channels kept: 16-bit PNGs stay 16-bit). A file that is not an
     image, or is empty, raises DataError naming it."""
