@@ -44,7 +44,7 @@ json.dump(out, sys.stdout)
 
 CORE = ["vlm_salience.bci", "vlm_salience.salience", "vlm_salience.expressivity", "vlm_salience.metrics",
         "vlm_salience.stats"]
-LEAVES = ["vlm_salience.stats", "vlm_salience.formatting"]  # import nothing of the package
+LEAVES = ["vlm_salience.stats", "vlm_salience.formatting", "vlm_salience.law_kinds"]  # import nothing of the package
 VIDEO = ["vlm_salience.video", "vlm_salience.video.report", "vlm_salience.video.train"]
 DATA = ["vlm_salience.data.synth"]
 ENGINE = "vlm_salience.engine"

@@ -27,7 +27,8 @@ import numpy as np
 from scipy.optimize import minimize
 
 from vlm_salience.cue_models import Block, CueTable
-from vlm_salience.salience import GATE_KINDS, PER_EMOTION_KINDS, LawKind, SalienceLaw
+from vlm_salience.law_kinds import law_spec
+from vlm_salience.salience import LawKind, SalienceLaw
 
 Rule = Literal["face", "context", "product", "pool"]
 RULES: tuple[Rule, ...] = ("face", "context", "product", "pool")
@@ -218,12 +219,11 @@ def _log_sigmoid(a: np.ndarray) -> np.ndarray:
     return -np.logaddexp(0.0, -a)
 
 
-_POOL_N = {"control": 1, "hard": 2, "logistic": 2, "reliability": 2}  # sized laws: 1 + E (per_emotion), 1 + k
 _POOL_BOUND = 8.0  # a pool's face-share logits (and a per-emotion pool's raw deviations) within +-8
 
 
 def _pool_n(kind: LawKind, size: int) -> int:
-    return 1 + size if kind in PER_EMOTION_KINDS + GATE_KINDS else _POOL_N[kind]
+    return law_spec(kind).n_pool(size)
 
 
 def _pool_theta(kind: LawKind, phi: np.ndarray) -> np.ndarray:
@@ -232,14 +232,14 @@ def _pool_theta(kind: LawKind, phi: np.ndarray) -> np.ndarray:
     phi_0 + delta_e - mean(delta) for emotion e (its weight pairs then sum to 1 only on average; a pool reads only
     the share)."""
     phi = np.asarray(phi, dtype=float)
-    if kind == "control":
-        return np.array([_log_sigmoid(phi[0]), _log_sigmoid(-phi[0])])
-    if kind == "hard":
-        return np.array([_log_sigmoid(phi[0]), _log_sigmoid(-phi[0]), _log_sigmoid(phi[1]),
-                         _log_sigmoid(-phi[1])])
-    if kind == "per_emotion":
+    form = law_spec(kind).pool  # the table's pool form (law_kinds.py)
+    if form == "pairs":  # control, hard: one share logit per weight pair
+        return np.array([v for a in phi for v in (_log_sigmoid(a), _log_sigmoid(-a))])
+    if form == "emotion_share":
         return np.concatenate([[_log_sigmoid(phi[0]), _log_sigmoid(-phi[0])], phi[1:], np.zeros(len(phi) - 1)])
-    return np.concatenate([[0.0], phi])  # logistic, reliability, learned: (log total 0, intercept, slopes)
+    if form == "share":  # logistic, reliability, learned: (log total 0, intercept, slopes)
+        return np.concatenate([[0.0], phi])
+    raise ValueError(f"salience law '{kind}' has no pool form")
 
 
 def _n_obs(cues: CueTable, objective: Objective) -> float:
@@ -261,10 +261,12 @@ def _prior_weight(cues: CueTable, objective: Objective, prior_sd: float) -> floa
 
 
 def law_size(cues: CueTable, kind: LawKind, covariates: np.ndarray) -> int:
-    """Emotions of a per-emotion law, features of a learned gate (every covariate column), 0 otherwise."""
-    if kind in PER_EMOTION_KINDS:
+    """Emotions of a per-emotion law, features of a learned gate (every covariate column), 0 otherwise (the table's
+    `size`)."""
+    size = law_spec(kind).size
+    if size == "emotions":
         return n_emotions(cues)
-    if kind in GATE_KINDS:
+    if size == "features":
         cov = np.asarray(covariates, dtype=float)
         if cov.ndim != 2:
             raise ValueError("a learned gate needs (n, k) covariates (vlm_salience.reliability.gate_input)")
@@ -286,19 +288,20 @@ def fit_law(cues: CueTable, rule: Rule, kind: LawKind, expressivity: np.ndarray,
     (`_fit_per_emotion`). A learned gate's features are standardised on these (training) items."""
     if kind == "plain" or rule in ("face", "context"):
         return SalienceLaw.plain(threshold)
+    spec = law_spec(kind)  # the kind's row of the table: size, prior, bounds, pool form, restarts
     x = np.asarray(expressivity, dtype=float)
-    if kind in PER_EMOTION_KINDS and any(emotion_axis(b) is None for b in cues.blocks):
+    if spec.nested and any(emotion_axis(b) is None for b in cues.blocks):
         return _fit_per_emotion(cues, rule, x, threshold=threshold, ridge=ridge, objective=objective,
                                 prior_sd=prior_sd)
     size = law_size(cues, kind, x)
     scale: tuple[float, ...] = ()
-    if kind in GATE_KINDS:
+    if spec.standardised:
         mean, sd = x.mean(axis=0), x.std(axis=0)
         scale = (*map(float, mean), *map(float, np.where(sd > 1e-9, sd, 1.0)))
     if rule == "pool":
         start = np.zeros(_pool_n(kind, size))
         bounds = [(-_POOL_BOUND, _POOL_BOUND)] * len(start)
-        if kind in ("logistic", "reliability") or kind in GATE_KINDS:
+        if spec.pool == "share":
             bounds = SalienceLaw.bounds(kind, size)[1:]
 
         def to_theta(phi: np.ndarray) -> np.ndarray:
@@ -319,8 +322,7 @@ def fit_law(cues: CueTable, rule: Rule, kind: LawKind, expressivity: np.ndarray,
         return loss(cues, rule, law, x, objective) + ridge * float(np.sum((phi - start) ** 2)) + pen
 
     starts = [start]
-    if kind == "logistic":
-        starts += [start + np.eye(len(start))[-1] * s for s in (-6.0, 6.0)]
+    starts += [start + np.eye(len(start))[-1] * s for s in spec.restarts]
     best = None
     for s0 in starts:
         res = minimize(objective_fn, s0, method="L-BFGS-B", bounds=bounds)

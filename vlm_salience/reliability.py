@@ -17,11 +17,13 @@ normalised entropy of the judgement distribution, mean per-dimension variance, a
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 
 import numpy as np
 
 from vlm_salience.cue_models import Block, CueTable
+from vlm_salience.law_kinds import Covariates, check_covers, law_spec
 from vlm_salience.stats import distribution_variance  # numpy only; data/synth.py reads it there too
 
 _EPS = 1e-12
@@ -68,6 +70,22 @@ def gate_input(cues: CueTable, expressivity: np.ndarray) -> np.ndarray:
     """(n, 3) covariates of the learned gate, in the order of GATE_FEATURES: expressivity, log reliability ratio,
     context entropy (columns 0-1 are a reliability law's covariates, so both laws read the same matrix)."""
     return np.column_stack([law_input(cues, expressivity), context_entropy(cues)])
+
+
+def _expressivity_only(cues: CueTable, expressivity: np.ndarray) -> np.ndarray:
+    return expressivity
+
+
+_COVARIATES = {"expressivity": _expressivity_only, "reliability": law_input, "gate": gate_input}
+check_covers("reliability._COVARIATES (the builders of each covariate set)", _COVARIATES,
+             expected=typing.get_args(Covariates))
+
+
+def law_covariates(kind: str, cues: CueTable, expressivity: np.ndarray) -> np.ndarray:
+    """A law's covariates for these items, as its table entry says (`covariates`): expressivity; (expressivity,
+    log reliability ratio) for a reliability law; those and the context entropy for a learned gate. Computed from
+    these very cues, so that resampled face cues carry their own reliability."""
+    return _COVARIATES[law_spec(kind).covariates](cues, expressivity)
 
 
 @dataclass(frozen=True)

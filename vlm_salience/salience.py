@@ -7,7 +7,8 @@ This module is the single home of that idea. Its users:
 - the choice of prompt template: `is_expressive`;
 - the router between a face-focused and a context-focused LoRA expert: `is_expressive` (hard) / `face_share` (soft).
 
-Laws, each a vector of free parameters so that one optimiser fits them all:
+Laws, each a vector of free parameters so that one optimiser fits them all (what each kind reads, its parameter
+count, start, bounds and prior are declared once in the table of `vlm_salience.law_kinds`; its weights are here):
 - plain:    w = (1, 1) for every item: Bayesian cue integration as in Ong, Zaki & Goodman (2015);
 - control:  one global pair (w_face, w_context): always reported; salience only counts where it beats this;
 - hard:     one pair for subtle faces (x <= threshold) and one for expressive faces (x > threshold);
@@ -34,22 +35,20 @@ Laws, each a vector of free parameters so that one optimiser fits them all:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-LawKind = Literal["plain", "control", "hard", "logistic", "reliability", "per_emotion", "learned"]
-LAW_KINDS: tuple[LawKind, ...] = ("plain", "control", "hard", "logistic")  # laws of expressivity alone
-RELIABILITY_KINDS: tuple[LawKind, ...] = ("reliability",)  # laws whose covariates include cue reliability
-PER_EMOTION_KINDS: tuple[LawKind, ...] = ("per_emotion",)  # laws whose weights are (items, emotions)
-GATE_KINDS: tuple[LawKind, ...] = ("learned",)  # laws over several standardised item features
-ALL_LAW_KINDS: tuple[LawKind, ...] = LAW_KINDS + RELIABILITY_KINDS + PER_EMOTION_KINDS + GATE_KINDS
+from vlm_salience.law_kinds import LAWS, LawKind, check_covers, kinds, law_spec
+
+# the kinds and their per-kind facts live in one table (law_kinds.py); these groups are read from it
+LAW_KINDS: tuple[LawKind, ...] = kinds(covariates="expressivity", size=None)  # laws of expressivity alone
+RELIABILITY_KINDS: tuple[LawKind, ...] = kinds(covariates="reliability")  # covariates include cue reliability
+PER_EMOTION_KINDS: tuple[LawKind, ...] = kinds(size="emotions")  # laws whose weights are (items, emotions)
+GATE_KINDS: tuple[LawKind, ...] = kinds(covariates="gate")  # laws over several standardised item features
+ALL_LAW_KINDS: tuple[LawKind, ...] = tuple(LAWS)
+SIZED_KINDS: tuple[LawKind, ...] = kinds(sized=True)  # parameter count set by the data (E or k)
 DEFAULT_THRESHOLD = 0.5
-_N_PARAMS = {"plain": 0, "control": 2, "hard": 4, "logistic": 3, "reliability": 3}
-SIZED_KINDS: tuple[LawKind, ...] = PER_EMOTION_KINDS + GATE_KINDS  # parameter count set by the data (E or k)
-_MAX_GAMMA = 10.0
-_MAX_LOG_WEIGHT = 4.0  # weights within [e^-4, e^4]: beyond that a cue is off or the product degenerate
-_MAX_SLOPE = 60.0
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -70,22 +69,20 @@ class SalienceLaw:
     scale: tuple[float, ...] = ()  # learned gate: feature means then sds, fixed from the training items
 
     def __post_init__(self) -> None:
-        if self.kind not in ALL_LAW_KINDS:
-            raise ValueError(f"unknown salience law '{self.kind}'; expected one of {ALL_LAW_KINDS}")
-        if self.kind == "per_emotion":
-            if len(self.params) < 4 or len(self.params) % 2:
-                raise ValueError(f"salience law 'per_emotion' takes 2 + 2 x n_emotions parameters, got "
-                                 f"{len(self.params)}")
-            return
-        if self.kind == "learned":
+        spec = law_spec(self.kind)  # an unknown kind is refused with the known ones
+        n = len(self.params)
+        if spec.standardised:
             k = len(self.scale) // 2
-            if k < 1 or len(self.scale) % 2 or len(self.params) != 2 + k:
-                raise ValueError(f"salience law 'learned' takes 2 + k parameters and 2k scale values (k features), "
-                                 f"got {len(self.params)} and {len(self.scale)}")
-            return
-        if len(self.params) != _N_PARAMS[self.kind]:
-            raise ValueError(f"salience law '{self.kind}' takes {_N_PARAMS[self.kind]} parameters, "
-                             f"got {len(self.params)}")
+            if k < 1 or len(self.scale) % 2 or n != spec.n_params(k):
+                raise ValueError(f"salience law '{self.kind}' takes {spec.n_fixed} + k parameters and 2k scale values "
+                                 f"(k features), got {n} and {len(self.scale)}")
+        elif spec.sized:
+            size, rest = divmod(n - spec.n_fixed, spec.per_size)
+            if size < 1 or rest:
+                raise ValueError(f"salience law '{self.kind}' takes {spec.n_fixed} + {spec.per_size} x n_{spec.size} "
+                                 f"parameters, got {n}")
+        elif n != spec.n_fixed:
+            raise ValueError(f"salience law '{self.kind}' takes {spec.n_fixed} parameters, got {n}")
 
     # -- constructors in natural units -------------------------------------------------------------------------
     @classmethod
@@ -149,33 +146,7 @@ class SalienceLaw:
     # -- the one mapping everything uses ----------------------------------------------------------------------
     def weights(self, expressivity: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
         """(w_face, w_context), each shaped like `expressivity` (one weight per row of a covariate matrix)."""
-        p = self.params
-        if self.kind == "per_emotion":
-            n = len(_expressivity(expressivity))
-            wf, wc = self.emotion_pairs()
-            return np.tile(wf, (n, 1)), np.tile(wc, (n, 1))
-        if self.kind == "learned":
-            share = _sigmoid(p[1] + self.gate_features(expressivity) @ np.asarray(p[2:]))
-            return np.exp(p[0]) * share, np.exp(p[0]) * (1.0 - share)
-        if self.kind in RELIABILITY_KINDS:
-            cov = np.asarray(expressivity, dtype=float)
-            if cov.ndim != 2 or cov.shape[1] < 2:
-                raise ValueError(f"salience law '{self.kind}' needs (n, 2) covariates (expressivity, log reliability "
-                                 f"ratio from vlm_salience.reliability.law_input), got shape {cov.shape}")
-            share = _sigmoid(p[1] + p[2] * cov[:, 1])
-            return np.exp(p[0]) * share, np.exp(p[0]) * (1.0 - share)
-        x = _expressivity(expressivity)
-        if self.kind == "plain":
-            return np.ones_like(x), np.ones_like(x)
-        if self.kind == "control":
-            return np.full_like(x, np.exp(p[0])), np.full_like(x, np.exp(p[1]))
-        if self.kind == "hard":
-            expressive = self.is_expressive(x)
-            return (np.where(expressive, np.exp(p[2]), np.exp(p[0])),
-                    np.where(expressive, np.exp(p[3]), np.exp(p[1])))
-        tau = np.exp(p[0])
-        share = _sigmoid(p[1] + p[2] * (x - self.threshold))
-        return tau * share, tau * (1.0 - share)
+        return _WEIGHTS[self.kind](self, expressivity)
 
     def face_share(self, expressivity: np.ndarray | float) -> np.ndarray:
         """w_face / (w_face + w_context): the weight of the face in a linear pool or a soft router."""
@@ -195,34 +166,16 @@ class SalienceLaw:
     @staticmethod
     def n_params(kind: LawKind, size: int = 0) -> int:
         """`size`: the number of emotions (per_emotion) or gate features (learned)."""
-        if kind == "per_emotion":
-            return 2 + 2 * size
-        if kind == "learned":
-            return 2 + size
-        return _N_PARAMS[kind]
+        return law_spec(kind).n_params(size)
 
     @staticmethod
     def initial(kind: LawKind, size: int = 0) -> np.ndarray:
         """Start every fit at plain BCI (w = 1, 1)."""
-        if kind == "per_emotion":
-            return np.zeros(2 + 2 * size)
-        if kind == "learned":
-            return np.concatenate([[np.log(2.0), 0.0], np.zeros(size)])
-        return {"plain": np.zeros(0), "control": np.zeros(2), "hard": np.zeros(4),
-                "logistic": np.array([np.log(2.0), 0.0, 0.0]),
-                "reliability": np.array([np.log(2.0), 0.0, 0.0])}[kind]
+        return law_spec(kind).initial_vector(size)
 
     @staticmethod
     def bounds(kind: LawKind, size: int = 0) -> list[tuple[float, float]]:
-        lw = (-_MAX_LOG_WEIGHT, _MAX_LOG_WEIGHT)
-        total = (-_MAX_LOG_WEIGHT, _MAX_LOG_WEIGHT + np.log(2))
-        if kind == "per_emotion":
-            return [lw, lw] + [(-_MAX_LOG_WEIGHT, _MAX_LOG_WEIGHT)] * (2 * size)
-        if kind == "learned":
-            return [total, (-8.0, 8.0)] + [(-_MAX_GAMMA, _MAX_GAMMA)] * size
-        return {"plain": [], "control": [lw, lw], "hard": [lw] * 4,
-                "logistic": [total, (-8.0, 8.0), (-_MAX_SLOPE, _MAX_SLOPE)],
-                "reliability": [total, (-8.0, 8.0), (-_MAX_GAMMA, _MAX_GAMMA)]}[kind]
+        return law_spec(kind).bounds_list(size)
 
     @classmethod
     def from_vector(cls, kind: LawKind, theta: np.ndarray, threshold: float = DEFAULT_THRESHOLD,
@@ -269,6 +222,57 @@ class SalienceLaw:
         if not hi.any() or not lo.any():
             return float("nan")
         return float(wf[hi].mean() - wf[lo].mean())
+
+
+# -- each kind's weights: covariates -> (w_face, w_context); the table (law_kinds.py) says what each reads ------
+def _plain(law: SalienceLaw, cov: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+    x = _expressivity(cov)
+    return np.ones_like(x), np.ones_like(x)
+
+
+def _control(law: SalienceLaw, cov: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+    x, p = _expressivity(cov), law.params
+    return np.full_like(x, np.exp(p[0])), np.full_like(x, np.exp(p[1]))
+
+
+def _hard(law: SalienceLaw, cov: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+    x, p = _expressivity(cov), law.params
+    expressive = law.is_expressive(x)
+    return (np.where(expressive, np.exp(p[2]), np.exp(p[0])),
+            np.where(expressive, np.exp(p[3]), np.exp(p[1])))
+
+
+def _logistic(law: SalienceLaw, cov: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+    x, p = _expressivity(cov), law.params
+    tau = np.exp(p[0])
+    share = _sigmoid(p[1] + p[2] * (x - law.threshold))
+    return tau * share, tau * (1.0 - share)
+
+
+def _reliability(law: SalienceLaw, cov: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+    cov, p = np.asarray(cov, dtype=float), law.params
+    if cov.ndim != 2 or cov.shape[1] < 2:
+        raise ValueError(f"salience law '{law.kind}' needs (n, 2) covariates (expressivity, log reliability "
+                         f"ratio from vlm_salience.reliability.law_input), got shape {cov.shape}")
+    share = _sigmoid(p[1] + p[2] * cov[:, 1])
+    return np.exp(p[0]) * share, np.exp(p[0]) * (1.0 - share)
+
+
+def _per_emotion(law: SalienceLaw, cov: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+    n = len(_expressivity(cov))
+    wf, wc = law.emotion_pairs()
+    return np.tile(wf, (n, 1)), np.tile(wc, (n, 1))
+
+
+def _learned(law: SalienceLaw, cov: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+    p = law.params
+    share = _sigmoid(p[1] + law.gate_features(cov) @ np.asarray(p[2:]))
+    return np.exp(p[0]) * share, np.exp(p[0]) * (1.0 - share)
+
+
+_WEIGHTS = {"plain": _plain, "control": _control, "hard": _hard, "logistic": _logistic,
+            "reliability": _reliability, "per_emotion": _per_emotion, "learned": _learned}
+check_covers("SalienceLaw.weights (salience.py)", _WEIGHTS)
 
 
 def _floats(d: Any) -> Any:

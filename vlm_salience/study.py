@@ -46,11 +46,14 @@ from vlm_salience.data.corpus import Corpus
 from vlm_salience.expressivity import Normaliser, raw_scores
 from vlm_salience.metrics import HIGHER_IS_BETTER, paired_bootstrap, resample_weights, resampling_label, score
 from vlm_salience.predictions import Predictions, from_blocks, observed
-from vlm_salience.reliability import GATE_FEATURES, empirical_face_cues, gate_input, law_input, log_reliability_ratio
-from vlm_salience.salience import (DEFAULT_THRESHOLD, GATE_KINDS, PER_EMOTION_KINDS, RELIABILITY_KINDS, LawKind,
-                                   SalienceLaw)
+from vlm_salience.law_kinds import LAWS, check_covers, kinds, law_spec
+from vlm_salience.reliability import GATE_FEATURES, empirical_face_cues, law_covariates, log_reliability_ratio
+from vlm_salience.salience import DEFAULT_THRESHOLD, LawKind, SalienceLaw
 
-SPREAD_KINDS: tuple[LawKind, ...] = PER_EMOTION_KINDS + GATE_KINDS  # judged by the spread of their face share
+# how the study judges each kind, from the table (law_kinds.py): by an exponent beyond the null's, or by the
+# spread of the face share beyond the null's (the sized laws), else by the face-weight gap
+EXPONENT_KINDS: tuple[LawKind, ...] = kinds(evidence="exponent")
+SPREAD_KINDS: tuple[LawKind, ...] = kinds(evidence="spread")
 
 
 class MethodConfig(StrictModel):
@@ -82,18 +85,29 @@ class BootstrapConfig(StrictModel):
 
 
 class LawSettings(StrictModel):
-    """Priors of the sized laws (each fit is the MAP; see `bci.fit_law`)."""
+    """Priors of the sized laws (each fit is the MAP; see `bci.fit_law`): one field per prior the law table
+    (law_kinds.py) names, its default the table's."""
 
     # sd of each emotion's log-weight deviation from the global pair: 0.5 lets an emotion's weight move by a factor
     # e^{+-1} at two sd; smaller shrinks harder toward the control
-    per_emotion_sd: float = Field(0.5, gt=0)
-    gate_sd: float = Field(1.0, gt=0)  # sd of the learned gate's coefficients on standardised features
+    per_emotion_sd: float = Field(law_spec("per_emotion").prior_sd, gt=0)
+    # sd of the learned gate's coefficients on standardised features
+    gate_sd: float = Field(law_spec("learned").prior_sd, gt=0)
     # no-law corpora on which each sized law's out-of-fold gain over its control is measured again: a win over the
     # control counts only beyond that gain (0: off, and the sized laws' wins are not corrected)
     null_wins: int = Field(4, ge=0)
 
     def prior_sd(self, kind: LawKind) -> float:
-        return self.per_emotion_sd if kind in PER_EMOTION_KINDS else self.gate_sd
+        """The sd of the kind's prior, the field its table entry names (`prior`); a law without sized parameters
+        has no prior (1.0, unused by the fit)."""
+        prior = law_spec(kind).prior
+        return float(getattr(self, prior)) if prior else 1.0
+
+
+# every prior the table names is a setting here, and every prior setting belongs to a kind of the table
+check_covers("study.LawSettings (the sized laws' prior sds)",
+             [f for f in LawSettings.model_fields if f.endswith("_sd")],
+             expected=[s.prior for s in LAWS.values() if s.prior])
 
 
 class StudyConfig(StrictModel):
@@ -270,9 +284,7 @@ def _law_x(m: MethodConfig, cues: CueTable, x: np.ndarray) -> np.ndarray:
     """A law's covariates for these items: expressivity, and for reliability laws (expressivity, log reliability
     ratio), for a learned gate also the context entropy, computed from these very cues (so resampled face cues
     carry their own reliability)."""
-    if m.salience in GATE_KINDS:
-        return gate_input(cues, x)
-    return law_input(cues, x) if m.salience in RELIABILITY_KINDS else x
+    return law_covariates(m.salience, cues, x)
 
 
 def _fit(cues: CueTable, m: MethodConfig, x: np.ndarray, cfg: StudyConfig) -> SalienceLaw:
@@ -496,8 +508,9 @@ def _refit_draw(fitted: list[MethodConfig], cfg: StudyConfig, boot: CueTable, xb
     for m in fitted:
         xb = _law_x(m, boot, xb_all)
         b_law = _fit(boot, m, xb, cfg)
-        rel = m.salience in RELIABILITY_KINDS
-        row = (b_law.face_weight_gap(xb), _share_gap(b_law, xb), b_law.params[2] if rel else np.nan,
+        rel = m.salience in EXPONENT_KINDS
+        ex = law_spec(m.salience).exponent
+        row = (b_law.face_weight_gap(xb), _share_gap(b_law, xb), b_law.params[ex] if rel else np.nan,
                b_law.share_spread(xb))
         nulls: tuple[float | None, float | None, float | None] = (None, None, None)
         if m.salience != "control":
@@ -505,7 +518,7 @@ def _refit_draw(fitted: list[MethodConfig], cfg: StudyConfig, boot: CueTable, xb
             nc = rel_null if rel else spread_null if spread else null
             xn = _law_x(m, nc, x if spread else xb_all)
             n_law = _fit(nc, m, xn, cfg)
-            nulls = (n_law.face_weight_gap(xn), n_law.params[2] if rel else np.nan, n_law.share_spread(xn))
+            nulls = (n_law.face_weight_gap(xn), n_law.params[ex] if rel else np.nan, n_law.share_spread(xn))
         out[m.name] = (*row, *nulls)
     return out
 
@@ -534,7 +547,7 @@ def _fitted_weights(corpus: Corpus, cues: CueTable, cfg: StudyConfig, x: np.ndar
     # each resample also redraws every face's face-only judgements, so the intervals carry the face cues' error
     boot_cues = [_with_resampled_faces(cues, rng).take(idx) for idx in draws]
     with_null = any(m.salience != "control" for m in fitted)
-    with_rel = any(m.salience in RELIABILITY_KINDS for m in fitted)
+    with_rel = any(m.salience in EXPONENT_KINDS for m in fitted)
     # the no-law expectations of every resample are fitted in parallel (deterministic); the draws from them are
     # made here, in the resamples' order, each kind of null from its own stream
     expectations = (run_tasks(_null_expectations, [(c, x[idx], thr, obj, with_null, with_rel)
@@ -587,10 +600,10 @@ def _fitted_weights(corpus: Corpus, cues: CueTable, cfg: StudyConfig, x: np.ndar
             entry["gap_evidence"] = bool(np.isfinite(lo) and lo > 0)
         else:
             entry["gap_evidence"] = False
-        if m.salience in RELIABILITY_KINDS:
+        if m.salience in EXPONENT_KINDS:
             # a reliability law's own evidence is its exponent beyond the exponent a no-law fit finds (face cues
             # smoothed from a few raters look less reliable than they are, which alone pulls gamma above 0)
-            gamma = law.params[2]
+            gamma = law.params[law_spec(m.salience).exponent]
             entry["gamma_fit"] = _with_ci(gamma, gammas)
             if null_gammas:
                 entry["null_gamma"] = _with_ci(float(np.nanmean(null_gammas)), null_gammas)
@@ -613,13 +626,13 @@ def _fitted_weights(corpus: Corpus, cues: CueTable, cfg: StudyConfig, x: np.ndar
                 entry["excess_spread"]["p"] = float((1 + (ns >= spread).sum()) / (1 + len(ns)))
                 lo = entry["excess_spread"]["ci95"][0]
                 entry["gap_evidence"] = bool(np.isfinite(lo) and lo > 0)
-            if m.salience in PER_EMOTION_KINDS:
+            if law_spec(m.salience).size == "emotions":
                 entry["by_emotion"]["labels"] = list(corpus.labels)
-        if m.salience in RELIABILITY_KINDS + GATE_KINDS:
+        if law_spec(m.salience).covariates != "expressivity":
             wf, wc = law.weights(x_m)  # per item (a report cannot recompute them from expressivity alone)
             entry["items"] = {"log_reliability_ratio": x_m[:, 1].tolist(), "w_face": wf.tolist(),
                               "w_context": wc.tolist()}
-            if m.salience in GATE_KINDS:
+            if law_spec(m.salience).covariates == "gate":
                 entry["features"] = list(GATE_FEATURES)
         entry["folds"] = fold_laws[m.name]
         out[m.name] = entry

@@ -18,22 +18,24 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import yaml
-from pydantic import Field
+from pydantic import Field, field_validator
 from tqdm.auto import tqdm
 
 from vlm_salience.atomic import staged_dir, write_text
 from vlm_salience.config import StrictModel
 from vlm_salience.data.faces import ACTIONS, FaceStyle, render_face
-from vlm_salience.salience import DEFAULT_THRESHOLD, RELIABILITY_KINDS, SalienceLaw
+from vlm_salience.law_kinds import check_covers, kinds, law_spec
+from vlm_salience.salience import DEFAULT_THRESHOLD, SalienceLaw
 from vlm_salience.stats import distribution_variance, softmax
 
 OUTCOMES = ("CC", "CD", "DC", "DD")
 
 
 class LawConfig(StrictModel):
-    """The planted law of the combined raters; `control` with w = (1, 1) turns salience off."""
+    """The planted law of the combined raters; `control` with w = (1, 1) turns salience off. `kind`: a kind the
+    law table marks plantable (vlm_salience/law_kinds.py)."""
 
-    kind: Literal["plain", "control", "hard", "logistic", "reliability", "per_emotion"] = "logistic"
+    kind: str = "logistic"
     w_face: float = 1.0
     w_context: float = 1.0
     subtle: tuple[float, float] = (0.5, 1.5)
@@ -47,23 +49,38 @@ class LawConfig(StrictModel):
     # valence ratings get the geometric mean pair over emotions (as bci does for a block without emotions)
     by_emotion: dict[str, tuple[float, float]] = Field(default_factory=dict)
 
+    @field_validator("kind")
+    @classmethod
+    def _plantable(cls, kind: str) -> str:
+        law_spec(kind)  # an unknown kind: refused with every known one
+        if kind not in PLANTABLE_KINDS:
+            raise ValueError(f"salience law '{kind}' cannot be planted by the generator; plantable kinds: "
+                             f"{', '.join(PLANTABLE_KINDS)}")
+        return kind
+
     def build(self, labels: list[str] | None = None) -> SalienceLaw:
-        if self.kind == "per_emotion":
-            labels = list(labels or [])
-            unknown = sorted(set(self.by_emotion) - set(labels))
-            if unknown:
-                raise ValueError(f"law.by_emotion names unknown label(s) {unknown}; labels are {labels}")
-            pairs = [self.by_emotion.get(lab, (self.w_face, self.w_context)) for lab in labels]
-            return SalienceLaw.per_emotion([p[0] for p in pairs], [p[1] for p in pairs], self.threshold)
-        if self.kind == "plain":
-            return SalienceLaw.plain(self.threshold)
-        if self.kind == "control":
-            return SalienceLaw.control(self.w_face, self.w_context, self.threshold)
-        if self.kind == "hard":
-            return SalienceLaw.hard(self.subtle, self.expressive, self.threshold)
-        if self.kind == "reliability":
-            return SalienceLaw.reliability(self.total, self.gamma, self.alpha, self.threshold)
-        return SalienceLaw.logistic(self.total, self.slope, self.alpha, self.threshold)
+        return _PLANT[self.kind](self, list(labels or []))
+
+
+def _plant_per_emotion(cfg: LawConfig, labels: list[str]) -> SalienceLaw:
+    unknown = sorted(set(cfg.by_emotion) - set(labels))
+    if unknown:
+        raise ValueError(f"law.by_emotion names unknown label(s) {unknown}; labels are {labels}")
+    pairs = [cfg.by_emotion.get(lab, (cfg.w_face, cfg.w_context)) for lab in labels]
+    return SalienceLaw.per_emotion([p[0] for p in pairs], [p[1] for p in pairs], cfg.threshold)
+
+
+# each plantable kind's law from the config's natural units; the kinds are the table's plantable ones
+PLANTABLE_KINDS: tuple[str, ...] = kinds(plantable=True)
+_PLANT = {
+    "plain": lambda c, labels: SalienceLaw.plain(c.threshold),
+    "control": lambda c, labels: SalienceLaw.control(c.w_face, c.w_context, c.threshold),
+    "hard": lambda c, labels: SalienceLaw.hard(c.subtle, c.expressive, c.threshold),
+    "logistic": lambda c, labels: SalienceLaw.logistic(c.total, c.slope, c.alpha, c.threshold),
+    "reliability": lambda c, labels: SalienceLaw.reliability(c.total, c.gamma, c.alpha, c.threshold),
+    "per_emotion": _plant_per_emotion,
+}
+check_covers("data/synth._PLANT (the generator's plantable laws)", _PLANT, expected=PLANTABLE_KINDS)
 
 
 class PerceptionConfig(StrictModel):
@@ -182,7 +199,7 @@ def generate_with_distributions(cfg: SynthConfig) -> tuple[pd.DataFrame, pd.Data
                         for o in range(4)], axis=0)
 
     law = cfg.law.build(labels)
-    if law.kind in RELIABILITY_KINDS:  # the raters' own reliabilities: of the true face and context distributions
+    if law_spec(law.kind).covariates == "reliability":  # the raters' own reliabilities (true distributions)
         z = np.mean([np.log(distribution_variance(c[:, None], s, cat) / distribution_variance(f[:, None], s, cat))
                      for f, c, s, cat in ((p_face, p_ctx, np.arange(K, dtype=float), True),
                                           (pv_face, pv_ctx, vgrid, False))], axis=0)
