@@ -183,6 +183,7 @@ class FeatureCache:
         self._lru: OrderedDict[str, ClipFeatures] = OrderedDict()
         self._bytes = 0
         self.computed = 0  # clip streams encoded by this object (the rest were read from disk)
+        self.seconds = 0.0  # spent checking, encoding and writing in `ensure`
 
     # -- paths and validity -------------------------------------------------------------------------------------
     def clip_file(self, clip_id: str) -> str:
@@ -262,6 +263,15 @@ class FeatureCache:
     def ensure(self, clip_ids: list[str], *, progress: bool = False) -> int:
         """Compute and write every missing or stale stream of these clips (frames of several clips per encoder
         call); returns how many clip streams were encoded. Clips whose files are valid are not read here."""
+        import time
+
+        t0 = time.perf_counter()
+        try:
+            return self._ensure(clip_ids, progress)
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+    def _ensure(self, clip_ids: list[str], progress: bool) -> int:
         todo = [(cid, s) for cid in dict.fromkeys(clip_ids) if cid not in self._lru for s in self.requests
                 if not self.has(cid, s)]
         if not todo:

@@ -232,7 +232,9 @@ class VideoClassifierTask(Task):
             return self._features
         ok, self.feature_cache_reason = usable(model, setting=self.cfg.data.feature_cache,
                                                augments_frames=self.augments_frames)
-        if not ok or not set(self.streams) <= set(model.feature_requests()):
+        if ok and not set(self.streams) <= set(model.feature_requests()):
+            ok, self.feature_cache_reason = False, f"the model declares no outputs of stream(s) {self.streams}"
+        if not ok:
             return None
         root = self.cfg.data.feature_dir or Path(self.cfg.data.cache) / "features"
         requests = {s: r for s, r in model.feature_requests().items() if s in self.streams}
