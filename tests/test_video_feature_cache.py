@@ -191,3 +191,20 @@ def test_training_tower_augmentation_or_off_encode_frames(law_clips, encoders, t
     assert aug.collate([0], epoch=0)["face"].dtype == torch.uint8
     off = make_task(law_clips, encoders["a"], tmp_path, "data.feature_cache=off")
     assert off.feature_cache(off.model) is None and off.collate([0], epoch=0)["scene"].dtype == torch.uint8
+
+
+def test_a_clip_without_frames_of_a_stream_is_named(encoders, tmp_path):
+    from types import SimpleNamespace
+
+    from vlm_salience.errors import DataError
+    from vlm_salience.models.encoders import EncoderConfig, load_encoder
+    from vlm_salience.video.feature_cache import FeatureCache, FeatureRequest
+
+    clip = SimpleNamespace(slots=np.zeros((4, 1), np.int32), arrays={"face": np.zeros((4, 32, 32, 3), np.uint8),
+                                                                     "scene": np.zeros((0, 32, 32, 3), np.uint8)})
+    cache = SimpleNamespace(root=tmp_path, manifest={"config_hash": "h"}, entry=lambda cid: {"file": "clips/ab/k.npz"})
+    store = SimpleNamespace(cache=cache, streams=("face", "scene"), get=lambda cid: clip)
+    fc = FeatureCache(tmp_path / "features", load_encoder(EncoderConfig(path=str(encoders["a"]))), None,
+                      {"face": FeatureRequest(), "scene": FeatureRequest(blocks=(1,))}, store)
+    with pytest.raises(DataError, match="clip 'x' has no scene frames"):
+        fc.ensure(["x"])

@@ -292,6 +292,12 @@ class FeatureCache:
                 else:
                     clip = read_clip(self.store.cache.root / self.clip_file(cid))
                     slots, frames = clip.slots, getattr(clip, s)
+                if len(frames) == 0:
+                    from vlm_salience.errors import DataError
+
+                    raise DataError(f"clip '{cid}' has no {s} frames in the cache {self.store.cache.root} "
+                                    f"(a face-crop-only corpus?)", column=s,
+                                    fix="train a model that does not read that stream, or prepare the full frames")
                 batch.append((cid, s, slots, frames))
                 n += len(frames)
                 i += 1
