@@ -5,6 +5,8 @@
 - batches of cached frames, one per segment: a random cached candidate per segment when training (seeded by
   (seed, epoch, clip), so a resumed run draws the same frames), the middle one when evaluating; the streams a
   model reads (`streams`: "face", "scene") as uint8 tensors (B, T, S, S, 3) — the encoder normalises on the device;
+- where the image encoder is frozen, the cached encoder outputs of those same rows instead of the frames
+  (`video/feature_cache.py`, `data.feature_cache`; a model opts in with `feature_requests()`);
 - `predict` -> per-clip class probabilities and clip features, `evaluate` -> validation UAR/WAR (the engine logs
   them; the best validation UAR's weights are kept for the test split, never chosen on the test split);
 - `save`/`load` of the trainable weights only (a frozen encoder is rebuilt from its checkpoint), and a
