@@ -29,6 +29,7 @@ from vlm_salience.ous.config import OusModelConfig
 from vlm_salience.salience import SalienceLaw
 from vlm_salience.video.baseline import (PromptLearner, TemporalTransformer, add_logit_scale, class_texts,
                                          train_encoder_parts)
+from vlm_salience.video.feature_cache import FeatureRequest, is_encoded
 
 
 class SharedLSTM(nn.Module):
@@ -202,12 +203,24 @@ class OusModel(nn.Module):
         return [g for g in groups if g["params"]]
 
     # -- the shared encoder ------------------------------------------------------------------------------------
+    def feature_requests(self) -> dict[str, FeatureRequest]:
+        """What this model reads of the encoder (video/feature_cache.py): pooled embeddings of both streams, and
+        of the scene frames the token means of the blocks the polarity encoder reads."""
+        req = {"face": FeatureRequest()}
+        if self.cfg.scene:
+            req["scene"] = FeatureRequest(blocks=tuple(self.cfg.polarity_blocks) if self.cfg.polarity else ())
+        return req
+
     def encode(self, face: torch.Tensor, scene: torch.Tensor | None):
         """Per-frame joint-space features of both streams and the scene frames' early-block hidden states, from
-        ONE encoder call over the face and scene frames stacked (two calls where `batched_streams` is off)."""
+        ONE encoder call over the face and scene frames stacked (two calls where `batched_streams` is off), or
+        a frozen encoder's cached outputs of them (`EncodedFrames`)."""
         enc = self.encoder
         b, t = face.shape[:2]
         layers = tuple(self.cfg.polarity_blocks) if self.cfg.polarity else ()
+        if is_encoded(face):
+            return (face.embeds.to(enc.dtype), None if scene is None else scene.embeds.to(enc.dtype),
+                    [scene.block_tokens(k) for k in layers] if scene is not None else [])
         if scene is None:
             out = enc.encode_images(enc.pixels(face))
             return out.embeds.reshape(b, t, -1), None, []

@@ -24,6 +24,7 @@ from torch import nn
 
 from vlm_salience.config import StrictModel
 from vlm_salience.models.encoders import ClipEncoder, EncoderConfig
+from vlm_salience.video.feature_cache import EncodedFrames, FeatureRequest, is_encoded
 
 
 class TemporalConfig(StrictModel):
@@ -183,8 +184,15 @@ class BaselineModel(nn.Module):
             groups.append({"params": [self.log_scale], "lr": lr.head, "weight_decay": 0.0, "name": "temperature"})
         return [g for g in groups if g["params"]]
 
-    def frame_features(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 frames (B, T, H, W, 3) -> per-frame joint-space features (B, T, D), in one encoder call."""
+    def feature_requests(self) -> dict[str, FeatureRequest]:
+        """What this model reads of the encoder (video/feature_cache.py): each face frame's pooled embedding."""
+        return {"face": FeatureRequest()}
+
+    def frame_features(self, frames: torch.Tensor | EncodedFrames) -> torch.Tensor:
+        """uint8 frames (B, T, H, W, 3) -> per-frame joint-space features (B, T, D), in one encoder call (or a
+        frozen encoder's cached outputs of them)."""
+        if is_encoded(frames):
+            return frames.embeds.to(self.encoder.dtype)
         b, t = frames.shape[:2]
         return self.encoder.image_features(self.encoder.pixels(frames)).reshape(b, t, -1)
 

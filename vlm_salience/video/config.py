@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from vlm_salience.config import RelPath, StrictModel, apply_overrides, read_yaml, validate
 from vlm_salience.errors import ConfigError
@@ -34,6 +34,16 @@ class VideoDataSection(StrictModel):
     split_seed: int = 0
     n_segments: int = Field(16, ge=1)  # frames per clip (one per segment)
     memory_cache_mb: int = Field(1024, ge=0)  # cached clips kept in RAM between batches
+    # a frozen encoder's outputs of every cached frame, computed once per clip (video/feature_cache.py): auto = on
+    # where the model declares its outputs, the image tower is frozen and frames are not augmented; off = encode
+    feature_cache: Literal["auto", "off"] = "auto"
+    feature_dir: RelPath | None = None  # where those outputs live (None: <cache>/features)
+
+    @field_validator("feature_cache", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: Any) -> Any:
+        """YAML reads a bare `off` as false: that is 'off'."""
+        return "off" if v is False else v
 
 
 class ReportSection(StrictModel):

@@ -5,6 +5,8 @@
 - batches of cached frames, one per segment: a random cached candidate per segment when training (seeded by
   (seed, epoch, clip), so a resumed run draws the same frames), the middle one when evaluating; the streams a
   model reads (`streams`: "face", "scene") as uint8 tensors (B, T, S, S, 3) — the encoder normalises on the device;
+- where the image encoder is frozen, the cached encoder outputs of those same rows instead of the frames
+  (`video/feature_cache.py`, `data.feature_cache`; a model opts in with `feature_requests()`);
 - `predict` -> per-clip class probabilities and clip features, `evaluate` -> validation UAR/WAR (the engine logs
   them; the best validation UAR's weights are kept for the test split, never chosen on the test split);
 - `save`/`load` of the trainable weights only (a frozen encoder is rebuilt from its checkpoint), and a
@@ -31,6 +33,7 @@ from vlm_salience.engine.task import Task
 from vlm_salience.video.baseline import BaselineModelConfig
 from vlm_salience.video.cache import ClipCache, sample
 from vlm_salience.video.config import VideoTrainConfig
+from vlm_salience.video.feature_cache import FeatureCache, usable
 from vlm_salience.video.registry import register_video_model
 
 WEIGHTS = "model.safetensors"
@@ -160,6 +163,9 @@ class VideoClassifierTask(Task):
 
     config_class = VideoTrainConfig
     streams: tuple[str, ...] = ("face",)
+    # True where a task alters frames between epochs (augmentation): a frozen encoder's outputs then change, and
+    # the feature cache (video/feature_cache.py) stays off
+    augments_frames: bool = False
 
     def __init__(self, cfg: VideoTrainConfig, *, fold: str, classes: list[str], labels: dict[str, int],
                  train_ids: list[str], val_ids: list[str], store: FrameStore,
@@ -172,6 +178,9 @@ class VideoClassifierTask(Task):
         self.model: torch.nn.Module | None = None
         self.best: dict[str, Any] | None = None  # {"uar", "war", "evaluation", "state"}
         self._evaluations = 0
+        self._features: FeatureCache | None = None  # the feature cache of the last model asked about
+        self._active_features: FeatureCache | None = None  # serving the batches being made now (None: frames)
+        self.feature_cache_reason = ""  # why the cache is (not) used, for the log
 
     # -- to override ---------------------------------------------------------------------------------------------
     def build_model(self) -> torch.nn.Module:
@@ -197,6 +206,7 @@ class VideoClassifierTask(Task):
             self.store._bytes = 0
         self.store.preload(self.train_ids + self.val_ids)
         self.model = self.build_model()
+        self._active_features = self._fill_features(self.model, self.train_ids + self.val_ids, accelerator)
         groups = self.model.param_groups() if hasattr(self.model, "param_groups") else \
             [p for p in self.model.parameters() if p.requires_grad]
         return self.model, groups
@@ -215,18 +225,66 @@ class VideoClassifierTask(Task):
                     "config_hash"), "classes": self.classes, "n_segments": self.cfg.data.n_segments}),
                 "training split": config_digest([self.train_ids, self.val_ids])}
 
-    def frames(self, clip_ids: list[str], epoch: int | None) -> dict[str, torch.Tensor]:
-        """uint8 frames of each stream, (B, T, S, S, 3); epoch None: evaluation (segment middles)."""
+    # -- the frozen-encoder feature cache ---------------------------------------------------------------------
+    def feature_cache(self, model) -> FeatureCache | None:
+        """The feature cache serving `model`'s batches, or None where it must encode frames (data.feature_cache
+        off, or `feature_cache.usable` says the cached outputs could differ from the live encoder's)."""
+        enc = getattr(model, "encoder", None)
+        if self._features is not None and self._features.encoder is enc:
+            return self._features
+        ok, self.feature_cache_reason = usable(model, setting=self.cfg.data.feature_cache,
+                                               augments_frames=self.augments_frames)
+        if ok and not set(self.streams) <= set(model.feature_requests()):
+            ok, self.feature_cache_reason = False, f"the model declares no outputs of stream(s) {self.streams}"
+        if not ok:
+            return None
+        root = self.cfg.data.feature_dir or Path(self.cfg.data.cache) / "features"
+        requests = {s: r for s, r in model.feature_requests().items() if s in self.streams}
+        self._features = FeatureCache(root, enc, self.encoder_path(), requests, self.store,
+                                      budget_mb=self.cfg.data.memory_cache_mb)
+        return self._features
+
+    def _fill_features(self, model, clip_ids: list[str], accelerator=None) -> FeatureCache | None:
+        """Encode the clips the cache lacks, on the accelerator's device where there is one (the model is still
+        on the CPU in `setup`), each process its share; then hold them in memory up to the budget."""
+        fc = self.feature_cache(model)
+        if fc is None:
+            return None
+        device = getattr(accelerator, "device", None)
+        rank, world = getattr(accelerator, "process_index", 0), getattr(accelerator, "num_processes", 1)
+        moved = device is not None and torch.device(device) != fc.encoder.device
+        if moved:
+            fc.encoder.to(device)
+        try:
+            fc.ensure(list(clip_ids)[rank::world], progress=True)
+        finally:
+            if moved:
+                fc.encoder.to("cpu")
+        if world > 1:
+            accelerator.wait_for_everyone()
+        fc.preload(list(clip_ids))
+        return fc
+
+    def _rows(self, clip, cid: str, epoch: int | None) -> np.ndarray:
+        """Rows of a clip's cached frames a batch reads: one per segment (seeded by (seed, epoch, clip) when
+        training; the middles when evaluating), the same whether frames or their cached features are read."""
         n = self.cfg.data.n_segments
+        if epoch is None:
+            return sample(clip, n, train=False)
+        rng = np.random.default_rng([self.cfg.seed, epoch, int(hashlib.md5(cid.encode()).hexdigest()[:8], 16)])
+        return sample(clip, n, train=True, rng=rng)
+
+    def frames(self, clip_ids: list[str], epoch: int | None) -> dict[str, Any]:
+        """uint8 frames of each stream, (B, T, S, S, 3); epoch None: evaluation (segment middles). Where the feature
+        cache serves the model, each stream's cached encoder outputs of the same rows (`EncodedFrames`) instead."""
+        fc = self._active_features
+        if fc is not None:
+            clips = [fc.get(cid) for cid in clip_ids]
+            return fc.batch(clips, [self._rows(c, cid, epoch) for c, cid in zip(clips, clip_ids)])
         out: dict[str, list[np.ndarray]] = {s: [] for s in self.streams}
         for cid in clip_ids:
             clip = self.store.get(cid)
-            if epoch is None:
-                rows = sample(clip, n, train=False)
-            else:
-                rng = np.random.default_rng([self.cfg.seed, epoch, int(hashlib.md5(cid.encode()).hexdigest()[:8],
-                                                                          16)])
-                rows = sample(clip, n, train=True, rng=rng)
+            rows = self._rows(clip, cid, epoch)
             for s in self.streams:
                 out[s].append(clip.arrays[s][rows])
         return {s: torch.from_numpy(np.stack(v)) for s, v in out.items()}
@@ -250,9 +308,12 @@ class VideoClassifierTask(Task):
         """Class probabilities and clip features of these clips (segment middles), in batches."""
         bs = batch_size or self.cfg.report.batch_size
         device = device or next(model.parameters()).device
-        was = model.training
+        was, active = model.training, self._active_features
         model.eval()
         probs, feats = [], []
+        self._active_features = self.feature_cache(model)
+        if self._active_features is not None:
+            self._active_features.ensure(list(clip_ids))  # test clips: encoded in batches, once
         try:
             for s in range(0, len(clip_ids), bs):
                 b = self.batch(clip_ids[s:s + bs], None)
@@ -264,6 +325,7 @@ class VideoClassifierTask(Task):
                 feats.append(out["features"].float().cpu().numpy())
         finally:
             model.train(was)
+            self._active_features = active
         k, d = len(self.classes), getattr(getattr(model, "encoder", None), "embed_dim", 0)
         return ClipPredictions(list(clip_ids), np.array([self.labels[c] for c in clip_ids], dtype=np.int64),
                                np.concatenate(probs) if probs else np.zeros((0, k)),
