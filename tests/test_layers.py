@@ -47,6 +47,7 @@ CORE = ["vlm_salience.bci", "vlm_salience.salience", "vlm_salience.expressivity"
 LEAVES = ["vlm_salience.stats", "vlm_salience.formatting", "vlm_salience.law_kinds"]  # import nothing of the package
 VIDEO = ["vlm_salience.video", "vlm_salience.video.report", "vlm_salience.video.train"]
 DATA = ["vlm_salience.data.synth"]
+PROMPTING_REPORT = "vlm_salience.prompting.report"
 ENGINE = "vlm_salience.engine"
 HAS_ENGINE = (PACKAGE / "engine" / "__init__.py").is_file()
 
@@ -54,7 +55,7 @@ HAS_ENGINE = (PACKAGE / "engine" / "__init__.py").is_file()
 @pytest.fixture(scope="module")
 def pulled() -> dict[str, set[str]]:
     """module -> the modules in sys.modules after importing it alone in a fresh interpreter."""
-    targets = sorted(set(CORE + LEAVES + VIDEO + DATA + ([ENGINE] if HAS_ENGINE else [])))
+    targets = sorted(set(CORE + LEAVES + VIDEO + DATA + [PROMPTING_REPORT] + ([ENGINE] if HAS_ENGINE else [])))
     if not hasattr(__import__("os"), "fork"):
         pytest.skip("needs os.fork to import each layer alone cheaply")
     res = subprocess.run([sys.executable, "-c", PROBE, *targets], capture_output=True, text=True, timeout=600,
@@ -88,20 +89,26 @@ def test_core_modules_never_load_torch_or_transformers(pulled, core):
 
 @pytest.mark.parametrize("video", VIDEO)
 def test_video_layer_does_not_load_the_study(pulled, video):
-    above = _loaded(pulled[video], {"study", "report", "demo"})
+    above = _loaded(pulled[video], {"study", "study_report", "report", "demo"})
     assert not above, f"importing {video} loads {above}"
 
 
 @pytest.mark.parametrize("data", DATA)
 def test_data_layer_does_not_load_the_study(pulled, data):
-    above = _loaded(pulled[data], {"study", "reliability", "report", "cue_models"})
+    above = _loaded(pulled[data], {"study", "study_report", "reliability", "report", "cue_models"})
     assert not above, f"importing {data} loads {above}"
 
 
 @pytest.mark.skipif(not HAS_ENGINE, reason="vlm_salience/engine/ does not exist yet (issue 25 item 4 moves it there)")
 def test_engine_does_not_load_the_vlm_stack(pulled):
-    above = _loaded(pulled[ENGINE], {"prompting", "study", "report", "training"})
+    above = _loaded(pulled[ENGINE], {"prompting", "study", "study_report", "report", "training"})
     assert not above, f"importing {ENGINE} loads {above}"
+
+
+def test_prompting_report_does_not_load_the_study(pulled):
+    """The prompting report writes an experiment's own metrics: it needs neither the study nor its report."""
+    above = _loaded(pulled[PROMPTING_REPORT], {"study", "study_report", "cli", "demo"})
+    assert not above, f"importing {PROMPTING_REPORT} loads {above}"
 
 
 def _private_imports(path: Path) -> list[str]:

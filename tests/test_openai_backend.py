@@ -184,7 +184,7 @@ def test_api_keys_come_from_the_environment_only():
 
 def test_an_experiment_against_the_server_keeps_the_key_out_of_every_file(server, tmp_path, small_synth_corpus):
     from vlm_salience.prompting.experiment import ExperimentConfig, run_experiment
-    from vlm_salience.report import write_experiment_outputs
+    from vlm_salience.prompting.report import write_experiment_outputs
 
     server.logprobs = False  # this server offers no logprobs: answers are read by generate-and-parse
     cfg = ExperimentConfig.model_validate({

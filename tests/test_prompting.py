@@ -210,7 +210,7 @@ STRATEGIES = [
 def test_experiment_grid_scores_everything_beside_bci_and_resumes(tmp_path, small_synth_corpus, tiny_vlms,
                                                                    monkeypatch):
     from vlm_salience.prompting import experiment as ex
-    from vlm_salience.report import write_experiment_outputs
+    from vlm_salience.prompting.report import write_experiment_outputs
 
     cfg = _experiment(tmp_path, small_synth_corpus, tiny_vlms["qwen2_vl"], STRATEGIES)
     calls = {"score": 0, "generate": 0}

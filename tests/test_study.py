@@ -13,7 +13,7 @@ from vlm_salience.data import load_corpus
 from vlm_salience import study as study_mod
 from vlm_salience.expressivity import raw_scores
 from vlm_salience.metrics import score
-from vlm_salience.report import write_outputs
+from vlm_salience.study_report import write_outputs
 from vlm_salience.study import StudyConfig, make_folds, run_study
 
 FAST = ["bootstrap.n=400"]

@@ -160,7 +160,8 @@ def test_folder_keys_hash_what_they_always_hashed(tmp_path):
 
 
 def test_video_train_and_eval_take_data_set_appended_to_the_yaml_overrides(tmp_path):
-    from vlm_salience.cli import _video_overrides, build_parser
+    from vlm_salience.cli import build_parser
+    from vlm_salience.cli.video import video_overrides
     from vlm_salience.config import apply_overrides, read_yaml
 
     y = tmp_path / "run.yaml"
@@ -168,7 +169,7 @@ def test_video_train_and_eval_take_data_set_appended_to_the_yaml_overrides(tmp_p
     for cmd in ("train", "eval"):
         args = build_parser().parse_args(["video", cmd, str(y), "--data-set", "root=/data/DFEW",
                                           "--data-set", "list_format=dfer_clip"])
-        data = apply_overrides(read_yaml(y), _video_overrides(args))["data"]
+        data = apply_overrides(read_yaml(y), video_overrides(args))["data"]
         assert data["overrides"] == ["face_dir=faces", "root=/data/DFEW", "list_format=dfer_clip"]
 
 

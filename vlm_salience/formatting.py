@@ -1,6 +1,7 @@
-"""One way to print a figure with its interval and one way to make a document JSON-safe, for every report.
+"""One way to print a figure with its interval and one way to make a document JSON-safe, for every report; and the
+bits the study's and the prompting report share (metric labels, a markdown table, the terminal table, pyplot).
 
-Imports nothing of the package, so any layer (the study, video, OUS, GRACE, the demo, the CLI) can use it without
+Imports nothing of the package (rich and matplotlib only inside the functions that draw), so any layer (the study, video, OUS, GRACE, the demo, the CLI) can use it without
 pulling the others in.
 """
 
@@ -51,3 +52,51 @@ def json_safe(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         return json_safe(obj.tolist())
     return obj
+
+
+METRIC_LABELS = {"r": "r", "rmse": "RMSE", "kld": "KLD", "rating_kld": "rating KLD", "valence_mse": "valence MSE",
+                 "valence_r": "valence r"}
+
+
+def markdown_table(rows: list[dict[str, str]]) -> str:
+    """Rows of equal keys as a markdown table (the keys are the header); "" for no rows."""
+    if not rows:
+        return ""
+    cols = list(rows[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(r[c] for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def console(width: int):
+    """A console that wraps at `width` when the output is not a terminal (logs, CI), so tables stay readable."""
+    import sys
+
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else width)
+
+
+def print_rows(title: str, rows: list[dict[str, str]], notes: list[str], *, width: int) -> None:
+    """Rows as a rich table on the terminal, then each note."""
+    from rich.table import Table
+
+    con = console(width)
+    table = Table(title=title)
+    for i, col in enumerate(rows[0]):
+        table.add_column(col, no_wrap=i == 0, overflow="fold")
+    for r in rows:
+        table.add_row(*r.values())
+    con.print(table)
+    for note in notes:
+        con.print(f"[yellow]note[/yellow]: {note}")
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files only, no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

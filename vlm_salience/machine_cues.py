@@ -632,7 +632,7 @@ def run_machine_cue_study(cue_yaml: str | Path, study_yaml: Any, out: str | Path
 
     from vlm_salience.atomic import write_text
     from vlm_salience.formatting import json_safe
-    from vlm_salience.report import write_outputs
+    from vlm_salience.study_report import write_outputs
     from vlm_salience.study import StudyConfig
 
     cfg = load_machine_cue_config(cue_yaml, cue_overrides)

@@ -13,7 +13,7 @@ def run_demo(out: Path, *, quick: bool = False, progress: bool = True) -> int:
     from vlm_salience.config import load_config
     from vlm_salience.data import load_corpus
     from vlm_salience.data.synth import SynthConfig, write_corpus
-    from vlm_salience.report import print_table, write_outputs
+    from vlm_salience.study_report import print_table, write_outputs
     from vlm_salience.resources import shipped
     from vlm_salience.study import StudyConfig, run_study
 
@@ -61,7 +61,7 @@ def run_demo(out: Path, *, quick: bool = False, progress: bool = True) -> int:
                   "local checkpoint) for real numbers.[/bold]")
     from vlm_salience.config import read_yaml, validate
     from vlm_salience.prompting.experiment import ExperimentConfig, run_experiment
-    from vlm_salience.report import print_experiment_table, write_experiment_outputs
+    from vlm_salience.prompting.report import print_experiment_table, write_experiment_outputs
 
     exp_path = shipped("configs/experiment/prompt_synthetic.yaml")
     raw = read_yaml(exp_path)
