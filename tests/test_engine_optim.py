@@ -1,0 +1,95 @@
+"""The engine's optimiser choices that paper recipes need: Adam (L2 decay in the gradient, not AdamW's decoupled
+decay), ReduceLROnPlateau stepped on a validation metric after each evaluation (every epoch or every N steps),
+and a configured optim.lr that no parameter group uses is refused instead of silently overridden."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.test_engine import LinearTask, config
+from vlm_salience.engine.config import EngineConfig
+from vlm_salience.engine.engine import Engine, check_configured_lr, train
+from vlm_salience.errors import ConfigError
+
+
+class GroupTask(LinearTask):
+    """The toy regression whose one parameter group sets its own rate (as the video models' model.lr do)."""
+
+    def __init__(self, rate: float, **kw) -> None:
+        super().__init__(**kw)
+        self.rate = rate
+
+    def setup(self, accelerator):
+        model, params = super().setup(accelerator)
+        return model, [{"params": params, "lr": self.rate, "name": "all"}]
+
+
+class FlatTask(LinearTask):
+    """Its validation metric never improves: the plateau schedule must cut the rate."""
+
+    def evaluate(self, model) -> dict[str, float]:
+        return {"eval/flat": 1.0}
+
+
+def test_adam_is_torch_adam_with_l2_decay(tmp_path):
+    """optimizer: adam builds torch.optim.Adam (decay added to the gradient), adamw AdamW; one step differs."""
+    finals = {}
+    for name in ("adam", "adamw"):
+        task = LinearTask()
+        engine = Engine(config(tmp_path / name, optim__optimizer=name, optim__weight_decay=0.5, optim__max_steps=3),
+                        task, progress=False)
+        engine.run()
+        inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
+        assert type(inner) is {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[name]
+        finals[name] = task.final
+    assert not torch.allclose(finals["adam"]["1.weight"], finals["adamw"]["1.weight"])
+
+
+def test_plateau_cuts_the_rate_after_patience_evaluations_without_improvement(tmp_path):
+    # 24 examples / batch 4 = 6 steps an epoch; 5 epochs; evaluated after epochs 1..4 (and at the end)
+    cfg = config(tmp_path, optim__schedule="plateau", optim__warmup_ratio=0.0, optim__max_steps=None,
+                 optim__epochs=5, optim__plateau={"metric": "eval/flat", "mode": "min", "factor": 0.5,
+                                                  "patience": 1, "threshold": 0.0},
+                 eval={"every_epochs": 1})
+    r = train(cfg, FlatTask(), progress=False)
+    assert [h["step"] for h in r["history"]] == [6, 12, 18, 24, 30]
+    lrs = [json.loads(line) for line in (tmp_path / "out/logs/linear/metrics.jsonl").read_text().splitlines()]
+    lr_at = {rec["step"]: rec["train/lr"] for rec in lrs if "train/lr" in rec}
+    # evaluation 1 sets the best, 2 is bad epoch 1 (= patience), 3 is bad epoch 2 > patience: halved after step 18
+    assert lr_at[10] == pytest.approx(0.05) and lr_at[20] == pytest.approx(0.025)
+
+
+def test_plateau_names_a_metric_the_task_does_not_return(tmp_path):
+    cfg = config(tmp_path, optim__schedule="plateau", optim__warmup_ratio=0.0,
+                 optim__plateau={"metric": "eval/uar"}, eval={"every_steps": 2})
+    with pytest.raises(ConfigError, match="eval/uar.*eval/mse"):
+        train(cfg, LinearTask(), progress=False)
+
+
+def test_plateau_needs_evaluations_and_no_warmup(tmp_path):
+    with pytest.raises(ValueError, match="every_epochs"):
+        config(tmp_path, optim__schedule="plateau", optim__warmup_ratio=0.0)
+    with pytest.raises(ValueError, match="warmup_ratio: 0"):
+        config(tmp_path, optim__schedule="plateau", eval={"every_epochs": 1})
+
+
+def test_a_configured_lr_no_group_uses_is_refused(tmp_path):
+    """optim.lr 0.05 written in the config, but the task's only group trains at 0.01: refused, naming both."""
+    with pytest.raises(ConfigError, match=r"optim.lr 0.05 .*all 0.01"):
+        train(config(tmp_path / "a"), GroupTask(0.01), progress=False)
+    # the same rate in the group: honoured
+    assert train(config(tmp_path / "b"), GroupTask(0.05), progress=False)["steps"] == 10
+
+
+def test_an_unset_lr_is_only_the_default_of_groups_that_set_none(tmp_path):
+    raw = config(tmp_path).model_dump(mode="json")
+    del raw["optim"]["lr"]
+    cfg = EngineConfig.model_validate(raw)
+    assert "lr" not in cfg.optim.model_fields_set
+    check_configured_lr(cfg.optim, [{"params": [], "lr": 0.01}], "t")  # no error
+    # plain parameters, or a group without its own rate, train at optim.lr: never refused
+    check_configured_lr(config(tmp_path).optim, [torch.nn.Parameter(torch.zeros(1))], "t")
+    check_configured_lr(config(tmp_path).optim, [{"params": []}, {"params": [], "lr": 0.01}], "t")
