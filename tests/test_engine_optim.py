@@ -93,3 +93,17 @@ def test_an_unset_lr_is_only_the_default_of_groups_that_set_none(tmp_path):
     # plain parameters, or a group without its own rate, train at optim.lr: never refused
     check_configured_lr(config(tmp_path).optim, [torch.nn.Parameter(torch.zeros(1))], "t")
     check_configured_lr(config(tmp_path).optim, [{"params": []}, {"params": [], "lr": 0.01}], "t")
+
+
+def test_multistep_multiplies_every_rate_by_gamma_after_each_milestone_epoch(tmp_path):
+    """DFER-CLIP's MultiStepLR: 6 steps an epoch, milestones after epochs 1 and 2: 0.05, then 0.005, 0.0005."""
+    cfg = config(tmp_path, optim__schedule="multistep", optim__warmup_ratio=0.0, optim__max_steps=None,
+                 optim__epochs=3, optim__milestones=[1, 2], optim__gamma=0.1, log_every=1)
+    train(cfg, LinearTask(), progress=False)
+    recs = [json.loads(line) for line in (tmp_path / "out/logs/linear/metrics.jsonl").read_text().splitlines()]
+    lr_at = {rec["step"]: rec["train/lr"] for rec in recs if "train/lr" in rec}
+    # train/lr is logged after the step's scheduler update: the rate the next step trains at
+    assert lr_at[5] == pytest.approx(0.05) and lr_at[6] == pytest.approx(0.005)
+    assert lr_at[11] == pytest.approx(0.005) and lr_at[12] == pytest.approx(0.0005)
+    with pytest.raises(ValueError, match="milestones"):
+        config(tmp_path, optim__schedule="multistep", optim__warmup_ratio=0.0)

@@ -39,15 +39,20 @@ class OptimConfig(StrictModel):
     max_steps: int | None = Field(None, ge=1)  # optimizer steps; overrides epochs
     batch_size: int = Field(8, ge=1)  # per process and micro-step
     grad_accum: int = Field(1, ge=1)  # micro-steps per optimizer step: effective batch = batch_size x world x this
-    schedule: Literal["cosine", "linear", "constant", "plateau"] = "cosine"
+    schedule: Literal["cosine", "linear", "constant", "plateau", "multistep"] = "cosine"
     warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
     max_grad_norm: float | None = 1.0
     plateau: PlateauConfig = Field(default_factory=PlateauConfig)  # schedule: plateau only
+    milestones: list[int] = Field(default_factory=list)  # schedule: multistep: rates x gamma from these epochs on
+    gamma: float = Field(0.1, gt=0, le=1)
 
     @model_validator(mode="after")
-    def _check_plateau(self) -> OptimConfig:
-        if self.schedule == "plateau" and self.warmup_ratio:
-            raise ValueError("schedule: plateau has no warm-up; set optim.warmup_ratio: 0")
+    def _check_schedule(self) -> OptimConfig:
+        if self.schedule in ("plateau", "multistep") and self.warmup_ratio:
+            raise ValueError(f"schedule: {self.schedule} has no warm-up; set optim.warmup_ratio: 0")
+        if self.schedule == "multistep" and (not self.milestones or any(m < 1 for m in self.milestones)):
+            raise ValueError("schedule: multistep needs optim.milestones, the epochs (from 1) after which every "
+                             "rate is multiplied by optim.gamma, e.g. [30, 40]")
         return self
 
 

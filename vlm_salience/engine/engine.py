@@ -8,7 +8,7 @@ It never looks inside a batch: the task collates and computes the loss (`engine/
   batch 8.
 - Gradient accumulation without gradient sync on the inner micro-steps, each loss divided by the number of
   micro-steps; mixed precision through accelerate (from the config, from `accelerate launch`, or `auto`); gradient
-  clipping; cosine / linear / constant schedules with warm-up, or ReduceLROnPlateau on a validation
+  clipping; cosine / linear / constant schedules with warm-up, steps at epoch milestones, or ReduceLROnPlateau on a validation
   metric (stepped after each evaluation); AdamW, Adam or SGD; a configured lr no parameter group uses is refused.
 - Checkpoints every N optimizer steps: the task's trainable weights (its save/load), optimizer and scheduler
   state, each rank's RNG state and the data position, with a manifest of sizes and digests, written to a
@@ -319,6 +319,10 @@ class Engine:
             self.model, self.optimizer = acc.prepare(model, opt)
             self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 opt, mode=p.mode, factor=p.factor, patience=p.patience, threshold=p.threshold)
+        elif o.schedule == "multistep":  # MultiStepLR over epochs, stepped per optimizer step
+            bounds = [m * self.steps_per_epoch for m in o.milestones]
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: o.gamma ** sum(s >= b for b in bounds))
+            self.model, self.optimizer, self.scheduler = acc.prepare(model, opt, sched)
         else:
             sched = get_scheduler(o.schedule, opt, num_warmup_steps=int(o.warmup_ratio * self.total_steps),
                                   num_training_steps=self.total_steps)
