@@ -85,3 +85,20 @@ def test_scene_token_mean_and_linear(encoder_dir):
     s = torch.randn(2, 4, model.encoder.embed_dim)
     assert torch.allclose(model.scene_proj(s), model.scene_proj.fc(s.mean(dim=1)))
     assert make_model(encoder_dir).scene_proj.conv is not None
+
+
+def test_frame_encoder_mean_pooling_has_no_class_token():
+    """temporal.pooling mean (the released code's frame encoder): the frames' outputs plus their inputs, averaged;
+    the default keeps DFER-CLIP's class token."""
+    from vlm_salience.video.baseline import TemporalConfig, TemporalTransformer
+
+    torch.manual_seed(0)
+    enc = TemporalTransformer(16, TemporalConfig(layers=2, heads=4, mlp_dim=32, pooling="mean")).eval()
+    assert enc.cls_token is None
+    x = torch.randn(3, 5, 16)
+    with torch.no_grad():
+        expected = (enc.blocks(x + enc.pos_embedding[:, 1:6]) + x).mean(dim=1)
+        assert torch.allclose(enc(x), expected, atol=1e-6)
+        # the order of the frames matters (position embeddings), and each frame counts
+        assert not torch.allclose(enc(x), enc(x.flip(1)), atol=1e-5)
+    assert TemporalTransformer(16, TemporalConfig(layers=1, heads=4, mlp_dim=32)).cls_token is not None

@@ -99,7 +99,7 @@ def test_the_authors_ous_recipe_as_far_as_the_engine_expresses_it():
     m, o = cfg.model, cfg.optim
     assert m.encoder.path == "openai/clip-vit-large-patch14" and m.vision == m.text == "frozen"
     assert m.context_tokens == 32 and not m.class_specific_contexts and m.learnable_prompts
-    assert (m.temporal.layers, m.temporal.heads, m.temporal.mlp_dim) == (12, 8, 3072)
+    assert (m.temporal.layers, m.temporal.heads, m.temporal.mlp_dim, m.temporal.pooling) == (12, 8, 3072, "mean")
     assert (m.fusion.layers, m.fusion.heads, m.fusion.mlp_dim) == (12, 8, 3072)
     assert m.lstm_layers == 1 and m.lstm_over == "pair" and m.scene_token == "mean_fc" and m.use_scene and m.use_tfe
     assert (m.fusion.queries, m.fusion.query_init) == ("shared", "gaussian")  # the paper's figure (the code: per block)
