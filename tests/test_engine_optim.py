@@ -107,3 +107,51 @@ def test_multistep_multiplies_every_rate_by_gamma_after_each_milestone_epoch(tmp
     assert lr_at[11] == pytest.approx(0.005) and lr_at[12] == pytest.approx(0.0005)
     with pytest.raises(ValueError, match="milestones"):
         config(tmp_path, optim__schedule="multistep", optim__warmup_ratio=0.0)
+
+
+# -- the schedule under several processes ----------------------------------------------------------------------------
+
+def _schedule_config(out, world: int) -> EngineConfig:
+    """48 examples, 16 per optimizer step: 3 steps an epoch, 6 steps; warm-up then cosine decay, lr logged each step."""
+    return EngineConfig.model_validate({
+        "name": "toy", "out": str(out), "tracker": "none", "group_by_length": False, "log_every": 1,
+        "optim": {"optimizer": "sgd", "lr": 0.05, "epochs": 2, "batch_size": 8 // world, "grad_accum": 2,
+                  "warmup_ratio": 0.2, "schedule": "cosine", "max_grad_norm": None},
+        "checkpoint": {"every_steps": None}})
+
+
+def _rates(out) -> list[float]:
+    lines = (out / "logs/linear/metrics.jsonl").read_text().splitlines()
+    return [json.loads(x)["train/lr"] for x in lines if "train/lr" in json.loads(x)]
+
+
+@pytest.mark.slow
+def test_two_processes_follow_the_schedule_of_one(tmp_path):
+    """Under `accelerate launch` (2 processes) the schedule advances once per optimizer step, as with one process
+    (accelerate's prepared scheduler would step once per process: the warm-up and decay at twice the speed)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "two"
+    out.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
+    r = subprocess.run([str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
+                        str(repo / "configs" / "accelerate" / "cpu_ddp.yaml"), "--main_process_port", "29551",
+                        str(Path(__file__).resolve()), str(out)], capture_output=True, text=True, env=env,
+                       timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    train(_schedule_config(tmp_path / "one", 1), LinearTask(n=48), progress=False)
+    one, two = _rates(tmp_path / "one"), _rates(out)
+    assert len(one) == 6 and two == pytest.approx(one)
+
+
+if __name__ == "__main__":
+    import os
+    import sys
+    from pathlib import Path
+
+    train(_schedule_config(Path(sys.argv[1]), int(os.environ.get("WORLD_SIZE", "1"))), LinearTask(n=48),
+          progress=False)

@@ -313,20 +313,21 @@ class Engine:
             opt = torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
         else:
             opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+        # The schedule is not handed to accelerate: its prepared scheduler steps once per process on every
+        # optimizer step (it assumes per-process batches), which with N processes runs warm-up and decay N times
+        # too fast, while total_steps counts optimizer steps. Here it steps once per optimizer step, on every rank.
         self.plateau = o.schedule == "plateau"
-        if self.plateau:  # stepped by _evaluate on the metric, so not handed to accelerate (it steps per batch)
+        if self.plateau:  # stepped by _evaluate on the metric
             p = o.plateau
-            self.model, self.optimizer = acc.prepare(model, opt)
             self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 opt, mode=p.mode, factor=p.factor, patience=p.patience, threshold=p.threshold)
         elif o.schedule == "multistep":  # MultiStepLR over epochs, stepped per optimizer step
             bounds = [m * self.steps_per_epoch for m in o.milestones]
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: o.gamma ** sum(s >= b for b in bounds))
-            self.model, self.optimizer, self.scheduler = acc.prepare(model, opt, sched)
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: o.gamma ** sum(s >= b for b in bounds))
         else:
-            sched = get_scheduler(o.schedule, opt, num_warmup_steps=int(o.warmup_ratio * self.total_steps),
-                                  num_training_steps=self.total_steps)
-            self.model, self.optimizer, self.scheduler = acc.prepare(model, opt, sched)
+            self.scheduler = get_scheduler(o.schedule, opt, num_warmup_steps=int(o.warmup_ratio * self.total_steps),
+                                           num_training_steps=self.total_steps)
+        self.model, self.optimizer = acc.prepare(model, opt)
         if resume_from is not None:
             self._load_checkpoint(resume_from, state)
         if acc.is_main_process and self.progress:
@@ -492,8 +493,8 @@ class Engine:
                     if cfg.optim.max_grad_norm:
                         acc.clip_grad_norm_(self.model.parameters(), cfg.optim.max_grad_norm)
                     self.optimizer.step()
-                    if not self.plateau:
-                        self.scheduler.step()
+                    if not self.plateau and not getattr(self.optimizer, "step_was_skipped", False):
+                        self.scheduler.step()  # not on a step fp16's loss scaler skipped (as accelerate did)
                     self.optimizer.zero_grad(set_to_none=True)
                     step += 1
                     bar.update(1)
