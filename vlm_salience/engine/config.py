@@ -13,8 +13,25 @@ from pydantic import Field, model_validator
 from vlm_salience.config import RelPath, StrictModel
 
 
+class PlateauConfig(StrictModel):
+    """`schedule: plateau`: torch's ReduceLROnPlateau on a validation metric the task's evaluate() returns,
+    stepped after every evaluation (not every optimizer step): every rate times `factor` once the metric has not
+    improved by `threshold` (relative) for `patience` evaluations. Torch's defaults; OUS's authors: 0.3, 2, 1e-3
+    on the validation loss once an epoch (eval.every_epochs: 1)."""
+
+    metric: str = "eval/loss"
+    mode: Literal["min", "max"] = "min"
+    factor: float = Field(0.1, gt=0, lt=1)
+    patience: int = Field(10, ge=0)
+    threshold: float = Field(1e-4, ge=0)
+
+
 class OptimConfig(StrictModel):
-    optimizer: Literal["adamw", "sgd"] = "adamw"
+    """`lr` is the rate of every parameter group that sets none. A task's groups may set their own rates
+    (e.g. `model.lr` of the video models); an `lr` written in the config that no group uses is refused when the
+    run starts (the engine's setup), so a configured rate is never silently overridden."""
+
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"  # adam: L2 decay in the gradient (torch.optim.Adam)
     momentum: float = Field(0.0, ge=0.0, lt=1.0)  # sgd only
     lr: float = Field(2e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -22,13 +39,26 @@ class OptimConfig(StrictModel):
     max_steps: int | None = Field(None, ge=1)  # optimizer steps; overrides epochs
     batch_size: int = Field(8, ge=1)  # per process and micro-step
     grad_accum: int = Field(1, ge=1)  # micro-steps per optimizer step: effective batch = batch_size x world x this
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    schedule: Literal["cosine", "linear", "constant", "plateau", "multistep"] = "cosine"
     warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
     max_grad_norm: float | None = 1.0
+    plateau: PlateauConfig = Field(default_factory=PlateauConfig)  # schedule: plateau only
+    milestones: list[int] = Field(default_factory=list)  # schedule: multistep: rates x gamma from these epochs on
+    gamma: float = Field(0.1, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _check_schedule(self) -> OptimConfig:
+        if self.schedule in ("plateau", "multistep") and self.warmup_ratio:
+            raise ValueError(f"schedule: {self.schedule} has no warm-up; set optim.warmup_ratio: 0")
+        if self.schedule == "multistep" and (not self.milestones or any(m < 1 for m in self.milestones)):
+            raise ValueError("schedule: multistep needs optim.milestones, the epochs (from 1) after which every "
+                             "rate is multiplied by optim.gamma, e.g. [30, 40]")
+        return self
 
 
 class EvalConfig(StrictModel):
-    every_steps: int | None = Field(None, ge=1)  # None: at the end only
+    every_steps: int | None = Field(None, ge=1)  # None: at the end only (unless every_epochs)
+    every_epochs: int | None = Field(None, ge=1)  # also after every N epochs' last step
     max_items: int = Field(64, ge=1)  # tasks that evaluate on a sample read this
 
 
@@ -53,6 +83,13 @@ class EngineConfig(StrictModel):
     log_every: int = Field(10, ge=1)
     seed: int = 0
     out: RelPath
+
+    @model_validator(mode="after")
+    def _plateau_needs_evaluations(self) -> EngineConfig:
+        if self.optim.schedule == "plateau" and not (self.eval.every_steps or self.eval.every_epochs):
+            raise ValueError("optim.schedule: plateau steps on the validation metric, but nothing evaluates before "
+                             "the end: set eval.every_epochs (e.g. 1) or eval.every_steps")
+        return self
 
     @model_validator(mode="before")
     @classmethod

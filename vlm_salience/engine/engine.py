@@ -8,7 +8,8 @@ It never looks inside a batch: the task collates and computes the loss (`engine/
   batch 8.
 - Gradient accumulation without gradient sync on the inner micro-steps, each loss divided by the number of
   micro-steps; mixed precision through accelerate (from the config, from `accelerate launch`, or `auto`); gradient
-  clipping; cosine / linear / constant schedules with warm-up.
+  clipping; cosine / linear / constant schedules with warm-up, steps at epoch milestones, or ReduceLROnPlateau on a validation
+  metric (stepped after each evaluation); AdamW, Adam or SGD; a configured lr no parameter group uses is refused.
 - Checkpoints every N optimizer steps: the task's trainable weights (its save/load), optimizer and scheduler
   state, each rank's RNG state and the data position, with a manifest of sizes and digests, written to a
   temporary folder and renamed. `resume` continues from the newest one after checking the task's fingerprint,
@@ -222,6 +223,23 @@ def digest_parameters(model) -> dict[str, Any]:
     return {"sha256": h.hexdigest(), "tensors": len(named)}
 
 
+def check_configured_lr(optim, params: list, task: str) -> None:
+    """Refuse an `optim.lr` written in the config that no parameter group trains at: every group of the task
+    sets its own rate, so the configured one would be silently ignored. An unset optim.lr is only the default of
+    groups that set none."""
+    if "lr" not in optim.model_fields_set:
+        return
+    groups = [g for g in params if isinstance(g, dict)]
+    if len(groups) != len(params) or any("lr" not in g for g in groups):
+        return  # some parameters train at optim.lr
+    if any(math.isclose(float(g["lr"]), optim.lr, rel_tol=1e-9) for g in groups):
+        return
+    rates = ", ".join(f"{g.get('name', i)} {g['lr']:g}" for i, g in enumerate(groups))
+    raise ConfigError(f"optim.lr {optim.lr:g} is the rate of no parameter group of task '{task}' (its groups set "
+                      f"their own: {rates}); set optim.lr to the rate you mean as the main one (one of those), or "
+                      "the parts' rates (model.lr) to it")
+
+
 # -- the engine ---------------------------------------------------------------------------------------------------------
 
 class Engine:
@@ -288,13 +306,28 @@ class Engine:
         state = self._check(resume_from) if resume_from is not None else None
         model.train()
         o = cfg.optim
+        check_configured_lr(o, params, self.task.name)
         if o.optimizer == "sgd":
             opt = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        elif o.optimizer == "adam":
+            opt = torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
         else:
             opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
-        sched = get_scheduler(cfg.optim.schedule, opt, num_warmup_steps=int(cfg.optim.warmup_ratio * self.total_steps),
-                              num_training_steps=self.total_steps)
-        self.model, self.optimizer, self.scheduler = acc.prepare(model, opt, sched)
+        # The schedule is not handed to accelerate: its prepared scheduler steps once per process on every
+        # optimizer step (it assumes per-process batches), which with N processes runs warm-up and decay N times
+        # too fast, while total_steps counts optimizer steps. Here it steps once per optimizer step, on every rank.
+        self.plateau = o.schedule == "plateau"
+        if self.plateau:  # stepped by _evaluate on the metric
+            p = o.plateau
+            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                opt, mode=p.mode, factor=p.factor, patience=p.patience, threshold=p.threshold)
+        elif o.schedule == "multistep":  # MultiStepLR over epochs, stepped per optimizer step
+            bounds = [m * self.steps_per_epoch for m in o.milestones]
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: o.gamma ** sum(s >= b for b in bounds))
+        else:
+            self.scheduler = get_scheduler(o.schedule, opt, num_warmup_steps=int(o.warmup_ratio * self.total_steps),
+                                           num_training_steps=self.total_steps)
+        self.model, self.optimizer = acc.prepare(model, opt)
         if resume_from is not None:
             self._load_checkpoint(resume_from, state)
         if acc.is_main_process and self.progress:
@@ -460,7 +493,8 @@ class Engine:
                     if cfg.optim.max_grad_norm:
                         acc.clip_grad_norm_(self.model.parameters(), cfg.optim.max_grad_norm)
                     self.optimizer.step()
-                    self.scheduler.step()
+                    if not self.plateau and not getattr(self.optimizer, "step_was_skipped", False):
+                        self.scheduler.step()  # not on a step fp16's loss scaler skipped (as accelerate did)
                     self.optimizer.zero_grad(set_to_none=True)
                     step += 1
                     bar.update(1)
@@ -470,7 +504,10 @@ class Engine:
                                 "train/lr": float(self.scheduler.get_last_lr()[0])}
                         self._log(logs, step)
                         bar.set_postfix(loss=f"{logs['train/loss']:.3f}")
-                    if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step < self.total_steps:
+                    every = cfg.eval.every_epochs
+                    if step < self.total_steps and (
+                            (cfg.eval.every_steps and step % cfg.eval.every_steps == 0)
+                            or (every and step % (every * self.steps_per_epoch) == 0)):
                         self._evaluate(step)
                     if (cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0) or stop:
                         self.save_checkpoint(step)
@@ -511,7 +548,24 @@ class Engine:
         if metrics:
             self.history.append({"step": step, **metrics})
             self._log(metrics, step)
+        if self.plateau:
+            self._step_plateau(metrics)
         return metrics
+
+    def _step_plateau(self, metrics: dict[str, float]) -> None:
+        """ReduceLROnPlateau on the configured metric: read on the main process, broadcast, stepped on every rank
+        (each holds its optimizer's rates)."""
+        name = self.cfg.optim.plateau.metric
+        value = [metrics.get(name)] if self.accelerator.is_main_process else [None]
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            broadcast_object_list(value, from_process=0)
+        if value[0] is None:
+            raise ConfigError(f"optim.plateau.metric '{name}': task '{self.task.name}' evaluated "
+                              f"{sorted(metrics) or 'nothing (no validation split?)'}; name one of those, or use "
+                              "another optim.schedule")
+        self.scheduler.step(float(value[0]))
 
     def _finish(self, result: dict[str, Any]) -> None:
         acc = self.accelerator

@@ -350,6 +350,21 @@ class DescribeRunConfig(StrictModel):
     limit: int | None = Field(None, ge=1)  # describe only the first N clips (a quick look at a model's answers)
 
 
+def check_local_model(entry, config: Path) -> None:
+    """A VLM named by a local folder (a path, not a hub id) that is missing, with nothing to build it: say which
+    field to set before the frame cache is filled (the shipped real-corpus describe configs name a placeholder)."""
+    where = getattr(entry, "path", None)
+    if getattr(entry, "backend", None) != "hf" or getattr(entry, "build", None) is not None or not where:
+        return
+    local = Path(where).expanduser()
+    if (where.startswith(("/", ".", "~")) or local.is_absolute()) and not local.exists():
+        from vlm_salience.errors import ConfigError
+
+        raise ConfigError(f"{config}: model.path {where} does not exist; set it to your copy of the VLM (e.g. "
+                          "--set model.path=/path/to/Qwen2-VL-2B-Instruct) or to a hub id such as "
+                          "Qwen/Qwen2-VL-2B-Instruct")
+
+
 def describe_video(config_path: str | Path, overrides: list[str] | tuple[str, ...] = (), *,
                    progress: bool = True) -> dict[str, Any]:
     """CATE for every cached clip of a video config's folds: fills the frame cache where clips are missing,
@@ -370,6 +385,7 @@ def describe_video(config_path: str | Path, overrides: list[str] | tuple[str, ..
     run = validate(raw, DescribeRunConfig, source=path, base_dir=path.parent)
     model_raw = dict(run.model)
     entry = TypeAdapter(ModelEntry).validate_python(model_raw, context={"base_dir": path.parent})
+    check_local_model(entry, path)
     video = (path.parent / run.video).resolve()
     out = (path.parent / run.out).resolve()
     vcfg, _ = load_video_config(video, run.video_overrides)

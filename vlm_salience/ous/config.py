@@ -30,13 +30,18 @@ class OusLearningRates(LearningRates):
 
 
 class FusionConfig(StrictModel):
-    """Type Fusion Encoder: cross-type attention blocks whose queries are one shared, Gaussian-initialised
-    parameter (one query per type token, as the authors' code has it)."""
+    """Type Fusion Encoder: cross-type attention blocks over learnable queries (one per type token).
+
+    `queries: shared` is the paper's Figure 3 (one parameter shared by every block); `per_block` is the authors'
+    released code (model2_dfew.py: each block's own `shareq`). `query_init: gaussian` draws N(0, query_std^2)
+    (the paper); `ones` is the released code's torch.ones."""
 
     layers: int = Field(2, ge=1)
     heads: int = Field(4, ge=1)
     mlp_dim: int = Field(256, ge=1)
-    query_std: float = Field(1.0, gt=0)  # N(0, std^2) initialisation of the shared queries
+    queries: Literal["shared", "per_block"] = "shared"
+    query_init: Literal["gaussian", "ones"] = "gaussian"
+    query_std: float = Field(1.0, gt=0)  # query_init gaussian: N(0, std^2)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
 
@@ -111,7 +116,13 @@ class OusModelConfig(StrictModel):
 
     # OUS's own parts
     lstm_layers: int = Field(1, ge=0)  # 0: no LSTM temporal fusion
-    scene_lstm: bool = True  # the scene stream goes through the (shared) LSTM too
+    scene_lstm: bool = True  # lstm_over time: the scene stream goes through the (shared) LSTM too
+    # time: the LSTM runs over the frames of each stream (the paper's "temporal relationships are fused via LSTM");
+    # pair: over the (face, scene) pair of each frame, a sequence of 2 (the authors' released code)
+    lstm_over: Literal["time", "pair"] = "time"
+    # the scene token V_st: conv_mean_fc (a temporal convolution, the mean, a linear layer: ours) or mean_fc
+    # (the frames' mean and one linear layer: the authors' released code, `feate`)
+    scene_token: Literal["conv_mean_fc", "mean_fc"] = "conv_mean_fc"
     polarity_blocks: list[int] = Field(default_factory=lambda: [1, 2, 3, 4])  # encoder blocks the polarity reads
     polarity_dim: int = Field(64, ge=1)
     fusion: FusionConfig = Field(default_factory=FusionConfig)
@@ -131,6 +142,9 @@ class OusModelConfig(StrictModel):
     def _check(self) -> OusModelConfig:
         if not self.polarity_blocks or any(b < 1 for b in self.polarity_blocks):
             raise ValueError("polarity_blocks must list encoder blocks counted from 1, e.g. [1, 2, 3, 4]")
+        if self.lstm_over == "pair" and self.lstm_layers and not self.use_scene:
+            raise ValueError("model.lstm_over: pair runs the LSTM across each frame's (face, scene) pair, but "
+                             "use_scene is false; set lstm_over: time for face-only OUS")
         return self
 
     @property

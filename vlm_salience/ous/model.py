@@ -10,7 +10,9 @@
     class prompts (CoOp context tokens, the baseline's `PromptLearner`) ─► text tower ─► class embeddings
     logits = cos(fused, class) / temperature  ─► L_cont;   L_sim between FC(V_ft) and V_st
 
-The LSTM is one module shared by both streams (as in the authors' code), run over time on both in one call.
+The LSTM is one module shared by both streams (as in the authors' code), run over time on both in one call
+(`lstm_over: time`), or across each frame's (face, scene) pair (`pair`, the authors' released code). The TFE's
+queries, shared by every block (the paper's figure), may instead be one per block, ones-initialised (the code).
 Ablations (config switches) remove the scene stream, the polarity encoder, the TFE (concatenate and project),
 the learnable context tokens, or L_sim's projections; each removal changes the graph, not just a loss weight.
 """
@@ -47,14 +49,17 @@ class SharedLSTM(nn.Module):
 
 class SceneProjection(nn.Module):
     """The scene stream's latent: a temporal convolution, the mean over frames, a fully connected layer
-    (the conv + FC projection of L_sim; its output is also the scene token V_st the fusion reads)."""
+    (the conv + FC projection of L_sim; its output is also the scene token V_st the fusion reads). `conv=False`:
+    the frames' mean and the linear layer only (the authors' released code)."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, conv: bool = True) -> None:
         super().__init__()
-        self.conv = nn.Conv1d(dim, dim, kernel_size=3, padding=1)
+        self.conv = nn.Conv1d(dim, dim, kernel_size=3, padding=1) if conv else None
         self.fc = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, D)
+        if self.conv is None:
+            return self.fc(x.mean(dim=1))
         h = self.conv(x.transpose(1, 2)).transpose(1, 2)
         return self.fc(torch.nn.functional.gelu(h).mean(dim=1) + x.mean(dim=1))
 
@@ -94,11 +99,21 @@ class CrossTypeBlock(nn.Module):
 
 
 class TypeFusionEncoder(nn.Module):
-    """Learnable queries (one per type token), Gaussian-initialised, ONE parameter shared by all blocks."""
+    """Learnable queries (one per type token): ONE parameter shared by all blocks (`queries: shared`, the paper)
+    or one per block (`per_block`, the released code); Gaussian- or ones-initialised (`query_init`)."""
 
     def __init__(self, dim: int, n_types: int, cfg) -> None:
         super().__init__()
-        self.queries = nn.Parameter(torch.randn(n_types, dim) * cfg.query_std)
+
+        def init() -> nn.Parameter:
+            if cfg.query_init == "ones":
+                return nn.Parameter(torch.ones(n_types, dim))
+            return nn.Parameter(torch.randn(n_types, dim) * cfg.query_std)
+
+        if cfg.queries == "per_block":
+            self.block_queries = nn.ParameterList(init() for _ in range(cfg.layers))
+        else:
+            self.queries = init()
         self.type_embedding = nn.Parameter(torch.zeros(n_types, dim))
         self.blocks = nn.ModuleList(CrossTypeBlock(dim, cfg.heads, cfg.mlp_dim, cfg.dropout)
                                     for _ in range(cfg.layers))
@@ -106,8 +121,9 @@ class TypeFusionEncoder(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # (B, n_types, D) -> (B, D)
         x = tokens + self.type_embedding.to(tokens.dtype)
-        for block in self.blocks:
-            x = block(x, self.queries)
+        per_block = getattr(self, "block_queries", None)
+        for i, block in enumerate(self.blocks):
+            x = block(x, self.queries if per_block is None else per_block[i])
         return self.norm(x).mean(dim=1)
 
 
@@ -152,7 +168,7 @@ class OusModel(nn.Module):
         self.frame_encoder = TemporalTransformer(d, cfg.temporal)
         n_types = 1
         if cfg.scene:
-            self.scene_proj = SceneProjection(d)
+            self.scene_proj = SceneProjection(d, conv=cfg.scene_token == "conv_mean_fc")
             n_types += 1
         if cfg.polarity:
             bad = [k for k in cfg.polarity_blocks if k > encoder.num_vision_layers]
@@ -273,7 +289,11 @@ class OusModel(nn.Module):
         f, s, blocks = self.encode(face, scene if self.cfg.scene else None)
         out: dict[str, torch.Tensor] = {}
         if self.lstm is not None:
-            if s is not None and self.cfg.scene_lstm:
+            if s is not None and self.cfg.lstm_over == "pair":  # per frame, the sequence (face, scene)
+                t, d = f.shape[1], f.shape[2]
+                pair = self.lstm(torch.stack([f, s], dim=2).reshape(b * t, 2, d)).reshape(b, t, 2, d)
+                f, s = pair[:, :, 0], pair[:, :, 1]
+            elif s is not None and self.cfg.scene_lstm:
                 both = self.lstm(torch.cat([f, s]))
                 f, s = both[:b], both[b:]
             else:

@@ -33,6 +33,9 @@ class TemporalConfig(StrictModel):
     mlp_dim: int = Field(1024, ge=1)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     max_frames: int = Field(64, ge=1)  # size of the position table (segments per clip at most)
+    # the clip feature: the class token's output (DFER-CLIP), or the frames' outputs plus their inputs, averaged
+    # (mean: the OUS authors' released frame encoder)
+    pooling: Literal["class_token", "mean"] = "class_token"
 
 
 class LearningRates(StrictModel):
@@ -66,12 +69,14 @@ class BaselineModelConfig(StrictModel):
 
 class TemporalTransformer(nn.Module):
     """Frame features (B, T, D) -> a clip feature (B, D): a learnable class token and position embeddings, then
-    pre-norm transformer blocks; the class token's output is the clip feature."""
+    pre-norm transformer blocks; the class token's output is the clip feature (`pooling: mean`: no class token,
+    the mean over frames of each frame's output plus its input)."""
 
     def __init__(self, dim: int, cfg: TemporalConfig) -> None:
         super().__init__()
-        self.layers = cfg.layers
-        self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        self.layers, self.pooling = cfg.layers, cfg.pooling
+        # mean pooling has no class token (an unused parameter would stall multi-GPU gradient sync)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02) if cfg.pooling == "class_token" else None
         self.pos_embedding = nn.Parameter(torch.randn(1, cfg.max_frames + 1, dim) * 0.02)
         heads = cfg.heads if dim % cfg.heads == 0 else math.gcd(dim, cfg.heads)
         block = nn.TransformerEncoderLayer(dim, heads, cfg.mlp_dim, cfg.dropout, activation="gelu",
@@ -85,6 +90,9 @@ class TemporalTransformer(nn.Module):
         if t + 1 > self.pos_embedding.shape[1]:
             raise ValueError(f"{t} frames per clip, but the position table holds {self.pos_embedding.shape[1] - 1}; "
                              "raise model.temporal.max_frames")
+        if self.pooling == "mean":  # no class token: the frames' outputs with a residual, averaged
+            out = self.blocks(x + self.pos_embedding[:, 1:t + 1].to(x.dtype)) + x
+            return out if all_tokens else out.mean(dim=1)
         x = torch.cat([self.cls_token.expand(b, -1, -1).to(x.dtype), x], dim=1)
         x = self.blocks(x + self.pos_embedding[:, :t + 1].to(x.dtype))
         return x if all_tokens else x[:, 0]
