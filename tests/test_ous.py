@@ -316,3 +316,21 @@ def test_clip_without_scene_stream_is_a_clear_error(tmp_path):
                    polarity={"x": 2})
     with pytest.raises(DataError, match="clip 'x' has no scene stream.*use_scene: false"):
         task.frames(["x"], 0)
+
+
+def test_gate_refuses_sized_laws_instead_of_building_plain_bci():
+    """The sized laws read inputs a clip lacks; the gate used to build plain BCI for them without a word."""
+    from pydantic import ValidationError
+
+    from typing import get_args
+
+    from vlm_salience.ous.config import GateConfig, GateLaw
+    from vlm_salience.salience import LAW_KINDS
+
+    assert set(get_args(GateLaw)) == set(LAW_KINDS)  # the table's fixed-parameter laws of expressivity alone
+    for kind in ("reliability", "per_emotion", "learned"):
+        with pytest.raises(ValidationError, match="law"):
+            GateConfig(mode="salience", law=kind)
+    for kind in ("plain", "control", "hard", "logistic"):
+        law = salience_law(GateConfig(mode="salience", law=kind))
+        assert law.kind == kind

@@ -15,7 +15,6 @@ from pydantic import Field, model_validator
 from vlm_salience.config import RelPath, StrictModel
 from vlm_salience.data.video.config import PolarityName
 from vlm_salience.models.encoders import EncoderConfig
-from vlm_salience.salience import LawKind
 from vlm_salience.video.baseline import LearningRates, TemporalConfig
 from vlm_salience.video.config import VideoTrainConfig
 
@@ -60,6 +59,11 @@ class LossConfig(StrictModel):
     aux_until_epoch: int | None = Field(None, ge=0)
 
 
+# The gate's laws: the kinds with fixed parameters that read the clip's expressivity alone (`law_kinds.py`). The
+# sized laws (reliability, per_emotion, learned) need inputs a clip does not have, and must never fall back to plain.
+GateLaw = Literal["plain", "control", "hard", "logistic"]
+
+
 class GateConfig(StrictModel):
     """How much the fusion trusts the face stream against the scene, per clip.
 
@@ -76,7 +80,7 @@ class GateConfig(StrictModel):
     Tokens are scaled by 2*share (face) and 2*(1-share) (scene, polarity): share 0.5 leaves them as they are."""
 
     mode: Literal["none", "control", "salience"] = "none"
-    law: LawKind = "logistic"
+    law: GateLaw = "logistic"
     total: float = Field(2.0, gt=0)  # logistic: w_face + w_context
     slope: float = 12.0
     alpha: float = 0.0

@@ -146,7 +146,9 @@ def salience_law(cfg) -> SalienceLaw:
         return SalienceLaw.hard(tuple(cfg.subtle), tuple(cfg.expressive), threshold=cfg.threshold)
     if cfg.law == "control":
         return SalienceLaw.control(*cfg.subtle, threshold=cfg.threshold)
-    return SalienceLaw.plain(cfg.threshold)
+    if cfg.law == "plain":
+        return SalienceLaw.plain(cfg.threshold)
+    raise ValueError(f"the OUS gate cannot build the salience law {cfg.law!r}; its laws: plain, control, hard, logistic")
 
 
 def head_expressivity(logits: torch.Tensor) -> torch.Tensor:
