@@ -485,6 +485,8 @@ def build_parser() -> argparse.ArgumentParser:
     fs.add_argument("--strict", action="store_true", help="stop at the first unreadable image (after saving)")
     _json_flag(fs, "the summary")
     fs.set_defaults(func=cmd_face_score)
+    from vlm_salience.face_video import add_cli as _add_face_video  # face video (logic in face_video.py)
+    _add_face_video(fsub, _parser, _json_flag, _emit_json)
 
     b = _parser(sub, "bci", help="cross-validated cue-integration study (BCI, salience variants, control)",
                 example="vlm-salience bci --data configs/data/affcog_utterances.yaml --out runs/affcog")

@@ -98,14 +98,14 @@ def score_faces(inputs: Sequence[str | Path], out_csv: str | Path, model_cfg: st
 
     out = Path(out_csv)
     images = collect_images(inputs)
-    with _sole_writer(out):
+    with sole_writer(out):
         return _score_faces(images, out, FaceAnalyzer.from_configs(detector_cfg, model_cfg, expressivity),
                             read_image, progress=progress, resume=resume, chunk=chunk, strict=strict)
 
 
 @contextmanager
-def _sole_writer(out: Path) -> Iterator[None]:
-    """Hold `<out>.lock` while scoring: two runs appending to one CSV would write every row twice."""
+def sole_writer(out: Path, what: str = "face score") -> Iterator[None]:
+    """Hold `<out>.lock` while writing: two runs appending to one CSV would write every row twice."""
     from filelock import FileLock, Timeout
 
     parent = out.resolve().parent
@@ -118,8 +118,8 @@ def _sole_writer(out: Path) -> Iterator[None]:
         parent.mkdir(parents=True, exist_ok=True)
         lock.acquire(timeout=0)
     except Timeout:
-        raise ConfigError(f"--out {out}: another `face score` is writing this CSV (it holds {lock.lock_file}). "
-                          "Fix: wait for it to finish, or score into another --out file.") from None
+        raise ConfigError(f"--out {out}: another `{what}` is writing this CSV (it holds {lock.lock_file}). "
+                          "Fix: wait for it to finish, or write into another --out.") from None
     except OSError as exc:  # permissions the access check cannot see (ACLs, read-only mounts)
         raise ConfigError(f"--out {out}: cannot write there ({exc.strerror or exc}). Fix: pass a CSV path in a "
                           "folder you can write to.") from None
