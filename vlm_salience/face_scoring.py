@@ -42,7 +42,12 @@ def collect_images(inputs: Iterable[str | Path]) -> list[Path]:
 
 
 def columns(classes: Sequence[str]) -> list[str]:
-    return ["path", "status", "x", "y", "w", "h", "score", *[f"p_{c}" for c in classes], "expressivity", "error"]
+    """The CSV's columns: the box, the probabilities, expressivity, the five landmarks and the head pose (yaw, roll
+    in degrees; empty for a detector without landmarks, such as Haar), and the error of an unreadable image."""
+    from vlm_salience.models.faces.analyzer import LANDMARK_COLUMNS
+
+    return ["path", "status", "x", "y", "w", "h", "score", *[f"p_{c}" for c in classes], "expressivity",
+            *LANDMARK_COLUMNS, "error"]
 
 
 def _read_existing(out: Path, header: list[str]) -> list[dict[str, str]]:
@@ -138,8 +143,7 @@ def _score_faces(images: list[Path], out: Path, analyzer, read_image, *, progres
     write_text(out, _csv_text([[r[c] for c in header] for r in kept], header))  # atomic: old rows, error rows out
     done = {r["path"] for r in kept}
     todo = [p for p in images if str(p) not in done]
-    C = len(analyzer.classifier.classes)
-    empty = [np.nan] * (5 + C + 1)
+    empty = [np.nan] * (len(header) - 3)  # all but path, status and error
     scored = 0
     bar = tqdm(total=len(todo), desc="face score", unit="img", disable=not progress)
     try:
@@ -155,7 +159,7 @@ def _score_faces(images: list[Path], out: Path, analyzer, read_image, *, progres
                     rows[p] = [str(p), "error", *empty, str(exc)]
                     first_error = first_error or exc
             if arrays:
-                table = analyzer.analyze(arrays, [str(p) for p in ok_paths])
+                table = analyzer.analyze(arrays, [str(p) for p in ok_paths], landmarks=True)
                 for p, rec in zip(ok_paths, table.itertuples(index=False)):
                     rec = list(rec)
                     status = "ok" if rec[1] >= 0 else "no_face"

@@ -81,7 +81,7 @@ def write_video(path: str | Path, frames: Iterator[np.ndarray], fps: float = 5.0
 
 
 def write_drawn_video(path: str | Path, seconds: float, fps: float = 5.0, size: tuple[int, int] = (240, 320),
-                      faces: int = 1, face_px: int = 80, seed: int = 0) -> int:
+                      faces: int = 1, face_px: int = 80, seed: int = 0, period_s: float = 12.0) -> int:
     """A video of `seconds` of drawn faces (see `drawn_frames`); returns its frame count."""
     n = int(round(seconds * fps))
-    return write_video(path, (f for f, _ in drawn_frames(n, size, faces, face_px, fps, seed=seed)), fps)
+    return write_video(path, (f for f, _ in drawn_frames(n, size, faces, face_px, fps, period_s, seed=seed)), fps)
