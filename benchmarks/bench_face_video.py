@@ -52,7 +52,7 @@ def main() -> None:
     import torch
 
     from vlm_salience.face_synth import write_drawn_video
-    from vlm_salience.face_video import VideoSettings, face_video
+    from vlm_salience.face_video import VideoSettings, face_video, warm_up
     from vlm_salience.models.faces.analyzer import FaceAnalyzer
     from vlm_salience.models.faces.detector import MtcnnDetectorConfig
     from vlm_salience.models.faces.detectors import load_detector
@@ -71,6 +71,7 @@ def main() -> None:
     det = (load_detector(MtcnnDetectorConfig(min_face_size=args.min_face)) if args.detector == "mtcnn"
            else load_detector(args.detector))
     analyzer = FaceAnalyzer(det, load_classifier())
+    warm_up(analyzer)  # here too, so that the first chunk's time is not the models' set-up
     per_minute: dict[int, dict] = {}
     last = {"t": time.perf_counter()}
 

@@ -8,7 +8,7 @@ expression every few seconds. `drawn_frames` yields (frame, true boxes) with the
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +26,11 @@ def _background(h: int, w: int, seed: int) -> np.ndarray:
     return np.clip(base, 0, 255).astype(np.uint8)
 
 
-def drawn_frames(n_frames: int, size: tuple[int, int] = (240, 320), faces: int = 1, face_px: int = 80,
+def drawn_frames(n_frames: int, size: tuple[int, int] = (240, 320), faces: int = 1, face_px: int | Sequence[int] = 80,
                  fps: float = 5.0, period_s: float = 12.0, expression_s: float = 4.0, seed: int = 0
                  ) -> Iterator[tuple[np.ndarray, list[tuple[int, int, int, int]]]]:
-    """`n_frames` frames (H, W, 3) uint8 and, per person, the drawn face's box (x, y, w, h) in that frame."""
+    """`n_frames` frames (H, W, 3) uint8 and, per person, the drawn face's box (x, y, w, h) in that frame.
+    `face_px`: the drawn square's side, one for all or one per person."""
     from PIL import Image
 
     from vlm_salience.data.faces import FaceStyle, render_face
@@ -39,20 +40,21 @@ def drawn_frames(n_frames: int, size: tuple[int, int] = (240, 320), faces: int =
     styles = [FaceStyle.sample(rng) for _ in range(faces)]
     sprites: dict[tuple[int, str], Image.Image] = {}
     bg = Image.fromarray(_background(h, w, seed))
-    span = max(1, w - face_px)
+    sides = [face_px] * faces if isinstance(face_px, int) else list(face_px)
     for t in range(n_frames):
         img = bg.copy()
         boxes = []
         for k in range(faces):
             expr = EXPRESSIONS[(int(t / fps / expression_s) + 2 * k) % len(EXPRESSIONS)]
+            side = sides[k]
             if (k, expr) not in sprites:
-                sprites[(k, expr)] = render_face(expr, 1.0, styles[k], size=face_px, transparent=True)
+                sprites[(k, expr)] = render_face(expr, 1.0, styles[k], size=side, transparent=True)
             phase = (t / fps / period_s + 0.5 * k) % 1.0
-            x = int(round(span * (2 * phase if phase < 0.5 else 2 - 2 * phase)))
-            y = int(round((h - face_px) * (0.25 + 0.35 * k if faces > 1 else 0.5)))
-            y = min(max(0, y), h - face_px)
+            x = int(round(max(1, w - side) * (2 * phase if phase < 0.5 else 2 - 2 * phase)))
+            y = int(round((h - side) * (0.25 + 0.35 * k if faces > 1 else 0.5)))
+            y = min(max(0, y), h - side)
             img.paste(sprites[(k, expr)], (x, y), sprites[(k, expr)])
-            boxes.append((x, y, face_px, face_px))
+            boxes.append((x, y, side, side))
         yield np.asarray(img), boxes
 
 

@@ -374,6 +374,21 @@ def to_parquet(out_csv: Path, header: list[str]) -> str | None:
 # ---------------------------------------------------------------------------------------------- several videos
 
 
+def warm_up(analyzer) -> None:
+    """Build the models' kernels for every batch size they will see before the first frame (the detector's
+    `warm_up`, where it has one; the classifier at each padded batch size), so that the first minute of a video
+    costs the memory and time per frame of the last."""
+    if hasattr(analyzer.detector, "warm_up"):
+        analyzer.detector.warm_up()
+    from vlm_salience.models.faces.expression import bucket
+
+    cls = analyzer.classifier
+    cap = getattr(cls, "batch_size", 1)
+    for n in sorted({bucket(k, cap) for k in range(1, cap + 1)}):
+        cls.predict([np.zeros((64, 64, 3), np.uint8)] * n)
+
+
+
 def face_video(inputs: Sequence[str | Path], out_dir: str | Path, detector_cfg: str | Path | None = "mtcnn",
                model_cfg: str | Path | None = None, settings: VideoSettings | None = None, *, fresh: bool = False,
                progress: bool = True, analyzer=None, on_chunk: Callable[[dict], None] | None = None) -> dict:
@@ -393,6 +408,7 @@ def face_video(inputs: Sequence[str | Path], out_dir: str | Path, detector_cfg: 
                           f"({', '.join(sorted(VIDEO_SUFFIXES))}). Fix: pass video files or folders holding them.")
     out_dir.mkdir(parents=True, exist_ok=True)
     analyzer = analyzer or FaceAnalyzer.from_configs(detector_cfg, model_cfg, settings.expressivity)
+    warm_up(analyzer)
     results = []
     with sole_writer(out_dir / ".face_video", what="face video"):
         for video, out_csv in output_paths(videos, out_dir).items():
