@@ -103,9 +103,19 @@ def score_faces(inputs: Sequence[str | Path], out_csv: str | Path, model_cfg: st
 
     out = Path(out_csv)
     images = collect_images(inputs)
-    with sole_writer(out):
-        return _score_faces(images, out, FaceAnalyzer.from_configs(detector_cfg, model_cfg, expressivity),
-                            read_image, progress=progress, resume=resume, chunk=chunk, strict=strict)
+    analyzer = FaceAnalyzer.from_configs(detector_cfg, model_cfg, expressivity)
+
+    def score(todo: list[Path], target: Path) -> dict:
+        with sole_writer(target):
+            return _score_faces(todo, target, analyzer, read_image, progress=progress, resume=resume, chunk=chunk,
+                                strict=strict)
+
+    from vlm_salience.face_ranks import score_split, world_size
+
+    if world_size() > 1:  # under accelerate launch: each rank its share, rank 0 merges (face_ranks.py)
+        header = columns(analyzer.classifier.classes)
+        return score_split(images, out, score, lambda o: summarise(o, header))
+    return score(images, out)
 
 
 @contextmanager

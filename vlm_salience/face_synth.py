@@ -3,7 +3,7 @@ benchmark: frames are generated and encoded one at a time, so an hour-long video
 
 Each person has their own face style and walks a slow horizontal path (a triangle wave, so that with two people
 the faces cross: person 0 in the upper half, person 1 lower, their boxes overlapping while they pass), and changes
-expression every few seconds. `drawn_frames` yields (frame, true boxes) with the face's drawn box per person.
+expression every few seconds. `drawn_frames` yields (frame, true boxes) with each person's face box.
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ def _background(h: int, w: int, seed: int) -> np.ndarray:
 def drawn_frames(n_frames: int, size: tuple[int, int] = (240, 320), faces: int = 1, face_px: int | Sequence[int] = 80,
                  fps: float = 5.0, period_s: float = 12.0, expression_s: float = 4.0, seed: int = 0
                  ) -> Iterator[tuple[np.ndarray, list[tuple[int, int, int, int]]]]:
-    """`n_frames` frames (H, W, 3) uint8 and, per person, the drawn face's box (x, y, w, h) in that frame.
-    `face_px`: the drawn square's side, one for all or one per person."""
+    """`n_frames` frames (H, W, 3) uint8 and, per person, the drawn face's box (x, y, w, h) in that frame: the
+    bounds of the head's skin ellipse (forehead to chin), inside the drawn square of side `face_px` (one for all
+    or one per person)."""
     from PIL import Image
 
     from vlm_salience.data.faces import FaceStyle, render_face
@@ -54,7 +55,10 @@ def drawn_frames(n_frames: int, size: tuple[int, int] = (240, 320), faces: int =
             y = int(round((h - side) * (0.25 + 0.35 * k if faces > 1 else 0.5)))
             y = min(max(0, y), h - side)
             img.paste(sprites[(k, expr)], (x, y), sprites[(k, expr)])
-            boxes.append((x, y, side, side))
+            st = styles[k]  # the head's skin ellipse (render_face: centre (s/2, 0.53 s), half-axes width/height s)
+            hw, hh = st.width * side, st.height * side
+            boxes.append((int(round(x + side / 2 - hw)), int(round(y + 0.53 * side - hh)), int(round(2 * hw)),
+                          int(round(2 * hh))))
         yield np.asarray(img), boxes
 
 
