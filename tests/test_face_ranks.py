@@ -74,3 +74,39 @@ def test_merge_keeps_rank_order_and_refuses_other_columns(tmp_path):
     b.write_text("path,p_other\nz,1\n")
     with pytest.raises(ValueError, match="columns differ"):
         merge_parts([a, b], out)
+
+
+def _video_rank_main(rank: int, world: int, port: int, videos: list, out: str) -> None:
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+                       "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(world),
+                       "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"})
+    import torch
+
+    torch.set_num_threads(1)
+    from vlm_salience.face_video import VideoSettings, face_video
+
+    face_video(videos, out, detector_cfg="haar", settings=VideoSettings(batch=4), progress=False)
+
+
+def test_face_video_two_gloo_processes_write_what_one_writes(tmp_path):
+    import json
+
+    import torch.multiprocessing as mp
+
+    from vlm_salience.face_synth import write_drawn_video
+    from vlm_salience.face_video import VideoSettings, face_video
+
+    videos = []
+    for i in range(3):
+        videos.append(str(tmp_path / f"v{i}.avi"))
+        write_drawn_video(videos[-1], 2, fps=5, seed=i)
+    videos.append(str(tmp_path / "missing.avi"))
+    face_video(videos, tmp_path / "one", detector_cfg="haar", settings=VideoSettings(batch=4), progress=False)
+    mp.start_processes(_video_rank_main, args=(2, _free_port(), videos, str(tmp_path / "two")), nprocs=2,
+                       join=True, start_method="spawn")
+    for name in ("v0", "v1", "v2", "missing"):
+        assert (tmp_path / "two" / f"{name}.csv").read_text() == (tmp_path / "one" / f"{name}.csv").read_text()
+    one = json.loads((tmp_path / "one" / "face_video.summary.json").read_text())
+    two = json.loads((tmp_path / "two" / "face_video.summary.json").read_text())
+    assert [r["input"] for r in two["per_video"]] == videos and two["errors"] == one["errors"] == 1
+    assert not list((tmp_path / "two").glob(".face_video.rank*.json"))

@@ -409,19 +409,23 @@ def face_video(inputs: Sequence[str | Path], out_dir: str | Path, detector_cfg: 
     out_dir.mkdir(parents=True, exist_ok=True)
     analyzer = analyzer or FaceAnalyzer.from_configs(detector_cfg, model_cfg, settings.expressivity)
     warm_up(analyzer)
-    results = []
-    with sole_writer(out_dir / ".face_video", what="face video"):
-        for video, out_csv in output_paths(videos, out_dir).items():
-            if not fresh and out_csv.is_file() and not _progress(out_csv).exists() and _last_status(out_csv) != "error":
-                s = summarise_table(out_csv)
-                s.update({"skipped": True, "parquet": str(out_csv.with_suffix(".parquet"))
-                          if out_csv.with_suffix(".parquet").is_file() else None})
-            else:
-                s = analyze_video(video, out_csv, analyzer, settings, resume=not fresh, progress=progress,
-                                  on_chunk=on_chunk)
-                s["skipped"] = False
-            s["input"] = str(video)
-            results.append(s)
+    def run(items: list[tuple[Path, Path]], rank: int | None = None) -> list[dict]:
+        results = []
+        lock = out_dir / (".face_video" if rank is None else f".face_video.rank{rank}")
+        with sole_writer(lock, what="face video"):
+            for video, out_csv in items:
+                results.append(_one(video, out_csv, analyzer, settings, fresh, progress, on_chunk))
+        return results
+
+    from vlm_salience.face_ranks import split_results, world_size
+
+    items = list(output_paths(videos, out_dir).items())
+    if world_size() > 1:  # under accelerate launch: each rank its share of the videos (face_ranks.py)
+        results = split_results(items, out_dir, run)
+        if results is None:
+            return {"out": str(out_dir), "rank_only": True}
+    else:
+        results = run(items)
     summary = {"out": str(out_dir), "detector": analyzer.detector.name, "model": analyzer.classifier.name,
                "videos": len(results), "errors": sum(r["status"] == "error" for r in results),
                "face_rows": sum(r["face_rows"] for r in results), "per_video": results}
@@ -429,7 +433,23 @@ def face_video(inputs: Sequence[str | Path], out_dir: str | Path, detector_cfg: 
     return summary
 
 
+def _one(video: Path, out_csv: Path, analyzer, settings: VideoSettings, fresh: bool, progress: bool,
+         on_chunk) -> dict:
+    """One video's table (skipped where finished) and its summary."""
+    if not fresh and out_csv.is_file() and not _progress(out_csv).exists() and _last_status(out_csv) != "error":
+        s = summarise_table(out_csv)
+        parquet = out_csv.with_suffix(".parquet")
+        s.update({"skipped": True, "parquet": str(parquet) if parquet.is_file() else None})
+    else:
+        s = analyze_video(video, out_csv, analyzer, settings, resume=not fresh, progress=progress, on_chunk=on_chunk)
+        s["skipped"] = False
+    s["input"] = str(video)
+    return s
+
+
 def summary_text(summary: dict) -> str:
+    if summary.get("rank_only"):
+        return f"this rank's videos done -> {summary['out']} (rank 0 writes the summary)"
     return (f"{summary['videos']} videos ({summary['errors']} with errors): {summary['face_rows']} face rows, "
             f"{sum(r['identities'] for r in summary['per_video'])} identities -> {summary['out']}")
 
