@@ -73,37 +73,44 @@ def main() -> None:
     analyzer = FaceAnalyzer(det, load_classifier())
     warm_up(analyzer)  # here too, so that the first chunk's time is not the models' set-up
     per_minute: dict[int, dict] = {}
-    last = {"t": time.perf_counter()}
+    last = {"t": time.perf_counter(), "cpu": time.process_time()}
 
     def on_chunk(info: dict) -> None:
-        now = time.perf_counter()
+        now, cpu = time.perf_counter(), time.process_time()
         minute = int(info["time_s"] // 60)
-        m = per_minute.setdefault(minute, {"minute": minute + 1, "frames": 0, "seconds": 0.0, "rss_mb": 0.0})
+        m = per_minute.setdefault(minute, {"minute": minute + 1, "frames": 0, "seconds": 0.0, "cpu_seconds": 0.0,
+                                           "rss_mb": 0.0})
         m["frames"] += info["frames"]
         m["seconds"] += now - last["t"]
+        m["cpu_seconds"] += cpu - last["cpu"]  # this process's CPU time: less moved by other jobs than wall time
         m["rss_mb"] = max(m["rss_mb"], _status_kb("VmRSS") / 1024)
-        last["t"] = now
+        last["t"], last["cpu"] = now, cpu
 
     t1 = time.perf_counter()
+    last["t"], last["cpu"] = t1, time.process_time()
     summary = face_video([video], work / "out", analyzer=analyzer, fresh=True, progress=False, on_chunk=on_chunk,
                          settings=VideoSettings(every=args.every, batch=args.batch))
     total = time.perf_counter() - t1
     rows = [per_minute[k] for k in sorted(per_minute)]
     for r in rows:
         r["s_per_frame"] = r["seconds"] / max(1, r["frames"])
-    print(f"{'minute':>6s} {'frames':>6s} {'s/frame':>8s} {'RSS MB':>8s}")
+        r["cpu_s_per_frame"] = r["cpu_seconds"] / max(1, r["frames"])
+    print(f"{'minute':>6s} {'frames':>6s} {'s/frame':>8s} {'cpu s/f':>8s} {'RSS MB':>8s}")
     for r in rows:
-        print(f"{r['minute']:6d} {r['frames']:6d} {r['s_per_frame']:8.4f} {r['rss_mb']:8.1f}")
+        print(f"{r['minute']:6d} {r['frames']:6d} {r['s_per_frame']:8.4f} {r['cpu_s_per_frame']:8.4f} "
+              f"{r['rss_mb']:8.1f}")
     first, end = rows[0], rows[-1]
     ratios = {"rss_last_over_first": end["rss_mb"] / first["rss_mb"],
               "s_per_frame_last_over_first": end["s_per_frame"] / first["s_per_frame"],
+              "cpu_s_per_frame_last_over_first": end["cpu_s_per_frame"] / first["cpu_s_per_frame"],
               "rss_max_over_first": max(r["rss_mb"] for r in rows) / first["rss_mb"]}
     pv = summary["per_video"][0]
     print(f"{len(rows)} minutes, {sum(r['frames'] for r in rows)} frames analysed in {total:.0f} s; "
           f"{pv['face_rows']} face rows, {pv['identities']} identities, {pv['gaps']} gaps; peak RSS "
           f"{_status_kb('VmHWM') / 1024:.0f} MB")
     print(f"minute {end['minute']} / minute 1: RSS {ratios['rss_last_over_first']:.3f}, time per frame "
-          f"{ratios['s_per_frame_last_over_first']:.3f} (largest RSS of any minute / minute 1: "
+          f"{ratios['s_per_frame_last_over_first']:.3f}, CPU time per frame "
+          f"{ratios['cpu_s_per_frame_last_over_first']:.3f} (largest RSS of any minute / minute 1: "
           f"{ratios['rss_max_over_first']:.3f}); load at end: {_load()}")
     if args.json:
         from vlm_salience.atomic import write_text
