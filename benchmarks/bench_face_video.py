@@ -67,7 +67,8 @@ def main() -> None:
     if not video.is_file():
         n = write_drawn_video(video, args.minutes * 60, fps=args.fps, size=(h, w), faces=args.faces,
                               period_s=args.period)
-        print(f"generated {video} ({n} frames, {video.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - t0:.0f} s")
+        print(f"generated {video} ({n} frames, {video.stat().st_size / 1e6:.1f} MB) in "
+              f"{time.perf_counter() - t0:.0f} s")
     det = (load_detector(MtcnnDetectorConfig(min_face_size=args.min_face)) if args.detector == "mtcnn"
            else load_detector(args.detector))
     analyzer = FaceAnalyzer(det, load_classifier())

@@ -35,8 +35,6 @@ def _rank_main(rank: int, world: int, port: int, images: str, out: str) -> None:
 
 @pytest.fixture(scope="module")
 def image_dir(tmp_path_factory):
-    from PIL import Image
-
     from vlm_salience.data.faces import ACTIONS, FaceStyle, render_face
 
     d = tmp_path_factory.mktemp("imgs")

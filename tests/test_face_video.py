@@ -72,8 +72,9 @@ def test_table_shape_boxes_landmarks_identities(two_faces, two_faces_table, mtcn
         assert best >= 0.3, (r.frame, best)
     # landmarks lie in their box, eyes above the mouth, the image-left eye left of the right one
     xs, ys = ok[[f"x_{i}" for i in range(5)]].to_numpy(), ok[[f"y_{i}" for i in range(5)]].to_numpy()
-    assert ((xs >= ok[["FaceRectX"]].to_numpy() - 2) & (xs <= (ok.FaceRectX + ok.FaceRectWidth).to_numpy()[:, None] + 2)).all()
-    assert ((ys >= ok[["FaceRectY"]].to_numpy() - 2) & (ys <= (ok.FaceRectY + ok.FaceRectHeight).to_numpy()[:, None] + 2)).all()
+    x0, y0 = ok[["FaceRectX"]].to_numpy(), ok[["FaceRectY"]].to_numpy()
+    x1, y1 = x0 + ok[["FaceRectWidth"]].to_numpy(), y0 + ok[["FaceRectHeight"]].to_numpy()
+    assert ((xs >= x0 - 2) & (xs <= x1 + 2) & (ys >= y0 - 2) & (ys <= y1 + 2)).all()
     assert (xs[:, 0] < xs[:, 1]).all() and (ys[:, :2].max(axis=1) < ys[:, 3:].min(axis=1)).all()
     assert ok.Yaw.abs().max() < 30 and ok.Roll.abs().max() < 10  # drawn faces look straight ahead, upright
     probs = ok[classes].to_numpy()
