@@ -502,7 +502,9 @@ def test_face_score_errors_keep_what_was_written(image_dir, tmp_path):
         score_faces([image_dir / "astro.png"], other, progress=False)
     assert other.read_text() == "path,status,p_x\na.png,ok,1\n"
     assert read_rows(out)["astro.png"]["status"] == "ok"
-    assert columns(["a"])[-3:] == ["p_a", "expressivity", "error"]
+    assert columns(["a"])[-15:] == ["p_a", "expressivity", "eye_l_x", "eye_l_y", "eye_r_x", "eye_r_y", "nose_x",
+                                    "nose_y", "mouth_l_x", "mouth_l_y", "mouth_r_x", "mouth_r_y", "yaw", "roll",
+                                    "error"]
 
 
 @pytest.mark.slow

@@ -301,6 +301,17 @@ def test_face_score_picks_the_detector_by_name(mtcnn, astronaut, tmp_path):
     s_mtcnn = score_faces([d], tmp_path / "mtcnn.csv", detector_cfg="mtcnn", progress=False)
     assert (s_haar["faces"], s_haar["no_face"]) == (0, 3)
     assert (s_mtcnn["faces"], s_mtcnn["no_face"], s_mtcnn["detector"]) == (3, 0, "mtcnn")
+    # the CSV carries the five landmarks and the pose: on the hand-read points, roll about level
+    import pandas as pd
+
+    t = pd.read_csv(tmp_path / "mtcnn.csv").set_index("path")
+    names = ["eye_l", "eye_r", "nose", "mouth_l", "mouth_r"]
+    for inset, scale in [(0, 1.0), (5, 2.0), (10, 3.0)]:
+        r = t.loc[str(d / f"crop_{inset}_{scale}.png")]
+        pts = np.array([[r[f"{n}_x"], r[f"{n}_y"]] for n in names])
+        assert_points_on_face(pts, tight_crop(astronaut, inset, scale)[1], IOD * scale)
+        assert abs(r["roll"]) < 8 and abs(r["yaw"]) < 20
+    assert pd.read_csv(tmp_path / "haar.csv")[["eye_l_x", "yaw", "roll"]].isna().all().all()
 
 
 # ---------------------------------------------------------------- identities across a clip

@@ -135,11 +135,13 @@ def test_every_frame_setting_changes_the_cache_key():
         "streams.smoothing_alpha": 0.3, "streams.use_face_source": False,
         "streams.detection.max_side": 320, "streams.detection.scale_factor": 1.2,
         "streams.detection.min_neighbors": 4, "streams.detection.detect_on": "all",
-        "streams.detection.min_score_share": 0.2,
+        "streams.detection.min_score_share": 0.2, "streams.detection.target": "largest",
     }
     fields = {*prep.PrepareConfig.model_fields} - {"compress", "streams", "jpeg_quality"}
     fields |= {f"streams.{f}" for f in StreamConfig.model_fields} - {"streams.detection"}
-    fields |= {f"streams.detection.{f}" for f in DetectionConfig.model_fields} - {"streams.detection.detector"}
+    # max_gap acts only with a target identity: checked below, with one
+    fields |= {f"streams.detection.{f}" for f in DetectionConfig.model_fields} - {"streams.detection.detector",
+                                                                                 "streams.detection.max_gap"}
     assert fields == set(changes), "a new prepare setting: say here how it changes the cache key"
 
     def nested(dotted: str, value) -> dict:
@@ -160,6 +162,8 @@ def test_every_frame_setting_changes_the_cache_key():
     def key(**kw) -> str:
         return config_hash(prep.hashed_settings(prep.PrepareConfig.model_validate({**base, **kw})))
 
+    target = {"detection": {"target": "largest"}}
+    assert key(streams=target) != key(streams={"detection": {"target": "largest", "max_gap": 3}})
     assert key(frame_codec="jpeg", jpeg_quality=70) != key(frame_codec="jpeg", jpeg_quality=95)
     assert key(frame_codec="raw", jpeg_quality=70) == key(frame_codec="raw", jpeg_quality=95)
 

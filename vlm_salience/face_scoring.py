@@ -42,7 +42,12 @@ def collect_images(inputs: Iterable[str | Path]) -> list[Path]:
 
 
 def columns(classes: Sequence[str]) -> list[str]:
-    return ["path", "status", "x", "y", "w", "h", "score", *[f"p_{c}" for c in classes], "expressivity", "error"]
+    """The CSV's columns: the box, the probabilities, expressivity, the five landmarks and the head pose (yaw, roll
+    in degrees; empty for a detector without landmarks, such as Haar), and the error of an unreadable image."""
+    from vlm_salience.models.faces.analyzer import LANDMARK_COLUMNS
+
+    return ["path", "status", "x", "y", "w", "h", "score", *[f"p_{c}" for c in classes], "expressivity",
+            *LANDMARK_COLUMNS, "error"]
 
 
 def _read_existing(out: Path, header: list[str]) -> list[dict[str, str]]:
@@ -98,14 +103,24 @@ def score_faces(inputs: Sequence[str | Path], out_csv: str | Path, model_cfg: st
 
     out = Path(out_csv)
     images = collect_images(inputs)
-    with _sole_writer(out):
-        return _score_faces(images, out, FaceAnalyzer.from_configs(detector_cfg, model_cfg, expressivity),
-                            read_image, progress=progress, resume=resume, chunk=chunk, strict=strict)
+    analyzer = FaceAnalyzer.from_configs(detector_cfg, model_cfg, expressivity)
+
+    def score(todo: list[Path], target: Path) -> dict:
+        with sole_writer(target):
+            return _score_faces(todo, target, analyzer, read_image, progress=progress, resume=resume, chunk=chunk,
+                                strict=strict)
+
+    from vlm_salience.face_ranks import score_split, world_size
+
+    if world_size() > 1:  # under accelerate launch: each rank its share, rank 0 merges (face_ranks.py)
+        header = columns(analyzer.classifier.classes)
+        return score_split(images, out, score, lambda o: summarise(o, header))
+    return score(images, out)
 
 
 @contextmanager
-def _sole_writer(out: Path) -> Iterator[None]:
-    """Hold `<out>.lock` while scoring: two runs appending to one CSV would write every row twice."""
+def sole_writer(out: Path, what: str = "face score") -> Iterator[None]:
+    """Hold `<out>.lock` while writing: two runs appending to one CSV would write every row twice."""
     from filelock import FileLock, Timeout
 
     parent = out.resolve().parent
@@ -118,8 +133,8 @@ def _sole_writer(out: Path) -> Iterator[None]:
         parent.mkdir(parents=True, exist_ok=True)
         lock.acquire(timeout=0)
     except Timeout:
-        raise ConfigError(f"--out {out}: another `face score` is writing this CSV (it holds {lock.lock_file}). "
-                          "Fix: wait for it to finish, or score into another --out file.") from None
+        raise ConfigError(f"--out {out}: another `{what}` is writing this CSV (it holds {lock.lock_file}). "
+                          "Fix: wait for it to finish, or write into another --out.") from None
     except OSError as exc:  # permissions the access check cannot see (ACLs, read-only mounts)
         raise ConfigError(f"--out {out}: cannot write there ({exc.strerror or exc}). Fix: pass a CSV path in a "
                           "folder you can write to.") from None
@@ -138,8 +153,7 @@ def _score_faces(images: list[Path], out: Path, analyzer, read_image, *, progres
     write_text(out, _csv_text([[r[c] for c in header] for r in kept], header))  # atomic: old rows, error rows out
     done = {r["path"] for r in kept}
     todo = [p for p in images if str(p) not in done]
-    C = len(analyzer.classifier.classes)
-    empty = [np.nan] * (5 + C + 1)
+    empty = [np.nan] * (len(header) - 3)  # all but path, status and error
     scored = 0
     bar = tqdm(total=len(todo), desc="face score", unit="img", disable=not progress)
     try:
@@ -155,7 +169,7 @@ def _score_faces(images: list[Path], out: Path, analyzer, read_image, *, progres
                     rows[p] = [str(p), "error", *empty, str(exc)]
                     first_error = first_error or exc
             if arrays:
-                table = analyzer.analyze(arrays, [str(p) for p in ok_paths])
+                table = analyzer.analyze(arrays, [str(p) for p in ok_paths], landmarks=True)
                 for p, rec in zip(ok_paths, table.itertuples(index=False)):
                     rec = list(rec)
                     status = "ok" if rec[1] >= 0 else "no_face"

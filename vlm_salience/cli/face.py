@@ -1,4 +1,4 @@
-"""`vlm-salience face score`: real face models, one CSV row per image."""
+"""`vlm-salience face score|video`: real face models, one CSV row per image, or per frame and identity of a video."""
 
 from __future__ import annotations
 
@@ -43,3 +43,6 @@ def add_commands(sub) -> None:
     fs.add_argument("--strict", action="store_true", help="stop at the first unreadable image (after saving)")
     json_flag(fs, "the summary")
     fs.set_defaults(func=cmd_face_score)
+    from vlm_salience.face_video import add_cli as add_face_video  # the command's logic lives beside it
+
+    add_face_video(fsub, command, json_flag, emit_json)

@@ -80,6 +80,9 @@ def hashed_settings(cfg: PrepareConfig, finder: FaceFinder | None = None) -> dic
         data["frame_codec"] = "jpeg"
     det = data["streams"]["detection"]
     det.pop("detector", None)
+    if det.get("target") is None:  # identities off: hashed as before the option existed (old caches stay valid)
+        det.pop("target", None)
+        det.pop("max_gap", None)
     detector_cfg = getattr(finder, "detector_config", None)
     det["detector_settings"] = detector_cfg.model_dump(mode="json", exclude={"name"}) if detector_cfg else None
     if det["detector_settings"] is not None:
@@ -183,7 +186,7 @@ def _process(clip: VideoClip, key: str, cache: ClipCache, cfg: PrepareConfig,
                            "error": str(err)}
     rel = cache.write(key, prepared, compress=cfg.compress,
                       jpeg_quality=cfg.jpeg_quality if cfg.frame_codec == "jpeg" else None)
-    return "ok", _entry(clip, key, rel, prepared)
+    return "ok", {**_entry(clip, key, rel, prepared), **(getattr(finder, "last_identity", None) or {})}
 
 
 def _clips_of(corpus: VideoCorpus, fold: str | None, part: str = "all") -> list[VideoClip]:
@@ -317,6 +320,10 @@ def _prepare(data, prepare_cfg, out_cache_dir, *, fold, part, drop_invalid, prog
                "clips_with_missed": sum(int(entries[c.clip_id]["missed"]) > 0 for c in clips
                                         if c.clip_id in entries),
                "dropped_rows": corpus.dropped.to_dict(), "config_hash": h, "out": str(cache.root)}
+    if cfg.streams.detection.target is not None:  # faces linked into identities: what the target rule faced
+        kept = [entries[c.clip_id] for c in clips if c.clip_id in entries]
+        summary.update({k: sum(int(e.get(k, 0)) for e in kept) for k in ("identity_switches", "target_gaps")})
+        summary["clips_with_several_identities"] = sum(int(e.get("identities", 0)) > 1 for e in kept)
     atomic.write_text(cache.root / "summary.json", json.dumps(summary, indent=2))
     return summary
 

@@ -31,7 +31,8 @@ class DetectionConfig(StrictModel):
     step and 3 neighbours find all 16 at a third of the full-size cost: those are used when no `detector` YAML is
     given (VIDEO_PYRAMID). A detector YAML's own values hold unless scale_factor/min_neighbors are set here."""
 
-    detector: RelPath | None = None  # a face-detector YAML (configs/models/face_haar.yaml); None: its defaults
+    # haar | mtcnn (by name), or a face-detector YAML (configs/models/face_mtcnn.yaml); None: the Haar cascade
+    detector: Literal["haar", "mtcnn"] | RelPath | None = None
     max_side: int | None = Field(256, ge=32)  # None: full size. Faces under ~24 px at this scale are missed
     scale_factor: float | None = Field(None, gt=1.0)  # None: the detector YAML's (VIDEO_PYRAMID without one)
     min_neighbors: int | None = Field(None, ge=0)  # None: the detector YAML's (VIDEO_PYRAMID without one)
@@ -39,6 +40,11 @@ class DetectionConfig(StrictModel):
     # the largest face among detections scoring at least this share of the frame's best score: the cascade's
     # false positives (a patch, a helmet) are often larger than the face but score far lower
     min_score_share: float = Field(0.5, ge=0.0, le=1.0)
+    # None: the largest face of each frame (faces are not linked). Set: every face of the clip is followed by one
+    # identity (models/faces/identities.py) and the stream follows one of them, the `largest` (mean box area), the
+    # `most_central` or the `longest`-lived; the summary counts identity switches and the target's gaps
+    target: Literal["largest", "most_central", "longest"] | None = None
+    max_gap: int = Field(10, ge=0)  # detection frames an identity survives without its face (target set only)
 
 
 VIDEO_PYRAMID = {"scale_factor": 1.05, "min_neighbors": 3}  # for faces of 25-50 px on downscaled frames
@@ -66,26 +72,60 @@ class FaceFinder(Protocol):
 
 
 class PackagedFinder:
-    """The packaged detector of models/faces (OpenCV's Haar cascade) as a FaceFinder, downscaling to max_side."""
+    """The packaged detectors of models/faces (Haar or MTCNN) as a FaceFinder, downscaling to max_side; with a
+    `target` rule, faces are linked into identities and the target identity's box is given per frame."""
 
     def __init__(self, cfg: DetectionConfig) -> None:
         from vlm_salience.models.faces.detector import HaarDetectorConfig
         from vlm_salience.models.faces.detectors import load_detector
 
-        base = load_detector(cfg.detector).cfg if cfg.detector is not None else HaarDetectorConfig(**VIDEO_PYRAMID)
-        update = {"max_side": cfg.max_side, "scale_factor": cfg.scale_factor, "min_neighbors": cfg.min_neighbors}
+        if cfg.detector is None:
+            base = HaarDetectorConfig(**VIDEO_PYRAMID)
+        elif cfg.detector == "haar":
+            base = HaarDetectorConfig(**VIDEO_PYRAMID)
+        else:
+            base = load_detector(cfg.detector).cfg
+        update = {"max_side": cfg.max_side}
+        if base.kind == "haar":
+            update.update(scale_factor=cfg.scale_factor, min_neighbors=cfg.min_neighbors)
         self.detector_config = base.model_copy(update={k: v for k, v in update.items()
                                                        if v is not None or k == "max_side"})
         self._detector = load_detector(self.detector_config)
         self.min_score_share = cfg.min_score_share
+        self.target, self.max_gap = cfg.target, cfg.max_gap
+        self.last_identity: dict[str, int] | None = None  # the last clip's identity counts (target set only)
 
     def largest(self, frames: np.ndarray) -> list[np.ndarray | None]:
+        found = self._detector.detect_batch(list(frames))
+        if self.target is not None:
+            return self._target_boxes(found, frames.shape[1:3])
         out: list[np.ndarray | None] = []
-        for faces in self._detector.detect_batch(list(frames)):
+        for faces in found:
             best = pick_face([(np.array([b.x, b.y, b.w, b.h], dtype=np.float32), b.score) for b in faces],
                              self.min_score_share)
             out.append(best)
         return out
+
+    def _target_boxes(self, found: list, frame_size: tuple[int, int]) -> list[np.ndarray | None]:
+        """The target identity's box per frame (None where it is not seen), and the clip's counts in
+        `last_identity`: identities, identity switches (frames where the largest face belongs to another identity
+        than on the frame before: how often a largest-face stream would jump between people) and the target's
+        bridged gaps."""
+        from vlm_salience.models.faces.identities import pick_target, track_faces
+
+        tracked, summary = track_faces(found, max_gap=self.max_gap)
+        rule = "central" if self.target == "most_central" else self.target
+        tid = pick_target(summary, tracked, rule, frame_size=tuple(frame_size))
+        switches, prev = 0, None
+        for faces in tracked:
+            if faces:
+                big = max(faces, key=lambda p: (p[1].area, p[1].score))[0]
+                switches += prev is not None and big != prev
+                prev = big
+        self.last_identity = {"identities": summary["tracks"], "identity_switches": int(switches),
+                              "target_gaps": summary["per_track"][tid]["gaps"] if tid is not None else 0}
+        return [next((np.array([f.x, f.y, f.w, f.h], dtype=np.float32) for t, f in faces if t == tid), None)
+                for faces in tracked]
 
 
 def pick_face(faces: list[tuple[np.ndarray, float]], min_score_share: float) -> np.ndarray | None:

@@ -68,6 +68,12 @@ def _open(path: Path):
     return container
 
 
+def open_video(path: str | Path):
+    """A PyAV container with at least one video stream; a missing, empty, frameless or unreadable file is a
+    DataError naming it. The caller closes it."""
+    return _open(Path(path))
+
+
 def count_frames(source: Path) -> int:
     """The number of frames of a clip; a clip with no frames is a DataError naming it."""
     source = Path(source)

@@ -49,9 +49,11 @@ class FaceTracker:
     """Feed frames in order with `update(faces)`; each call returns (track id, face) for that frame's faces."""
 
     def __init__(self, min_iou: float = 0.3, max_landmark_dist: float = 0.5, max_gap: int = 10,
-                 landmark_weight: float = 1.0) -> None:
+                 landmark_weight: float = 1.0, keep_ended: bool = True) -> None:
         self.min_iou, self.max_landmark_dist = min_iou, max_landmark_dist
         self.max_gap, self.landmark_weight = max_gap, landmark_weight
+        # keep_ended=False: ended tracks are dropped, not kept for `summary` (an hour-long stream must not grow)
+        self.keep_ended = keep_ended
         self.frame = -1
         self.live: list[_Track] = []
         self.ended: list[_Track] = []
@@ -91,9 +93,33 @@ class FaceTracker:
                 out[j] = (t.id, f)
         still = []
         for t in self.live:
-            (still if self.frame - t.last_frame <= self.max_gap else self.ended).append(t)
+            if self.frame - t.last_frame <= self.max_gap:
+                still.append(t)
+            elif self.keep_ended:
+                self.ended.append(t)
         self.live = still
         return [o for o in out if o is not None]
+
+    def state(self) -> dict:
+        """The live tracks, the frame count and the next id as plain JSON data: a resumed stream restores them
+        (`from_state`) and gives the same ids as one that never stopped."""
+        def arr(a: np.ndarray | None) -> list | None:
+            return None if a is None else np.asarray(a, dtype=np.float64).tolist()
+
+        return {"frame": self.frame, "next": self._next,
+                "live": [{"id": t.id, "box": arr(t.box), "velocity": arr(t.velocity), "points": arr(t.points),
+                          "last_frame": t.last_frame, "first_frame": t.first_frame, "frames": t.frames,
+                          "gaps": t.gaps} for t in self.live]}
+
+    def restore(self, state: dict) -> FaceTracker:
+        """Continue from `state()` (this tracker's settings kept)."""
+        self.frame, self._next = int(state["frame"]), int(state["next"])
+        self.live = [_Track(int(d["id"]), np.asarray(d["box"], dtype=np.float64),
+                            np.asarray(d["velocity"], dtype=np.float64),
+                            None if d["points"] is None else np.asarray(d["points"], dtype=np.float32),
+                            int(d["last_frame"]), int(d["first_frame"]), int(d["frames"]), int(d["gaps"]))
+                     for d in state["live"]]
+        return self
 
     def _match(self, t: _Track, f: FaceBox) -> None:
         box = np.array([f.x, f.y, f.w, f.h], dtype=np.float64)
