@@ -26,6 +26,7 @@ from typing import Literal
 import numpy as np
 from scipy.optimize import minimize
 
+from vlm_salience import gradients
 from vlm_salience.cue_models import Block, CueTable
 from vlm_salience.salience import GATE_KINDS, PER_EMOTION_KINDS, LawKind, SalienceLaw
 
@@ -242,6 +243,22 @@ def _pool_theta(kind: LawKind, phi: np.ndarray) -> np.ndarray:
     return np.concatenate([[0.0], phi])  # logistic, reliability, learned: (log total 0, intercept, slopes)
 
 
+def _pool_theta_jacobian(kind: LawKind, phi: np.ndarray) -> np.ndarray:
+    """d `_pool_theta`(kind, phi) / d phi, (n_theta, n_phi): d log sigmoid(a) / da = sigmoid(-a)."""
+    phi = np.asarray(phi, dtype=float)
+    theta = _pool_theta(kind, phi)
+    jac = np.zeros((len(theta), len(phi)))
+    pairs = 2 if kind == "hard" else 1 if kind in ("control", "per_emotion") else 0
+    for j in range(pairs):  # (log s, log(1 - s)) from the share's logit phi_j
+        sig = 0.5 * (1.0 + np.tanh(0.5 * phi[j]))
+        jac[2 * j, j], jac[2 * j + 1, j] = 1.0 - sig, -sig
+    if kind == "per_emotion":
+        jac[2:len(phi) + 1, 1:] = np.eye(len(phi) - 1)
+    elif pairs == 0:
+        jac[1:, :] = np.eye(len(phi))
+    return jac
+
+
 def _n_obs(cues: CueTable, objective: Objective) -> float:
     """What the mean objective averages over, as `_cell_loss` counts it: judgements (likelihood), cells with
     judgements (KLD, RMSE), and for the RMSE of a choice each label of such a cell."""
@@ -303,6 +320,9 @@ def fit_law(cues: CueTable, rule: Rule, kind: LawKind, expressivity: np.ndarray,
 
         def to_theta(phi: np.ndarray) -> np.ndarray:
             return _pool_theta(kind, phi)
+
+        def theta_jac(phi: np.ndarray) -> np.ndarray:
+            return _pool_theta_jacobian(kind, phi)
         head = 1
     else:
         start = SalienceLaw.initial(kind, size)
@@ -310,20 +330,30 @@ def fit_law(cues: CueTable, rule: Rule, kind: LawKind, expressivity: np.ndarray,
 
         def to_theta(phi: np.ndarray) -> np.ndarray:
             return phi
+
+        def theta_jac(phi: np.ndarray) -> np.ndarray:
+            return np.eye(len(phi))
         head = 2
     prior = _prior_weight(cues, objective, prior_sd) if size else 0.0
+    prep = gradients.prepare(cues, objective, [emotion_axis(b) for b in cues.blocks])  # once per fit
 
-    def objective_fn(phi: np.ndarray) -> float:
+    def objective_fn(phi: np.ndarray) -> tuple[float, np.ndarray]:
+        """The objective and its analytic gradient (`vlm_salience.gradients`), for jac=True."""
         law = SalienceLaw.from_vector(kind, to_theta(phi), threshold, scale)
-        pen = prior * float(np.sum(phi[head:] ** 2)) if size else 0.0
-        return loss(cues, rule, law, x, objective) + ridge * float(np.sum((phi - start) ** 2)) + pen
+        value, g_theta = gradients.loss_and_grad(prep, rule, law, x)
+        grad = g_theta @ theta_jac(phi) + 2.0 * ridge * (phi - start)
+        pen = 0.0
+        if size:
+            pen = prior * float(np.sum(phi[head:] ** 2))
+            grad[head:] += 2.0 * prior * phi[head:]
+        return value + ridge * float(np.sum((phi - start) ** 2)) + pen, grad
 
     starts = [start]
     if kind == "logistic":
         starts += [start + np.eye(len(start))[-1] * s for s in (-6.0, 6.0)]
     best = None
     for s0 in starts:
-        res = minimize(objective_fn, s0, method="L-BFGS-B", bounds=bounds)
+        res = minimize(objective_fn, s0, method="L-BFGS-B", bounds=bounds, jac=True)
         if best is None or res.fun < best.fun:
             best = res
     return SalienceLaw.from_vector(kind, to_theta(best.x), threshold, scale)
@@ -354,8 +384,12 @@ def _fit_per_emotion(cues: CueTable, rule: Rule, x: np.ndarray, *, threshold: fl
         tail = np.concatenate([dev, np.zeros(E)]) if rule == "pool" else dev
         return SalienceLaw.from_vector("per_emotion", np.concatenate([head, tail]), threshold)
 
-    def objective_fn(dev: np.ndarray) -> float:
-        return loss(emo, rule, law_of(dev), x, objective) + (ridge + prior) * float(np.sum(dev ** 2))
+    prep = gradients.prepare(emo, objective, [emotion_axis(b) for b in emo.blocks])
 
-    res = minimize(objective_fn, np.zeros(n_dev), method="L-BFGS-B", bounds=[(-bound, bound)] * n_dev)
+    def objective_fn(dev: np.ndarray) -> tuple[float, np.ndarray]:
+        value, g_theta = gradients.loss_and_grad(prep, rule, law_of(dev), x)
+        return (value + (ridge + prior) * float(np.sum(dev ** 2)),
+                g_theta[2:2 + n_dev] + 2.0 * (ridge + prior) * dev)
+
+    res = minimize(objective_fn, np.zeros(n_dev), method="L-BFGS-B", bounds=[(-bound, bound)] * n_dev, jac=True)
     return law_of(res.x)
