@@ -1,6 +1,6 @@
 """The fits' analytic gradients (vlm_salience.gradients) against finite differences of bci.loss, on random inputs:
 every law kind, both rules with weights (product, pool), every objective (likelihood, KLD, RMSE), on rating,
-choice and valence blocks. The objective itself must be bci.loss's to the last bit or two."""
+choice and valence blocks. The objective itself must be bci.loss's to rounding (1e-12 relative)."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def test_analytic_gradient_matches_finite_differences(kind, rule, objective, lay
         law, cov = _law(rng, kind, cues)
         value, grad = gradients.loss_and_grad(prep, rule, law, cov)
         want = bci.loss(cues, rule, law, cov, objective)
-        assert value == pytest.approx(want, rel=1e-13, abs=0), "the objective must be bci.loss's"
+        assert value == pytest.approx(want, rel=1e-12, abs=0), "the objective must be bci.loss's"
 
         def f(theta, law=law, cov=cov):
             return bci.loss(cues, rule, SalienceLaw.from_vector(kind, theta, law.threshold, law.scale), cov,
@@ -113,7 +113,7 @@ def test_a_kind_without_a_formula_falls_back_to_differencing_the_weight_map(kind
     monkeypatch.setattr(gradients, "ANALYTIC_KINDS", ())
     approx = gradients.weights_jacobian(law, cov)
     for a, b in zip(exact, approx):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(np.broadcast_to(a, b.shape), b, rtol=1e-6, atol=1e-9)
 
 
 @pytest.mark.parametrize("objective", bci.OBJECTIVES)

@@ -36,6 +36,11 @@ Objective = Literal["likelihood", "kld", "rmse"]
 OBJECTIVES: tuple[Objective, ...] = ("likelihood", "kld", "rmse")
 
 
+# L-BFGS-B's stopping rule for every fit. Tighter than scipy's defaults (ftol 2.2e-9, gtol 1e-5), which stopped
+# a flat direction (a reliability law's gamma) up to 1e-3 from the optimum, so a warm-started refit and a cold one
+# differed in the third decimal; with analytic gradients the extra iterations are cheap
+LBFGS_OPTIONS = {"ftol": 1e-13, "gtol": 1e-8}
+
 CHUNK = 4096  # items per block of work: small enough that the temporaries stay in cache
 
 
@@ -291,7 +296,7 @@ def law_size(cues: CueTable, kind: LawKind, covariates: np.ndarray) -> int:
 
 def fit_law(cues: CueTable, rule: Rule, kind: LawKind, expressivity: np.ndarray, *,
             threshold: float = 0.5, ridge: float = 1e-4, objective: Objective = "likelihood",
-            prior_sd: float = 0.5) -> SalienceLaw:
+            prior_sd: float = 0.5, init: SalienceLaw | None = None) -> SalienceLaw:
     """Salience weights that minimise the objective on these items (the caller passes training items only).
     Product laws are fitted in (log) weights; pool laws in face share alone, as only the share moves a pool.
 
@@ -300,13 +305,17 @@ def fit_law(cues: CueTable, rule: Rule, kind: LawKind, expressivity: np.ndarray,
     (learned). The fit is the MAP: the mean objective plus sum(dev^2) / (2 sd^2 N), N the judgements (likelihood)
     or cells it averages over, so that with the likelihood the prior weighs as one prior against all the data.
     Beside a block without emotions, a per-emotion law's fit is the MAP given the control's global pair
-    (`_fit_per_emotion`). A learned gate's features are standardised on these (training) items."""
+    (`_fit_per_emotion`). A learned gate's features are standardised on these (training) items.
+
+    `init`: a fit of the same kind and rule to similar items (the point fit, for a bootstrap or null refit) to
+    start from, instead of plain BCI and (logistic) the steep-slope starts. The objective is unchanged (its ridge
+    stays centred on plain BCI), so the optimum is the same; fewer iterations reach it (`warm_start`)."""
     if kind == "plain" or rule in ("face", "context"):
         return SalienceLaw.plain(threshold)
     x = np.asarray(expressivity, dtype=float)
     if kind in PER_EMOTION_KINDS and any(emotion_axis(b) is None for b in cues.blocks):
         return _fit_per_emotion(cues, rule, x, threshold=threshold, ridge=ridge, objective=objective,
-                                prior_sd=prior_sd)
+                                prior_sd=prior_sd, init=init)
     size = law_size(cues, kind, x)
     scale: tuple[float, ...] = ()
     if kind in GATE_KINDS:
@@ -351,16 +360,43 @@ def fit_law(cues: CueTable, rule: Rule, kind: LawKind, expressivity: np.ndarray,
     starts = [start]
     if kind == "logistic":
         starts += [start + np.eye(len(start))[-1] * s for s in (-6.0, 6.0)]
+    warm = warm_start(rule, kind, init, bounds)
+    if warm is not None and len(warm) == len(start):
+        starts = [warm]
     best = None
     for s0 in starts:
-        res = minimize(objective_fn, s0, method="L-BFGS-B", bounds=bounds, jac=True)
+        res = minimize(objective_fn, s0, method="L-BFGS-B", bounds=bounds, jac=True, options=LBFGS_OPTIONS)
         if best is None or res.fun < best.fun:
             best = res
     return SalienceLaw.from_vector(kind, to_theta(best.x), threshold, scale)
 
 
+def warm_start(rule: Rule, kind: LawKind, init: SalienceLaw | None, bounds: list[tuple[float, float]]
+               ) -> np.ndarray | None:
+    """The fitted vector of `init` (a law's parameters; a pool's face-share logits, `_pool_theta` inverted),
+    inside `bounds`, as a fit's start; None without a usable init (another kind)."""
+    if init is None or init.kind != kind:
+        return None
+    t = np.asarray(init.params, dtype=float)
+    if rule != "pool":
+        phi = t
+    elif kind == "control":
+        phi = t[:1] - t[1:2]
+    elif kind == "hard":
+        phi = np.array([t[0] - t[1], t[2] - t[3]])
+    elif kind in PER_EMOTION_KINDS:
+        E = (len(t) - 2) // 2
+        phi = np.concatenate([[t[0] - t[1]], t[2:2 + E]])
+    else:
+        phi = t[1:]
+    if len(phi) != len(bounds):
+        return None
+    lo, hi = np.array(bounds, dtype=float).T
+    return np.clip(phi, lo, hi)
+
+
 def _fit_per_emotion(cues: CueTable, rule: Rule, x: np.ndarray, *, threshold: float, ridge: float,
-                     objective: Objective, prior_sd: float) -> SalienceLaw:
+                     objective: Objective, prior_sd: float, init: SalienceLaw | None = None) -> SalienceLaw:
     """A per-emotion law nested in its control, for cues with a block that carries no emotions (valence): the
     global pair is the control's fit (same rule, objective and items), and only the emotions' deviations are
     fitted, on the blocks that carry emotions (the MAP given that pair).
@@ -372,7 +408,9 @@ def _fit_per_emotion(cues: CueTable, rule: Rule, x: np.ndarray, *, threshold: fl
     predicts valence exactly as its control does and can win only by how the emotions differ. The price: the
     emotions' pairs are centred on the control's pair, not on their own best one (with emotions only, the fit
     stays joint)."""
-    control = fit_law(cues, rule, "control", x, threshold=threshold, ridge=ridge, objective=objective)
+    warm = None if init is None or init.kind != "per_emotion" else SalienceLaw.from_vector(
+        "control", init.params[:2], threshold)
+    control = fit_law(cues, rule, "control", x, threshold=threshold, ridge=ridge, objective=objective, init=warm)
     head = np.asarray(control.params, dtype=float)  # log (w_face, w_context); a pool's: log (s, 1 - s)
     E = n_emotions(cues)
     emo = replace(cues, blocks=[b for b in cues.blocks if emotion_axis(b) is not None])
@@ -391,5 +429,9 @@ def _fit_per_emotion(cues: CueTable, rule: Rule, x: np.ndarray, *, threshold: fl
         return (value + (ridge + prior) * float(np.sum(dev ** 2)),
                 g_theta[2:2 + n_dev] + 2.0 * (ridge + prior) * dev)
 
-    res = minimize(objective_fn, np.zeros(n_dev), method="L-BFGS-B", bounds=[(-bound, bound)] * n_dev, jac=True)
+    dev0 = np.zeros(n_dev)
+    if init is not None and init.kind == "per_emotion" and len(init.params) >= 2 + n_dev:
+        dev0 = np.clip(np.asarray(init.params[2:2 + n_dev], dtype=float), -bound, bound)
+    res = minimize(objective_fn, dev0, method="L-BFGS-B", bounds=[(-bound, bound)] * n_dev, jac=True,
+                   options=LBFGS_OPTIONS)
     return law_of(res.x)
