@@ -91,7 +91,7 @@ def test_analytic_gradient_matches_finite_differences(kind, rule, objective, lay
 
 
 @pytest.mark.parametrize("kind", ["control", "hard", "logistic", "reliability", "per_emotion", "learned"])
-def test_pool_parameter_map_jacobian(kind):
+def test_pool_parameter_map_jacobian(kind, monkeypatch):
     """The pool's fitted vector (face-share logits) -> the law's vector: its Jacobian by finite differences."""
     rng = np.random.default_rng(3)
     n = bci._pool_n(kind, 3)
@@ -100,6 +100,8 @@ def test_pool_parameter_map_jacobian(kind):
     num = np.column_stack([(bci._pool_theta(kind, phi + h) - bci._pool_theta(kind, phi - h)) / 2e-6
                            for h in np.eye(n) * 1e-6])
     np.testing.assert_allclose(jac, num, rtol=1e-6, atol=1e-9)
+    monkeypatch.setattr(bci, "POOL_JACOBIAN_KINDS", ())  # a kind without formulas: differenced
+    np.testing.assert_allclose(bci._pool_theta_jacobian(kind, phi), jac, rtol=1e-6, atol=1e-8)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -134,3 +136,27 @@ def test_fits_reach_the_optimum_of_the_numeric_fit(objective):
                 for s0 in (SalienceLaw.initial("logistic") + np.array([0, 0, d]) for d in (0.0, -6.0, 6.0))),
                key=lambda r: r.fun)
     assert f(np.asarray(law.params)) <= best.fun + 1e-7
+
+
+@pytest.mark.parametrize("rule", ["product", "pool"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_warm_start_is_the_init_and_reaches_the_cold_fit(kind, rule):
+    """A refit's start (`bci.warm_start`) is its init law's own vector (a pool's share logits map back onto the
+    law), and a fit started there reaches the optimum the cold fit reaches."""
+    rng = np.random.default_rng(6)
+    cues = _table(rng, "emotions")
+    _, cov = _law(rng, kind, cues)
+    cold = bci.fit_law(cues, rule, kind, cov, prior_sd=1.0)
+    size = bci.law_size(cues, kind, cov)
+    bounds = (SalienceLaw.bounds(kind, size) if rule == "product" else
+              [(-8.0, 8.0)] * bci._pool_n(kind, size) if kind in ("control", "hard", "per_emotion") else
+              SalienceLaw.bounds(kind, size)[1:])
+    phi = bci.warm_start(rule, kind, cold, bounds)
+    theta = phi if rule == "product" else bci._pool_theta(kind, phi)
+    np.testing.assert_allclose(theta, cold.params, atol=1e-12)
+    assert bci.warm_start(rule, kind, None, bounds) is None
+    assert bci.warm_start(rule, kind, SalienceLaw.plain(), bounds) is None  # another kind's fit: a cold start
+    nudged = SalienceLaw.from_vector(kind, np.asarray(cold.params) + 0.05 * (np.arange(len(cold.params)) % 2),
+                                     cold.threshold, cold.scale)
+    warm = bci.fit_law(cues, rule, kind, cov, prior_sd=1.0, init=nudged)
+    np.testing.assert_allclose(warm.params, cold.params, atol=2e-4)

@@ -248,10 +248,17 @@ def _pool_theta(kind: LawKind, phi: np.ndarray) -> np.ndarray:
     return np.concatenate([[0.0], phi])  # logistic, reliability, learned: (log total 0, intercept, slopes)
 
 
+# pool kinds whose parameter map `_pool_theta_jacobian` writes out; any other is differenced (a small vector map)
+POOL_JACOBIAN_KINDS = ("control", "hard", "per_emotion", "logistic", "reliability", "learned")
+
+
 def _pool_theta_jacobian(kind: LawKind, phi: np.ndarray) -> np.ndarray:
     """d `_pool_theta`(kind, phi) / d phi, (n_theta, n_phi): d log sigmoid(a) / da = sigmoid(-a)."""
     phi = np.asarray(phi, dtype=float)
     theta = _pool_theta(kind, phi)
+    if kind not in POOL_JACOBIAN_KINDS:
+        return np.column_stack([(_pool_theta(kind, phi + h) - _pool_theta(kind, phi - h)) / 2e-7
+                                for h in np.eye(len(phi)) * 1e-7])
     jac = np.zeros((len(theta), len(phi)))
     pairs = 2 if kind == "hard" else 1 if kind in ("control", "per_emotion") else 0
     for j in range(pairs):  # (log s, log(1 - s)) from the share's logit phi_j
@@ -375,8 +382,8 @@ def warm_start(rule: Rule, kind: LawKind, init: SalienceLaw | None, bounds: list
                ) -> np.ndarray | None:
     """The fitted vector of `init` (a law's parameters; a pool's face-share logits, `_pool_theta` inverted),
     inside `bounds`, as a fit's start; None without a usable init (another kind)."""
-    if init is None or init.kind != kind:
-        return None
+    if init is None or init.kind != kind or (rule == "pool" and kind not in POOL_JACOBIAN_KINDS):
+        return None  # (a pool kind whose parameter map this function does not invert starts cold)
     t = np.asarray(init.params, dtype=float)
     if rule != "pool":
         phi = t
