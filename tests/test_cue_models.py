@@ -132,3 +132,27 @@ def test_bandwidths_follow_r_definitions():
     assert _bandwidth(y, "nrd", 1.0) == pytest.approx(1.06 * (2.75 / 1.34) * 4 ** -0.2, rel=1e-12)
     assert _bandwidth(y, "nrd0", 1.0) == pytest.approx(0.9 * (2.75 / 1.34) * 4 ** -0.2, rel=1e-12)
     assert _bandwidth(np.full(5, 3.0), "nrd0", 1.0) == pytest.approx(0.9 * 5 ** -0.2)  # all equal: one step
+
+
+@pytest.mark.parametrize("rule", ["nrd0", "nrd", 0.7])
+def test_bandwidths_of_all_groups_at_once_are_each_groups_bandwidth(rule):
+    """The vectorised bandwidths (every face and dimension at once, for the study's many re-estimated face cues)
+    are `_bandwidth` of each group: ties, equal ratings, one-row and empty groups included."""
+    from vlm_salience.cue_models import _bandwidth, _bandwidths
+
+    rng = np.random.default_rng(0)
+    sizes = [0, 1, 2, 3, 4, 5, 7, 12, 30, 3]
+    groups = np.concatenate([np.full(k, g) for g, k in enumerate(sizes)])
+    perm = rng.permutation(len(groups))
+    groups = groups[perm]
+    values = rng.integers(1, 10, size=(len(groups), 3)).astype(float)  # ratings: many ties
+    values[groups == 9] = 4.0  # a group whose ratings are all equal
+    values[:, 2] += rng.normal(0.0, 1.0, len(groups))  # and a dimension without ties
+    got = _bandwidths(values, groups, len(sizes), rule, 1.0)
+    for g, k in enumerate(sizes):
+        for d in range(3):
+            if k == 0:
+                assert np.isnan(got[g, d])
+            else:
+                want = _bandwidth(values[groups == g, d], rule, 1.0)
+                assert got[g, d] == pytest.approx(want, rel=1e-12, abs=0), (g, d, k)

@@ -26,8 +26,9 @@ from typing import Literal
 import numpy as np
 from scipy.optimize import minimize
 
+from vlm_salience import gradients
 from vlm_salience.cue_models import Block, CueTable
-from vlm_salience.law_kinds import law_spec
+from vlm_salience.law_kinds import LAWS, law_spec
 from vlm_salience.salience import LawKind, SalienceLaw
 
 Rule = Literal["face", "context", "product", "pool"]
@@ -35,6 +36,11 @@ RULES: tuple[Rule, ...] = ("face", "context", "product", "pool")
 Objective = Literal["likelihood", "kld", "rmse"]
 OBJECTIVES: tuple[Objective, ...] = ("likelihood", "kld", "rmse")
 
+
+# L-BFGS-B's stopping rule for every fit. Tighter than scipy's defaults (ftol 2.2e-9, gtol 1e-5), which stopped
+# a flat direction (a reliability law's gamma) up to 1e-3 from the optimum, so a warm-started refit and a cold one
+# differed in the third decimal; with analytic gradients the extra iterations are cheap
+LBFGS_OPTIONS = {"ftol": 1e-13, "gtol": 1e-8}
 
 CHUNK = 4096  # items per block of work: small enough that the temporaries stay in cache
 
@@ -242,6 +248,31 @@ def _pool_theta(kind: LawKind, phi: np.ndarray) -> np.ndarray:
     raise ValueError(f"salience law '{kind}' has no pool form")
 
 
+_JACOBIAN_FORMS = ("pairs", "emotion_share", "share")  # pool forms whose map `_pool_theta_jacobian` writes out
+# pool kinds whose parameter map has a written Jacobian (from the table's pool forms); any other is differenced
+POOL_JACOBIAN_KINDS = tuple(k for k in LAWS if law_spec(k).pool in _JACOBIAN_FORMS)
+
+
+def _pool_theta_jacobian(kind: LawKind, phi: np.ndarray) -> np.ndarray:
+    """d `_pool_theta`(kind, phi) / d phi, (n_theta, n_phi): d log sigmoid(a) / da = sigmoid(-a)."""
+    phi = np.asarray(phi, dtype=float)
+    theta = _pool_theta(kind, phi)
+    form = law_spec(kind).pool
+    if form not in _JACOBIAN_FORMS:
+        return np.column_stack([(_pool_theta(kind, phi + h) - _pool_theta(kind, phi - h)) / 2e-7
+                                for h in np.eye(len(phi)) * 1e-7])
+    jac = np.zeros((len(theta), len(phi)))
+    pairs = len(phi) if form == "pairs" else 1 if form == "emotion_share" else 0
+    for j in range(pairs):  # (log s, log(1 - s)) from the share's logit phi_j
+        sig = 0.5 * (1.0 + np.tanh(0.5 * phi[j]))
+        jac[2 * j, j], jac[2 * j + 1, j] = 1.0 - sig, -sig
+    if form == "emotion_share":
+        jac[2:len(phi) + 1, 1:] = np.eye(len(phi) - 1)
+    elif form == "share":
+        jac[1:, :] = np.eye(len(phi))
+    return jac
+
+
 def _n_obs(cues: CueTable, objective: Objective) -> float:
     """What the mean objective averages over, as `_cell_loss` counts it: judgements (likelihood), cells with
     judgements (KLD, RMSE), and for the RMSE of a choice each label of such a cell."""
@@ -276,7 +307,7 @@ def law_size(cues: CueTable, kind: LawKind, covariates: np.ndarray) -> int:
 
 def fit_law(cues: CueTable, rule: Rule, kind: LawKind, expressivity: np.ndarray, *,
             threshold: float = 0.5, ridge: float = 1e-4, objective: Objective = "likelihood",
-            prior_sd: float = 0.5) -> SalienceLaw:
+            prior_sd: float = 0.5, init: SalienceLaw | None = None) -> SalienceLaw:
     """Salience weights that minimise the objective on these items (the caller passes training items only).
     Product laws are fitted in (log) weights; pool laws in face share alone, as only the share moves a pool.
 
@@ -285,14 +316,18 @@ def fit_law(cues: CueTable, rule: Rule, kind: LawKind, expressivity: np.ndarray,
     (learned). The fit is the MAP: the mean objective plus sum(dev^2) / (2 sd^2 N), N the judgements (likelihood)
     or cells it averages over, so that with the likelihood the prior weighs as one prior against all the data.
     Beside a block without emotions, a per-emotion law's fit is the MAP given the control's global pair
-    (`_fit_per_emotion`). A learned gate's features are standardised on these (training) items."""
+    (`_fit_per_emotion`). A learned gate's features are standardised on these (training) items.
+
+    `init`: a fit of the same kind and rule to similar items (the point fit, for a bootstrap or null refit) to
+    start from, instead of plain BCI and (logistic) the steep-slope starts. The objective is unchanged (its ridge
+    stays centred on plain BCI), so the optimum is the same; fewer iterations reach it (`warm_start`)."""
     if kind == "plain" or rule in ("face", "context"):
         return SalienceLaw.plain(threshold)
     spec = law_spec(kind)  # the kind's row of the table: size, prior, bounds, pool form, restarts
     x = np.asarray(expressivity, dtype=float)
     if spec.nested and any(emotion_axis(b) is None for b in cues.blocks):
         return _fit_per_emotion(cues, rule, x, threshold=threshold, ridge=ridge, objective=objective,
-                                prior_sd=prior_sd)
+                                prior_sd=prior_sd, init=init)
     size = law_size(cues, kind, x)
     scale: tuple[float, ...] = ()
     if spec.standardised:
@@ -306,6 +341,9 @@ def fit_law(cues: CueTable, rule: Rule, kind: LawKind, expressivity: np.ndarray,
 
         def to_theta(phi: np.ndarray) -> np.ndarray:
             return _pool_theta(kind, phi)
+
+        def theta_jac(phi: np.ndarray) -> np.ndarray:
+            return _pool_theta_jacobian(kind, phi)
         head = 1
     else:
         start = SalienceLaw.initial(kind, size)
@@ -313,26 +351,62 @@ def fit_law(cues: CueTable, rule: Rule, kind: LawKind, expressivity: np.ndarray,
 
         def to_theta(phi: np.ndarray) -> np.ndarray:
             return phi
+
+        def theta_jac(phi: np.ndarray) -> np.ndarray:
+            return np.eye(len(phi))
         head = 2
     prior = _prior_weight(cues, objective, prior_sd) if size else 0.0
+    prep = gradients.prepare(cues, objective, [emotion_axis(b) for b in cues.blocks])  # once per fit
 
-    def objective_fn(phi: np.ndarray) -> float:
+    def objective_fn(phi: np.ndarray) -> tuple[float, np.ndarray]:
+        """The objective and its analytic gradient (`vlm_salience.gradients`), for jac=True."""
         law = SalienceLaw.from_vector(kind, to_theta(phi), threshold, scale)
-        pen = prior * float(np.sum(phi[head:] ** 2)) if size else 0.0
-        return loss(cues, rule, law, x, objective) + ridge * float(np.sum((phi - start) ** 2)) + pen
+        value, g_theta = gradients.loss_and_grad(prep, rule, law, x)
+        grad = g_theta @ theta_jac(phi) + 2.0 * ridge * (phi - start)
+        pen = 0.0
+        if size:
+            pen = prior * float(np.sum(phi[head:] ** 2))
+            grad[head:] += 2.0 * prior * phi[head:]
+        return value + ridge * float(np.sum((phi - start) ** 2)) + pen, grad
 
     starts = [start]
     starts += [start + np.eye(len(start))[-1] * s for s in spec.restarts]
+    warm = warm_start(rule, kind, init, bounds)
+    if warm is not None and len(warm) == len(start):
+        starts = [warm]
     best = None
     for s0 in starts:
-        res = minimize(objective_fn, s0, method="L-BFGS-B", bounds=bounds)
+        res = minimize(objective_fn, s0, method="L-BFGS-B", bounds=bounds, jac=True, options=LBFGS_OPTIONS)
         if best is None or res.fun < best.fun:
             best = res
     return SalienceLaw.from_vector(kind, to_theta(best.x), threshold, scale)
 
 
+def warm_start(rule: Rule, kind: LawKind, init: SalienceLaw | None, bounds: list[tuple[float, float]]
+               ) -> np.ndarray | None:
+    """The fitted vector of `init` (a law's parameters; a pool's face-share logits, `_pool_theta` inverted),
+    inside `bounds`, as a fit's start; None without a usable init (another kind)."""
+    if init is None or init.kind != kind or (rule == "pool" and kind not in POOL_JACOBIAN_KINDS):
+        return None  # (a pool kind whose parameter map this function does not invert starts cold)
+    t = np.asarray(init.params, dtype=float)
+    form = law_spec(kind).pool
+    if rule != "pool":
+        phi = t
+    elif form == "pairs":  # control, hard: each pair's share logit, log s - log(1 - s)
+        phi = t[0::2] - t[1::2]
+    elif form == "emotion_share":
+        E = (len(t) - 2) // 2
+        phi = np.concatenate([[t[0] - t[1]], t[2:2 + E]])
+    else:
+        phi = t[1:]
+    if len(phi) != len(bounds):
+        return None
+    lo, hi = np.array(bounds, dtype=float).T
+    return np.clip(phi, lo, hi)
+
+
 def _fit_per_emotion(cues: CueTable, rule: Rule, x: np.ndarray, *, threshold: float, ridge: float,
-                     objective: Objective, prior_sd: float) -> SalienceLaw:
+                     objective: Objective, prior_sd: float, init: SalienceLaw | None = None) -> SalienceLaw:
     """A per-emotion law nested in its control, for cues with a block that carries no emotions (valence): the
     global pair is the control's fit (same rule, objective and items), and only the emotions' deviations are
     fitted, on the blocks that carry emotions (the MAP given that pair).
@@ -344,7 +418,9 @@ def _fit_per_emotion(cues: CueTable, rule: Rule, x: np.ndarray, *, threshold: fl
     predicts valence exactly as its control does and can win only by how the emotions differ. The price: the
     emotions' pairs are centred on the control's pair, not on their own best one (with emotions only, the fit
     stays joint)."""
-    control = fit_law(cues, rule, "control", x, threshold=threshold, ridge=ridge, objective=objective)
+    warm = None if init is None or init.kind != "per_emotion" else SalienceLaw.from_vector(
+        "control", init.params[:2], threshold)
+    control = fit_law(cues, rule, "control", x, threshold=threshold, ridge=ridge, objective=objective, init=warm)
     head = np.asarray(control.params, dtype=float)  # log (w_face, w_context); a pool's: log (s, 1 - s)
     E = n_emotions(cues)
     emo = replace(cues, blocks=[b for b in cues.blocks if emotion_axis(b) is not None])
@@ -356,8 +432,16 @@ def _fit_per_emotion(cues: CueTable, rule: Rule, x: np.ndarray, *, threshold: fl
         tail = np.concatenate([dev, np.zeros(E)]) if rule == "pool" else dev
         return SalienceLaw.from_vector("per_emotion", np.concatenate([head, tail]), threshold)
 
-    def objective_fn(dev: np.ndarray) -> float:
-        return loss(emo, rule, law_of(dev), x, objective) + (ridge + prior) * float(np.sum(dev ** 2))
+    prep = gradients.prepare(emo, objective, [emotion_axis(b) for b in emo.blocks])
 
-    res = minimize(objective_fn, np.zeros(n_dev), method="L-BFGS-B", bounds=[(-bound, bound)] * n_dev)
+    def objective_fn(dev: np.ndarray) -> tuple[float, np.ndarray]:
+        value, g_theta = gradients.loss_and_grad(prep, rule, law_of(dev), x)
+        return (value + (ridge + prior) * float(np.sum(dev ** 2)),
+                g_theta[2:2 + n_dev] + 2.0 * (ridge + prior) * dev)
+
+    dev0 = np.zeros(n_dev)
+    if init is not None and init.kind == "per_emotion" and len(init.params) >= 2 + n_dev:
+        dev0 = np.clip(np.asarray(init.params[2:2 + n_dev], dtype=float), -bound, bound)
+    res = minimize(objective_fn, dev0, method="L-BFGS-B", bounds=[(-bound, bound)] * n_dev, jac=True,
+                   options=LBFGS_OPTIONS)
     return law_of(res.x)

@@ -287,10 +287,12 @@ def _law_x(m: MethodConfig, cues: CueTable, x: np.ndarray) -> np.ndarray:
     return law_covariates(m.salience, cues, x)
 
 
-def _fit(cues: CueTable, m: MethodConfig, x: np.ndarray, cfg: StudyConfig) -> SalienceLaw:
-    """The method's law fitted on these (training) cues: the run's objective and the law's prior."""
+def _fit(cues: CueTable, m: MethodConfig, x: np.ndarray, cfg: StudyConfig, init: SalienceLaw | None = None
+         ) -> SalienceLaw:
+    """The method's law fitted on these (training) cues: the run's objective and the law's prior; a refit starts
+    from `init` (its point fit), the same optimum in fewer iterations (`bci.fit_law`)."""
     return bci.fit_law(cues, m.rule, m.salience, x, threshold=cfg.expressivity.threshold,
-                       objective=cfg.fit_objective, prior_sd=cfg.laws.prior_sd(m.salience))
+                       objective=cfg.fit_objective, prior_sd=cfg.laws.prior_sd(m.salience), init=init)
 
 
 def _predict(corpus: Corpus, cues: CueTable, m: MethodConfig, law: SalienceLaw, x: np.ndarray,
@@ -301,9 +303,23 @@ def _predict(corpus: Corpus, cues: CueTable, m: MethodConfig, law: SalienceLaw, 
     return from_blocks(corpus, m.name, corpus.item_ids[idx], blocks, weights, x[idx])
 
 
-def _fit_all(cues: CueTable, methods: list[MethodConfig], x: np.ndarray, cfg: StudyConfig) -> list[SalienceLaw]:
-    """Every method's law fitted on the same (training) cues: one task of the parallel loops."""
-    return [_fit(cues, m, _law_x(m, cues, x), cfg) for m in methods]
+def _fit_all(cues: CueTable, methods: list[MethodConfig], x: np.ndarray, cfg: StudyConfig,
+             inits: Sequence[SalienceLaw | None] | None = None) -> list[SalienceLaw]:
+    """Every method's law fitted on the same (training) cues, each from its `inits` entry where given (a warm
+    start), the covariates built once per kind of law: one task of the parallel loops."""
+    inits = inits or [None] * len(methods)
+    xs = _shared_law_x(methods, cues, x)
+    return [_fit(cues, m, xs[m.salience], cfg, init) for m, init in zip(methods, inits)]
+
+
+def _shared_law_x(methods: Sequence[MethodConfig], cues: CueTable, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Each kind of law's covariates on these cues (`_law_x`), built once and shared by the laws (a product's and a
+    pool's) of that kind."""
+    out: dict[str, np.ndarray] = {}
+    for m in methods:
+        if m.salience not in out:
+            out[m.salience] = _law_x(m, cues, x)
+    return out
 
 
 def run_study(corpus: Corpus, cfg: StudyConfig, *, progress: bool = True, n_jobs: int | None = None
@@ -347,7 +363,8 @@ def run_study(corpus: Corpus, cfg: StudyConfig, *, progress: bool = True, n_jobs
             fold_laws[m.name].append(law.describe())
     groups, crossed, result.resampling = bootstrap_factors(corpus, cfg)
     bs = cfg.bootstrap
-    null_gains = _null_gains(corpus, cues, cfg, raw, folds, progress, jobs)
+    null_gains = _null_gains(corpus, cues, cfg, raw, folds, progress, jobs,
+                             [dict(zip((m.name for m in cfg.methods), laws)) for laws in laws_by_fold])
     for m in cfg.methods:
         pred = Predictions.concat(parts[m.name]).align(corpus.item_ids)
         result.predictions[m.name] = pred
@@ -382,9 +399,11 @@ def run_study(corpus: Corpus, cfg: StudyConfig, *, progress: bool = True, n_jobs
 
 
 def _null_gains(corpus: Corpus, cues: CueTable, cfg: StudyConfig, raw: np.ndarray, folds: list[np.ndarray],
-                progress: bool, n_jobs: int = 1) -> dict[str, dict[str, list[float]]]:
+                progress: bool, n_jobs: int = 1, fold_fits: list[dict[str, SalienceLaw]] | None = None
+                ) -> dict[str, dict[str, list[float]]]:
     """Per sized method (per_emotion, learned; product and pool) and metric: its out-of-fold gain over its control
-    (law minus control) on each of `laws.null_wins` no-law corpora, cross-validated on the same folds.
+    (law minus control) on each of `laws.null_wins` no-law corpora, cross-validated on the same folds (each fit
+    starts from the same fold's fit to the real corpus, `fold_fits`, where given).
 
     Why: face cues estimated from a few face-only raters carry a sampling error that varies from face to face
     (larger for subtle faces), so an item-level gate over expressivity and reliability learns to lean less on a
@@ -412,8 +431,9 @@ def _null_gains(corpus: Corpus, cues: CueTable, cfg: StudyConfig, raw: np.ndarra
     corpora = [_draw_null(base, expected, rng, sample_targets=True) for _ in range(cfg.laws.null_wins)]
     trains = [np.setdiff1d(all_idx, test) for test in folds]
     xs = [Normaliser.fit(raw[train], cfg.expressivity.normalise)(raw) for train in trains]
-    laws = run_tasks(_fit_all, [(nc.take(train), fitted, x[train], cfg) for nc in corpora
-                                for train, x in zip(trains, xs)], n_jobs,
+    inits = [[ff.get(m.name) for m in fitted] for ff in fold_fits] if fold_fits else [None] * len(folds)
+    laws = run_tasks(_fit_all, [(nc.take(train), fitted, x[train], cfg, init) for nc in corpora
+                                for train, x, init in zip(trains, xs, inits)], n_jobs,
                      desc=f"no-law corpora (sized laws' gains: {len(corpora)} x {len(folds)} folds)", unit="fit",
                      progress=progress)
     for k, nc in enumerate(corpora):
@@ -499,15 +519,19 @@ _Refit = tuple[float, float, float, float, float | None, float | None, float | N
 
 
 def _refit_draw(fitted: list[MethodConfig], cfg: StudyConfig, boot: CueTable, xb_all: np.ndarray, x: np.ndarray,
-                null: CueTable | None, rel_null: CueTable | None, spread_null: CueTable | None
-                ) -> dict[str, _Refit]:
+                null: CueTable | None, rel_null: CueTable | None, spread_null: CueTable | None,
+                point: Sequence[SalienceLaw] | None = None) -> dict[str, _Refit]:
     """Every fitted method refitted on one bootstrap resample (`boot`, expressivity `xb_all`) and on its no-law
     corpus: per method (gap, share gap, gamma, spread, null gap, null gamma, null spread), the null ones None for
-    a control. The resample's cues are built once and shared by every law. A task of the parallel loop."""
+    a control. The resample's cues and each kind's covariates are built once and shared by every law; every refit
+    starts from the method's full-data fit (`point`). A task of the parallel loop."""
     out: dict[str, _Refit] = {}
-    for m in fitted:
-        xb = _law_x(m, boot, xb_all)
-        b_law = _fit(boot, m, xb, cfg)
+    xbs = _shared_law_x(fitted, boot, xb_all)
+    xns: dict[str, np.ndarray] = {}
+    for i, m in enumerate(fitted):
+        init = point[i] if point is not None else None
+        xb = xbs[m.salience]
+        b_law = _fit(boot, m, xb, cfg, init)
         rel = m.salience in EXPONENT_KINDS
         ex = law_spec(m.salience).exponent
         row = (b_law.face_weight_gap(xb), _share_gap(b_law, xb), b_law.params[ex] if rel else np.nan,
@@ -516,8 +540,10 @@ def _refit_draw(fitted: list[MethodConfig], cfg: StudyConfig, boot: CueTable, xb
         if m.salience != "control":
             spread = m.salience in SPREAD_KINDS
             nc = rel_null if rel else spread_null if spread else null
-            xn = _law_x(m, nc, x if spread else xb_all)
-            n_law = _fit(nc, m, xn, cfg)
+            if m.salience not in xns:  # a product's and a pool's law of one kind share their null corpus
+                xns[m.salience] = _law_x(m, nc, x if spread else xb_all)
+            xn = xns[m.salience]
+            n_law = _fit(nc, m, xn, cfg, init)
             nulls = (n_law.face_weight_gap(xn), n_law.params[ex] if rel else np.nan, n_law.share_spread(xn))
         out[m.name] = (*row, *nulls)
     return out
@@ -574,10 +600,11 @@ def _fitted_weights(corpus: Corpus, cues: CueTable, cfg: StudyConfig, x: np.ndar
         expected = _control_blocks(cues, x, thr, obj, per_block=True)
         spread_null_cues = [_draw_null(cues, expected, spread_rng, sample_targets=True) for _ in draws]
     point = run_tasks(_fit_all, [(cues, [m], x, cfg) for m in fitted], n_jobs)  # the full-data fits, one per law
+    point_laws = [law for (law,) in point]
     refits = run_tasks(_refit_draw, [(fitted, cfg, boot_cues[k], x[idx], x,
                                       null_cues[k] if null_cues else None,
                                       rel_null_cues[k] if rel_null_cues else None,
-                                      spread_null_cues[k] if spread_null_cues else None)
+                                      spread_null_cues[k] if spread_null_cues else None, point_laws)
                                      for k, idx in enumerate(draws)], n_jobs,
                        desc=f"bootstrapping fitted weights ({len(fitted)} laws, with their nulls)", unit="resample",
                        progress=progress and bool(fitted))
