@@ -170,3 +170,16 @@ def test_the_docs_show_the_table():
     shown = re.search(r"<!-- law table:[^\n]*-->\n\n(.*?)\n\n<!-- end of law table -->", page, re.S)
     assert shown, "docs/study.md lost its law table markers"
     assert shown.group(1) == law_kinds.markdown_table(), "regenerate it: vlm_salience.law_kinds.markdown_table()"
+
+
+def test_routing_and_gate_laws_are_the_tables_fixed_laws_of_expressivity():
+    """Routing and OUS's gate read a clip's or an item's expressivity alone: their configs accept exactly the
+    table's fixed-parameter laws of expressivity, so a sized kind cannot slip through to a plain fallback."""
+    from typing import get_args
+
+    from vlm_salience.ous.config import GateLaw
+    from vlm_salience.salience import LAW_KINDS
+    from vlm_salience.training.config import RoutingConfig
+
+    assert set(get_args(GateLaw)) == set(LAW_KINDS)
+    assert set(get_args(RoutingConfig.model_fields["salience"].annotation)) == set(LAW_KINDS)
