@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from vlm_salience.config import RelPath, StrictModel
 from vlm_salience.errors import ConfigError
-from vlm_salience.prompting.clips import ClipSettings
+from vlm_salience.prompting.clips import CachedFrames, ClipSettings
 from vlm_salience.prompting.experiment import ModelEntry
 
 
@@ -50,6 +50,9 @@ class VideoPromptConfig(StrictModel):
     models: list[ModelEntry]
     strategies: list[VideoStrategy] = Field(default_factory=lambda: [VideoStrategy(name="zero_shot")])
     clip: ClipSettings = Field(default_factory=ClipSettings)
+    # a `video prepare` folder of this corpus: frames are read from it (clip.stream face: the cached face crops;
+    # scene: the frame with the face masked) instead of decoding every clip per prompt. None: decode the clips.
+    frame_cache: RelPath | None = None
     out: RelPath
     cache: RelPath | None = None  # default: <out>/cache.sqlite
     chunk: int = Field(16, ge=1)
@@ -83,14 +86,15 @@ class _ClipPredictions:
         return self.probs.argmax(axis=1)
 
 
-def _items(corpus, clip_ids: list[str], stream: str):
-    """Items (the prompting unit) for clips: the face is the clip's face crops or its whole frames."""
+def _items(corpus, clip_ids: list[str], stream: str, *, cached: bool = False):
+    """Items (the prompting unit) for clips: the face is the clip's face crops or its whole frames (`cached`: the
+    frames come from the frame cache, whose face stream exists without a face-crop clip)."""
     from vlm_salience.data.corpus import Face, Item, Situation
 
     out = []
     for cid in clip_ids:
         c = corpus.clip(cid)
-        source = c.face_source if stream == "face" else c.source
+        source = c.face_source if stream == "face" and not cached else c.source
         if source is None:
             raise ConfigError(f"clip.stream face: clip '{cid}' of corpus '{corpus.name}' has no face-crop clip "
                               "(face_dir / the CSV's face column); set clip.stream: scene")
@@ -118,6 +122,7 @@ def run_video_prompting(cfg: VideoPromptConfig, *, progress: bool = True) -> dic
                           f"(folds: {sorted(corpus.folds)})")
     spec = AnswerSpec("choice", tuple(corpus.classes), None, None)
     tests = {f: corpus.folds[f].get("test", [])[:cfg.max_test_clips] for f in folds}
+    frames_from = CachedFrames(cfg.frame_cache) if cfg.frame_cache is not None else None
     cache = AnswerCache(cfg.cache or Path(cfg.out) / "cache.sqlite")
     runs: dict[str, Any] = {}
     try:
@@ -133,9 +138,10 @@ def run_video_prompting(cfg: VideoPromptConfig, *, progress: bool = True) -> dic
                 for fold in folds:
                     ids = tests[fold]
                     prompts, keys = [], []
-                    for item in _items(corpus, ids, cfg.clip.stream):
+                    for item in _items(corpus, ids, cfg.clip.stream, cached=frames_from is not None):
                         try:
-                            p = build_prompt(template, item, spec, clip=cfg.clip, clip_mode=mode)
+                            p = build_prompt(template, item, spec, clip=cfg.clip, clip_mode=mode,
+                                             frames=_cached(frames_from, corpus, item.id, cfg.clip))
                         except ItemError as exc:
                             failed[item.id] = str(exc)
                             p = None
@@ -174,6 +180,20 @@ def run_video_prompting(cfg: VideoPromptConfig, *, progress: bool = True) -> dic
     return {"runs": runs, "folds": folds, "test_clips": {f: len(v) for f, v in tests.items()}}
 
 
+def _cached(frames_from, corpus, clip_id: str, clip: ClipSettings) -> list[Any] | None:
+    """The clip's evaluation frames from the frame cache (None without one: the clip is decoded); a clip the cache
+    lacks or cannot give is an ItemError for that clip."""
+    from vlm_salience.errors import DataError
+    from vlm_salience.prompting.images import ItemError
+
+    if frames_from is None:
+        return None
+    try:
+        return frames_from.frames(clip_id, clip, source=corpus.clip(clip_id).source)
+    except DataError as exc:
+        raise ItemError(f"clip {clip_id}: no cached frames ({exc})") from None
+
+
 def _to_predictions(corpus, spec, ids, keys, got, failed) -> _ClipPredictions:
     """Scored or parsed answers -> class probabilities; failed clips are left out here and counted in notes."""
     from vlm_salience.prompting.answers import AnswerError, parse_answer
@@ -201,8 +221,10 @@ def _to_predictions(corpus, spec, ids, keys, got, failed) -> _ClipPredictions:
 
 
 def _notes(backend, mode, cfg, failed, asked, seconds, tiny) -> list[str]:
+    where = (f"read from the frame cache {cfg.frame_cache}" if cfg.frame_cache is not None else
+             "decoded from the clips")
     notes = [f"clips given as {'one native video input' if mode == 'video' else 'frames as images'} "
-             f"({cfg.clip.frames} TSN segment middles of the {cfg.clip.stream} clip; model family "
+             f"({cfg.clip.frames} TSN segment middles of the {cfg.clip.stream} clip, {where}; model family "
              f"{getattr(backend, 'family', 'server')})"]
     if tiny:
         notes.append("the model is a tiny random stand-in: its predictions are noise")
