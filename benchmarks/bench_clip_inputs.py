@@ -50,7 +50,7 @@ def build_all(data: Path, cache: Path | None, frames: int) -> dict:
     from vlm_salience.prompting.clips import CachedFrames, ClipSettings, sample_frames
     from vlm_salience.prompting.inputs import build_prompt
     from vlm_salience.prompting.templates import load_template
-    from vlm_salience.prompting.video_experiment import _cached, _items
+    from vlm_salience.prompting.video_experiment import cached_clip_frames, clip_items
 
     corpus = load_video_corpus(data)
     ids = [c.clip_id for c in corpus.clips]
@@ -58,18 +58,18 @@ def build_all(data: Path, cache: Path | None, frames: int) -> dict:
     tpl = load_template("clip_emotion")
     settings = ClipSettings(frames=frames, stream="face")
     source = CachedFrames(cache) if cache is not None else None
-    items = _items(corpus, ids, "face", cached=source is not None)
-    build_prompt(tpl, items[0], spec, clip=settings, clip_mode="images", frames=_cached(source, corpus, ids[0],
-                                                                                       settings))
+    items = clip_items(corpus, ids, "face", cached=source is not None)
+    build_prompt(tpl, items[0], spec, clip=settings, clip_mode="images",
+                 frames=cached_clip_frames(source, corpus, ids[0], settings))
     t0 = time.perf_counter()
     for item in items:
-        got = (_cached(source, corpus, item.id, settings) if source is not None else
+        got = (cached_clip_frames(source, corpus, item.id, settings) if source is not None else
                sample_frames(item.face.media, settings))
         assert len(got) == frames
     t1 = time.perf_counter()
     for item in items:
         p = build_prompt(tpl, item, spec, clip=settings, clip_mode="images",
-                         frames=_cached(source, corpus, item.id, settings))
+                         frames=cached_clip_frames(source, corpus, item.id, settings))
         assert len(p.images) == frames
     return {"seconds": t1 - t0, "prompt_seconds": time.perf_counter() - t1, "clips": len(ids)}
 

@@ -128,3 +128,114 @@ def test_answer_key_includes_frame_content_and_sampling_settings(tmp_path):
     changed[2] = Image.fromarray(px)
     assert key(ClipSettings(frames=4), fr=changed) != base  # one pixel of one frame
     assert key(ClipSettings(frames=4), fr=frames[::-1]) != base  # the frame order
+
+
+def _tiny_qwen2_5_vl(tiny_vlms):
+    """A tiny random Qwen2.5-VL sharing the tiny Qwen2-VL's tokenizer, image processor and chat template."""
+    import torch
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    from vlm_salience.models.loading import ModelConfig, load_vlm
+    from vlm_salience.models.processors import Qwen2_5_VLImageOnlyProcessor
+
+    q = load_vlm(ModelConfig(name="q", path=str(tiny_vlms["qwen2_vl"])))
+    qc = q.model.config
+    text = qc.text_config.to_dict()
+    vision = {"depth": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "patch_size": 14,
+              "spatial_merge_size": 2, "temporal_patch_size": 2, "out_hidden_size": text["hidden_size"],
+              "window_size": 56, "fullatt_block_indexes": [0], "tokens_per_second": 2}
+    ids = {k: getattr(qc, k) for k in ("image_token_id", "video_token_id", "vision_start_token_id",
+                                       "vision_end_token_id")}
+    torch.manual_seed(0)
+    model = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids)).eval()
+    proc = Qwen2_5_VLImageOnlyProcessor(image_processor=q.processor.image_processor, tokenizer=q.processor.tokenizer,
+                                        chat_template=q.processor.chat_template)
+    return model, proc, q
+
+
+def test_qwen2_5_vl_native_video_places_frames_in_time(tiny_vlms):
+    """Qwen2.5-VL clips carry second_per_grid_ts (temporal_patch_size / clip.fps, its processor's formula) and the
+    model's forward reads it: a one-patch clip of one image gives the image path's logits exactly; 4 frames at
+    another fps, or reversed, give other logits; Qwen2-VL prompts carry no such input."""
+    import torch
+    from PIL import Image
+
+    from vlm_salience.prompting.clips import ClipSettings, encode_prompts
+
+    model, proc, q = _tiny_qwen2_5_vl(tiny_vlms)
+    rng = np.random.default_rng(0)
+    pattern = rng.integers(0, 40, (56, 56, 3))
+    frames = [Image.fromarray(np.clip(pattern + 20 + 20 * i, 0, 255).astype(np.uint8)) for i in range(4)]
+
+    def msg(kind):
+        return [{"role": "user", "content": [{"type": "text", "text": "look"}, {"type": kind},
+                                             {"type": "text", "text": "answer"}]}]
+    t_img = proc.apply_chat_template(msg("image"), add_generation_prompt=True)
+    t_vid = proc.apply_chat_template(msg("video"), add_generation_prompt=True)
+    a = encode_prompts(proc, "qwen2_vl", [t_img], [[frames[0]]], [[]])
+    b = encode_prompts(proc, "qwen2_vl", [t_vid], [[]], [[[frames[0], frames[0]]]])
+    assert b["second_per_grid_ts"].tolist() == [2 / 2.0]
+    with torch.no_grad():
+        assert torch.allclose(model(**a).logits, model(**b).logits, atol=1e-5)
+    slow = encode_prompts(proc, "qwen2_vl", [t_vid], [[]], [[frames]], ClipSettings(fps=0.5))
+    fast = encode_prompts(proc, "qwen2_vl", [t_vid], [[]], [[frames]], ClipSettings(fps=2.0))
+    rev = encode_prompts(proc, "qwen2_vl", [t_vid], [[]], [[frames[::-1]]], ClipSettings(fps=2.0))
+    assert slow["second_per_grid_ts"].tolist() == [4.0] and fast["video_grid_thw"].tolist() == [[2, 4, 4]]
+    with torch.no_grad():
+        l_slow, l_fast, l_rev = (model(**e).logits[:, -1] for e in (slow, fast, rev))
+    assert not torch.allclose(l_slow, l_fast, atol=1e-5) and not torch.allclose(l_fast, l_rev, atol=1e-5)
+    t_q = q.processor.apply_chat_template(msg("video"), add_generation_prompt=True)
+    assert "second_per_grid_ts" not in encode_prompts(q.processor, "qwen2_vl", [t_q], [[]], [[frames]])
+
+
+def test_qwen2_5_vl_clip_scoring_uses_the_frame_times(tiny_vlms, tmp_path):
+    """The HF backend's label scoring (its own rope positions after a shared prefix) passes second_per_grid_ts:
+    the same clip scored at another fps gets other scores, and the answer key differs with fps."""
+    from PIL import Image
+
+    from vlm_salience.models.loading import LoadedVLM
+    from vlm_salience.prompting.cache import prompt_answer_key
+    from vlm_salience.prompting.clips import ClipSettings
+    from vlm_salience.prompting.hf_backend import HFBackend
+    from vlm_salience.prompting.inputs import build_prompt
+    from vlm_salience.prompting.templates import load_template
+
+    model, proc, q = _tiny_qwen2_5_vl(tiny_vlms)
+    backend = HFBackend(LoadedVLM(model=model, processor=proc, family="qwen2_vl", config=q.config), batch_size=2)
+    frames = [Image.fromarray(np.full((56, 56, 3), 30 + 40 * i, np.uint8)) for i in range(4)]
+    tpl, spec, item = load_template("face_only"), _spec(), _item(tmp_path)
+    prompts = [build_prompt(tpl, item, spec, clip=ClipSettings(frames=4, fps=fps), clip_mode="video", frames=frames)
+               for fps in (2.0, 0.5)]
+    a, b = backend.score(prompts, spec.slots())
+    assert not np.allclose(a["emotion"], b["emotion"], atol=1e-6)
+    keys = {prompt_answer_key("m", tpl.digest, p, "score", slots=spec.slots()) for p in prompts}
+    assert len(keys) == 2
+
+
+def test_data_export_of_a_video_corpus(tmp_path, synthetic_clips):
+    """`data export` with a video data YAML: per fold and part, LLaMA-Factory ShareGPT video records (a <video>
+    tag, `videos` the face-crop clip, the class name as the answer) and a datasets folder; a test clip is only in
+    its fold's test file."""
+    from datasets import load_from_disk
+
+    from vlm_salience.cli import main
+    from vlm_salience.data.video import load_video_corpus
+
+    data = synthetic_clips("clips=14", "frames=8", "size=64", "folds=2", "layouts=[generic]")
+    corpus = load_video_corpus(data)
+    assert main(["data", "export", str(data), "--out", str(tmp_path / "x")]) == 0
+    info = json.loads((tmp_path / "x" / "sharegpt" / "dataset_info.json").read_text())
+    for fold, parts in corpus.folds.items():
+        for part, ids in parts.items():
+            recs = json.loads((tmp_path / "x" / "sharegpt" / f"{fold}_{part}.json").read_text())
+            assert [r["id"] for r in recs] == list(ids)
+            for r in recs:
+                clip = corpus.clip(r["id"])
+                assert sum(m["content"].count("<video>") for m in r["messages"]) == len(r["videos"]) == 1
+                assert [m["role"] for m in r["messages"]][-2:] == ["user", "assistant"]
+                assert r["videos"] == [str(Path(clip.face_source).resolve())]
+                assert r["messages"][-1] == {"role": "assistant", "content": corpus.classes[clip.label]}
+            ds = load_from_disk(str(tmp_path / "x" / "hf" / fold / part))
+            assert list(ds["clip_id"]) == list(ids)
+            assert info[f"{corpus.name}_{fold}_{part}"]["columns"] == {"messages": "messages", "videos": "videos"}
+        assert not set(parts["test"]) & set(parts["train"])

@@ -187,8 +187,15 @@ def cmd_video_synth(args: argparse.Namespace) -> int:
 def cmd_data_export(args: argparse.Namespace) -> int:
     from vlm_salience.config import load_config
     from vlm_salience.training.config import TrainConfig
-    from vlm_salience.training.export_data import export_instruction_data
+    from vlm_salience.data.video import is_video_data_config
+    from vlm_salience.training.export_data import export_instruction_data, export_video_corpus
 
+    if is_video_data_config(args.config):  # a video corpus: its folds as ShareGPT video / datasets files
+        summary = export_video_corpus(args.config, check_out_dir(args.out), fmt=args.format, overrides=args.set)
+        print("\n".join(f"  {name}: {n} clips" for name, n in summary["files"].items()))
+        print(f"wrote the clips of {summary['corpus']} to {args.out}")
+        _emit_json(args.json, summary)
+        return 0
     cfg = load_config(args.config, TrainConfig, args.set)
     summary = export_instruction_data(cfg, check_out_dir(args.out), fmt=args.format, adapters=args.adapter or None)
     for name, n in summary["files"].items():
@@ -397,6 +404,10 @@ def cmd_route(args: argparse.Namespace) -> int:
     from vlm_salience.training.config import TrainConfig
     from vlm_salience.training.routing import route
 
+    from vlm_salience.training.clip_routing import is_clip_routing, run_clip_routing_command
+
+    if is_clip_routing(args.config, _with_out(args)):  # a video data YAML: experts routed on clips
+        return run_clip_routing_command(args.config, _with_out(args), quiet=args.quiet)
     cfg = load_config(args.config, TrainConfig, _with_out(args))
     result = route(cfg, progress=not args.quiet)
     out = write_experiment_outputs(result, Path(cfg.out) / "routing")
@@ -448,7 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     exp = _parser(dsub, "export", help="export a training config's instruction data (datasets folder, "
                   "LLaMA-Factory ShareGPT JSON with images)",
                   example="vlm-salience data export configs/train/experts_synthetic.yaml --out runs/sft_data")
-    exp.add_argument("config", help="training YAML (configs/train/...): its corpus, splits, adapters and prompts")
+    exp.add_argument("config", help="training YAML (configs/train/...): its corpus, splits, adapters and prompts; "
+                     "or a video data YAML: its folds' clips in LLaMA-Factory's ShareGPT video format")
     exp.add_argument("--out", required=True, help="folder for hf/<adapter>/<split>/ and sharegpt/*.json")
     exp.add_argument("--format", choices=["hf", "sharegpt", "both"], default="both",
                      help="hf: datasets.save_to_disk folders; sharegpt: LLaMA-Factory JSON (default both)")
@@ -549,8 +561,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     tr.add_argument("--adapter", action="append", default=[], help="train only this adapter (repeatable)")
     _json_flag(tr, "the training results")
-    _config_command(sub, "route", cmd_route, "the training YAML whose adapters are routed",
-                    help="evaluate face/context experts routed by salience beside single adapters",
+    _config_command(sub, "route", cmd_route, "the training YAML whose adapters are routed, or a clip-routing YAML "
+                    "(data: a video data YAML)",
+                    help="evaluate face/context experts routed by salience beside single adapters (items or clips)",
                     example="vlm-salience route configs/train/experts_synthetic.yaml")
     ex = _parser(sub, "export", help="merge an adapter into its base model for serving",
                  example="vlm-salience export runs/train/experts/adapters/combined --out runs/merged")

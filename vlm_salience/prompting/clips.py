@@ -27,7 +27,8 @@ from pydantic import Field
 
 from vlm_salience.config import StrictModel
 
-VIDEO_FAMILIES = ("qwen2_vl",)  # families with a native video path here (models/families.py names)
+VIDEO_FAMILIES = ("qwen2_vl",)  # families with a native video path here (models/families.py names; Qwen2.5-VL is
+# of the qwen2_vl family, its clips also get second_per_grid_ts)
 
 
 class ClipSettings(StrictModel):
@@ -41,6 +42,9 @@ class ClipSettings(StrictModel):
     min_pixels: int | None = Field(None, ge=1)  # Qwen-VL processors: pixels per frame after resizing
     max_pixels: int | None = Field(None, ge=1)
     seed: int = 0  # training: frames per segment drawn from (seed, epoch, item)
+    # Qwen2.5-VL: the sampled frames' rate, which places them in time (second_per_grid_ts = temporal_patch_size /
+    # fps, the temporal rope step of each frame pair; the processor's default sampling is 2 frames per second)
+    fps: float = Field(2.0, gt=0)
 
     def resolved_mode(self, family: str | None) -> str:
         """'video' or 'images' for a model family; a family without a video path asked for video is an error."""
@@ -57,7 +61,8 @@ class ClipSettings(StrictModel):
         """What the sampled frames depend on besides the clip: part of an answer's cache key."""
         return json.dumps({"frames": self.frames, "stream": self.stream, "train": train,
                            "seed": self.seed if train else None, "epoch": epoch if train else None,
-                           "min_pixels": self.min_pixels, "max_pixels": self.max_pixels}, sort_keys=True)
+                           "min_pixels": self.min_pixels, "max_pixels": self.max_pixels, "fps": self.fps},
+                          sort_keys=True)
 
 
 def frame_indices(n_frames: int, settings: ClipSettings, *, train: bool = False,
@@ -241,6 +246,19 @@ def qwen2_vl_video_inputs(image_processor, videos: list[list[Any]], settings: Cl
     return {"pixel_values_videos": torch.cat(patches, 0), "video_grid_thw": torch.tensor(grids, dtype=torch.long)}
 
 
+def second_per_grid_ts(processor, fps: list[float]) -> Any:
+    """Qwen2.5-VL's time per temporal patch of each clip (temporal_patch_size / fps, as its processor computes it
+    from the sampled fps), which spaces the clip's frame pairs along the temporal rope axis; None for Qwen2-VL,
+    whose rope has no such input."""
+    import torch
+    from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProcessor
+
+    if not isinstance(processor, Qwen2_5_VLProcessor):
+        return None
+    tps = int(processor.image_processor.temporal_patch_size)
+    return torch.tensor([tps / f for f in fps], dtype=torch.float32)
+
+
 def _expand(texts: list[str], token: str, counts: list[int], per_text: list[int], what: str) -> list[str]:
     """Each `token` placeholder of the rendered chat becomes counts[k] tokens (k-th image or clip, in order)."""
     out, k = [], 0
@@ -258,11 +276,13 @@ def _expand(texts: list[str], token: str, counts: list[int], per_text: list[int]
 
 
 def encode_prompts(processor, family: str, texts: list[str], images: list[list[Any]], videos: list[list[list[Any]]],
-                   settings: ClipSettings | None = None, *, padding: bool = True) -> dict[str, Any]:
+                   settings: ClipSettings | None = None, *, padding: bool = True,
+                   clip_settings: list[ClipSettings | None] | None = None) -> dict[str, Any]:
     """The model inputs of several rendered prompts. Without clips: the processor's own call. With clips
     (Qwen2-VL family): the processor's parts (image processor, its image-token expansion, tokenizer, its
     modality token types) with native video inputs built here, since its video processor needs torchvision.
-    `images[b]` / `videos[b]` are prompt b's, in order."""
+    `images[b]` / `videos[b]` are prompt b's, in order; `clip_settings[b]` prompt b's clip settings (its clips'
+    fps for Qwen2.5-VL; default: `settings` for all)."""
     import torch
 
     flat_images = [img for per in images for img in per]
@@ -288,6 +308,11 @@ def encode_prompts(processor, family: str, texts: list[str], images: list[list[A
                         [len(p) for p in images], "image")
     video = qwen2_vl_video_inputs(processor.image_processor, clips, settings)
     out.update(video)
+    per_prompt = clip_settings or [settings] * len(videos)  # each clip at its own prompt's fps
+    seconds = second_per_grid_ts(processor, [(per_prompt[b] or settings or ClipSettings()).fps
+                                             for b, per in enumerate(videos) for _ in per])
+    if seconds is not None:
+        out["second_per_grid_ts"] = seconds
     texts = _expand(texts, processor.video_token, [int(g.prod()) // merge for g in video["video_grid_thw"]],
                     [len(v) for v in videos], "clip")
     enc = processor.tokenizer(texts, return_tensors="pt", padding=padding)

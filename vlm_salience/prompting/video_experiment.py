@@ -74,7 +74,7 @@ def is_video_experiment(path: str | Path, overrides: list[str] | tuple[str, ...]
 
 
 @dataclass
-class _ClipPredictions:
+class ClipPredictions:
     """The fields `video/report.predictions_frame` reads."""
 
     clip_ids: list[str]
@@ -86,7 +86,7 @@ class _ClipPredictions:
         return self.probs.argmax(axis=1)
 
 
-def _items(corpus, clip_ids: list[str], stream: str, *, cached: bool = False):
+def clip_items(corpus, clip_ids: list[str], stream: str, *, cached: bool = False):
     """Items (the prompting unit) for clips: the face is the clip's face crops or its whole frames (`cached`: the
     frames come from the frame cache, whose face stream exists without a face-crop clip)."""
     from vlm_salience.data.corpus import Face, Item, Situation
@@ -138,10 +138,10 @@ def run_video_prompting(cfg: VideoPromptConfig, *, progress: bool = True) -> dic
                 for fold in folds:
                     ids = tests[fold]
                     prompts, keys = [], []
-                    for item in _items(corpus, ids, cfg.clip.stream, cached=frames_from is not None):
+                    for item in clip_items(corpus, ids, cfg.clip.stream, cached=frames_from is not None):
                         try:
                             p = build_prompt(template, item, spec, clip=cfg.clip, clip_mode=mode,
-                                             frames=_cached(frames_from, corpus, item.id, cfg.clip))
+                                             frames=cached_clip_frames(frames_from, corpus, item.id, cfg.clip))
                         except ItemError as exc:
                             failed[item.id] = str(exc)
                             p = None
@@ -180,7 +180,7 @@ def run_video_prompting(cfg: VideoPromptConfig, *, progress: bool = True) -> dic
     return {"runs": runs, "folds": folds, "test_clips": {f: len(v) for f, v in tests.items()}}
 
 
-def _cached(frames_from, corpus, clip_id: str, clip: ClipSettings) -> list[Any] | None:
+def cached_clip_frames(frames_from, corpus, clip_id: str, clip: ClipSettings) -> list[Any] | None:
     """The clip's evaluation frames from the frame cache (None without one: the clip is decoded); a clip the cache
     lacks or cannot give is an ItemError for that clip."""
     from vlm_salience.errors import DataError
@@ -194,7 +194,7 @@ def _cached(frames_from, corpus, clip_id: str, clip: ClipSettings) -> list[Any] 
         raise ItemError(f"clip {clip_id}: no cached frames ({exc})") from None
 
 
-def _to_predictions(corpus, spec, ids, keys, got, failed) -> _ClipPredictions:
+def _to_predictions(corpus, spec, ids, keys, got, failed) -> ClipPredictions:
     """Scored or parsed answers -> class probabilities; failed clips are left out here and counted in notes."""
     from vlm_salience.prompting.answers import AnswerError, parse_answer
 
@@ -216,7 +216,7 @@ def _to_predictions(corpus, spec, ids, keys, got, failed) -> _ClipPredictions:
                 continue
         keep.append(cid)
     labels = np.array([corpus.clip(c).label for c in keep], dtype=np.int64)
-    return _ClipPredictions(clip_ids=keep, labels=labels,
+    return ClipPredictions(clip_ids=keep, labels=labels,
                             probs=np.array(probs).reshape(len(keep), len(corpus.classes)))
 
 
@@ -236,7 +236,7 @@ def _notes(backend, mode, cfg, failed, asked, seconds, tiny) -> list[str]:
 
 
 def write_prompt_video_run(cfg: VideoPromptConfig, corpus, per_fold: dict[str, Any], out: Path, *, method: str,
-                           notes: list[str]) -> dict[str, Any]:
+                           notes: list[str], figures: bool = True) -> dict[str, Any]:
     """predictions.csv, metrics.json, report.md and the confusion plot, in the layout of a `video train` run."""
     from vlm_salience import __version__
     from vlm_salience.atomic import staged_dir
@@ -255,12 +255,12 @@ def write_prompt_video_run(cfg: VideoPromptConfig, corpus, per_fold: dict[str, A
                              "n_clips": len(corpus), "n_test_clips": int(len(df)), "n_ambiguous": len(amb)},
                   "config": cfg.model_dump(mode="json"), "methods": {method: scores}, "notes": notes})
     with staged_dir(out) as stage:
-        figures = []
-        if plot_confusion(scores["pooled"]["confusion"], classes, stage / "confusion.png",
+        shown: list[str] = []
+        if figures and plot_confusion(scores["pooled"]["confusion"], classes, stage / "confusion.png",
                           f"{method}: confusion (pooled over folds, row-normalised)"):
-            figures.append("confusion.png")
+            shown.append("confusion.png")
         df.to_csv(stage / "predictions.csv", index=False)
         (stage / "metrics.json").write_text(json.dumps(doc, indent=2))
-        (stage / "report.md").write_text(report_markdown(doc, figures))
+        (stage / "report.md").write_text(report_markdown(doc, shown))
     return {"out": str(out), "uar": scores["pooled"]["uar"], "war": scores["pooled"]["war"],
             "n": int(len(df)), "notes": notes}
