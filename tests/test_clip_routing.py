@@ -90,3 +90,22 @@ def test_route_on_clips_folds(routed):
     assert compare_runs(folders, n_boot=10)["n_clips"] == len(expected)
     doc = json.loads((r["out"] / "routing.json").read_text())
     assert doc["best_single"] == "expert/context" and "beats the better expert" in (r["out"] / "report.md").read_text()
+
+
+def test_fer_expressivity_of_clips(routed):
+    """expressivity.source fer: the FER2013 classifier's 1 - P(neutral) pooled over each clip's cached face crops
+    (OUS's gate), in [0, 1], cached beside the frame cache (a second call computes nothing)."""
+    import numpy as np
+
+    from vlm_salience.data.video import load_video_corpus
+    from vlm_salience.training.clip_routing import clip_expressivity
+
+    r = routed["true"]
+    cfg = r["cfg"].model_copy(update={"expressivity": r["cfg"].expressivity.model_copy(update={"source": "fer"})})
+    corpus = load_video_corpus(r["data"])
+    ids = [c.clip_id for c in corpus.clips[:12]]
+    x = clip_expressivity(cfg, corpus, ids)
+    assert x.shape == (12,) and ((x >= 0) & (x <= 1)).all() and np.isfinite(x).all()
+    cached = list((Path(cfg.frame_cache) / "expressivity").glob("fer_expressivity-*.json"))
+    assert len(cached) == 1 and len(json.loads(cached[0].read_text())["clips"]) == 12
+    assert np.allclose(clip_expressivity(cfg, corpus, ids), x)
