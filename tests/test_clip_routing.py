@@ -109,3 +109,25 @@ def test_fer_expressivity_of_clips(routed):
     cached = list((Path(cfg.frame_cache) / "expressivity").glob("fer_expressivity-*.json"))
     assert len(cached) == 1 and len(json.loads(cached[0].read_text())["clips"]) == 12
     assert np.allclose(clip_expressivity(cfg, corpus, ids), x)
+
+
+def test_vlm_expert_scores_the_stream_frames(routed, tiny_vlms, tmp_path, monkeypatch):
+    """kind vlm: a VLM's label scoring over the stream's cached frames, one distribution over the corpus's classes
+    per clip, answers cached (a second call asks the model nothing)."""
+    import numpy as np
+
+    from vlm_salience.data.video import load_video_corpus
+    from vlm_salience.prompting.hf_backend import HFBackend
+    from vlm_salience.training.clip_routing import ExpertSpec, ClipFrames, expert_probs
+
+    r = routed["true"]
+    corpus = load_video_corpus(r["data"])
+    ids = [c.clip_id for c in corpus.clips[:3]]
+    spec = ExpertSpec(name="vlm_scene", stream="scene", kind="vlm", mode="images",
+                      model={"backend": "hf", "name": "tiny", "path": str(tiny_vlms["qwen2_vl"]), "batch_size": 3})
+    frames = ClipFrames(r["cfg"].frame_cache, corpus, 2)
+    p = expert_probs(spec, frames, corpus, [], ids, tmp_path / "answers.sqlite")
+    assert list(p) == ids and all(v.shape == (3,) and np.isclose(v.sum(), 1) for v in p.values())
+    monkeypatch.setattr(HFBackend, "score", lambda *a, **k: (_ for _ in ()).throw(AssertionError("asked again")))
+    again = expert_probs(spec, frames, corpus, [], ids, tmp_path / "answers.sqlite")
+    assert all(np.allclose(again[c], p[c]) for c in ids)

@@ -106,7 +106,7 @@ def carve_validation(corpus, train_ids: list[str], fraction: float, seed: int) -
 
 # -- experts --------------------------------------------------------------------------------------------------------
 
-class _Frames:
+class ClipFrames:
     """Evaluation frames of a clip's stream from the frame cache, read once per (clip, stream)."""
 
     def __init__(self, cache: Path, corpus, frames: int) -> None:
@@ -153,14 +153,14 @@ class PixelExpert:
         return p
 
 
-def _pixel_expert(spec: ExpertSpec, frames: _Frames, corpus, fit_ids, predict_ids) -> dict[str, np.ndarray]:
+def _pixel_expert(spec: ExpertSpec, frames: ClipFrames, corpus, fit_ids, predict_ids) -> dict[str, np.ndarray]:
     expert = PixelExpert(spec, len(corpus.classes))
     feats = {c: expert.features(frames.get(c, spec.stream)) for c in dict.fromkeys([*fit_ids, *predict_ids])}
     expert.fit(np.stack([feats[c] for c in fit_ids]), np.array([corpus.clip(c).label for c in fit_ids]))
     return dict(zip(predict_ids, expert.predict(np.stack([feats[c] for c in predict_ids]))))
 
 
-def _vlm_expert(spec: ExpertSpec, frames: _Frames, corpus, ids: list[str], cache_path: Path) -> dict[str, np.ndarray]:
+def _vlm_expert(spec: ExpertSpec, frames: ClipFrames, corpus, ids: list[str], cache_path: Path) -> dict[str, np.ndarray]:
     """Zero-shot label scoring over the stream's frames (the answer cache keyed as in `prompt run`)."""
     from vlm_salience.prompting.answers import AnswerSpec
     from vlm_salience.prompting.cache import AnswerCache, prompt_answer_key
@@ -208,7 +208,7 @@ def _vlm_expert(spec: ExpertSpec, frames: _Frames, corpus, ids: list[str], cache
     return out
 
 
-def expert_probs(spec: ExpertSpec, frames: _Frames, corpus, fit_ids, predict_ids, cache_path: Path
+def expert_probs(spec: ExpertSpec, frames: ClipFrames, corpus, fit_ids, predict_ids, cache_path: Path
                  ) -> dict[str, np.ndarray]:
     if spec.kind == "pixels":
         return _pixel_expert(spec, frames, corpus, fit_ids, predict_ids)
@@ -261,7 +261,7 @@ def route_clips(cfg: ClipRoutingConfig, *, progress: bool = True) -> dict[str, A
     if unknown:
         raise ConfigError(f"{cfg.name}: folds {unknown} are not folds of corpus '{corpus.name}' "
                           f"(folds: {sorted(corpus.folds)})")
-    frames = _Frames(cfg.frame_cache, corpus, cfg.frames)
+    frames = ClipFrames(cfg.frame_cache, corpus, cfg.frames)
     out = Path(cfg.out)
     names = {"face": f"expert/{cfg.face.name}", "context": f"expert/{cfg.context.name}"}
     methods = [names["face"], names["context"], "routed/hard", "routed/soft", "routed/learned", "control/shuffled"]
