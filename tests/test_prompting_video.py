@@ -306,3 +306,32 @@ def test_bad_clips_and_families_without_video_fail_clearly(tmp_path):
     with pytest.raises(ConfigError, match="family 'llava'.*clip.mode: images"):
         ClipSettings(mode="video").resolved_mode("llava")
     assert ClipSettings().resolved_mode("llava") == "images" and ClipSettings().resolved_mode("qwen2_vl") == "video"
+
+
+def test_export_split_steal_face_videos_as_sharegpt_video(tmp_path, small_synth_corpus):
+    """`data export` of a training config whose faces are videos: each record's clip slot is a <video> tag and the
+    clip is under `videos` (LLaMA-Factory's video columns), never `images`."""
+    import yaml
+
+    from vlm_salience.config import load_config
+    from vlm_salience.training.config import TrainConfig
+    from vlm_salience.training.export_data import export_instruction_data
+
+    data = _clip_corpus(small_synth_corpus, tmp_path / "corpus", "face_video", n_frames=4)
+    cfg = {"name": "t", "model": {"name": "tiny", "path": str(tmp_path / "unused")},
+           "data": {"config": str(data), "clip": {"frames": 2}},
+           "study": str(REPO / "configs" / "experiment" / "bci_synthetic.yaml"),
+           "split": {"test_fraction": 0.25, "validation_fraction": 0.15, "group": "participant"},
+           "adapters": [{"name": "face", "template": "face_only"}], "out": str(tmp_path / "out")}
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(cfg))
+    summary = export_instruction_data(load_config(tmp_path / "train.yaml", TrainConfig), tmp_path / "x",
+                                      fmt="sharegpt", parts=("train",))
+    recs = json.loads((tmp_path / "x" / "sharegpt" / "face_train.json").read_text())
+    assert recs and summary["files"]["sharegpt/face_train.json"] == len(recs)
+    for r in recs:
+        text = "".join(m["content"] for m in r["messages"])
+        assert "images" not in r and "<image>" not in text
+        assert text.count("<video>") == len(r["videos"]) >= 1  # one entry per placed clip slot
+        assert len(set(r["videos"])) == 1 and r["videos"][0].endswith(f"{r['id']}.mp4")
+    info = json.loads((tmp_path / "x" / "sharegpt" / "dataset_info.json").read_text())
+    assert info["vlm_salience_face_train"]["columns"] == {"messages": "messages", "videos": "videos"}

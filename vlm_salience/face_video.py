@@ -458,7 +458,7 @@ def summary_text(summary: dict) -> str:
 
 
 def add_cli(fsub, make_parser: Callable, json_flag: Callable, emit_json: Callable) -> None:
-    """`vlm-salience face video`: the sub-command, wired by cli.py with its own parser helpers."""
+    """`vlm-salience face video`: the sub-command, wired by cli/face.py with its own parser helpers."""
     fv = make_parser(fsub, "video", help="per frame and identity: face box, 5 landmarks, yaw/roll, expression "
                      "probabilities and expressivity, one CSV (and Parquet) per video (streamed, resumable)",
                      example="vlm-salience face video clips/interview.mp4 --out runs/face_video")

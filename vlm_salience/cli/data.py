@@ -48,8 +48,15 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 def cmd_data_export(args: argparse.Namespace) -> int:
     from vlm_salience.config import load_config
     from vlm_salience.training.config import TrainConfig
-    from vlm_salience.training.export_data import export_instruction_data
+    from vlm_salience.data.video import is_video_data_config
+    from vlm_salience.training.export_data import export_instruction_data, export_video_corpus
 
+    if is_video_data_config(args.config):  # a video corpus: its folds as ShareGPT video / datasets files
+        summary = export_video_corpus(args.config, check_out_dir(args.out), fmt=args.format, overrides=args.set)
+        print("\n".join(f"  {name}: {n} clips" for name, n in summary["files"].items()))
+        print(f"wrote the clips of {summary['corpus']} to {args.out}")
+        emit_json(args.json, summary)
+        return 0
     cfg = load_config(args.config, TrainConfig, args.set)
     summary = export_instruction_data(cfg, check_out_dir(args.out), fmt=args.format, adapters=args.adapter or None)
     for name, n in summary["files"].items():
@@ -81,7 +88,8 @@ def add_commands(sub) -> None:
     exp = command(dsub, "export", help="export a training config's instruction data (datasets folder, "
                   "LLaMA-Factory ShareGPT JSON with images)",
                   example="vlm-salience data export configs/train/experts_synthetic.yaml --out runs/sft_data")
-    exp.add_argument("config", help="training YAML (configs/train/...): its corpus, splits, adapters and prompts")
+    exp.add_argument("config", help="training YAML (configs/train/...): its corpus, splits, adapters and prompts; "
+                     "or a video data YAML: its folds' clips in LLaMA-Factory's ShareGPT video format")
     exp.add_argument("--out", required=True, help="folder for hf/<adapter>/<split>/ and sharegpt/*.json")
     exp.add_argument("--format", choices=["hf", "sharegpt", "both"], default="both",
                      help="hf: datasets.save_to_disk folders; sharegpt: LLaMA-Factory JSON (default both)")

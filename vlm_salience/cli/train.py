@@ -34,8 +34,11 @@ def cmd_route(args: argparse.Namespace) -> int:
     from vlm_salience.config import load_config
     from vlm_salience.prompting.report import print_experiment_table, write_experiment_outputs
     from vlm_salience.training.config import TrainConfig
+    from vlm_salience.training.clip_routing import is_clip_routing, run_clip_routing_command
     from vlm_salience.training.routing import route
 
+    if is_clip_routing(args.config, with_out(args)):  # a video data YAML: experts routed on clips
+        return run_clip_routing_command(args.config, with_out(args), quiet=args.quiet)
     cfg = load_config(args.config, TrainConfig, with_out(args))
     result = route(cfg, progress=not args.quiet)
     out = write_experiment_outputs(result, Path(cfg.out) / "routing")
@@ -60,8 +63,9 @@ def add_commands(sub) -> None:
     tr.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     tr.add_argument("--adapter", action="append", default=[], help="train only this adapter (repeatable)")
     json_flag(tr, "the training results")
-    config_command(sub, "route", cmd_route, "the training YAML whose adapters are routed",
-                   help="evaluate face/context experts routed by salience beside single adapters",
+    config_command(sub, "route", cmd_route, "the training YAML whose adapters are routed, or a clip-routing YAML "
+                   "(data: a video data YAML)",
+                   help="evaluate face/context experts routed by salience beside single adapters (items or clips)",
                    example="vlm-salience route configs/train/experts_synthetic.yaml")
     ex = command(sub, "export", help="merge an adapter into its base model for serving",
                  example="vlm-salience export runs/train/experts/adapters/combined --out runs/merged")

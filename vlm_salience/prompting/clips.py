@@ -27,7 +27,8 @@ from pydantic import Field
 
 from vlm_salience.config import StrictModel
 
-VIDEO_FAMILIES = ("qwen2_vl",)  # families with a native video path here (models/families.py names)
+VIDEO_FAMILIES = ("qwen2_vl",)  # families with a native video path here (models/families.py names; Qwen2.5-VL is
+# of the qwen2_vl family, its clips also get second_per_grid_ts)
 
 
 class ClipSettings(StrictModel):
@@ -41,6 +42,9 @@ class ClipSettings(StrictModel):
     min_pixels: int | None = Field(None, ge=1)  # Qwen-VL processors: pixels per frame after resizing
     max_pixels: int | None = Field(None, ge=1)
     seed: int = 0  # training: frames per segment drawn from (seed, epoch, item)
+    # Qwen2.5-VL: the sampled frames' rate, which places them in time (second_per_grid_ts = temporal_patch_size /
+    # fps, the temporal rope step of each frame pair; the processor's default sampling is 2 frames per second)
+    fps: float = Field(2.0, gt=0)
 
     def resolved_mode(self, family: str | None) -> str:
         """'video' or 'images' for a model family; a family without a video path asked for video is an error."""
@@ -57,7 +61,8 @@ class ClipSettings(StrictModel):
         """What the sampled frames depend on besides the clip: part of an answer's cache key."""
         return json.dumps({"frames": self.frames, "stream": self.stream, "train": train,
                            "seed": self.seed if train else None, "epoch": epoch if train else None,
-                           "min_pixels": self.min_pixels, "max_pixels": self.max_pixels}, sort_keys=True)
+                           "min_pixels": self.min_pixels, "max_pixels": self.max_pixels, "fps": self.fps},
+                          sort_keys=True)
 
 
 def frame_indices(n_frames: int, settings: ClipSettings, *, train: bool = False,
@@ -95,6 +100,107 @@ def sample_frames(source: Path | tuple[Path, ...] | list[Path], settings: ClipSe
     source = Path(source)
     idx = frame_indices(count_frames(source), settings, train=train, rng=rng)
     return [Image.fromarray(f) for f in read_frames(source, idx)]
+
+
+# -- frames from the `video prepare` cache ----------------------------------------------------------------------
+
+class CachedFrames:
+    """Clip frames read from a `video prepare` folder (`video/cache.py`) instead of decoding the video per prompt:
+    the face stream (face crops) or the scene stream (the frame with the face masked), the rows the video models'
+    cache sampler picks (`video.cache.sample`: segment middles in evaluation, a random cached candidate per
+    segment in training), so a VLM reads the very frames OUS and the baseline read. Only the slots and the asked
+    stream are read from the clip file, and a JPEG-coded cache decodes only the sampled rows.
+
+    A clip the cache lacks, a damaged clip file, or a cached clip made from another source than the corpus's clip
+    is a DataError naming the file (a per-item error where prompts are built)."""
+
+    def __init__(self, root: str | Path) -> None:
+        from vlm_salience.video.cache import ClipCache
+
+        self.cache = ClipCache(root)
+        self.root = Path(root)
+        self.cache.manifest  # fail now (not per clip) when the folder is no cache
+
+    def frames(self, clip_id: str, settings: ClipSettings, *, source: str | Path | None = None, train: bool = False,
+               rng: np.random.Generator | None = None) -> list[Any]:
+        from types import SimpleNamespace
+
+        from PIL import Image
+
+        from vlm_salience.errors import DataError
+        from vlm_salience.video.cache import sample
+
+        entry = self.cache.entry(clip_id)
+        path = self.root / entry["file"]
+        cached_source = str(entry.get("source", ""))
+        if source is not None and cached_source != str(source) and (  # resolving costs ms: only on a mismatch
+                Path(cached_source).resolve() != Path(source).resolve()):
+            raise DataError(f"the cached clip '{clip_id}' was prepared from {entry.get('source')}, not from this "
+                            f"corpus's {source}.", file=self.cache.manifest_path,
+                            fix="give the frame cache `video prepare` wrote for this corpus.")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                slots = z["slots"].astype(np.int64)
+                rows = sample(SimpleNamespace(slots=slots, n_segments=int(slots.shape[0])), settings.frames,
+                              train=train, rng=rng)
+                name = settings.stream
+                if f"{name}_jpeg" in z.files:
+                    import cv2
+
+                    data, off = z[f"{name}_jpeg"], z[f"{name}_offsets"]
+                    arrays = [cv2.imdecode(data[off[r]:off[r + 1]], cv2.IMREAD_COLOR)[..., ::-1] for r in rows]
+                else:
+                    arrays = _stored_rows(path, z, name, rows)
+        except FileNotFoundError:
+            raise DataError("cached clip file is missing.", file=path,
+                            fix="run `vlm-salience video prepare` again (it re-creates missing clips).") from None
+        except DataError:
+            raise
+        except Exception as exc:  # zip, key or decode errors: not a complete clip file
+            raise DataError(f"cached clip file is damaged ({exc}).", file=path,
+                            fix="delete it and run `vlm-salience video prepare` again.") from None
+        return [a if isinstance(a, Image.Image) else Image.fromarray(np.ascontiguousarray(a)) for a in arrays]
+
+
+def _stored_rows(path: Path, z: Any, name: str, rows: np.ndarray) -> list[Any]:
+    """Rows of array `name` of an npz file, reading only those rows' bytes where the member is stored
+    uncompressed (`video prepare`'s default): a cached clip holds N x K candidates of each stream, a prompt reads
+    N of one. A compressed member is read whole."""
+    import zipfile
+
+    from PIL import Image
+
+    member = f"{name}.npy"
+    info = z.zip.getinfo(member)
+    if info.compress_type != zipfile.ZIP_STORED:
+        stream = z[name]
+        return [stream[r] for r in rows]
+    with open(path, "rb") as fh:
+        fh.seek(info.header_offset)
+        local = fh.read(30)
+        start = info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30],
+                                                                                                     "little")
+        fh.seek(start)
+        version = np.lib.format.read_magic(fh)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0) else
+                       np.lib.format.read_array_header_2_0)
+        shape, fortran, dtype = read_header(fh)
+        if fortran:
+            stream = z[name]
+            return [stream[r] for r in rows]
+        base = fh.tell()
+        row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        out = []
+        for r in rows:
+            if not 0 <= int(r) < shape[0]:
+                raise ValueError(f"row {int(r)} of {member} is out of range ({shape[0]} rows)")
+            fh.seek(base + int(r) * row_bytes)
+            raw = fh.read(row_bytes)
+            if dtype == np.uint8 and len(shape) == 4 and shape[3] == 3:  # PIL straight from the bytes (no copy
+                out.append(Image.frombytes("RGB", (int(shape[2]), int(shape[1])), raw))  # through numpy)
+            else:
+                out.append(np.frombuffer(raw, dtype=dtype).reshape(shape[1:]))
+        return out
 
 
 # -- native video input for the Qwen2-VL family ---------------------------------------------------------------------
@@ -140,6 +246,19 @@ def qwen2_vl_video_inputs(image_processor, videos: list[list[Any]], settings: Cl
     return {"pixel_values_videos": torch.cat(patches, 0), "video_grid_thw": torch.tensor(grids, dtype=torch.long)}
 
 
+def second_per_grid_ts(processor, fps: list[float]) -> Any:
+    """Qwen2.5-VL's time per temporal patch of each clip (temporal_patch_size / fps, as its processor computes it
+    from the sampled fps), which spaces the clip's frame pairs along the temporal rope axis; None for Qwen2-VL,
+    whose rope has no such input."""
+    import torch
+    from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProcessor
+
+    if not isinstance(processor, Qwen2_5_VLProcessor):
+        return None
+    tps = int(processor.image_processor.temporal_patch_size)
+    return torch.tensor([tps / f for f in fps], dtype=torch.float32)
+
+
 def _expand(texts: list[str], token: str, counts: list[int], per_text: list[int], what: str) -> list[str]:
     """Each `token` placeholder of the rendered chat becomes counts[k] tokens (k-th image or clip, in order)."""
     out, k = [], 0
@@ -157,11 +276,13 @@ def _expand(texts: list[str], token: str, counts: list[int], per_text: list[int]
 
 
 def encode_prompts(processor, family: str, texts: list[str], images: list[list[Any]], videos: list[list[list[Any]]],
-                   settings: ClipSettings | None = None, *, padding: bool = True) -> dict[str, Any]:
+                   settings: ClipSettings | None = None, *, padding: bool = True,
+                   clip_settings: list[ClipSettings | None] | None = None) -> dict[str, Any]:
     """The model inputs of several rendered prompts. Without clips: the processor's own call. With clips
     (Qwen2-VL family): the processor's parts (image processor, its image-token expansion, tokenizer, its
     modality token types) with native video inputs built here, since its video processor needs torchvision.
-    `images[b]` / `videos[b]` are prompt b's, in order."""
+    `images[b]` / `videos[b]` are prompt b's, in order; `clip_settings[b]` prompt b's clip settings (its clips'
+    fps for Qwen2.5-VL; default: `settings` for all)."""
     import torch
 
     flat_images = [img for per in images for img in per]
@@ -187,6 +308,11 @@ def encode_prompts(processor, family: str, texts: list[str], images: list[list[A
                         [len(p) for p in images], "image")
     video = qwen2_vl_video_inputs(processor.image_processor, clips, settings)
     out.update(video)
+    per_prompt = clip_settings or [settings] * len(videos)  # each clip at its own prompt's fps
+    seconds = second_per_grid_ts(processor, [(per_prompt[b] or settings or ClipSettings()).fps
+                                             for b, per in enumerate(videos) for _ in per])
+    if seconds is not None:
+        out["second_per_grid_ts"] = seconds
     texts = _expand(texts, processor.video_token, [int(g.prod()) // merge for g in video["video_grid_thw"]],
                     [len(v) for v in videos], "clip")
     enc = processor.tokenizer(texts, return_tensors="pt", padding=padding)

@@ -109,7 +109,7 @@ class HFBackend:
 
         settings = next((p.clip for p in prompts if p.clip is not None), None)
         return encode_prompts(self.processor, self.family, texts, [list(p.images) for p in prompts],
-                              [list(p.videos) for p in prompts], settings)
+                              [list(p.videos) for p in prompts], settings, clip_settings=[p.clip for p in prompts])
 
     # -- forward over [shared prefix][left-padded suffix] ---------------------------------------------------------
     def _prefix_state(self, prefix: list[int], adapter: str | None = None):
@@ -163,9 +163,11 @@ class HFBackend:
             mm = inputs.get("mm_token_type_ids")
             full_mm = torch.cat([torch.zeros((B, P), dtype=mm.dtype), mm], 1) if mm is not None else None
             if inputs.get("image_grid_thw") is not None or inputs.get("video_grid_thw") is not None:
+                timing = ({"second_per_grid_ts": inputs["second_per_grid_ts"]}  # Qwen2.5-VL clips: frame times
+                          if inputs.get("second_per_grid_ts") is not None else {})
                 pos, deltas = self.rope.get_rope_index(full_ids, full_mm, image_grid_thw=inputs.get("image_grid_thw"),
                                                        video_grid_thw=inputs.get("video_grid_thw"),
-                                                       attention_mask=full_mask)
+                                                       attention_mask=full_mask, **timing)
             else:
                 pos = pos[None].expand(3, -1, -1)
                 deltas = torch.zeros((B, 1), dtype=torch.long)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,6 +45,9 @@ class PromptTemplate:
     body: str
     path: Path
     digest: str  # hash of the file and every include: part of each answer's cache key
+    # the compiled Jinja template, made on the first render: compiling costs ~18 ms, as much as reading a clip's
+    # frames from the frame cache ten times (benchmarks/bench_clip_inputs.py)
+    _compiled: Any = field(default=None, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -59,11 +62,13 @@ class PromptTemplate:
         from jinja2.sandbox import SandboxedEnvironment
         from jinja2 import FileSystemLoader
 
-        env = SandboxedEnvironment(loader=FileSystemLoader(str(self.path.parent)), undefined=StrictUndefined,
-                                   keep_trailing_newline=True, autoescape=False)
-        env.filters["data"] = data_filter
         try:
-            text = env.from_string(self.body).render(**variables)
+            if self._compiled is None:
+                env = SandboxedEnvironment(loader=FileSystemLoader(str(self.path.parent)),
+                                           undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False)
+                env.filters["data"] = data_filter
+                self._compiled = env.from_string(self.body)
+            text = self._compiled.render(**variables)
         except TemplateError as exc:
             raise ConfigError(f"{self.path}: cannot render template ({exc}).") from None
         return split_messages(text, where=str(self.path))

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from vlm_salience.config import RelPath, StrictModel
 from vlm_salience.errors import ConfigError
-from vlm_salience.prompting.clips import ClipSettings
+from vlm_salience.prompting.clips import CachedFrames, ClipSettings
 from vlm_salience.prompting.experiment import ModelEntry
 
 
@@ -50,6 +50,9 @@ class VideoPromptConfig(StrictModel):
     models: list[ModelEntry]
     strategies: list[VideoStrategy] = Field(default_factory=lambda: [VideoStrategy(name="zero_shot")])
     clip: ClipSettings = Field(default_factory=ClipSettings)
+    # a `video prepare` folder of this corpus: frames are read from it (clip.stream face: the cached face crops;
+    # scene: the frame with the face masked) instead of decoding every clip per prompt. None: decode the clips.
+    frame_cache: RelPath | None = None
     out: RelPath
     cache: RelPath | None = None  # default: <out>/cache.sqlite
     chunk: int = Field(16, ge=1)
@@ -71,7 +74,7 @@ def is_video_experiment(path: str | Path, overrides: list[str] | tuple[str, ...]
 
 
 @dataclass
-class _ClipPredictions:
+class ClipPredictions:
     """The fields `video/report.predictions_frame` reads."""
 
     clip_ids: list[str]
@@ -83,14 +86,15 @@ class _ClipPredictions:
         return self.probs.argmax(axis=1)
 
 
-def _items(corpus, clip_ids: list[str], stream: str):
-    """Items (the prompting unit) for clips: the face is the clip's face crops or its whole frames."""
+def clip_items(corpus, clip_ids: list[str], stream: str, *, cached: bool = False):
+    """Items (the prompting unit) for clips: the face is the clip's face crops or its whole frames (`cached`: the
+    frames come from the frame cache, whose face stream exists without a face-crop clip)."""
     from vlm_salience.data.corpus import Face, Item, Situation
 
     out = []
     for cid in clip_ids:
         c = corpus.clip(cid)
-        source = c.face_source if stream == "face" else c.source
+        source = c.face_source if stream == "face" and not cached else c.source
         if source is None:
             raise ConfigError(f"clip.stream face: clip '{cid}' of corpus '{corpus.name}' has no face-crop clip "
                               "(face_dir / the CSV's face column); set clip.stream: scene")
@@ -118,6 +122,7 @@ def run_video_prompting(cfg: VideoPromptConfig, *, progress: bool = True) -> dic
                           f"(folds: {sorted(corpus.folds)})")
     spec = AnswerSpec("choice", tuple(corpus.classes), None, None)
     tests = {f: corpus.folds[f].get("test", [])[:cfg.max_test_clips] for f in folds}
+    frames_from = CachedFrames(cfg.frame_cache) if cfg.frame_cache is not None else None
     cache = AnswerCache(cfg.cache or Path(cfg.out) / "cache.sqlite")
     runs: dict[str, Any] = {}
     try:
@@ -133,9 +138,10 @@ def run_video_prompting(cfg: VideoPromptConfig, *, progress: bool = True) -> dic
                 for fold in folds:
                     ids = tests[fold]
                     prompts, keys = [], []
-                    for item in _items(corpus, ids, cfg.clip.stream):
+                    for item in clip_items(corpus, ids, cfg.clip.stream, cached=frames_from is not None):
                         try:
-                            p = build_prompt(template, item, spec, clip=cfg.clip, clip_mode=mode)
+                            p = build_prompt(template, item, spec, clip=cfg.clip, clip_mode=mode,
+                                             frames=cached_clip_frames(frames_from, corpus, item.id, cfg.clip))
                         except ItemError as exc:
                             failed[item.id] = str(exc)
                             p = None
@@ -174,7 +180,21 @@ def run_video_prompting(cfg: VideoPromptConfig, *, progress: bool = True) -> dic
     return {"runs": runs, "folds": folds, "test_clips": {f: len(v) for f, v in tests.items()}}
 
 
-def _to_predictions(corpus, spec, ids, keys, got, failed) -> _ClipPredictions:
+def cached_clip_frames(frames_from, corpus, clip_id: str, clip: ClipSettings) -> list[Any] | None:
+    """The clip's evaluation frames from the frame cache (None without one: the clip is decoded); a clip the cache
+    lacks or cannot give is an ItemError for that clip."""
+    from vlm_salience.errors import DataError
+    from vlm_salience.prompting.images import ItemError
+
+    if frames_from is None:
+        return None
+    try:
+        return frames_from.frames(clip_id, clip, source=corpus.clip(clip_id).source)
+    except DataError as exc:
+        raise ItemError(f"clip {clip_id}: no cached frames ({exc})") from None
+
+
+def _to_predictions(corpus, spec, ids, keys, got, failed) -> ClipPredictions:
     """Scored or parsed answers -> class probabilities; failed clips are left out here and counted in notes."""
     from vlm_salience.prompting.answers import AnswerError, parse_answer
 
@@ -196,13 +216,15 @@ def _to_predictions(corpus, spec, ids, keys, got, failed) -> _ClipPredictions:
                 continue
         keep.append(cid)
     labels = np.array([corpus.clip(c).label for c in keep], dtype=np.int64)
-    return _ClipPredictions(clip_ids=keep, labels=labels,
+    return ClipPredictions(clip_ids=keep, labels=labels,
                             probs=np.array(probs).reshape(len(keep), len(corpus.classes)))
 
 
 def _notes(backend, mode, cfg, failed, asked, seconds, tiny) -> list[str]:
+    where = (f"read from the frame cache {cfg.frame_cache}" if cfg.frame_cache is not None else
+             "decoded from the clips")
     notes = [f"clips given as {'one native video input' if mode == 'video' else 'frames as images'} "
-             f"({cfg.clip.frames} TSN segment middles of the {cfg.clip.stream} clip; model family "
+             f"({cfg.clip.frames} TSN segment middles of the {cfg.clip.stream} clip, {where}; model family "
              f"{getattr(backend, 'family', 'server')})"]
     if tiny:
         notes.append("the model is a tiny random stand-in: its predictions are noise")
@@ -214,7 +236,7 @@ def _notes(backend, mode, cfg, failed, asked, seconds, tiny) -> list[str]:
 
 
 def write_prompt_video_run(cfg: VideoPromptConfig, corpus, per_fold: dict[str, Any], out: Path, *, method: str,
-                           notes: list[str]) -> dict[str, Any]:
+                           notes: list[str], figures: bool = True) -> dict[str, Any]:
     """predictions.csv, metrics.json, report.md and the confusion plot, in the layout of a `video train` run."""
     from vlm_salience import __version__
     from vlm_salience.atomic import staged_dir
@@ -233,12 +255,12 @@ def write_prompt_video_run(cfg: VideoPromptConfig, corpus, per_fold: dict[str, A
                              "n_clips": len(corpus), "n_test_clips": int(len(df)), "n_ambiguous": len(amb)},
                   "config": cfg.model_dump(mode="json"), "methods": {method: scores}, "notes": notes})
     with staged_dir(out) as stage:
-        figures = []
-        if plot_confusion(scores["pooled"]["confusion"], classes, stage / "confusion.png",
+        shown: list[str] = []
+        if figures and plot_confusion(scores["pooled"]["confusion"], classes, stage / "confusion.png",
                           f"{method}: confusion (pooled over folds, row-normalised)"):
-            figures.append("confusion.png")
+            shown.append("confusion.png")
         df.to_csv(stage / "predictions.csv", index=False)
         (stage / "metrics.json").write_text(json.dumps(doc, indent=2))
-        (stage / "report.md").write_text(report_markdown(doc, figures))
+        (stage / "report.md").write_text(report_markdown(doc, shown))
     return {"out": str(out), "uar": scores["pooled"]["uar"], "war": scores["pooled"]["war"],
             "n": int(len(df)), "notes": notes}

@@ -110,10 +110,10 @@ class VLMCollator:
             if "mm_token_type_ids" in batch:
                 batch["mm_token_type_ids"][b, :n] = e["mm_token_type_ids"]
         for key in ("pixel_values", "image_grid_thw", "pixel_attention_mask", "pixel_values_videos",
-                    "video_grid_thw"):
+                    "video_grid_thw", "second_per_grid_ts"):
             parts = [e[key] for e in encoded if key in e]
             if parts:
-                if len(parts) != B and key not in ("image_grid_thw", "video_grid_thw"):
+                if len(parts) != B and key not in ("image_grid_thw", "video_grid_thw", "second_per_grid_ts"):
                     raise ConfigError("a batch mixes examples with and without images; train such data "
                                       "in separate adapters or give every prompt the same inputs")
                 batch[key] = torch.cat(parts, dim=0)

@@ -6,6 +6,8 @@
   the training items (`vlm_salience.salience`, the same weights BCI uses);
 - learned: a small logistic gate on expressivity and cheap context features, fitted on the validation split by
   the likelihood of the combined judgements under the gated mixture.
+The same gates over clip-level class distributions (`fit_share_gate`, `gate_share`, `calibrate_threshold`) route the
+face and context experts of a video corpus (training/clip_routing.py).
 Each is also run on calibrated experts (`routed/<kind>+calibrated`, `routing.calibration`): the two experts answer on
 different valence scales and with different confidence, so each one's valence is mapped (isotonic or linear) and its
 label distributions tempered, fitted on the validation split only (vlm_salience/calibration.py); the fit, and paired
@@ -85,6 +87,51 @@ def _fit(blocks, targets, features, ok, ridge):
         return total / max(n, 1.0) + ridge * float(w[1:] @ w[1:])
     res = minimize(nll, np.zeros(features.shape[1]), method="L-BFGS-B")
     return res.x
+
+
+# -- the same gates over clip-level class distributions (video corpora: training/clip_routing.py) ---------------
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def fit_share_gate(face: np.ndarray, context: np.ndarray, labels: np.ndarray, features: np.ndarray,
+                   ridge: float = 1e-2) -> np.ndarray:
+    """The logistic gate `_fit` fits for items, over clips: face share = sigmoid(features @ w), maximising the
+    likelihood of the true labels under the mixture of the two experts' (n, K) class distributions."""
+    from types import SimpleNamespace
+
+    labels = np.asarray(labels, np.int64)
+    onehot = np.eye(face.shape[1])[labels][:, None, :]
+    block = SimpleNamespace(face=np.asarray(face, float)[:, None, :], context=np.asarray(context, float)[:, None, :])
+    return _fit([block], [onehot], np.asarray(features, float), np.ones(len(labels), bool), ridge)
+
+
+def gate_share(features: np.ndarray, w: np.ndarray) -> np.ndarray:
+    return _sigmoid(np.asarray(features, float) @ w)
+
+
+def _uar(y: np.ndarray, yhat: np.ndarray, n_classes: int) -> float:
+    recalls = [float((yhat[y == k] == k).mean()) for k in range(n_classes) if (y == k).any()]
+    return float(np.mean(recalls)) if recalls else float("nan")
+
+
+def calibrate_threshold(face: np.ndarray, context: np.ndarray, labels: np.ndarray, x: np.ndarray) -> float:
+    """Hard routing's expressivity threshold (x >= threshold: the face expert), chosen on validation clips: the
+    midpoint between consecutive validation values (or beyond either end: one expert for all) whose routing has
+    the highest validation UAR; ties go to the threshold nearest the median expressivity."""
+    x = np.asarray(x, float)
+    labels = np.asarray(labels, np.int64)
+    v = np.unique(x)
+    candidates = np.concatenate([[v[0] - 1.0], (v[1:] + v[:-1]) / 2, [v[-1] + 1.0]]) if len(v) else np.array([0.5])
+    k = face.shape[1]
+    best, best_t = -1.0, float(np.median(x)) if len(x) else 0.5
+    for t in sorted(candidates, key=lambda c: abs(c - np.median(x))):
+        pred = np.where(x >= t, face.argmax(1), context.argmax(1))
+        u = _uar(labels, pred, k)
+        if u > best + 1e-12:
+            best, best_t = u, float(t)
+    return best_t
 
 
 def gate_features(data: TrainingData, idx: np.ndarray, names: list[str], scaler=None):

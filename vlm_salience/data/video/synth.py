@@ -40,12 +40,22 @@ Distractor = Literal["head_turn", "talking"]
 
 
 class LawConfig(StrictModel):
-    """The planted rigid-cognition law. `enabled: false` draws every scene's polarity at random."""
+    """The planted law. `enabled: false` draws every scene's polarity at random (the scene says nothing).
+
+    kind `ambiguity` (rigid cognition): a share of each pair's clips show one blended face, and the scene decides.
+    kind `salience`: a share (`subtle_share`) of all clips show their class's expression at a subtle apex intensity
+    (`subtle_intensity`: the face carries little label information) and their scene always shows the class's
+    polarity (the scene decides); the other, expressive clips decide by their face, their scene agreeing at
+    `scene_agreement`. The expressivity (apex intensity) is written per clip (manifest `peak`, the generic CSV's
+    `expressivity` column), for salience routing (training/clip_routing.py)."""
 
     enabled: bool = True
+    kind: Literal["ambiguity", "salience"] = "ambiguity"
     pairs: list[tuple[str, str]] = Field(default_factory=lambda: [("happy", "sad"), ("surprise", "fear")])
     ambiguous_share: float = Field(0.5, ge=0.0, le=1.0)  # of the clips of the pairs' classes
     scene_agreement: float = Field(0.7, ge=0.0, le=1.0)  # other clips: P(scene polarity = class polarity)
+    subtle_share: float = Field(0.5, ge=0.0, le=1.0)  # kind salience: clips with a subtle face
+    subtle_intensity: tuple[float, float] = (0.05, 0.2)  # kind salience: their apex intensity
 
 
 class TextConfig(StrictModel):
@@ -178,6 +188,10 @@ def plan_clips(cfg: ClipSynthConfig) -> list[ClipSpec]:
         onset = int(round(face.uniform(*cfg.onset) * T))
         apex = min(T - 1, onset + max(1, int(round(face.uniform(*cfg.rise) * T))))
         peak = float(face.uniform(*cfg.intensity))
+        salience = cfg.law.kind == "salience"
+        subtle = salience and law.random() < cfg.law.subtle_share  # drawn whether the law is on or off
+        if subtle:
+            peak = float(face.uniform(*cfg.law.subtle_intensity))
         has_distractor = face.random() < cfg.distractor_rate
         kind = str(face.choice(cfg.distractors)) if cfg.distractors else "none"
         motion = (float(face.uniform(0.4, 0.9)), float(face.uniform(0.75, 1.75)), float(face.uniform(0, 2 * np.pi)))
@@ -186,11 +200,11 @@ def plan_clips(cfg: ClipSynthConfig) -> list[ClipSpec]:
         xy = (float(face.uniform(0.35, 0.65)), float(face.uniform(0.4, 0.6)))
         style_seed = int(face.integers(2**31))
         pair = pair_of.get(cls)
-        ambiguous = pair is not None and law.random() < cfg.law.ambiguous_share
+        ambiguous = not salience and pair is not None and law.random() < cfg.law.ambiguous_share
         own = POLARITIES.index(cfg.class_polarity[cls])
         if not cfg.law.enabled:
             polarity = int(law.integers(3))
-        elif ambiguous or law.random() < cfg.law.scene_agreement:
+        elif ambiguous or subtle or law.random() < cfg.law.scene_agreement:
             polarity = own
         else:
             polarity = int(law.choice([p for p in range(3) if p != own]))
@@ -347,7 +361,8 @@ def write_clip_corpus(cfg: ClipSynthConfig, out: str | Path, progress: bool = Tr
                 "id": manifest.clip_id, "clip": "videos/" + manifest.clip_id + ".mp4", "label": manifest.label,
                 "fold": manifest.fold, "polarity": manifest.polarity,
                 "face": "faces/" + manifest.clip_id + ".mp4", "text": manifest.text,
-                **{k: manifest[k] for k in ("ambiguous", "pair", "expression", "distractor")}})  # -> clip.meta
+                **{k: manifest[k] for k in ("ambiguous", "pair", "expression", "distractor")},  # -> clip.meta
+                **({"expressivity": manifest.peak} if cfg.law.kind == "salience" else {})})
             write_text(stage / "generic" / "clips.csv", csv.to_csv(index=False))
             write_text(stage / "generic" / "data.yaml", yaml.safe_dump(
                 {"format": "video_csv", "name": cfg.name, "root": ".", "file": "clips.csv", **common},
