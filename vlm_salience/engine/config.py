@@ -52,6 +52,9 @@ class EngineConfig(StrictModel):
     tracker: Literal["tensorboard", "wandb", "none"] = "tensorboard"
     log_every: int = Field(10, ge=1)
     seed: int = 0
+    # deterministic kernels (torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG, cuDNN): a resumed run is
+    # bit-identical on CUDA too (a CPU run already is); slower on GPUs, and an op without one raises
+    deterministic: bool = False
     out: RelPath
 
     @model_validator(mode="before")

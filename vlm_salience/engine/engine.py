@@ -236,13 +236,18 @@ class Engine:
 
     # -- setup ------------------------------------------------------------------------------------------------------
     def _accelerator(self):
-        import torch
         from accelerate import Accelerator
         from accelerate.state import AcceleratorState
 
-        # Without an accelerator device, processes started by `accelerate launch --multi_gpu` join over gloo on
-        # the CPU (accelerate picks its multi-CPU backend only when told the run is on the CPU).
-        on_cpu = not (torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available())
+        # Without an accelerator device, or with fewer GPUs than processes (NCCL refuses a shared GPU), processes
+        # started by `accelerate launch --multi_gpu` join over gloo on the CPU (accelerate picks its multi-CPU
+        # backend only when told the run is on the CPU): engine/devices.py decides.
+        from vlm_salience.engine.devices import placement_from_environment
+
+        placement = placement_from_environment()
+        on_cpu = placement.cpu
+        if placement.reason and int(os.environ.get("RANK", "0")) == 0:
+            print(f"note: {placement.reason}", flush=True)
         if int(os.environ.get("WORLD_SIZE", "1")) == 1:  # one process: a previous run's settings must not stick
             AcceleratorState._reset_state(reset_partial_state=True)
         self.precision, self.precision_reason = resolve_precision(self.cfg.precision, on_cpu=on_cpu)
@@ -265,6 +270,10 @@ class Engine:
         from transformers import get_scheduler
 
         cfg = self.cfg
+        if cfg.deterministic:  # before any kernel runs: exact resume on CUDA (engine/devices.py)
+            from vlm_salience.engine.devices import apply_determinism
+
+            apply_determinism(True)
         self.accelerator = acc = self._accelerator()
         set_seed(cfg.seed)
         model, params = self.task.setup(acc)
