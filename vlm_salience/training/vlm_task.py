@@ -103,6 +103,7 @@ class VLMTask(Task):
 
     def __init__(self, cfg: TrainConfig, adapter: AdapterSpec, data: TrainingData | None = None) -> None:
         self.cfg, self.adapter = cfg, adapter
+        self.vision_cache = None  # a VisionFeatureCache from setup() where cfg.vision_cache is on
         self.name = adapter.name
         self.data = data or TrainingData(cfg)
 
@@ -147,6 +148,9 @@ class VLMTask(Task):
         self.base_fingerprint = base_fingerprint(cfg.model.path)
         model = apply_lora(self.loaded.model, cfg.lora, self.adapter.name,
                            gradient_checkpointing=cfg.gradient_checkpointing)
+        from vlm_salience.training.vision_cache import VisionFeatureCache
+
+        self.vision_cache = VisionFeatureCache() if cfg.vision_cache else None
         return model, [p for p in model.parameters() if p.requires_grad]
 
     def num_examples(self) -> int:
@@ -156,7 +160,14 @@ class VLMTask(Task):
         return self._lengths
 
     def collate(self, indices: list[int], epoch: int):
-        return self.collator([self.collator.encode(self.examples[i], i, epoch) for i in indices])
+        batch = self.collator([self.collator.encode(self.examples[i], i, epoch) for i in indices])
+        if self.vision_cache is not None:
+            import torch
+
+            from vlm_salience.training.vision_cache import INDEX_KEY
+
+            batch[INDEX_KEY] = torch.tensor(list(indices), dtype=torch.long)
+        return batch
 
     # Logits and loss at the supervised (answer) positions only: the language-model head runs on the hidden states
     # whose next token is an answer token (a few dozen per example) instead of the whole padded sequence, so the
@@ -169,6 +180,8 @@ class VLMTask(Task):
     answer_only_logits: bool = False
 
     def loss(self, model, batch):
+        if self.vision_cache is not None:  # cached frozen image features in place of pixels (vision_cache.py)
+            batch = self.vision_cache.inputs(model, batch, self.collator._cache)
         if not self.answer_only_logits or "labels" not in batch:
             return model(**batch).loss  # mean over the micro-batch's answer tokens
         return answer_only_loss(model, batch)
