@@ -35,6 +35,7 @@ import numpy as np
 
 from vlm_salience.errors import ConfigError
 from vlm_salience.engine.config import EngineConfig
+from vlm_salience.engine.loader import micro_batches, resolve_pin_memory
 from vlm_salience.engine.task import Task
 
 STATE = "trainer_state.json"
@@ -206,10 +207,10 @@ def _set_rng_state(rng: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(list(rng["cuda"]))
 
 
-def _to_device(batch, device):
+def _to_device(batch, device, non_blocking: bool = False):
     from accelerate.utils import send_to_device
 
-    return send_to_device(batch, device)
+    return send_to_device(batch, device, non_blocking=non_blocking)
 
 
 def digest_parameters(model) -> dict[str, Any]:
@@ -442,6 +443,7 @@ class Engine:
         cfg, acc, task = self.cfg, self.accelerator, self.task
         world, rank = acc.num_processes, acc.process_index
         accum = cfg.optim.grad_accum
+        pin = resolve_pin_memory(cfg.loader.pin_memory, acc.device.type == "cuda")
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         step = self.start_step
         bar = tqdm(total=self.total_steps, initial=step, desc=f"training {task.name}", unit="step",
@@ -455,10 +457,13 @@ class Engine:
             while step < self.total_steps and not stop:
                 epoch, in_epoch = divmod(step, self.steps_per_epoch)
                 plan = self._plan(epoch)
+                shards = [m[rank] for m in plan[in_epoch * accum:self.steps_per_epoch * accum]]
+                batches = micro_batches(task, shards, epoch, workers=cfg.loader.workers, pin_memory=pin,
+                                        prefetch=cfg.loader.prefetch)  # engine/loader.py: collated in order
                 for first in range(in_epoch * accum, self.steps_per_epoch * accum, accum):
                     micro = plan[first:first + accum]
                     for j, per_rank in enumerate(micro):
-                        batch = _to_device(task.collate(per_rank[rank], epoch), acc.device)
+                        batch = _to_device(next(batches), acc.device, non_blocking=pin)
                         n = task.tokens(batch)
                         tokens += len(per_rank[rank]) if n is None else int(n)
                         with acc.no_sync(self.model) if j < len(micro) - 1 else _null():  # sync on the last

@@ -97,6 +97,9 @@ class TrainConfig(EngineConfig):
     # the frozen vision tower's features computed once per image and reused across epochs (training/vision_cache.py;
     # never for clips or a trained tower); off by default: see docs/fine-tuning.md for what it measured
     vision_cache: bool = False
+    # torch.compile of the language model (dynamic shapes: batches differ in length); off by default: the first
+    # steps pay its compile time, measured in docs/fine-tuning.md
+    compile: bool = False
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
 
     @model_validator(mode="after")

@@ -98,6 +98,18 @@ def answer_only_loss(model, batch):
     return F.cross_entropy(logits.float(), targets)
 
 
+def compile_language_model(model, backend: str = "inductor"):
+    """torch.compile the language model (the decoder stack, where the FLOPs are) in place, with dynamic shapes so
+    batches of other lengths do not recompile; the vision tower and the head stay eager."""
+    from accelerate.utils import extract_model_from_parallel
+
+    base = extract_model_from_parallel(model)
+    base = base.get_base_model() if hasattr(base, "get_base_model") else base
+    lm = getattr(getattr(base, "model", base), "language_model", None) or base.get_decoder()
+    lm.compile(dynamic=True, backend=backend)
+    return lm
+
+
 class VLMTask(Task):
     """LoRA SFT of one adapter: answer-only cross-entropy of the assistant's JSON answer."""
 
@@ -151,6 +163,8 @@ class VLMTask(Task):
         from vlm_salience.training.vision_cache import VisionFeatureCache
 
         self.vision_cache = VisionFeatureCache() if cfg.vision_cache else None
+        if cfg.compile:
+            compile_language_model(model)
         return model, [p for p in model.parameters() if p.requires_grad]
 
     def num_examples(self) -> int:
