@@ -115,7 +115,6 @@ class VLMTask(Task):
 
     def __init__(self, cfg: TrainConfig, adapter: AdapterSpec, data: TrainingData | None = None) -> None:
         self.cfg, self.adapter = cfg, adapter
-        self.vision_cache = None  # a VisionFeatureCache from setup() where cfg.vision_cache is on
         self.name = adapter.name
         self.data = data or TrainingData(cfg)
 
@@ -192,6 +191,7 @@ class VLMTask(Task):
     # against -0.01 at 500 steps); off, training is bit-identical to before the lever. Turn it on where the
     # vocabulary is large (it removes the B x T x vocab logits) and measure it there.
     answer_only_logits: bool = False
+    vision_cache: Any = None  # a VisionFeatureCache from setup() where cfg.vision_cache is on
 
     def loss(self, model, batch):
         if self.vision_cache is not None:  # cached frozen image features in place of pixels (vision_cache.py)
