@@ -116,7 +116,9 @@ def flops_per_token(model, tokens: int, seq_len: float, patches_per_token: float
 
 
 def _count(batch, counted: dict):
-    """Tally what a collator emits: tokens actually attended, sequence lengths, image patches (for FLOPs)."""
+    """Tally what a collator emits: tokens actually attended, sequence lengths, image patches (for FLOPs). Per batch:
+    the HF Trainer's data loader collates one batch ahead of the last step, which must not count."""
+    counted.setdefault("per_batch", []).append(int(batch["attention_mask"].sum()))
     counted["tokens"] += int(batch["attention_mask"].sum())
     counted["seq"].append(batch["attention_mask"].shape[1])
     counted["images"] += int(batch["image_grid_thw"].prod(-1).sum()) if "image_grid_thw" in batch else 0
@@ -212,9 +214,9 @@ def measure_train(name: str, work: Path, model: Path, corpus: Path, steps: int) 
         hf_model = trainer.model
     if cuda:
         torch.cuda.synchronize()
-    tokens = counted["tokens"]
+    tokens = sum(counted["per_batch"][:steps])  # the trained batches (batch 8, no accumulation: one per step)
     fpt = flops_per_token(hf_model, tokens, float(np.mean(counted["seq"])), counted["images"] / max(tokens, 1))
-    return {"name": name, "steps": steps, "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
+    return {"name": name, "steps": steps, "tokens": tokens, "collated_batches": len(counted["per_batch"]), "seconds": seconds, "tokens_per_s": tokens / seconds,
             "mean_padded_length": float(np.mean(counted["seq"])), "flops_per_token": fpt,
             "achieved_gflops": fpt * tokens / seconds / 1e9, "peak_memory_mb": peak_memory_mb(),
             "memory_kind": "cuda max_memory_allocated" if cuda else "max RSS", "threads": torch.get_num_threads(),
