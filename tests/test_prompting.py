@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import REPO
+from tests.conftest import REPO, needs_minilm
 from vlm_salience.data import load_corpus
 from vlm_salience.errors import ConfigError
 from vlm_salience.models.loading import ModelConfig, load_vlm
@@ -207,6 +207,7 @@ STRATEGIES = [
 ]
 
 
+@needs_minilm
 def test_experiment_grid_scores_everything_beside_bci_and_resumes(tmp_path, small_synth_corpus, tiny_vlms,
                                                                    monkeypatch):
     from vlm_salience.prompting import experiment as ex
@@ -494,6 +495,7 @@ def test_backend_fingerprints_change_with_what_the_answers_depend_on(tiny_vlms, 
     assert HFBackend(load_vlm(cfg)).fingerprint() != fp
 
 
+@needs_minilm
 def test_changing_any_part_of_a_strategy_recomputes_its_answers_and_nothing_else(tmp_path, small_synth_corpus,
                                                                                  tiny_vlms, monkeypatch):
     """The shipped grid runs combined and combined_fewshot on one template: the few-shot answers must not be the
@@ -542,6 +544,7 @@ def test_changing_any_part_of_a_strategy_recomputes_its_answers_and_nothing_else
 # ---------------------------------------------------------------------------------------------------------------
 # Few-shot examples come from training cases only
 
+@needs_minilm
 def test_the_few_shot_index_holds_training_cases_only(tmp_path, small_synth_corpus, tiny_vlms):
     from vlm_salience.prompting import experiment as ex
 

@@ -16,7 +16,11 @@ from vlm_salience.retrieval.index import CaseIndex, IndexConfig, choose_index, e
 
 @pytest.fixture(scope="module")
 def embedder():
+    from tests.conftest import minilm_missing
     from vlm_salience.retrieval.embed import TextEmbedder
+
+    if minilm_missing():
+        pytest.skip(minilm_missing())
 
     return TextEmbedder()
 

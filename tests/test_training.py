@@ -16,7 +16,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from tests.conftest import REPO
+from tests.conftest import REPO, needs_minilm
 from vlm_salience.config import load_config
 from vlm_salience.errors import ConfigError
 from vlm_salience.training.config import TrainConfig
@@ -88,6 +88,7 @@ def test_instruction_data_masks_everything_but_the_answer(tmp_path, small_synth_
         assert len(orders) > 1 and col.answer_text(ex[0], 0, 3) == col.answer_text(ex[0], 0, 3)
 
 
+@needs_minilm
 def test_retrieved_examples_come_from_training_items_of_other_participants(tmp_path, small_synth_corpus,
                                                                            tiny_vlms):
     """`examples: retrieved`: the SFT prompts carry similar past cases, drawn from training items only (never a
@@ -165,7 +166,8 @@ def test_bad_configs_fail_before_training(tmp_path, small_synth_corpus, tiny_vlm
 def test_training_learns_saves_safetensors_and_resumes_exactly_after_sigkill(tmp_path, small_synth_corpus,
                                                                              tiny_vlms):
     model = tiny_vlms["qwen2_vl"]
-    ref = _config(tmp_path / "ref", small_synth_corpus, model)
+    # deterministic kernels: bit-identical on CUDA too (on a CPU it is without them)
+    ref = _config(tmp_path / "ref", small_synth_corpus, model, deterministic=True)
     r = _cli("train", str(ref), "--quiet")
     assert r.returncode == 0, r.stderr[-2000:]
     out_ref = tmp_path / "ref" / "out"
@@ -178,7 +180,7 @@ def test_training_learns_saves_safetensors_and_resumes_exactly_after_sigkill(tmp
     assert any(not torch.equal(base[k], v) for k, v in _weights(out_ref).items())  # it trained
 
     # the same run, killed (SIGKILL) after its step-4 checkpoint, then resumed
-    run = _config(tmp_path / "run", small_synth_corpus, model)
+    run = _config(tmp_path / "run", small_synth_corpus, model, deterministic=True)
     out = tmp_path / "run" / "out"
     proc = subprocess.Popen([str(VENV_BIN / "vlm-salience"), "train", str(run), "--quiet"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -62,6 +62,15 @@ class EvalConfig(StrictModel):
     max_items: int = Field(64, ge=1)  # tasks that evaluate on a sample read this
 
 
+class LoaderConfig(StrictModel):
+    """How micro-batches are collated (engine/loader.py): in the loop (workers 0), or ahead of it by DataLoader
+    worker processes; pinned memory where batches go to a GPU (None: on CUDA only)."""
+
+    workers: int = Field(0, ge=0)
+    pin_memory: bool | None = None
+    prefetch: int = Field(2, ge=1)  # batches each worker collates ahead
+
+
 class CheckpointConfig(StrictModel):
     every_steps: int | None = Field(50, ge=1)  # None: no periodic checkpoints (SIGTERM still writes one)
     keep: int = Field(2, ge=1)
@@ -78,10 +87,14 @@ class EngineConfig(StrictModel):
     precision: Precision = None
     group_by_length: bool = True  # batches of similar length (from the task's lengths()): less padding
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    loader: LoaderConfig = Field(default_factory=LoaderConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     tracker: Literal["tensorboard", "wandb", "none"] = "tensorboard"
     log_every: int = Field(10, ge=1)
     seed: int = 0
+    # deterministic kernels (torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG, cuDNN): a resumed run is
+    # bit-identical on CUDA too (a CPU run already is); slower on GPUs, and an op without one raises
+    deterministic: bool = False
     out: RelPath
 
     @model_validator(mode="after")

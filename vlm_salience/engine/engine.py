@@ -36,6 +36,7 @@ import numpy as np
 
 from vlm_salience.errors import ConfigError
 from vlm_salience.engine.config import EngineConfig
+from vlm_salience.engine.loader import micro_batches, resolve_pin_memory
 from vlm_salience.engine.task import Task
 
 STATE = "trainer_state.json"
@@ -207,10 +208,10 @@ def _set_rng_state(rng: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(list(rng["cuda"]))
 
 
-def _to_device(batch, device):
+def _to_device(batch, device, non_blocking: bool = False):
     from accelerate.utils import send_to_device
 
-    return send_to_device(batch, device)
+    return send_to_device(batch, device, non_blocking=non_blocking)
 
 
 def digest_parameters(model) -> dict[str, Any]:
@@ -254,13 +255,18 @@ class Engine:
 
     # -- setup ------------------------------------------------------------------------------------------------------
     def _accelerator(self):
-        import torch
         from accelerate import Accelerator
         from accelerate.state import AcceleratorState
 
-        # Without an accelerator device, processes started by `accelerate launch --multi_gpu` join over gloo on
-        # the CPU (accelerate picks its multi-CPU backend only when told the run is on the CPU).
-        on_cpu = not (torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available())
+        # Without an accelerator device, or with fewer GPUs than processes (NCCL refuses a shared GPU), processes
+        # started by `accelerate launch --multi_gpu` join over gloo on the CPU (accelerate picks its multi-CPU
+        # backend only when told the run is on the CPU): engine/devices.py decides.
+        from vlm_salience.engine.devices import placement_from_environment
+
+        placement = placement_from_environment()
+        on_cpu = placement.cpu
+        if placement.reason and int(os.environ.get("RANK", "0")) == 0:
+            print(f"note: {placement.reason}", flush=True)
         if int(os.environ.get("WORLD_SIZE", "1")) == 1:  # one process: a previous run's settings must not stick
             AcceleratorState._reset_state(reset_partial_state=True)
         self.precision, self.precision_reason = resolve_precision(self.cfg.precision, on_cpu=on_cpu)
@@ -283,6 +289,10 @@ class Engine:
         from transformers import get_scheduler
 
         cfg = self.cfg
+        if cfg.deterministic:  # before any kernel runs: exact resume on CUDA (engine/devices.py)
+            from vlm_salience.engine.devices import apply_determinism
+
+            apply_determinism(True)
         self.accelerator = acc = self._accelerator()
         set_seed(cfg.seed)
         model, params = self.task.setup(acc)
@@ -466,6 +476,7 @@ class Engine:
         cfg, acc, task = self.cfg, self.accelerator, self.task
         world, rank = acc.num_processes, acc.process_index
         accum = cfg.optim.grad_accum
+        pin = resolve_pin_memory(cfg.loader.pin_memory, acc.device.type == "cuda")
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         step = self.start_step
         bar = tqdm(total=self.total_steps, initial=step, desc=f"training {task.name}", unit="step",
@@ -479,10 +490,13 @@ class Engine:
             while step < self.total_steps and not stop:
                 epoch, in_epoch = divmod(step, self.steps_per_epoch)
                 plan = self._plan(epoch)
+                shards = [m[rank] for m in plan[in_epoch * accum:self.steps_per_epoch * accum]]
+                batches = micro_batches(task, shards, epoch, workers=cfg.loader.workers, pin_memory=pin,
+                                        prefetch=cfg.loader.prefetch)  # engine/loader.py: collated in order
                 for first in range(in_epoch * accum, self.steps_per_epoch * accum, accum):
                     micro = plan[first:first + accum]
                     for j, per_rank in enumerate(micro):
-                        batch = _to_device(task.collate(per_rank[rank], epoch), acc.device)
+                        batch = _to_device(next(batches), acc.device, non_blocking=pin)
                         n = task.tokens(batch)
                         tokens += len(per_rank[rank]) if n is None else int(n)
                         with acc.no_sync(self.model) if j < len(micro) - 1 else _null():  # sync on the last

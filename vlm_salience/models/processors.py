@@ -50,9 +50,31 @@ def _declared_processor(path: str) -> str | None:
     return None
 
 
+def has_image_processor(processor) -> bool:
+    """A multimodal processor, not what AutoProcessor falls back to when it finds no processor class (a bare
+    tokenizer, which would turn every image prompt into text without pixels)."""
+    return getattr(processor, "image_processor", None) is not None and hasattr(processor, "tokenizer")
+
+
 def load_processor(path: str, *, revision: str | None = None, trust_remote_code: bool = False):
+    """The checkpoint's processor, checked to be one with an image processor.
+
+    AutoProcessor returns a bare tokenizer when it cannot resolve the processor class (seen on a CUDA machine with
+    torchvision for a saved tiny Qwen2-VL): for Qwen2-VL / Qwen2.5-VL the image-only processor is loaded instead;
+    any other family is an error naming the checkpoint."""
     config = AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
     image_only = IMAGE_ONLY.get(config.model_type)
     if image_only is not None and (not torchvision_available() or _declared_processor(path) == image_only.__name__):
-        return image_only.from_pretrained(path, revision=revision)
-    return AutoProcessor.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+        processor = image_only.from_pretrained(path, revision=revision)
+    else:
+        processor = AutoProcessor.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+        if not has_image_processor(processor) and image_only is not None:
+            processor = image_only.from_pretrained(path, revision=revision)
+    if not has_image_processor(processor):
+        from vlm_salience.errors import ConfigError
+
+        raise ConfigError(f"{path}: AutoProcessor loaded a {type(processor).__name__}, not a processor with an image "
+                          f"processor (declared: {_declared_processor(path) or 'none'}); the checkpoint needs a "
+                          "processor_config.json naming its processor class and a preprocessor_config.json "
+                          "(save it with processor.save_pretrained)")
+    return processor

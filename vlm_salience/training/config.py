@@ -94,6 +94,12 @@ class TrainConfig(EngineConfig):
     adapters: list[AdapterSpec]
     lora: LoraConfig = Field(default_factory=LoraConfig)
     gradient_checkpointing: bool = False
+    # the frozen vision tower's features computed once per image and reused across epochs (training/vision_cache.py;
+    # never for clips or a trained tower); off by default: see docs/fine-tuning.md for what it measured
+    vision_cache: bool = False
+    # torch.compile of the language model (dynamic shapes: batches differ in length); off by default: the first
+    # steps pay its compile time, measured in docs/fine-tuning.md
+    compile: bool = False
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
 
     @model_validator(mode="after")

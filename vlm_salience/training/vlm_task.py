@@ -98,6 +98,18 @@ def answer_only_loss(model, batch):
     return F.cross_entropy(logits.float(), targets)
 
 
+def compile_language_model(model, backend: str = "inductor"):
+    """torch.compile the language model (the decoder stack, where the FLOPs are) in place, with dynamic shapes so
+    batches of other lengths do not recompile; the vision tower and the head stay eager."""
+    from accelerate.utils import extract_model_from_parallel
+
+    base = extract_model_from_parallel(model)
+    base = base.get_base_model() if hasattr(base, "get_base_model") else base
+    lm = getattr(getattr(base, "model", base), "language_model", None) or base.get_decoder()
+    lm.compile(dynamic=True, backend=backend)
+    return lm
+
+
 class VLMTask(Task):
     """LoRA SFT of one adapter: answer-only cross-entropy of the assistant's JSON answer."""
 
@@ -147,6 +159,11 @@ class VLMTask(Task):
         self.base_fingerprint = base_fingerprint(cfg.model.path)
         model = apply_lora(self.loaded.model, cfg.lora, self.adapter.name,
                            gradient_checkpointing=cfg.gradient_checkpointing)
+        from vlm_salience.training.vision_cache import VisionFeatureCache
+
+        self.vision_cache = VisionFeatureCache() if cfg.vision_cache else None
+        if cfg.compile:
+            compile_language_model(model)
         return model, [p for p in model.parameters() if p.requires_grad]
 
     def num_examples(self) -> int:
@@ -156,7 +173,14 @@ class VLMTask(Task):
         return self._lengths
 
     def collate(self, indices: list[int], epoch: int):
-        return self.collator([self.collator.encode(self.examples[i], i, epoch) for i in indices])
+        batch = self.collator([self.collator.encode(self.examples[i], i, epoch) for i in indices])
+        if self.vision_cache is not None:
+            import torch
+
+            from vlm_salience.training.vision_cache import INDEX_KEY
+
+            batch[INDEX_KEY] = torch.tensor(list(indices), dtype=torch.long)
+        return batch
 
     # Logits and loss at the supervised (answer) positions only: the language-model head runs on the hidden states
     # whose next token is an answer token (a few dozen per example) instead of the whole padded sequence, so the
@@ -167,8 +191,11 @@ class VLMTask(Task):
     # against -0.01 at 500 steps); off, training is bit-identical to before the lever. Turn it on where the
     # vocabulary is large (it removes the B x T x vocab logits) and measure it there.
     answer_only_logits: bool = False
+    vision_cache: Any = None  # a VisionFeatureCache from setup() where cfg.vision_cache is on
 
     def loss(self, model, batch):
+        if self.vision_cache is not None:  # cached frozen image features in place of pixels (vision_cache.py)
+            batch = self.vision_cache.inputs(model, batch, self.collator._cache)
         if not self.answer_only_logits or "labels" not in batch:
             return model(**batch).loss  # mean over the micro-batch's answer tokens
         return answer_only_loss(model, batch)
