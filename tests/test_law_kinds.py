@@ -183,3 +183,17 @@ def test_routing_and_gate_laws_are_the_tables_fixed_laws_of_expressivity():
 
     assert set(get_args(GateLaw)) == set(LAW_KINDS)
     assert set(get_args(RoutingConfig.model_fields["salience"].annotation)) == set(LAW_KINDS)
+
+
+def test_vlm_fusion_accepts_exactly_the_laws_of_expressivity_alone():
+    """VLM-level fusion has one expressivity per item and no human face-only judgements: a reliability or learned
+    law would fail mid-run after the model calls were paid for (its weights need (n, 2+) covariates), so the
+    strategy is refused when the YAML loads, naming the kinds that work."""
+    from vlm_salience.prompting.experiment import StrategyConfig
+
+    for kind, spec in law_kinds.LAWS.items():
+        if spec.covariates == "expressivity":
+            assert StrategyConfig(name="f", fuse=["a", "b"], salience=kind).salience == kind
+        else:
+            with pytest.raises(ValueError, match=f"salience '{kind}' reads more than expressivity"):
+                StrategyConfig(name="f", fuse=["a", "b"], salience=kind)

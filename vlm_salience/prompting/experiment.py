@@ -23,6 +23,7 @@ from vlm_salience.config import RelPath, StrictModel, load_config
 from vlm_salience.cue_models import build_cues
 from vlm_salience.data.corpus import Corpus
 from vlm_salience.errors import ConfigError
+from vlm_salience.law_kinds import kinds as law_kinds_where, law_spec
 from vlm_salience.metrics import pearson, score
 from vlm_salience.models.loading import ModelConfig
 from vlm_salience.predictions import Predictions, observed, ratings_to_distribution
@@ -74,6 +75,12 @@ class StrategyConfig(StrictModel):
             raise ValueError("salience_templates is [template for subtle faces, template for expressive faces]")
         if self.fuse is not None and len(self.fuse) != 2:
             raise ValueError("fuse is [face strategy, context strategy]")
+        if law_spec(self.salience).covariates != "expressivity":
+            # fusion and template choice read each item's expressivity alone; a reliability or learned law also
+            # reads the human face-only judgements' reliability, which the model's answers do not carry
+            raise ValueError(f"strategy {self.name!r}: salience {self.salience!r} reads more than expressivity, "
+                             "and VLM-level fusion has only expressivity per item; use one of "
+                             f"{', '.join(law_kinds_where(covariates='expressivity'))}")
         return self
 
 
