@@ -1,7 +1,7 @@
-"""`video prepare` split across two processes (gloo, CPU; as `accelerate launch --num_processes 2 --cpu` runs it)
-writes the cache one process writes: the same manifest.json and summary.json bytes, the same clip files with the
-same arrays; each rank prepares only its share; a launch killed mid-way resumes (each rank's finished clips are
-found, not prepared again) into what one process resuming from the same state writes."""
+"""`vlm-salience video prepare` split across two processes (gloo, CPU; as `accelerate launch --num_processes 2
+--cpu` runs it) writes the cache one process writes: the same manifest.json and summary.json bytes, the same clip
+files with the same arrays; each rank prepares only its share; a launch killed mid-way resumes (each rank's finished
+clips are found, not prepared again) into what one process resuming from the same state writes."""
 
 from __future__ import annotations
 
@@ -19,8 +19,11 @@ pytest.importorskip("accelerate")
 pytest.importorskip("cv2")
 
 from tests.test_video_prepare import make_corpus, small_cfg  # noqa: E402
-from vlm_salience.video.prepare import PrepareConfig, prepare_corpus, rank_part  # noqa: E402
+from vlm_salience.video.prepare import load_prepare_config, prepare_corpus, rank_part  # noqa: E402
 from vlm_salience.video.cache import ClipCache  # noqa: E402
+
+
+SMALL_SETS = {"n_segments": 4, "candidates_per_segment": 3, "streams.face_size": 32, "streams.scene_size": 24}
 
 
 def _free_port() -> int:
@@ -29,8 +32,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank_main(rank: int, world: int, port: int, data: str, out: str, cfg_json: str, die_after: int | None,
-               log: str) -> None:
+def _rank_main(rank: int, world: int, port: int, data: str, out: str, die_after: int | None, log: str) -> None:
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
                        "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(world),
                        "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"})
@@ -57,15 +59,18 @@ def _rank_main(rank: int, world: int, port: int, data: str, out: str, cfg_json: 
         return out_clip
 
     prep.prepare_clip = counted
-    prep.prepare_corpus(data, PrepareConfig.model_validate_json(cfg_json), out, progress=False)
+    from vlm_salience.cli import main  # the command as `accelerate launch -m vlm_salience.cli video prepare` runs it
+
+    sets = [a for k, v in SMALL_SETS.items() for a in ("--set", f"{k}={v}")]
+    assert main(["video", "prepare", "--data", data, "--out", out, "--quiet", *sets]) == 0
 
 
 def _launch(data: Path, out: Path, log: Path, die_after: int | None = None) -> None:
     import torch.multiprocessing as mp
 
     log.mkdir(parents=True, exist_ok=True)
-    mp.start_processes(_rank_main, args=(2, _free_port(), str(data), str(out), small_cfg().model_dump_json(),
-                                         die_after, str(log)), nprocs=2, join=True, start_method="spawn")
+    mp.start_processes(_rank_main, args=(2, _free_port(), str(data), str(out), die_after, str(log)), nprocs=2,
+                       join=True, start_method="spawn")
 
 
 def _clip_arrays(root: Path) -> dict[str, dict[str, np.ndarray]]:
@@ -93,6 +98,7 @@ def _same_cache(a: Path, b: Path) -> None:
 
 def test_two_gloo_processes_prepare_what_one_prepares_and_a_killed_launch_resumes(tmp_path):
     data = make_corpus(tmp_path / "clips", n_video=1, n_folder=2, frames=12, with_face=False)  # 4 clips
+    assert small_cfg() == load_prepare_config(None, [f"{k}={v}" for k, v in SMALL_SETS.items()])
     one = tmp_path / "one"
     s1 = prepare_corpus(data, small_cfg(), one, progress=False)
     assert s1["prepared"] == 4

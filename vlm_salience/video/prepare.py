@@ -233,7 +233,7 @@ def _stop_on_sigterm() -> Any:
 def prepare_corpus(data: str | Path | VideoCorpus, prepare_cfg: str | Path | PrepareConfig | None = None,
                    out_cache_dir: str | Path = "video_cache", *, fold: str | None = None, part: str = "all",
                    drop_invalid: bool = False, progress: bool = True, workers: int = 1,
-                   data_overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+                   data_overrides: list[str] | tuple[str, ...] = (), by_rank: bool = False) -> dict[str, Any]:
     """Prepare every clip of a corpus (a data YAML with `data_overrides`, or a loaded VideoCorpus) into
     `out_cache_dir`; `fold` and `part` ("train", "test", "val" or "all") restrict it to what one run needs.
 
@@ -243,23 +243,28 @@ def prepare_corpus(data: str | Path | VideoCorpus, prepare_cfg: str | Path | Pre
     were already cached with this config and unchanged source. Raises DataError naming the file for the first bad
     clip unless `drop_invalid`; whatever was prepared before it stays cached. SIGTERM stops the workers, saves
     the manifest and raises `Stopped` (a KeyboardInterrupt); a rerun resumes.
+
+    `by_rank` (what `vlm-salience video prepare` passes): under `accelerate launch` (WORLD_SIZE > 1) every rank
+    calls this and prepares its share of the clips (`_prepare_ranks`). Off (the default), one process prepares
+    everything even under a launch, as `video train` does on its main process while the others wait: a rank-split
+    prepare there would wait for ranks that never join it.
     """
     previous = _stop_on_sigterm()
     try:
         return _prepare(data, prepare_cfg, out_cache_dir, fold=fold, part=part, drop_invalid=drop_invalid,
-                        progress=progress, workers=workers, data_overrides=data_overrides)
+                        progress=progress, workers=workers, data_overrides=data_overrides, by_rank=by_rank)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
 
 def _prepare(data, prepare_cfg, out_cache_dir, *, fold, part, drop_invalid, progress, workers,
-             data_overrides) -> dict[str, Any]:
+             data_overrides, by_rank) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from vlm_salience.rank_split import world_size
 
-    split = world_size() > 1  # under accelerate launch: each rank its share of the clips (_prepare_ranks)
+    split = by_rank and world_size() > 1  # under accelerate launch: each rank its share (_prepare_ranks)
     state = None
     if split:
         from vlm_salience.rank_split import rank_state
