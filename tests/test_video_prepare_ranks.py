@@ -124,3 +124,23 @@ def test_two_gloo_processes_prepare_what_one_prepares_and_a_killed_launch_resume
     m1 = json.loads((one / "manifest.json").read_text())["clips"]
     mk = json.loads((killed / "manifest.json").read_text())["clips"]
     assert mk == m1  # the same entries as an uninterrupted run (listed in the order they were found)
+
+
+def test_a_cuda_detector_goes_to_the_ranks_own_gpu():
+    """rank_device: a CUDA device becomes the rank's own (cuda:LOCAL_RANK, as accelerate assigned it); the CPU stays;
+    without a GPU in the launch the configured device stays. _move_finder moves only a CUDA-configured detector."""
+    from types import SimpleNamespace
+
+    from vlm_salience.rank_split import rank_device
+    from vlm_salience.video import prepare as prep
+
+    gpu1 = SimpleNamespace(device=type("Dev", (), {"type": "cuda", "__str__": lambda self: "cuda:1"})())
+    cpu = SimpleNamespace(device=None)
+    assert rank_device("cuda", gpu1) == "cuda:1" and rank_device("cuda:0", gpu1) == "cuda:1"
+    assert rank_device("cpu", gpu1) == "cpu" and rank_device("cuda", cpu) == "cuda"
+    moved = []
+    finder = SimpleNamespace(detector_config=SimpleNamespace(device="cuda"), to=moved.append)
+    assert prep._move_finder(finder, gpu1) == "cuda:1" and moved == ["cuda:1"]
+    haar = SimpleNamespace(detector_config=SimpleNamespace(), to=moved.append)  # no device field: CPU only
+    cpu_mtcnn = SimpleNamespace(detector_config=SimpleNamespace(device="cpu"), to=moved.append)
+    assert prep._move_finder(haar, gpu1) is None and prep._move_finder(cpu_mtcnn, gpu1) is None and len(moved) == 1
