@@ -287,6 +287,64 @@ def test_analyzer_aligns_and_reports_landmarks_and_pose(mtcnn, half):
     np.testing.assert_array_equal(fa.crop(tilted, f), align_face(tilted, f.points, 112))  # aligned, not the box
 
 
+@pytest.mark.parametrize("mode", ["union", "min"])
+def test_nms_all_pairs_at_once_keeps_what_the_loop_keeps(monkeypatch, mode):
+    """The all-pairs NMS (up to MATRIX_NMS boxes) keeps the boxes, in the order, of the one-kept-box-at-a-time loop,
+    ties and degenerate (0/0) boxes included; batched_nms per image = the loop over each image's boxes alone."""
+    from vlm_salience.models.faces import mtcnn as m
+
+    rng = np.random.default_rng(0)
+    xy = rng.integers(0, 60, (300, 2)).astype(np.float64)
+    wh = rng.integers(-1, 30, (300, 2)).astype(np.float64)  # -1: zero area with the +1 convention (0/0 overlap)
+    boxes = np.concatenate([xy, xy + wh], axis=1)
+    scores = np.round(rng.random(300), 1)  # many ties
+    fast = m.nms(boxes, scores, 0.5, mode)
+    monkeypatch.setattr(m, "MATRIX_NMS", 0)
+    slow = m.nms(boxes, scores, 0.5, mode)
+    np.testing.assert_array_equal(fast, slow)
+    groups = rng.integers(0, 4, 300)
+    together = m.batched_nms(boxes, scores, groups, 0.5, mode)
+    alone = np.concatenate([np.flatnonzero(groups == g)[m.nms(boxes[groups == g], scores[groups == g], 0.5, mode)]
+                            for g in range(4)])
+    assert sorted(together) == sorted(alone) and (np.diff(-scores[together]) >= 0).all()
+
+
+def test_analyzer_batched_equals_one_image_at_a_time(mtcnn, astronaut, half):
+    from vlm_salience.models.faces.analyzer import LANDMARK_COLUMNS
+
+    """`analyze` over a batch (P-Net over the same-size images together, R-/O-Net over every candidate of the batch
+    per call, per-image NMS, the classifier over every aligned crop) gives the table one image at a time gives: the
+    same boxes, landmarks within 0.01 px, the same top class, probabilities within 1e-4."""
+    import pandas as pd
+
+    from vlm_salience.models.faces.analyzer import FaceAnalyzer
+    from vlm_salience.models.faces.expression import load_classifier
+
+    fa = FaceAnalyzer(mtcnn, load_classifier())
+    rng = np.random.default_rng(3)
+    portraits = []  # same-size images: they share each P-Net call
+    for i in range(6):
+        s, x0, y0 = int(rng.integers(110, 200)), int(rng.integers(130, 170)), int(rng.integers(20, 50))
+        c = np.ascontiguousarray(astronaut[y0:y0 + s, x0:x0 + s][:, ::-1 if i % 2 else 1])
+        portraits.append(cv2.resize(c, (128, 128), interpolation=cv2.INTER_AREA))
+    crop, _, _ = tight_crop(astronaut, 10, 1.0)
+    two = np.concatenate([half, half[:, ::-1]], axis=1)  # two faces in one image
+    images = [*portraits, half, rotated(half, 20), two, crop, astronaut[300:, 300:].copy(),
+              np.full((128, 128, 3), 90, np.uint8)]
+    paths = [str(i) for i in range(len(images))]
+    together = fa.analyze(images, paths, all_faces=True, landmarks=True)
+    alone = pd.concat([fa.analyze([im], [p], all_faces=True, landmarks=True) for im, p in zip(images, paths)],
+                      ignore_index=True)
+    assert list(together["path"]) == list(alone["path"]) and (together["face"] >= 0).sum() == len(images) + 1 - 2
+    assert together[["face", "x", "y", "w", "h"]].equals(alone[["face", "x", "y", "w", "h"]])
+    pts = [c for c in LANDMARK_COLUMNS if c[-2:] in ("_x", "_y")]
+    np.testing.assert_allclose(together[pts].to_numpy(), alone[pts].to_numpy(), atol=0.01)
+    probs = [c for c in together.columns if c.startswith("p_")]
+    np.testing.assert_allclose(together[probs].to_numpy(), alone[probs].to_numpy(), atol=1e-4)
+    found = together["face"] >= 0
+    assert (together.loc[found, probs].to_numpy().argmax(1) == alone.loc[found, probs].to_numpy().argmax(1)).all()
+
+
 def test_face_score_picks_the_detector_by_name(mtcnn, astronaut, tmp_path):
     """`face score --detector mtcnn` on a folder of tight face crops finds every face; the default Haar none."""
     from PIL import Image

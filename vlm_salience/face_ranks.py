@@ -13,19 +13,13 @@ the process group (gloo on CPU) and `split_between_processes` gives each rank a 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from vlm_salience.atomic import write_text
+from vlm_salience.rank_split import rank_state, world_size
 
-
-def world_size() -> int:
-    """Processes in this launch (1 when not launched by accelerate/torchrun)."""
-    try:
-        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
-    except ValueError:
-        return 1
+__all__ = ["merge_parts", "part_path", "score_split", "split_results", "world_size"]
 
 
 def part_path(out: Path, rank: int, world: int) -> Path:
@@ -47,20 +41,11 @@ def merge_parts(parts: Sequence[Path], out: Path) -> None:
     write_text(out, (header or "") + "".join(body))
 
 
-def _state():
-    import torch
-    from accelerate import PartialState
-
-    # on CPU (`accelerate launch --cpu`, or no GPU) accelerate sets up gloo only when told cpu=True
-    cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not torch.cuda.is_available()
-    return PartialState(cpu=cpu)
-
-
 def split_results(items: list, out_dir: Path, run_mine: Callable[[list, int], list[dict]]) -> list[dict] | None:
     """`face video` under accelerate launch: each rank runs `run_mine(its share, rank)` (one table per video, so
     nothing to merge but the results), writes them to `out_dir/.face_video.rank<r>.json`; rank 0 returns every
     rank's results in input order, the others None."""
-    state = _state()
+    state = rank_state()
     rank, world = state.process_index, state.num_processes
     with state.split_between_processes(items) as mine:
         results = run_mine(list(mine), rank)
@@ -81,7 +66,7 @@ def score_split(images: list[Path], out: Path, score_part: Callable[[list[Path],
                 summarise: Callable[[Path], dict]) -> dict:
     """Run `score_part(my_images, my_part_csv)` on every rank, then on rank 0 merge the parts into `out` and return
     the summary of the whole; other ranks return their part's summary."""
-    state = _state()
+    state = rank_state()
     rank, world = state.process_index, state.num_processes
     with state.split_between_processes(images) as mine:
         part_summary = score_part(list(mine), part_path(out, rank, world))

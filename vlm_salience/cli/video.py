@@ -52,7 +52,9 @@ def cmd_video_prepare(args: argparse.Namespace) -> int:
     out = args.out or "video_cache"
     summary = prepare_corpus(args.data, cfg, check_out_dir(out), fold=args.fold, part=args.part,
                              drop_invalid=args.drop_invalid, progress=not args.quiet, workers=args.workers,
-                             data_overrides=args.data_set)
+                             data_overrides=args.data_set, by_rank=True)
+    if summary.get("rank", 0) != 0:  # under accelerate launch: rank 0 reports for all
+        return 0
     invalid = summary.get("invalid") or []
     print(f"prepared {summary.get('prepared')} clip(s), {summary.get('skipped')} already cached, "
           f"{len(invalid)} invalid; face detection missed {summary.get('missed_detection_frames')} of "

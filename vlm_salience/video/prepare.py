@@ -146,7 +146,7 @@ def _entry(clip: VideoClip, key: str, rel: str, prepared: PreparedClip) -> dict[
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_init(cfg_json: str, parent: int) -> None:
+def _worker_init(cfg_json: str, parent: int, device: str | None = None) -> None:
     import threading
 
     import cv2
@@ -155,7 +155,10 @@ def _worker_init(cfg_json: str, parent: int) -> None:
     # A parent killed outright (SIGKILL, OOM) cannot stop its workers: each leaves when it is orphaned.
     threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
     cfg = PrepareConfig.model_validate_json(cfg_json)
-    _WORKER.update(cfg=cfg, finder=face_finder(cfg.streams.detection))
+    finder = face_finder(cfg.streams.detection)
+    if device is not None:  # under accelerate launch: the rank's own GPU
+        finder.to(device)
+    _WORKER.update(cfg=cfg, finder=finder)
 
 
 def _exit_when_orphaned(parent: int, every: float = 0.5) -> None:
@@ -230,7 +233,7 @@ def _stop_on_sigterm() -> Any:
 def prepare_corpus(data: str | Path | VideoCorpus, prepare_cfg: str | Path | PrepareConfig | None = None,
                    out_cache_dir: str | Path = "video_cache", *, fold: str | None = None, part: str = "all",
                    drop_invalid: bool = False, progress: bool = True, workers: int = 1,
-                   data_overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+                   data_overrides: list[str] | tuple[str, ...] = (), by_rank: bool = False) -> dict[str, Any]:
     """Prepare every clip of a corpus (a data YAML with `data_overrides`, or a loaded VideoCorpus) into
     `out_cache_dir`; `fold` and `part` ("train", "test", "val" or "all") restrict it to what one run needs.
 
@@ -240,45 +243,57 @@ def prepare_corpus(data: str | Path | VideoCorpus, prepare_cfg: str | Path | Pre
     were already cached with this config and unchanged source. Raises DataError naming the file for the first bad
     clip unless `drop_invalid`; whatever was prepared before it stays cached. SIGTERM stops the workers, saves
     the manifest and raises `Stopped` (a KeyboardInterrupt); a rerun resumes.
+
+    `by_rank` (what `vlm-salience video prepare` passes): under `accelerate launch` (WORLD_SIZE > 1) every rank
+    calls this and prepares its share of the clips (`_prepare_ranks`). Off (the default), one process prepares
+    everything even under a launch, as `video train` does on its main process while the others wait: a rank-split
+    prepare there would wait for ranks that never join it.
     """
     previous = _stop_on_sigterm()
     try:
         return _prepare(data, prepare_cfg, out_cache_dir, fold=fold, part=part, drop_invalid=drop_invalid,
-                        progress=progress, workers=workers, data_overrides=data_overrides)
+                        progress=progress, workers=workers, data_overrides=data_overrides, by_rank=by_rank)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
 
 def _prepare(data, prepare_cfg, out_cache_dir, *, fold, part, drop_invalid, progress, workers,
-             data_overrides) -> dict[str, Any]:
+             data_overrides, by_rank) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
+    from vlm_salience.rank_split import world_size
+
+    split = by_rank and world_size() > 1  # under accelerate launch: each rank its share (_prepare_ranks)
+    state = None
+    if split:
+        from vlm_salience.rank_split import rank_state
+
+        state = rank_state()
+        progress = progress and state.is_main_process
     corpus = _load_corpus(data, drop_invalid, data_overrides, progress)
     cfg = prepare_cfg if isinstance(prepare_cfg, PrepareConfig) else load_prepare_config(prepare_cfg)
     finder = face_finder(cfg.streams.detection)
-    settings = hashed_settings(cfg, finder)
+    settings = hashed_settings(cfg, finder)  # hashed with the configured device: every rank writes the same keys
     h = config_hash(settings)
     cache = ClipCache(out_cache_dir)
     cache.root.mkdir(parents=True, exist_ok=True)
     entries = cache.read_existing_entries(h)
     clips = _clips_of(corpus, fold, part)
+    if split:
+        return _prepare_ranks(state, corpus, clips, cfg, finder, settings, h, cache, entries, fold=fold, part=part,
+                              drop_invalid=drop_invalid, progress=progress, workers=workers)
     use_face = cfg.streams.use_face_source
 
     todo: list[tuple[VideoClip, str]] = []
     skipped = 0
     for clip in tqdm(clips, desc=f"{corpus.name}: clip keys and cache", unit="clip", disable=not progress,
                      mininterval=1.0):
-        key = clip_key(clip.source, clip.face_source if use_face else None, h)
-        old = entries.get(clip.clip_id)
-        if old is not None and old.get("key") == key and cache.has_valid(key):
-            skipped += 1
-        elif cache.has_valid(key):  # written by an interrupted run before its manifest was saved
-            entries[clip.clip_id] = _entry(clip, key, cache.relpath(key), read_clip(cache.root / cache.relpath(key)))
-            skipped += 1
-        else:
-            entries.pop(clip.clip_id, None)
+        kind, key, entry = _look_up(clip, cache, h, entries, use_face)
+        if kind == "todo":
             todo.append((clip, key))
+        else:
+            skipped += 1
 
     def save_manifest() -> None:
         cache.write_manifest(settings, h, entries, corpus=corpus.name, classes=list(corpus.classes))
@@ -302,16 +317,45 @@ def _prepare(data, prepare_cfg, out_cache_dir, *, fold, part, drop_invalid, prog
         bar.update(1)
 
     try:
-        if workers <= 1 or len(todo) <= 1:
-            for clip, key in todo:
-                status, payload = _process(clip, key, cache, cfg, finder)
-                handle(clip, status, payload)
-        else:
-            _run_pool(todo, cache, cfg, workers, handle)
+        _run(todo, cache, cfg, finder, workers, handle)
     finally:
         bar.close()
         save_manifest()
+    return _summarise(corpus, cfg, cache, clips, entries, fold=fold, part=part, prepared=prepared,
+                      skipped=skipped, invalid=invalid, h=h)
 
+
+def _look_up(clip: VideoClip, cache: ClipCache, h: str, entries: dict[str, Any],
+             use_face: bool) -> tuple[str, str, dict[str, Any] | None]:
+    """Where one clip stands, updating `entries` as a prepare does: ("skip", key, None) cached under its manifest
+    entry; ("recover", key, entry) its file written by an interrupted run that never listed it; ("todo", key, None)
+    to prepare (its stale entry removed)."""
+    key = clip_key(clip.source, clip.face_source if use_face else None, h)
+    old = entries.get(clip.clip_id)
+    if old is not None and old.get("key") == key and cache.has_valid(key):
+        return "skip", key, None
+    if cache.has_valid(key):  # written by an interrupted run before its manifest was saved
+        entry = _entry(clip, key, cache.relpath(key), read_clip(cache.root / cache.relpath(key)))
+        entries[clip.clip_id] = entry
+        return "recover", key, entry
+    entries.pop(clip.clip_id, None)
+    return "todo", key, None
+
+
+def _run(todo: list[tuple[VideoClip, str]], cache: ClipCache, cfg: PrepareConfig, finder: FaceFinder,
+         workers: int, handle: Any, device: str | None = None) -> None:
+    """Every clip of `todo` through `handle(clip, status, payload)`: here, or in `workers` processes."""
+    if workers <= 1 or len(todo) <= 1:
+        for clip, key in todo:
+            handle(clip, *_process(clip, key, cache, cfg, finder))
+    else:
+        _run_pool(todo, cache, cfg, workers, handle, device)
+
+
+def _summarise(corpus: VideoCorpus, cfg: PrepareConfig, cache: ClipCache, clips: list[VideoClip],
+               entries: dict[str, Any], *, fold: str | None, part: str, prepared: int, skipped: int,
+               invalid: list[dict[str, Any]], h: str) -> dict[str, Any]:
+    """The run's summary, also written to CACHE/summary.json."""
     missed = sum(int(entries[c.clip_id]["missed"]) for c in clips if c.clip_id in entries)
     detect = sum(int(entries[c.clip_id]["detect_frames"]) for c in clips if c.clip_id in entries)
     summary = {"corpus": corpus.name, "fold": fold, "part": part, "clips": len(clips), "prepared": prepared, "skipped": skipped,
@@ -328,14 +372,118 @@ def _prepare(data, prepare_cfg, out_cache_dir, *, fold, part, drop_invalid, prog
     return summary
 
 
+# -- accelerate launch: the clips split across processes by rank ---------------------------------------------------
+def rank_part(cache: ClipCache, rank: int, world: int) -> Path:
+    """Where rank `rank` of `world` leaves what its share did, for rank 0 to merge (removed after the merge)."""
+    return cache.root / f".prepare.rank{rank}-of-{world}.json"
+
+
+def _prepare_ranks(state: Any, corpus: VideoCorpus, clips: list[VideoClip], cfg: PrepareConfig,
+                   finder: FaceFinder, settings: dict[str, Any], h: str, cache: ClipCache,
+                   entries: dict[str, Any], *, fold: str | None, part: str, drop_invalid: bool, progress: bool,
+                   workers: int) -> dict[str, Any]:
+    """`video prepare` under `accelerate launch`: each rank looks up and prepares a contiguous share of the clips
+    (its clip files go straight into the shared, content-keyed `clips/`; its MTCNN on its own GPU where the
+    detector's device is CUDA), and records what it did in a part file. Rank 0 then applies every rank's records
+    to the manifest in corpus order, as one process applies them one clip after another, and writes the manifest
+    and summary.json a single process writes (the same bytes). No manifest is written before then: a killed
+    launch leaves the clip files, which a rerun finds (`has_valid`) and lists without preparing them again.
+    Without --drop-invalid each rank stops at its first bad clip; every rank raises the first in corpus order,
+    after the manifest lists what was prepared."""
+    from tqdm.auto import tqdm
+
+    rank, world = state.process_index, state.num_processes
+    device = _move_finder(finder, state)
+    mine_entries = dict(entries)  # every rank read the same manifest; nobody writes it before the merge
+    records: list[dict[str, Any]] = []
+    todo: list[tuple[VideoClip, str]] = []
+    with state.split_between_processes(clips) as mine:
+        for clip in mine:
+            kind, key, entry = _look_up(clip, cache, h, mine_entries, cfg.streams.use_face_source)
+            records.append({"clip_id": clip.clip_id, "kind": kind, "entry": entry})
+            if kind == "todo":
+                todo.append((clip, key))
+    state.wait_for_everyone()  # every look-up sees the cache as it was, as one process's look-ups all do
+    results: dict[str, dict[str, Any]] = {}
+    error: str | None = None
+    bar = tqdm(total=len(todo), desc=f"prepare {corpus.name} (rank 0 of {world})", unit="clip",
+               disable=not progress)
+
+    class _Stop(Exception):
+        pass
+
+    def handle(clip: VideoClip, status: str, payload: Any) -> None:
+        nonlocal error
+        results[clip.clip_id] = {"status": status, "payload": payload}
+        bar.update(1)
+        if status != "ok" and not drop_invalid:
+            error = payload["error"]
+            raise _Stop
+
+    try:
+        _run(todo, cache, cfg, finder, workers, handle, device)
+    except _Stop:
+        pass
+    finally:
+        bar.close()
+    for r in records:
+        r.update(results.get(r["clip_id"], {}))
+    atomic.write_text(rank_part(cache, rank, world), json.dumps({"records": records, "error": error}))
+    state.wait_for_everyone()
+    parts = [json.loads(rank_part(cache, r, world).read_text(encoding="utf-8")) for r in range(world)]
+    state.wait_for_everyone()  # every rank has read every part
+    prepared, skipped, invalid = 0, 0, []
+    recs = [r for p in parts for r in p["records"]]  # corpus order: the shares are contiguous, in rank order
+    for r in recs:  # the look-ups, as one process makes them clip after clip
+        if r["kind"] == "recover":
+            entries[r["clip_id"]] = r["entry"]
+        elif r["kind"] == "todo":
+            entries.pop(r["clip_id"], None)
+        skipped += r["kind"] != "todo"
+    for r in recs:  # then the prepared clips, in corpus order
+        if r.get("status") == "ok":
+            entries[r["clip_id"]] = r["payload"]
+            prepared += 1
+        elif r.get("status") == "invalid" and drop_invalid:
+            invalid.append({**r["payload"], "error": without_drop_advice(r["payload"]["error"])})
+    first_error = next((p["error"] for p in parts if p["error"]), None)
+    summary = None
+    if state.is_main_process:
+        cache.write_manifest(settings, h, entries, corpus=corpus.name, classes=list(corpus.classes))
+        for r in range(world):
+            rank_part(cache, r, world).unlink(missing_ok=True)
+        if first_error is None:
+            summary = _summarise(corpus, cfg, cache, clips, entries, fold=fold, part=part, prepared=prepared,
+                                 skipped=skipped, invalid=invalid, h=h)
+    state.wait_for_everyone()
+    if first_error is not None:
+        raise DataError(first_error)
+    if summary is None:  # the other ranks: the summary rank 0 wrote
+        summary = json.loads((cache.root / "summary.json").read_text(encoding="utf-8"))
+    return {**summary, "rank": rank, "processes": world}
+
+
+def _move_finder(finder: FaceFinder, state: Any) -> str | None:
+    """Put a detector configured for CUDA on this rank's own GPU (cuda:LOCAL_RANK); returns that device, or None
+    where the detector stays as configured (the CPU, or no GPU)."""
+    from vlm_salience.rank_split import rank_device
+
+    configured = getattr(getattr(finder, "detector_config", None), "device", None)
+    if configured is None or rank_device(configured, state) == str(configured):
+        return None
+    device = rank_device(configured, state)
+    finder.to(device)
+    return device
+
+
 def _run_pool(todo: list[tuple[VideoClip, str]], cache: ClipCache, cfg: PrepareConfig, workers: int,
-              handle: Any) -> None:
+              handle: Any, device: str | None = None) -> None:
     """Clips in worker processes, at most 2 x workers in flight; results handled in the main process."""
     workers = min(workers, os.cpu_count() or 1, len(todo))
     # "spawn": a forked child inherits the parent's OpenCV/FFmpeg thread pools mid-flight and can deadlock
     ctx = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
-                               initargs=(cfg.model_dump_json(), os.getpid()))
+                               initargs=(cfg.model_dump_json(), os.getpid(), device))
     pending: dict[Any, VideoClip] = {}
     try:
         for clip, key in todo:

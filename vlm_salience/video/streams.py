@@ -95,6 +95,13 @@ class PackagedFinder:
         self.target, self.max_gap = cfg.target, cfg.max_gap
         self.last_identity: dict[str, int] | None = None  # the last clip's identity counts (target set only)
 
+    def to(self, device: str) -> PackagedFinder:
+        """Run the detector on `device` (MTCNN; the Haar cascade runs on the CPU only and stays there). The cache
+        keys keep hashing `detector_config`, the configured device, so every rank of a launch writes the same keys."""
+        if hasattr(self._detector, "to"):
+            self._detector.to(device)
+        return self
+
     def largest(self, frames: np.ndarray) -> list[np.ndarray | None]:
         found = self._detector.detect_batch(list(frames))
         if self.target is not None:

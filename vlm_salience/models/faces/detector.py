@@ -233,7 +233,7 @@ class MtcnnDetectorConfig(StrictModel):
     # an image without a face is padded by this share of its longer side on each side and searched again (tight
     # face crops: the face fills the image); 0: never
     pad_on_miss: float = Field(0.3, ge=0.0, le=2.0)
-    batch_size: int = Field(256, ge=1)  # R-/O-Net crops per call
+    batch_size: int = Field(256, ge=1)  # R-/O-Net crops per call (on a CPU at most 128 / 32: RNET_CALL, ONET_CALL)
     frames_per_call: int = Field(16, ge=1)  # same-size images per P-Net call (memory: each is a float copy)
 
 

@@ -1,0 +1,40 @@
+"""Commands that split their inputs across the processes of an `accelerate launch` by rank: where this process
+stands (rank, world, device) and nothing else, so any layer can use it (`face score`, `face video`, `video prepare`).
+
+Launched plainly (no WORLD_SIZE > 1 in the environment), `world_size()` is 1 and the callers never ask for the state.
+Under a launch, accelerate's `PartialState` sets up the process group (gloo on the CPU) and its
+`split_between_processes` gives each rank a contiguous share of the inputs.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def world_size() -> int:
+    """Processes in this launch (1 when not launched by accelerate/torchrun)."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def rank_state() -> Any:
+    """accelerate's PartialState for this process. On the CPU (`accelerate launch --cpu`, or no GPU) accelerate
+    sets up gloo only when told cpu=True, or the processes never join."""
+    import torch
+    from accelerate import PartialState
+
+    cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not torch.cuda.is_available()
+    return PartialState(cpu=cpu)
+
+
+def rank_device(configured: str, state: Any) -> str:
+    """The device a model configured for `configured` runs on in this rank: a CUDA device becomes this rank's own
+    GPU (cuda:LOCAL_RANK, as the launch assigned it), so N processes use N GPUs rather than all sharing the first;
+    anything else (cpu) stays as configured."""
+    dev = getattr(state, "device", None)
+    if str(configured).startswith("cuda") and dev is not None and getattr(dev, "type", "") == "cuda":
+        return str(dev)
+    return str(configured)
