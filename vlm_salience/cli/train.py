@@ -62,7 +62,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub) -> None:
-    tr = config_command(sub, "train", cmd_train, "configs/train/<name>.yaml",
+    tr = config_command(sub, "train", cmd_train, "configs/train/<name>.yaml (data.config may be a video data YAML: LoRA "
+                        "on clips per fold)",
                         help="LoRA/QLoRA fine-tuning (works under `accelerate launch`)",
                         example="accelerate launch --config_file configs/accelerate/gpu.yaml -m vlm_salience.cli "
                                 "train configs/train/experts_synthetic.yaml")
