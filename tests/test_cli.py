@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -118,6 +119,22 @@ def test_demo_runs_end_to_end_and_fine_tuning_really_learns(tmp_path, capsys, mo
     assert set(grace["variants"]) == {"grace", "no_text"} and set(grace["paired"]) == {"no_text"}
     assert all(0 <= v["all"]["uar"]["value"] <= 1 for v in grace["variants"].values())
     assert "7b. Video: OUS" in out and "OUS - baseline (paired bootstrap)" in out and "GRACE - no_text" in out
+
+    # step 7d: the tiny VLM zero-shot and with LoRA in ONE table with the video models, on the same test clips
+    cmp = json.loads((demo / "vlm_clips" / "comparison.json").read_text())
+    rows = ["baseline", "fer_pooling", "ous_face_only", "ous", "grace_no_text", "grace", "vlm_zero_shot", "vlm_lora"]
+    assert list(cmp["runs"]) == rows and cmp["reference"] == "baseline" and cmp["folds"] == ["set_1"]
+    test_clips = set(pd.read_csv(demo / "clips" / "generic" / "clips.csv", dtype={"id": str, "fold": str})
+                     .query("fold == '1'").id)
+    assert cmp["n_clips"] == len(test_clips) == 28
+    for name, r in cmp["runs"].items():  # every row predicted exactly fold set_1's test clips
+        pred = pd.read_csv(Path(r["folder"]) / "predictions.csv", dtype={"fold": str, "clip_id": str})
+        assert set(pred.clip_id) == test_clips and len(pred) == 28, name
+        assert 0 <= r["pooled"]["uar"]["value"] <= 1 and (r["vs_reference"] is None) == (name == "baseline")
+    lora = json.loads((demo / "vlm_clips" / "train" / "clip_training.json").read_text())["adapters"]["clips"]
+    assert lora["training"]["set_1"]["steps"] == 60  # --quick
+    assert "7d. Video: the tiny VLM" in out and "| vlm_lora |" in out and "| vlm_zero_shot |" in out \
+        and "| fer_pooling |" in out
 
     # routing is shown with and without the experts' calibration, fitted on the validation split
     assert {"routed/hard", "routed/hard+calibrated"} <= set(m)

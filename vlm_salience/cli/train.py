@@ -11,8 +11,14 @@ from vlm_salience.cli.common import check_out_dir, command, config_command, emit
 def cmd_train(args: argparse.Namespace) -> int:
     from vlm_salience.config import load_config
     from vlm_salience.training.config import TrainConfig
+    from vlm_salience.training.clip_training import is_clip_training, run_clip_training_command
     from vlm_salience.training.loop import train_all
 
+    if is_clip_training(args.config, with_out(args)):  # a video data YAML: LoRA on clips, per fold
+        summary = run_clip_training_command(args.config, with_out(args), resume=args.resume, quiet=args.quiet,
+                                            only=args.adapter or None)
+        emit_json(args.json, summary)
+        return 0
     cfg = load_config(args.config, TrainConfig, with_out(args))
     results = train_all(cfg, resume=args.resume, progress=not args.quiet, only=args.adapter or None)
     if not all(r.get("main_process", True) for r in results.values()):
@@ -56,7 +62,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub) -> None:
-    tr = config_command(sub, "train", cmd_train, "configs/train/<name>.yaml",
+    tr = config_command(sub, "train", cmd_train, "configs/train/<name>.yaml (data.config may be a video data YAML: LoRA "
+                        "on clips per fold)",
                         help="LoRA/QLoRA fine-tuning (works under `accelerate launch`)",
                         example="accelerate launch --config_file configs/accelerate/gpu.yaml -m vlm_salience.cli "
                                 "train configs/train/experts_synthetic.yaml")

@@ -106,7 +106,7 @@ def run_demo(out: Path, *, quick: bool = False, progress: bool = True) -> int:
                   f"single adapter, {best}, by a paired bootstrap there)")
 
     _faces_step(console, out, progress)
-    _video_step(console, out, quick, progress)  # 7a baseline, 7b OUS, 7c GRACE
+    _video_step(console, out, quick, progress)  # 7a baseline, 7b OUS, 7c GRACE, 7d the VLM on the clips
     _machine_cue_step(console, out, quick, progress)
     return 0
 
@@ -140,6 +140,7 @@ VIDEO_FOLDS = ["set_1"]
 # training steps per run: (baseline, OUS pair, GRACE pair); None keeps the YAML's (600, 250, 100)
 QUICK_STEPS = (120, 60, 40)  # video: baseline, OUS, GRACE
 QUICK_LORA_STEPS = 300  # of experts_synthetic.yaml's 500
+QUICK_CLIP_LORA_STEPS = 60  # 7d: LoRA of the tiny VLM on the clips, of clips_synthetic.yaml's 200
 FULL_STEPS = (None, None, None)
 
 
@@ -204,6 +205,31 @@ def _video_step(console: Console, out: Path, quick: bool, progress: bool) -> Non
     console.print(f"  GRACE - no_text (paired bootstrap): UAR {_diff(d['uar'])}, WAR {_diff(d['war'])}")
     console.print(_verdict("GRACE", "its no-text ablation", d["uar"], quick))
     console.print(f"report: {Path(g['out']) / 'report.md'}")
+    _vlm_clips_step(console, out, quick, progress)
+
+
+def _vlm_clips_step(console: Console, out: Path, quick: bool, progress: bool) -> None:
+    from vlm_salience.demo.vlm_clips import demo_vlm_clips_step
+
+    console.rule("7d. Video: the tiny VLM on the same clips, zero-shot and LoRA, in one table with the video models")
+    console.print("The tiny random Qwen2-VL of step 4 reads each clip's cached face frames (the 4 segment middles "
+                  "the video models read) as one native video input and scores the seven classes: zero-shot "
+                  "(`prompt run` with a video data YAML), then with a LoRA adapter trained on fold set_1's training "
+                  "clips (`train` with a video data YAML: validation carved from the training fold, the test fold "
+                  "never trained on). FER pooling (the FER2013 classifier's per-frame probabilities, averaged: "
+                  "nothing fitted) joins the table. `video compare` puts every run on the same test clips, each "
+                  "against the face-only baseline by a paired bootstrap. The VLM is a random stand-in: its rows "
+                  "exercise the pipeline, not a real VLM's accuracy."
+                  + (f" [bold]--quick: {QUICK_CLIP_LORA_STEPS} LoRA steps.[/bold]" if quick else ""))
+    res = demo_vlm_clips_step(out, model=out / "models" / "tiny-qwen2-vl", folds=VIDEO_FOLDS,
+                              steps=QUICK_CLIP_LORA_STEPS if quick else None, n_boot=200 if quick else 1000,
+                              progress=progress)
+    if res.get("stopped"):
+        console.print("stopped while training the LoRA adapter: run the demo again to resume")
+        return
+    console.print(res["table"], markup=False, highlight=False)
+    console.print(f"table: {Path(res['out']) / 'comparison.md'} (`vlm-salience video compare` makes it from any "
+                  "finished runs on the same test clips)")
 
 
 def _machine_cue_step(console: Console, out: Path, quick: bool, progress: bool) -> None:

@@ -55,7 +55,7 @@ def demo_overrides(root: str | Path, *, folds: list[str] | None = None, steps: i
     return out
 
 
-def _fresh_if_settings_changed(out: Path, overrides: list[str]) -> None:
+def fresh_if_settings_changed(out: Path, overrides: list[str]) -> None:
     """A demo run into a folder that holds the same step at other settings (`demo --quick`, then the full demo)
     starts that step afresh: resuming would be refused, since a checkpoint with other optimiser settings is never
     continued. Only the step's own folder, which the demo itself wrote, is cleared; the same settings resume."""
@@ -80,7 +80,7 @@ def demo_step(root: str | Path, *, folds: list[str] | None = None, steps: int | 
     root = Path(root)
     overrides = [*demo_overrides(root, folds=folds, steps=steps, progress=progress),
                  f"model.encoder.path={root / 'models' / 'tiny_clip'}", f"out={root / 'video_baseline_synthetic'}"]
-    _fresh_if_settings_changed(root / "video_baseline_synthetic", overrides)
+    fresh_if_settings_changed(root / "video_baseline_synthetic", overrides)
     res = train_video(shipped(DEMO_BASELINE), overrides, resume=True, progress=progress)
     if res.get("report") is None:  # SIGTERM: checkpointed, the rerun resumes
         return {"out": str(root / "video_baseline_synthetic"), "stopped": True}
@@ -101,7 +101,7 @@ def demo_ous_step(root: str | Path, *, folds: list[str] | None = None, steps: in
     overrides = [*demo_overrides(root, folds=folds, steps=steps, progress=progress),
                  f"model.encoder.path={root / 'models' / 'tiny_clip'}", f"out={root / 'video_ous_synthetic'}",
                  "variants=[{name: baseline, kind: baseline}, {name: ous}]"]
-    _fresh_if_settings_changed(root / "video_ous_synthetic", overrides)
+    fresh_if_settings_changed(root / "video_ous_synthetic", overrides)
     doc = train_variants(shipped(DEMO_OUS), overrides, resume=True, progress=progress)
     return {**doc, "out": str(root / "video_ous_synthetic" / "comparison")}
 
@@ -123,7 +123,7 @@ def demo_grace_step(root: str | Path, *, folds: list[str] | None = None, steps: 
     overrides = [*demo_overrides(root, folds=folds, steps=steps, progress=progress),
                  f"model.encoder.path={root / 'models' / 'tiny_clip_grace'}", f"out={out}",
                  "variants=[{name: grace}, {name: no_text, set: {text.source: none}}]", "compare_to=grace"]
-    _fresh_if_settings_changed(out, overrides)
+    fresh_if_settings_changed(out, overrides)
     doc = train_variants(shipped(DEMO_GRACE), overrides, resume=True, progress=progress)
     if doc.get("stopped"):
         return {**doc, "out": str(out / "comparison")}

@@ -24,11 +24,14 @@ class VLMCollator:
     """Encodes prompts once (cached by index), writes each answer for the epoch, pads batches (right)."""
 
     def __init__(self, processor, family: str, *, max_length: int, eos_token_id: int, pad_token_id: int,
-                 shuffle_keys: bool = True, seed: int = 0, clip=None) -> None:
+                 shuffle_keys: bool = True, seed: int = 0, clip=None, clip_reader=None) -> None:
         from vlm_salience.prompting.clips import ClipSettings
 
         self.processor, self.family = processor, family
         self.clip = clip or ClipSettings()
+        # (example, rng) -> the clip's training frames from elsewhere than its sources, e.g. the `video prepare`
+        # frame cache (training/clip_training.py); None: decode the `videos` sources
+        self.clip_reader = clip_reader
         self.tok = processor.tokenizer
         self.max_length, self.eos, self.pad = max_length, eos_token_id, pad_token_id
         self.shuffle_keys, self.seed = shuffle_keys, seed
@@ -62,6 +65,8 @@ class VLMCollator:
 
         rng = training_rng(self.clip, epoch, str(example.get("item_id")))
         try:
+            if self.clip_reader is not None:
+                return self.clip_reader(example, rng)
             return sample_frames([Path(p) for p in example["videos"]], self.clip, train=True, rng=rng)
         except DataError as exc:
             raise ConfigError(f"item {example.get('item_id')}: cannot read its face clip ({exc})") from None

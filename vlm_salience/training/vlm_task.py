@@ -144,7 +144,8 @@ class VLMTask(Task):
         self.collator = VLMCollator(self.loaded.processor, self.loaded.family, max_length=cfg.data.max_length,
                                     eos_token_id=int(eos if not isinstance(eos, list) else eos[0]),
                                     pad_token_id=tok.pad_token_id, shuffle_keys=cfg.data.key_order == "shuffled",
-                                    seed=cfg.seed, clip=cfg.data.clip)
+                                    seed=cfg.seed, clip=cfg.data.clip,
+                                    clip_reader=getattr(self.data, "clip_reader", None))  # clips: cached frames
         index = retrieved_examples(self.data, self.adapter) if self.adapter.examples == "retrieved" else None
         self.clip_mode = cfg.data.clip.resolved_mode(self.loaded.family)  # clip faces: native video or images
         self.train_set = self.data.dataset(self.adapter, "train", index, clip_mode=self.clip_mode)
