@@ -120,3 +120,25 @@ def test_video_prompt_run_split_by_rank_equals_one_process(runs):
     assert sum(len(v) for v in asked.values()) == 8
     assert sorted(p.name for p in two.glob("cache*.sqlite")) == ["cache.sqlite"]
     assert _keys(two / "cache.sqlite") == _keys(one / "cache.sqlite")
+
+
+def test_a_killed_launch_shards_are_merged_by_the_next_run_on_any_number_of_processes(tmp_path):
+    """Shards a killed launch left (each rank's committed answers) are read by a run on one process too: merged
+    into the one cache on opening, then deleted; a rank reads the cache and its own shard, and writes only that."""
+    from vlm_salience.prompting.cache import AnswerCache, merge_shards, shard_paths
+
+    path = tmp_path / "cache.sqlite"
+    for rank, keys in ((0, ["a", "b"]), (1, ["c"])):
+        shard = AnswerCache(path, rank=rank)
+        shard.put_many({k: {"slots": {"emotion": [rank]}} for k in keys})
+        shard.close()  # killed here: no merge
+    rank1 = AnswerCache(path, rank=1)
+    assert set(rank1.get_many(["a", "b", "c"])) == {"c"}  # its own shard, not another rank's
+    rank1.close()
+    assert [p.name for p in shard_paths(path)] == ["cache.rank0.sqlite", "cache.rank1.sqlite"]
+    one = AnswerCache(path)
+    assert one.get_many(["a", "b", "c", "d"]) == {"a": {"slots": {"emotion": [0]}}, "b": {"slots": {"emotion": [0]}},
+                                                  "c": {"slots": {"emotion": [1]}}}
+    assert len(one) == 3 and not shard_paths(path)
+    one.close()
+    assert merge_shards(path) == 0  # nothing left to merge; merging again is harmless
