@@ -106,3 +106,45 @@ def test_the_docs_show_commands_and_the_checker_catches_stale_ones(tmp_path):
     page = tmp_path / "page.md"
     page.write_text("[a](gone.md#x) [b](https://example.org) [c](#here)\n```\n[d](in-code.md)\n```\n")
     assert relative_links(page) == ["gone.md"]
+
+
+def shown_launches(text: str) -> list[list[str]]:
+    """The argument lists after `accelerate launch` in code blocks (what runs a command on several processes)."""
+    found = []
+    for block in FENCE.findall(text):
+        for line in block.replace("\\\n", " ").splitlines():
+            found += [shlex.split(m, comments=True) for m in re.findall(r"accelerate launch\s+([^&|;]*)", line)]
+    return found
+
+
+def check_launch(words: list[str]) -> str | None:
+    """Why `accelerate launch <words>` would not start (None when it would): accelerate's own parser refuses it,
+    or a --config_file the repository should hold is missing."""
+    from accelerate.commands.launch import launch_command_parser
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        try:
+            args = launch_command_parser().parse_args(words)
+        except SystemExit as e:
+            return f"accelerate's parser exited {e.code}: {out.getvalue()[-300:]}"
+    if args.config_file and not (ROOT / args.config_file).is_file():
+        return f"--config_file {args.config_file} does not exist"
+    return None
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=_rel)
+def test_every_accelerate_launch_shown_parses(doc):
+    pytest.importorskip("accelerate")
+    bad = [f"accelerate launch {shlex.join(w)}: {why}" for w in shown_launches(doc.read_text())
+           if (why := check_launch(w))]
+    assert not bad, f"{_rel(doc)} shows launches accelerate refuses:\n" + "\n".join(bad)
+
+
+def test_the_launch_checker_catches_bad_launches():
+    pytest.importorskip("accelerate")
+    assert check_launch(["--config_file", "configs/accelerate/cpu_ddp.yaml", "-m", "vlm_salience.cli", "route",
+                         "x.yaml"]) is None
+    assert "does not exist" in check_launch(["--config_file", "configs/accelerate/nope.yaml", "-m", "x"])
+    assert "exited" in check_launch(["--num_processes", "two", "-m", "x"])
+    assert sum(len(shown_launches(d.read_text())) for d in DOCS) >= 4

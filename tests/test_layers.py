@@ -44,7 +44,8 @@ json.dump(out, sys.stdout)
 
 CORE = ["vlm_salience.bci", "vlm_salience.salience", "vlm_salience.expressivity", "vlm_salience.metrics",
         "vlm_salience.stats"]
-LEAVES = ["vlm_salience.stats", "vlm_salience.formatting", "vlm_salience.law_kinds"]  # import nothing of the package
+LEAVES = ["vlm_salience.stats", "vlm_salience.formatting", "vlm_salience.law_kinds",
+          "vlm_salience.ranks"]  # import nothing of the package
 VIDEO = ["vlm_salience.video", "vlm_salience.video.report", "vlm_salience.video.train"]
 DATA = ["vlm_salience.data.synth"]
 PROMPTING_REPORT = "vlm_salience.prompting.report"

@@ -47,6 +47,8 @@ def cmd_route(args: argparse.Namespace) -> int:
         return run_clip_routing_command(args.config, with_out(args), quiet=args.quiet)
     cfg = load_config(args.config, TrainConfig, with_out(args))
     result = route(cfg, progress=not args.quiet)
+    if result is None:  # under accelerate launch: rank 0 writes the one report
+        return 0
     out = write_experiment_outputs(result, Path(cfg.out) / "routing")
     print_experiment_table(result)
     print(f"wrote {out}/metrics.json, predictions.csv, report.md and plots")
@@ -72,7 +74,8 @@ def add_commands(sub) -> None:
     json_flag(tr, "the training results")
     config_command(sub, "route", cmd_route, "the training YAML whose adapters are routed, or a clip-routing YAML "
                    "(data: a video data YAML)",
-                   help="evaluate face/context experts routed by salience beside single adapters (items or clips)",
+                   help="evaluate face/context experts routed by salience beside single adapters (items or clips; "
+                        "under `accelerate launch` each process scores its share)",
                    example="vlm-salience route configs/train/experts_synthetic.yaml")
     ex = command(sub, "export", help="merge an adapter into its base model for serving",
                  example="vlm-salience export runs/train/experts/adapters/combined --out runs/merged")

@@ -28,12 +28,14 @@ from vlm_salience.metrics import pearson, score
 from vlm_salience.models.loading import ModelConfig
 from vlm_salience.predictions import Predictions, observed, ratings_to_distribution
 from vlm_salience.prompting.answers import AnswerError, AnswerSpec, parse_answer
-from vlm_salience.prompting.cache import AnswerCache, prompt_answer_key
+from vlm_salience.prompting.cache import close_answer_cache, open_answer_cache, prompt_answer_key
 from vlm_salience.prompting.clips import ClipSettings
 from vlm_salience.prompting.images import ItemError
 from vlm_salience.prompting.inputs import Prompt, build_prompt
 from vlm_salience.prompting.openai_backend import APIModelConfig, LogprobsUnavailable
 from vlm_salience.prompting.templates import load_template
+from vlm_salience.ranks import Ranks
+from vlm_salience.ranks import current as current_ranks
 from vlm_salience.salience import LawKind, SalienceLaw
 from vlm_salience.splits import prepare_corpus_splits, split_groups
 
@@ -153,7 +155,9 @@ def split_items(corpus: Corpus, cfg: SplitConfig) -> tuple[np.ndarray, np.ndarra
     return s.train, s.test
 
 
-def make_backend(entry, *, progress: bool = True):
+def make_backend(entry, *, progress: bool = True, ranks: Ranks | None = None):
+    """The backend of a model entry; under `accelerate launch` (`ranks`) a Hugging Face model loads on this rank's
+    own GPU (ranks.device_map) and only rank 0 builds a missing tiny model (the others wait for it)."""
     if isinstance(entry, APIModelConfig):
         from vlm_salience.prompting.openai_backend import OpenAIBackend
 
@@ -161,10 +165,14 @@ def make_backend(entry, *, progress: bool = True):
     from vlm_salience.models.loading import load_vlm
     from vlm_salience.prompting.hf_backend import HFBackend
 
-    if entry.build is not None and not Path(entry.path).exists():
+    ranks = ranks or Ranks()
+    if entry.build is not None and ranks.is_main and not Path(entry.path).exists():
         from vlm_salience.models.tiny import TinyVLMConfig, build_tiny_vlm
 
         build_tiny_vlm(load_config(entry.build, TinyVLMConfig), entry.path)
+    if entry.build is not None:
+        ranks.barrier()
+    entry = entry.model_copy(update={"device_map": ranks.device_map(entry.device_map)})
     return HFBackend(load_vlm(entry), batch_size=entry.batch_size)
 
 
@@ -234,15 +242,16 @@ def vlm_expressivity(pred: Predictions, spec: AnswerSpec, kind: str) -> np.ndarr
 # ---------------------------------------------------------------------------------------------------------------
 
 class Runner:
-    def __init__(self, cfg: ExperimentConfig, *, progress: bool = True) -> None:
+    def __init__(self, cfg: ExperimentConfig, *, progress: bool = True, ranks: Ranks | None = None) -> None:
         self.cfg, self.progress = cfg, progress
+        self.ranks = ranks or current_ranks()  # under accelerate launch: each rank asks the model its share
         prepared = prepare_corpus_splits(cfg.data, cfg.study, cfg.split, overrides=cfg.data_overrides)
         self.corpus = prepared.corpus
         self.spec = AnswerSpec.from_corpus(self.corpus)
         self.study = prepared.study
         self.train, self.test = prepared.splits.train, prepared.splits.test
         self.test_ids = self.corpus.item_ids[self.test]
-        self.cache = AnswerCache(cfg.cache or Path(cfg.out) / "cache.sqlite")
+        self.cache = open_answer_cache(cfg.cache or Path(cfg.out) / "cache.sqlite", self.ranks)
         self.result = ExperimentResult(
             corpus=self.corpus, title=cfg.name, split=cfg.split.model_dump(), config=cfg.model_dump(mode="json"),
             models=[{"name": m.name, "tiny": getattr(m, "build", None) is not None} for m in cfg.models],
@@ -326,18 +335,22 @@ class Runner:
         return self.x_judgements
 
     def run_template_strategy(self, backend, strategy: StrategyConfig) -> Predictions:
-        items = [self.corpus.items[i] for i in self.test]
+        """Every test item's answer, from the cache or the model. Under a launch each rank builds and asks its
+        contiguous share of the items (its answers cached in its shard) and the shares are gathered in item order,
+        so every rank goes on with every answer, as one process would."""
+        share = self.ranks.share(len(self.test))
+        mine = self.test[share.start:share.stop]
         prompts: list[Prompt | None] = []
         errors: dict[int, str] = {}
         templates = [load_template(t) for t in (strategy.salience_templates or [strategy.template])]
-        x = self.expressivity()[self.test] if strategy.salience_templates else None
+        x = self.expressivity()[mine] if strategy.salience_templates else None
         law = SalienceLaw.plain(self.threshold)
         clip_mode = self.cfg.clip.resolved_mode(getattr(backend, "family", None))
-        for j, (i, item) in enumerate(zip(self.test, items)):
+        for j, i in enumerate(mine):
             template = templates[int(law.is_expressive(x[j]))] if x is not None else templates[0]
             try:
                 examples = self.examples_for(strategy, i)
-                prompts.append(build_prompt(template, item, self.spec, examples=examples,
+                prompts.append(build_prompt(template, self.corpus.items[i], self.spec, examples=examples,
                                             expressivity=None if x is None else float(x[j]),
                                             clip=self.cfg.clip, clip_mode=clip_mode))
             except ItemError as exc:
@@ -349,26 +362,32 @@ class Runner:
                                   slots=slots) if p is not None else None for p in prompts]
         cached = self.cache.get_many([k for k in keys if k])
         todo = [j for j, k in enumerate(keys) if k and k not in cached]
-        bar = tqdm(total=len(items), desc=f"{backend.name}/{strategy.name}", unit="item",
-                   disable=not self.progress, initial=len(items) - len(todo))
+        bar = tqdm(total=len(mine), desc=f"{backend.name}/{strategy.name}", unit="item",
+                   disable=not (self.progress and self.ranks.is_main), initial=len(mine) - len(todo))
         t0, done = time.perf_counter(), 0
         read = strategy.read
+        notes: list[str] = []
         for s in range(0, len(todo), self.cfg.chunk):
             idx = todo[s:s + self.cfg.chunk]
             batch = [prompts[j] for j in idx]
             answers = self._ask(backend, batch, read, strategy, bar)
             if read == "score" and answers is None:
                 read = "generate"
-                self.result.notes.append(f"{backend.name}/{strategy.name}: no log-probabilities from the server; "
-                                         "answers were read by generate-and-parse")
+                notes.append(f"{backend.name}/{strategy.name}: no log-probabilities from the server; "
+                             "answers were read by generate-and-parse")
                 answers = self._ask(backend, batch, read, strategy, bar)
             self.cache.put_many({keys[j]: a for j, a in zip(idx, answers)})
             cached.update({keys[j]: a for j, a in zip(idx, answers)})
             done += len(idx)
         bar.close()
-        if done:
-            self.result.throughput[f"{backend.name}/{strategy.name}"] = done / (time.perf_counter() - t0)
-        answers = [{"error": errors[j]} if j in errors else cached[keys[j]] for j in range(len(prompts))]
+        seconds = time.perf_counter() - t0
+        answers = self.ranks.gather([{"error": errors[j]} if j in errors else cached[keys[j]]
+                                     for j in range(len(prompts))])
+        asked = self.ranks.gather_each({"done": done, "seconds": seconds, "notes": notes})
+        self.result.notes += list(dict.fromkeys(n for a in asked for n in a["notes"]))
+        done = sum(a["done"] for a in asked)
+        if done:  # items per second of the whole launch: the processes ran side by side
+            self.result.throughput[f"{backend.name}/{strategy.name}"] = done / max(a["seconds"] for a in asked)
         return answers_to_predictions(self.corpus, self.spec, strategy.name, self.test_ids, answers)
 
     def _ask(self, backend, prompts: list[Prompt], read: str, strategy: StrategyConfig, bar) -> list[dict] | None:
@@ -394,17 +413,20 @@ class Runner:
 
     # -- the grid -------------------------------------------------------------------------------------------
     def run(self) -> ExperimentResult:
-        laws = self.baselines()
+        # under a launch the other ranks only ask the model: BCI, the laws and fusion are rank 0's
+        laws = self.baselines() if self.ranks.is_main else {}
         order = sorted(self.cfg.strategies, key=lambda s: (s.fuse is not None, s.salience_templates is not None))
         if self.cfg.expressivity_source == "vlm":
             first = next(s for s in order if s.name == self.cfg.vlm_expressivity.strategy)
             order.remove(first)
             order.insert(0, first)
         for entry in self.cfg.models:
-            backend = make_backend(entry, progress=self.progress)
+            backend = make_backend(entry, progress=self.progress, ranks=self.ranks)
             done: dict[str, Predictions] = {}
             for strategy in order:
                 if strategy.fuse:
+                    if not self.ranks.is_main:
+                        continue
                     pred = self.run_fusion(strategy, done[strategy.fuse[0]], done[strategy.fuse[1]], laws)
                 else:
                     pred = self.run_template_strategy(backend, strategy)
@@ -414,7 +436,8 @@ class Runner:
                     self._record_vlm_expressivity(backend.name, pred)
             if hasattr(backend, "close"):
                 backend.close()
-        self._score()
+        if self.ranks.is_main:  # the others hold the same predictions; one process scores and reports
+            self._score()
         return self.result
 
     def _record_vlm_expressivity(self, model: str, pred: Predictions) -> None:
@@ -464,8 +487,13 @@ class Runner:
 
 
 def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> ExperimentResult:
+    """Run the grid. Under `accelerate launch` every rank asks the model its share of the items, and only rank
+    0's result is whole (BCI baselines, fusion, scores): write the outputs there (ranks.is_main_process)."""
     runner = Runner(cfg, progress=progress)
     try:
-        return runner.run()
-    finally:
-        runner.cache.close()
+        result = runner.run()
+    except BaseException:
+        runner.cache.close()  # a launch that fails stops every rank; its shards stay for the next run to merge
+        raise
+    close_answer_cache(runner.cache, runner.ranks)
+    return result

@@ -105,15 +105,21 @@ def clip_items(corpus, clip_ids: list[str], stream: str, *, cached: bool = False
 
 
 def run_video_prompting(cfg: VideoPromptConfig, *, progress: bool = True) -> dict[str, Any]:
-    """Predict every chosen fold's test clips with every model x strategy; write one video run folder each."""
+    """Predict every chosen fold's test clips with every model x strategy; write one video run folder each.
+
+    Under `accelerate launch` each rank builds and asks its contiguous share of each fold's test clips (answers in
+    its shard of the cache), the answers are gathered in clip order, and rank 0 writes the run folders (the same
+    files one process writes); the other ranks return no runs."""
     from vlm_salience.data.video import load_video_corpus
     from vlm_salience.prompting.answers import AnswerSpec
-    from vlm_salience.prompting.cache import AnswerCache, prompt_answer_key
+    from vlm_salience.prompting.cache import close_answer_cache, open_answer_cache, prompt_answer_key
     from vlm_salience.prompting.experiment import make_backend
     from vlm_salience.prompting.images import ItemError
     from vlm_salience.prompting.inputs import build_prompt
     from vlm_salience.prompting.templates import load_template
+    from vlm_salience.ranks import current
 
+    ranks = current()
     corpus = load_video_corpus(cfg.data, overrides=cfg.data_overrides)
     folds = cfg.folds or list(corpus.folds)
     unknown = [f for f in folds if f not in corpus.folds]
@@ -123,11 +129,11 @@ def run_video_prompting(cfg: VideoPromptConfig, *, progress: bool = True) -> dic
     spec = AnswerSpec("choice", tuple(corpus.classes), None, None)
     tests = {f: corpus.folds[f].get("test", [])[:cfg.max_test_clips] for f in folds}
     frames_from = CachedFrames(cfg.frame_cache) if cfg.frame_cache is not None else None
-    cache = AnswerCache(cfg.cache or Path(cfg.out) / "cache.sqlite")
+    cache = open_answer_cache(cfg.cache or Path(cfg.out) / "cache.sqlite", ranks)
     runs: dict[str, Any] = {}
     try:
         for entry in cfg.models:
-            backend = make_backend(entry, progress=progress)
+            backend = make_backend(entry, progress=progress, ranks=ranks)
             mode = cfg.clip.resolved_mode(getattr(backend, "family", None))
             fingerprint = backend.fingerprint()
             for strategy in cfg.strategies:
@@ -136,14 +142,15 @@ def run_video_prompting(cfg: VideoPromptConfig, *, progress: bool = True) -> dic
                 failed: dict[str, str] = {}
                 t0, asked = time.perf_counter(), 0
                 for fold in folds:
-                    ids = tests[fold]
-                    prompts, keys = [], []
+                    share = ranks.share(len(tests[fold]))
+                    ids = tests[fold][share.start:share.stop]
+                    prompts, keys, errors = [], [], {}
                     for item in clip_items(corpus, ids, cfg.clip.stream, cached=frames_from is not None):
                         try:
                             p = build_prompt(template, item, spec, clip=cfg.clip, clip_mode=mode,
                                              frames=cached_clip_frames(frames_from, corpus, item.id, cfg.clip))
                         except ItemError as exc:
-                            failed[item.id] = str(exc)
+                            errors[len(prompts)] = str(exc)
                             p = None
                         prompts.append(p)
                         keys.append(None if p is None else prompt_answer_key(
@@ -151,7 +158,8 @@ def run_video_prompting(cfg: VideoPromptConfig, *, progress: bool = True) -> dic
                             max_new_tokens=strategy.max_new_tokens, slots=spec.slots()))
                     got = cache.get_many([k for k in keys if k])
                     todo = [j for j, k in enumerate(keys) if k and k not in got]
-                    bar = tqdm(total=len(todo), desc=f"{backend.name}/{strategy.name}/{fold}", disable=not progress)
+                    bar = tqdm(total=len(todo), desc=f"{backend.name}/{strategy.name}/{fold}",
+                               disable=not (progress and ranks.is_main))
                     for s in range(0, len(todo), cfg.chunk):
                         idx = todo[s:s + cfg.chunk]
                         batch = [prompts[j] for j in idx]
@@ -167,17 +175,26 @@ def run_video_prompting(cfg: VideoPromptConfig, *, progress: bool = True) -> dic
                         got.update(new)
                         asked += len(idx)
                     bar.close()
-                    per_fold[fold] = _to_predictions(corpus, spec, ids, keys, got, failed)
+                    # this rank's answers (a clip that could not be prompted: its error) -> every clip's, in order
+                    answers = ranks.gather([{"error": errors[j]} if j in errors else got.get(k)
+                                            for j, k in enumerate(keys)])
+                    per_fold[fold] = _to_predictions(corpus, spec, tests[fold], answers, failed)
+                timing = ranks.gather_each({"asked": asked, "seconds": time.perf_counter() - t0})
+                if not ranks.is_main:
+                    continue
                 name = f"{backend.name}__{strategy.name}"
                 runs[name] = write_prompt_video_run(
                     cfg, corpus, per_fold, Path(cfg.out) / name, method=f"{backend.name}/{strategy.name}",
-                    notes=_notes(backend, mode, cfg, failed, asked, time.perf_counter() - t0,
-                                 getattr(entry, "build", None) is not None))
+                    notes=_notes(backend, mode, cfg, failed, sum(t["asked"] for t in timing),
+                                 max(t["seconds"] for t in timing), getattr(entry, "build", None) is not None))
             if hasattr(backend, "close"):
                 backend.close()
-    finally:
-        cache.close()
-    return {"runs": runs, "folds": folds, "test_clips": {f: len(v) for f, v in tests.items()}}
+    except BaseException:
+        cache.close()  # a launch that fails stops every rank; its shards stay for the next run to merge
+        raise
+    close_answer_cache(cache, ranks)
+    return {"runs": runs, "folds": folds, "test_clips": {f: len(v) for f, v in tests.items()},
+            "processes": ranks.world}
 
 
 def cached_clip_frames(frames_from, corpus, clip_id: str, clip: ClipSettings) -> list[Any] | None:
@@ -194,13 +211,13 @@ def cached_clip_frames(frames_from, corpus, clip_id: str, clip: ClipSettings) ->
         raise ItemError(f"clip {clip_id}: no cached frames ({exc})") from None
 
 
-def _to_predictions(corpus, spec, ids, keys, got, failed) -> ClipPredictions:
-    """Scored or parsed answers -> class probabilities; failed clips are left out here and counted in notes."""
+def _to_predictions(corpus, spec, ids, answers, failed) -> ClipPredictions:
+    """Scored or parsed answers (one per clip, in order; an error or None for a failed clip) -> class
+    probabilities; failed clips are left out here and counted in notes."""
     from vlm_salience.prompting.answers import AnswerError, parse_answer
 
     keep, probs = [], []
-    for cid, key in zip(ids, keys):
-        a = got.get(key) if key else None
+    for cid, a in zip(ids, answers):
         if a is None or "error" in a:
             failed.setdefault(cid, (a or {}).get("error", "no answer"))
             continue

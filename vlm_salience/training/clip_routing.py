@@ -26,6 +26,8 @@ Experts (`kind`):
 Each method is written as a video run folder (predictions.csv, metrics.json, report.md) so `video compare` puts it
 beside OUS, GRACE and the baseline; `routing.json` and `report.md` hold the table and every routed method's paired
 difference against the better expert alone (chosen on the test clips: the strictest reference) and the control.
+Under `accelerate launch` each rank reads and scores its share of the clips (vlm_salience/ranks.py) and rank 0 alone
+fits, calibrates on validation and writes.
 """
 
 from __future__ import annotations
@@ -153,17 +155,27 @@ class PixelExpert:
         return p
 
 
-def _pixel_expert(spec: ExpertSpec, frames: ClipFrames, corpus, fit_ids, predict_ids) -> dict[str, np.ndarray]:
+def _pixel_expert(spec: ExpertSpec, frames: ClipFrames, corpus, fit_ids, predict_ids, ranks
+                  ) -> dict[str, np.ndarray]:
+    """Each rank pools the frames of its share of the clips; rank 0 fits on the gathered features and predicts
+    (the other ranks return nothing)."""
     expert = PixelExpert(spec, len(corpus.classes))
-    feats = {c: expert.features(frames.get(c, spec.stream)) for c in dict.fromkeys([*fit_ids, *predict_ids])}
+    clips = list(dict.fromkeys([*fit_ids, *predict_ids]))
+    share = ranks.share(len(clips))
+    pooled = ranks.gather([expert.features(frames.get(c, spec.stream)) for c in clips[share.start:share.stop]])
+    if not ranks.is_main:
+        return {}
+    feats = dict(zip(clips, pooled))
     expert.fit(np.stack([feats[c] for c in fit_ids]), np.array([corpus.clip(c).label for c in fit_ids]))
     return dict(zip(predict_ids, expert.predict(np.stack([feats[c] for c in predict_ids]))))
 
 
-def _vlm_expert(spec: ExpertSpec, frames: ClipFrames, corpus, ids: list[str], cache_path: Path) -> dict[str, np.ndarray]:
-    """Zero-shot label scoring over the stream's frames (the answer cache keyed as in `prompt run`)."""
+def _vlm_expert(spec: ExpertSpec, frames: ClipFrames, corpus, ids: list[str], cache_path: Path, ranks
+                ) -> dict[str, np.ndarray]:
+    """Zero-shot label scoring over the stream's frames (the answer cache keyed as in `prompt run`); under
+    `accelerate launch` each rank reads and scores its share of the clips and every rank gets every answer."""
     from vlm_salience.prompting.answers import AnswerSpec
-    from vlm_salience.prompting.cache import AnswerCache, prompt_answer_key
+    from vlm_salience.prompting.cache import close_answer_cache, open_answer_cache, prompt_answer_key
     from vlm_salience.prompting.clips import ClipSettings
     from vlm_salience.prompting.experiment import ModelEntry, make_backend
     from vlm_salience.prompting.inputs import build_prompt
@@ -175,44 +187,58 @@ def _vlm_expert(spec: ExpertSpec, frames: ClipFrames, corpus, ids: list[str], ca
     if spec.model is None:
         raise ConfigError(f"expert '{spec.name}': kind vlm needs a `model` entry ({{backend: hf, name, path}})")
     entry = TypeAdapter(ModelEntry).validate_python(spec.model)
-    backend = make_backend(entry, progress=False)
+    backend = make_backend(entry, progress=False, ranks=ranks)
     settings = ClipSettings(frames=frames.frames, stream=spec.stream, mode=spec.mode)
     mode = settings.resolved_mode(getattr(backend, "family", None))
     answer = AnswerSpec("choice", tuple(corpus.classes), None, None)
     tpl = load_template(spec.template)
+    share = ranks.share(len(ids))
+    mine = ids[share.start:share.stop]
     prompts = [build_prompt(tpl, item, answer, clip=settings, clip_mode=mode, frames=frames.get(item.id, spec.stream))
-               for item in clip_items(corpus, ids, spec.stream, cached=True)]
+               for item in clip_items(corpus, mine, spec.stream, cached=True)]
     keys = [prompt_answer_key(backend.fingerprint(), tpl.digest, p, "score", slots=answer.slots()) for p in prompts]
-    cache = AnswerCache(cache_path)
+    cache = open_answer_cache(cache_path, ranks)
     try:
         got = cache.get_many(keys)
         todo = [j for j, k in enumerate(keys) if k not in got]
-        if todo:
-            res = backend.score([prompts[j] for j in todo], answer.slots())
+        chunk = 4 * getattr(entry, "batch_size", 8)  # answers committed per chunk: a killed run keeps them
+        for s in range(0, len(todo), chunk):
+            part = todo[s:s + chunk]
+            res = backend.score([prompts[j] for j in part], answer.slots())
             new = {}
-            for j, r in zip(todo, res):
+            for j, r in zip(part, res):
                 if isinstance(r, Exception):
-                    raise ConfigError(f"expert '{spec.name}': clip {ids[j]} failed ({r})")
+                    raise ConfigError(f"expert '{spec.name}': clip {mine[j]} failed ({r})")
                 new[keys[j]] = {"slots": {k: v.tolist() for k, v in r.items()}}
             cache.put_many(new)
             got.update(new)
+    except BaseException:
+        cache.close()  # a launch that fails stops every rank; its shards stay for the next run to merge
+        raise
     finally:
-        cache.close()
         if hasattr(backend, "close"):
             backend.close()
+    close_answer_cache(cache, ranks)
+    answers = ranks.gather([got[k]["slots"]["emotion"] for k in keys])
     out = {}
-    for cid, k in zip(ids, keys):
-        logp = np.asarray(got[k]["slots"]["emotion"], float)
+    for cid, logp in zip(ids, answers):
+        logp = np.asarray(logp, float)
         p = np.exp(logp - logp.max())
         out[cid] = p / p.sum()
     return out
 
 
-def expert_probs(spec: ExpertSpec, frames: ClipFrames, corpus, fit_ids, predict_ids, cache_path: Path
-                 ) -> dict[str, np.ndarray]:
+def expert_probs(spec: ExpertSpec, frames: ClipFrames, corpus, fit_ids, predict_ids, cache_path: Path, *,
+                 ranks=None) -> dict[str, np.ndarray]:
+    """An expert's class distribution per clip of `predict_ids`. Under `accelerate launch` (`ranks`: this
+    process's vlm_salience.ranks.Ranks) each rank reads (and, for a VLM, scores) its share of the clips; a pixel
+    expert is fitted on rank 0 only, so the other ranks get an empty dict for it."""
+    from vlm_salience.ranks import current
+
+    ranks = ranks or current()
     if spec.kind == "pixels":
-        return _pixel_expert(spec, frames, corpus, fit_ids, predict_ids)
-    return _vlm_expert(spec, frames, corpus, list(predict_ids), cache_path)
+        return _pixel_expert(spec, frames, corpus, fit_ids, predict_ids, ranks)
+    return _vlm_expert(spec, frames, corpus, list(predict_ids), cache_path, ranks)
 
 
 def clip_expressivity(cfg: ClipRoutingConfig, corpus, ids: list[str]) -> np.ndarray:
@@ -247,14 +273,20 @@ def _confidence(p: np.ndarray) -> np.ndarray:
     return p.max(axis=1)
 
 
-def route_clips(cfg: ClipRoutingConfig, *, progress: bool = True) -> dict[str, Any]:
+def route_clips(cfg: ClipRoutingConfig, *, progress: bool = True) -> dict[str, Any] | None:
     """Fit the experts per fold, calibrate the gates on validation, predict the test clips; write every method
-    as a video run folder and the routing summary. Returns the summary."""
+    as a video run folder and the routing summary. Returns the summary.
+
+    Under `accelerate launch` every rank reads and scores its share of each fold's clips (expert_probs); rank 0
+    alone fits the pixel experts, the threshold and the gates on the validation clips, predicts the test clips and
+    writes everything; the other ranks return None."""
     from vlm_salience.data.video import load_video_corpus
     from vlm_salience.prompting.video_experiment import ClipPredictions, write_prompt_video_run
+    from vlm_salience.ranks import current
     from vlm_salience.training.routing import calibrate_threshold, fit_share_gate, gate_share
     from vlm_salience.video.report import compare_runs, comparison_markdown
 
+    ranks = current()
     corpus = load_video_corpus(cfg.data, overrides=cfg.data_overrides)
     folds = cfg.folds or list(corpus.folds)
     unknown = [f for f in folds if f not in corpus.folds]
@@ -275,7 +307,10 @@ def route_clips(cfg: ClipRoutingConfig, *, progress: bool = True) -> dict[str, A
         fit_ids, val = carve_validation(corpus, list(corpus.folds[fold]["train"]), cfg.validation_fraction, cfg.seed)
         pv = {}
         for role, spec in (("face", cfg.face), ("context", cfg.context)):
-            pv[role] = expert_probs(spec, frames, corpus, fit_ids, [*val, *test], out / "answers.sqlite")
+            pv[role] = expert_probs(spec, frames, corpus, fit_ids, [*val, *test], out / "answers.sqlite",
+                                    ranks=ranks)
+        if not ranks.is_main:  # fitting, calibration and the report: once, on rank 0
+            continue
         yv = np.array([corpus.clip(c).label for c in val])
         yt = np.array([corpus.clip(c).label for c in test])
         fv, cv = (np.stack([pv[r][c] for c in val]) for r in ("face", "context"))
@@ -301,6 +336,8 @@ def route_clips(cfg: ClipRoutingConfig, *, progress: bool = True) -> dict[str, A
                              "soft_law": {"bias": float(w_soft[0]), "expressivity": float(w_soft[1])},
                              "learned_gate": dict(zip(["bias", "expressivity", "face_confidence",
                                                        "context_confidence"], map(float, w_learn)))}
+    if not ranks.is_main:
+        return None
     folders = {}
     for m in methods:
         folder = out / m.replace("/", "__")
@@ -359,6 +396,8 @@ def run_clip_routing_command(config: str | Path, overrides: list[str], *, quiet:
 
     cfg = load_config(config, ClipRoutingConfig, overrides)
     summary = route_clips(cfg, progress=not quiet)
+    if summary is None:  # under accelerate launch: rank 0 wrote the outputs
+        return 0
     print(comparison_markdown(summary["table"]))
     won = [m for m, w in summary["routed_beats_best_single"].items() if w]
     print(f"better expert alone: {summary['best_single']}; routed methods beating it (paired UAR interval above 0): "

@@ -13,6 +13,8 @@ different valence scales and with different confidence, so each one's valence is
 label distributions tempered, fitted on the validation split only (vlm_salience/calibration.py); the fit, and paired
 bootstraps of calibrated against uncalibrated routing, are in `extra["calibration"]`.
 Results are scored beside the BCI baselines, zero-shot prompting and every single adapter on the same test items.
+Answers are cached (`ExpertScorer`); under `accelerate launch` each rank scores its share of the items and rank 0
+alone fits and scores.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from scipy.optimize import minimize
 from vlm_salience.cue_models import build_cues
 from vlm_salience.errors import ConfigError
 from vlm_salience.prompting.answers import AnswerSpec
+from vlm_salience.prompting.cache import prompt_answer_key
 from vlm_salience.prompting.experiment import ExperimentResult, answers_to_predictions
 from vlm_salience.prompting.fusion import answer_blocks, fuse, mixture
 from vlm_salience.prompting.inputs import build_prompt
@@ -39,8 +42,9 @@ from vlm_salience.training.data import TrainingData
 from vlm_salience.training.vlm_task import adapter_path, base_fingerprint
 
 
-def load_with_adapters(cfg: TrainConfig, names: list[str]):
-    """The base model with the named adapters loaded side by side (each checked against the base)."""
+def load_with_adapters(cfg: TrainConfig, names: list[str], *, ranks=None):
+    """The base model with the named adapters loaded side by side (each checked against the base); under
+    `accelerate launch` (`ranks`) on this rank's own GPU."""
     import json
 
     from peft import PeftModel
@@ -48,6 +52,8 @@ def load_with_adapters(cfg: TrainConfig, names: list[str]):
     from vlm_salience.models.loading import LoadedVLM, ModelConfig, load_vlm
 
     mc = ModelConfig(**{k: v for k, v in cfg.model.model_dump().items() if k in ModelConfig.model_fields})
+    if ranks is not None:
+        mc = mc.model_copy(update={"device_map": ranks.device_map(mc.device_map)})
     base = load_vlm(mc)
     fp = base_fingerprint(cfg.model.path)
     model = None
@@ -66,13 +72,60 @@ def load_with_adapters(cfg: TrainConfig, names: list[str]):
     return LoadedVLM(model=model, processor=base.processor, family=base.family, config=base.config)
 
 
-def _score(backend, prompts, spec: AnswerSpec, name: str, corpus, ids, adapters=None):
-    t0 = time.perf_counter()
-    scores = backend.score(prompts, spec.slots(), adapters=adapters)
-    seconds = time.perf_counter() - t0
-    pred = answers_to_predictions(corpus, spec, name, ids,
-                                  [{"slots": {k: v.tolist() for k, v in s.items()}} for s in scores])
-    return pred, seconds
+def adapter_fingerprint(folder: str | Path) -> str:
+    """An adapter's identity for answer-cache keys: its config and weights, by content (LoRA weights are small;
+    a retrained adapter is a new model even where its files keep their sizes)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(Path(folder).glob("adapter_*")):
+        if f.is_file():
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+class ExpertScorer:
+    """Label scoring for `route`: every answer cached (<out>/routing/answers.sqlite, keyed like `prompt run`'s with
+    the base model and the adapter that answered), and under `accelerate launch` each rank scores its contiguous
+    share of the items, the answers gathered in item order on every rank (vlm_salience/ranks.py). A killed run
+    asks again only what no rank had cached."""
+
+    def __init__(self, backend, cache, ranks, spec: AnswerSpec, corpus, clip: dict, model_keys: dict,
+                 chunk: int) -> None:
+        self.backend, self.cache, self.ranks, self.spec, self.corpus = backend, cache, ranks, spec, corpus
+        self.clip, self.model_keys, self.chunk = clip, model_keys, chunk
+        self.asked: dict[str, int] = {}
+
+    def __call__(self, templates: list[str], idx: np.ndarray, name: str, who: list[str | None], *,
+                 mixed: bool = False) -> tuple[Predictions, float]:
+        """Predictions of items `idx` (templates[j] and adapter who[j] for item j; None: the base alone; `mixed`:
+        one peft pass over a batch that mixes adapters, cached apart from the single-adapter answers). Returns
+        them and the seconds the model took (the slowest rank's)."""
+        share = self.ranks.share(len(idx))
+        mine = list(range(share.start, share.stop))
+        slots = self.spec.slots()
+        loaded = {t: load_template(t) for t in dict.fromkeys(templates)}
+        prompts = [build_prompt(loaded[templates[j]], self.corpus.items[idx[j]], self.spec, **self.clip)
+                   for j in mine]
+        keys = [prompt_answer_key(self.model_keys[who[j]] + ("|mixed" if mixed else ""), loaded[templates[j]].digest,
+                                  p, "score", slots=slots) for j, p in zip(mine, prompts)]
+        got = self.cache.get_many(keys)
+        todo = [k for k, key in enumerate(keys) if key not in got]
+        t0 = time.perf_counter()
+        for s in range(0, len(todo), self.chunk):
+            part = todo[s:s + self.chunk]
+            res = self.backend.score([prompts[k] for k in part], slots,
+                                     adapters=[who[mine[k]] for k in part] if mixed else None)
+            new = {keys[k]: {"error": str(g)} if isinstance(g, Exception) else
+                   {"slots": {n: v.tolist() for n, v in g.items()}} for k, g in zip(part, res)}
+            self.cache.put_many(new)
+            got.update(new)
+        timing = self.ranks.gather_each({"asked": len(todo), "seconds": time.perf_counter() - t0})
+        self.asked[name] = sum(t["asked"] for t in timing)
+        answers = self.ranks.gather([got[key] for key in keys])
+        pred = answers_to_predictions(self.corpus, self.spec, name, self.corpus.item_ids[idx], answers)
+        return pred, max(t["seconds"] for t in timing)
 
 
 def _fit(blocks, targets, features, ok, ridge):
@@ -156,9 +209,17 @@ def gate_features(data: TrainingData, idx: np.ndarray, names: list[str], scaler=
     return (X - scaler[0]) / scaler[1], scaler
 
 
-def route(cfg: TrainConfig, *, progress: bool = True) -> ExperimentResult:
-    from vlm_salience.prompting.hf_backend import HFBackend
+def route(cfg: TrainConfig, *, progress: bool = True) -> ExperimentResult | None:
+    """Zero-shot, every adapter, and the experts routed hard, soft and learned, on the test items beside BCI.
 
+    The model answers first (cached; under `accelerate launch` split by rank, ExpertScorer); then rank 0 alone
+    fits the laws, the gate and the calibrations on the training and validation items and scores the test items.
+    Under a launch the other ranks return None."""
+    from vlm_salience.prompting.cache import close_answer_cache, open_answer_cache
+    from vlm_salience.prompting.hf_backend import HFBackend
+    from vlm_salience.ranks import current
+
+    ranks = current()
     data = TrainingData(cfg)
     r = cfg.routing
     specs = {a.name: a for a in cfg.adapters}
@@ -169,6 +230,41 @@ def route(cfg: TrainConfig, *, progress: bool = True) -> ExperimentResult:
     test, val = data.splits.test, data.splits.validation
     ids = corpus.item_ids[test]
     x = data.expressivity
+    names = list(dict.fromkeys([r.face, r.context, *r.single]))
+    loaded = load_with_adapters(cfg, names, ranks=ranks)
+    backend = HFBackend(loaded, batch_size=cfg.optim.batch_size)
+    model = loaded.model
+    clip = {"clip": cfg.data.clip, "clip_mode": cfg.data.clip.resolved_mode(loaded.family)}  # as in training
+    base = backend.fingerprint()
+    model_keys = {None: f"{base}|no adapter",
+                  **{n: f"{base}|adapter {n}:{adapter_fingerprint(adapter_path(cfg, n))}" for n in names}}
+    cache = open_answer_cache(Path(cfg.out) / "routing" / "answers.sqlite", ranks)
+    scorer = ExpertScorer(backend, cache, ranks, spec, corpus, clip, model_keys, chunk=4 * cfg.optim.batch_size)
+    expressive = data.split_law.is_expressive(x[test])
+    hard_names = [r.face if e else r.context for e in expressive]
+    expert_preds, timing, zero_shot, validation = {}, {}, None, None
+    try:
+        if r.zero_shot:
+            with model.disable_adapter():
+                zero_shot, _ = scorer([r.template] * len(test), test, f"zero-shot/{r.template}", [None] * len(test))
+        for name in dict.fromkeys([*r.single, r.face, r.context]):
+            model.set_adapter(name)
+            expert_preds[name], timing[name] = scorer([specs[name].template] * len(test), test, f"adapter/{name}",
+                                                      [name] * len(test))
+        # hard: one pass over a batch that mixes both experts
+        hard, hard_seconds = scorer([specs[n].template for n in hard_names], test, "routed/hard", hard_names,
+                                    mixed=True)
+        if len(val):  # the experts on the validation items, for the learned gate and the calibrations
+            validation = {}
+            for role, n in (("face", r.face), ("context", r.context)):
+                model.set_adapter(n)
+                validation[role], _ = scorer([specs[n].template] * len(val), val, f"val/{role}", [n] * len(val))
+    except BaseException:
+        cache.close()  # a launch that fails stops every rank; its shards stay for the next run to merge
+        raise
+    close_answer_cache(cache, ranks)
+    if not ranks.is_main:
+        return None
     result = ExperimentResult(
         corpus=corpus, title=f"{cfg.name}: fine-tuned adapters and salience routing", split=cfg.split.model_dump(),
         models=[{"name": cfg.model.name, "tiny": cfg.model.build is not None}], config=cfg.model_dump(mode="json"),
@@ -178,40 +274,18 @@ def route(cfg: TrainConfig, *, progress: bool = True) -> ExperimentResult:
     preds, laws = holdout_baselines(corpus, data.study, cues, data.splits.train, test, x)
     for name, p in preds.items():
         result.predictions[f"bci/{name}"] = p
-    loaded = load_with_adapters(cfg, list(dict.fromkeys([r.face, r.context, *r.single])))
-    backend = HFBackend(loaded, batch_size=cfg.optim.batch_size)
-    model = loaded.model
-
-    clip = {"clip": cfg.data.clip, "clip_mode": cfg.data.clip.resolved_mode(loaded.family)}  # as in training
-
-    def prompts_for(template: str, idx: np.ndarray):
-        t = load_template(template)
-        return [build_prompt(t, corpus.items[i], spec, **clip) for i in idx]
-
-    if r.zero_shot:
-        with model.disable_adapter():
-            result.predictions[f"zero-shot/{r.template}"], _ = _score(
-                backend, prompts_for(r.template, test), spec, f"zero-shot/{r.template}", corpus, ids)
-    expert_preds, timing = {}, {}
-    for name in dict.fromkeys([*r.single, r.face, r.context]):
-        model.set_adapter(name)
-        tmpl = specs[name].template
-        pred, sec = _score(backend, prompts_for(tmpl, test), spec, f"adapter/{name}", corpus, ids)
+    if zero_shot is not None:
+        result.predictions[f"zero-shot/{r.template}"] = zero_shot
+    for name, pred in expert_preds.items():
         result.predictions[f"adapter/{name}"] = pred
-        expert_preds[name] = pred
-        timing[name] = sec
-    # hard: one pass over a batch that mixes both experts
-    expressive = data.split_law.is_expressive(x[test])
-    hard_names = [r.face if e else r.context for e in expressive]
-    hard_prompts = [build_prompt(load_template(specs[n].template), corpus.items[i], spec, **clip)
-                    for n, i in zip(hard_names, test)]
-    pred, sec = _score(backend, hard_prompts, spec, "routed/hard", corpus, ids, adapters=hard_names)
-    pred.weights = np.column_stack([[float(n == r.face) for n in hard_names], [float(n == r.context)
-                                                                              for n in hard_names]])
-    pred.expressivity = x[test]
-    result.predictions["routed/hard"] = pred
-    result.throughput["routed/hard (mixed batch)"] = len(test) / sec
-    result.throughput[f"adapter/{r.face} (single adapter)"] = len(test) / timing[r.face]
+    hard.weights = np.column_stack([[float(n == r.face) for n in hard_names], [float(n == r.context)
+                                                                               for n in hard_names]])
+    hard.expressivity = x[test]
+    result.predictions["routed/hard"] = hard
+    if scorer.asked["routed/hard"]:  # answers all from the cache: nothing was timed
+        result.throughput["routed/hard (mixed batch)"] = scorer.asked["routed/hard"] / hard_seconds
+    if scorer.asked[f"adapter/{r.face}"]:
+        result.throughput[f"adapter/{r.face} (single adapter)"] = scorer.asked[f"adapter/{r.face}"] / timing[r.face]
     # soft: the salience law's face share pools the two experts
     from vlm_salience import bci
 
@@ -221,12 +295,9 @@ def route(cfg: TrainConfig, *, progress: bool = True) -> ExperimentResult:
                                              "pool", law, x[test])
     # learned: a gate fitted on the validation split; calibration: each expert's answers mapped on it
     cal_cfg = r.calibration
-    if len(val):
+    if validation is not None:
         vids = corpus.item_ids[val]
-        model.set_adapter(r.face)
-        vf, _ = _score(backend, prompts_for(specs[r.face].template, val), spec, "val/face", corpus, vids)
-        model.set_adapter(r.context)
-        vc, _ = _score(backend, prompts_for(specs[r.context].template, val), spec, "val/context", corpus, vids)
+        vf, vc = validation["face"], validation["context"]
         Xv, scaler = gate_features(data, val, r.gate_features)
         Xt, _ = gate_features(data, test, r.gate_features, scaler)
         targets = [b.targets for b in cues.take(val).blocks]
