@@ -16,8 +16,8 @@
    the vision forward's share of a step; the collation's share of the step time (what DataLoader workers could
    take off the loop); `token-budget` (batching.max_tokens: 1800, batches by padded tokens instead of 8 examples)
    and `packed` (batching.packed: each batch of 8 as one padding-free row, attention within each example by
-   position ids) as whole runs; with --levers also `workers` (engine loader.workers: 1) and `compile`
-   (torch.compile of the language model).
+   position ids) as whole runs; with --levers also `workers` (engine loader.workers: 1), `compile`
+   (torch.compile of the language model), and `nf4` / `8bit` (a QLoRA base; with its peak memory).
 5. Parameter memory of LoRA on a bf16, 8-bit and nf4 base at Qwen2-VL-2B's shapes (training/memory.py: built on the
    meta device, quantization emulated as bitsandbytes stores it, the project's preparation applied), by module group
    and dtype, beside nf4 as peft's prepare_model_for_kbit_training left it (everything unquantized in fp32).
@@ -85,7 +85,10 @@ def setup(work: Path, model_yaml: str, full: bool = True) -> tuple[Path, Path]:
 
 TOKEN_BUDGET = 1800  # tokens a micro-batch may hold, padded: about batch 8 at the benchmark corpus's ~220-token examples
 LEVERS = {"workers": {"loader": {"workers": 1}}, "compile": {"compile": True}, "vision-cache": {"vision_cache": True},
-          "token-budget": {"batching": {"max_tokens": TOKEN_BUDGET}}, "packed": {"batching": {"packed": True}}}
+          "token-budget": {"batching": {"max_tokens": TOKEN_BUDGET}}, "packed": {"batching": {"packed": True}},
+          # QLoRA bases (--levers nf4,8bit): peak memory against ours's bf16/fp32 LoRA (the 2B shapes on CUDA)
+          "nf4": {"lora": {"r": 8, "alpha": 16, "dropout": 0.05, "quantization": "4bit"}},
+          "8bit": {"lora": {"r": 8, "alpha": 16, "dropout": 0.05, "quantization": "8bit"}}}
 DEFAULT_LEVERS = ["answer-only", "token-budget", "packed"]
 
 
@@ -395,7 +398,8 @@ def main() -> None:
     ap.add_argument("--no-bf16", action="store_true", help="fp32 only")
     ap.add_argument("--no-trl", action="store_true", help="skip the TRL baseline (levers only)")
     ap.add_argument("--trl-default", action="store_true", help="also TRL at its own default (gradient checkpointing)")
-    ap.add_argument("--levers", default="", help="whole-run levers to add, comma-separated: workers, compile")
+    ap.add_argument("--levers", default="", help="whole-run levers to add, comma-separated: workers, compile, nf4, "
+                    "8bit")
     ap.add_argument("--model", help=f"tiny-VLM YAML (default {CPU_MODEL} on a CPU, {CUDA_MODEL} on CUDA)")
     ap.add_argument("--work")
     ap.add_argument("--json")
@@ -464,9 +468,9 @@ def main() -> None:
     say("matrix-multiply peak of this device: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items())
         + f"  {load()}")
     levers = DEFAULT_LEVERS + [x for x in args.levers.split(",") if x and x not in DEFAULT_LEVERS]
-    unknown = set(levers) - {*DEFAULT_LEVERS, "workers", "compile"}
+    unknown = set(levers) - {*DEFAULT_LEVERS, "workers", "compile", "nf4", "8bit"}
     if unknown:
-        sys.exit(f"--levers: unknown {sorted(unknown)}; choose from workers, compile")
+        sys.exit(f"--levers: unknown {sorted(unknown)}; choose from workers, compile, nf4, 8bit")
     names = []
     for prec in args.precisions:
         names += ([f"trl_{prec}"] if trl else []) + ([f"trl_{prec}_default"] if trl and args.trl_default else [])
@@ -478,8 +482,10 @@ def main() -> None:
         for name in levers:
             lever = paired_ratio(runs[f"ours_{prec}_{name}"], runs[f"ours_{prec}"], "tokens_per_s")
             summary[f"{name}_{prec}"] = lever
+            on = median_run(runs[f"ours_{prec}_{name}"], "tokens_per_s")
             say(f"[3] {prec}: {name} on/off {describe(lever)}; {lever['a_median']:.0f} against "
-                f"{lever['b_median']:.0f} tokens/s")
+                f"{lever['b_median']:.0f} tokens/s; peak {on['peak_memory_mb']:.0f} against "
+                f"{ours['peak_memory_mb']:.0f} MB ({ours['memory_kind']})")
         say(f"[3] {prec}: collation takes {ours['collate_share']:.1%} of ours's training time (what DataLoader "
             "workers could take off the loop)")
         if trl and args.trl_default:
