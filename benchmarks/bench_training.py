@@ -14,8 +14,13 @@
    per image and reused from the second epoch on, training/vision_cache.py), measured as the time of one training
    step with pixels against one with the cached features (the steady state of every epoch after the first), with
    the vision forward's share of a step; the collation's share of the step time (what DataLoader workers could
-   take off the loop); with --levers also `workers` (engine loader.workers: 1) and `compile` (torch.compile of the
-   language model) as whole runs.
+   take off the loop); `token-budget` (batching.max_tokens: 1800, batches by padded tokens instead of 8 examples)
+   and `packed` (batching.packed: each batch of 8 as one padding-free row, attention within each example by
+   position ids) as whole runs; with --levers also `workers` (engine loader.workers: 1), `compile`
+   (torch.compile of the language model), and `nf4` / `8bit` (a QLoRA base; with its peak memory).
+5. Parameter memory of LoRA on a bf16, 8-bit and nf4 base at Qwen2-VL-2B's shapes (training/memory.py: built on the
+   meta device, quantization emulated as bitsandbytes stores it, the project's preparation applied), by module group
+   and dtype, beside nf4 as peft's prepare_model_for_kbit_training left it (everything unquantized in fp32).
 4. Routed inference of a batch that mixes two LoRA experts (one pass, peft adapter_names) <= 1.3x the time of the
    same batch through a single adapter.
 
@@ -78,7 +83,13 @@ def setup(work: Path, model_yaml: str, full: bool = True) -> tuple[Path, Path]:
     return model, corpus / "data.yaml"
 
 
-LEVERS = {"workers": {"loader": {"workers": 1}}, "compile": {"compile": True}, "vision-cache": {"vision_cache": True}}
+TOKEN_BUDGET = 1800  # tokens a micro-batch may hold, padded: about batch 8 at the benchmark corpus's ~220-token examples
+LEVERS = {"workers": {"loader": {"workers": 1}}, "compile": {"compile": True}, "vision-cache": {"vision_cache": True},
+          "token-budget": {"batching": {"max_tokens": TOKEN_BUDGET}}, "packed": {"batching": {"packed": True}},
+          # QLoRA bases (--levers nf4,8bit): peak memory against ours's bf16/fp32 LoRA (the 2B shapes on CUDA)
+          "nf4": {"lora": {"r": 8, "alpha": 16, "dropout": 0.05, "quantization": "4bit"}},
+          "8bit": {"lora": {"r": 8, "alpha": 16, "dropout": 0.05, "quantization": "8bit"}}}
+DEFAULT_LEVERS = ["answer-only", "token-budget", "packed"]
 
 
 def train_config(work: Path, model: Path, corpus: Path, precision: str, steps: int, lever: str = "") -> Path:
@@ -346,6 +357,18 @@ def measure_routing(work: Path, model: Path, corpus: Path, items: int) -> dict:
             "ratio": mixed_t / single, "target_ratio": 1.3, "peak_memory_mb": peak_memory_mb()}
 
 
+def measure_memory() -> dict:
+    """[5]: parameter bytes by group and dtype per mode at the 2B shapes (no weights allocated)."""
+    from vlm_salience.resources import shipped
+    from vlm_salience.training.memory import account, format_table
+
+    shapes = Path(CUDA_MODEL) if Path(CUDA_MODEL).exists() else shipped(CUDA_MODEL)
+    acc = account(shapes)
+    acc["4bit, peft upcast (before)"] = account(shapes, modes=("4bit",), upcast=True)["4bit"]
+    return {"accounting": acc, "table": format_table(acc),
+            "totals_gib": {m: (a["total"] + a["lora_state"]) / 2**30 for m, a in acc.items()}}
+
+
 def child_args(kind: str, args) -> list[str]:
     return ["--child", kind, "--work", str(args.work), "--steps", str(args.steps), "--items", str(args.items),
             "--model", args.model, "--precisions", ",".join(args.precisions)] + (["--full"] if args.full else [])
@@ -375,7 +398,8 @@ def main() -> None:
     ap.add_argument("--no-bf16", action="store_true", help="fp32 only")
     ap.add_argument("--no-trl", action="store_true", help="skip the TRL baseline (levers only)")
     ap.add_argument("--trl-default", action="store_true", help="also TRL at its own default (gradient checkpointing)")
-    ap.add_argument("--levers", default="", help="whole-run levers to add, comma-separated: workers, compile")
+    ap.add_argument("--levers", default="", help="whole-run levers to add, comma-separated: workers, compile, nf4, "
+                    "8bit")
     ap.add_argument("--model", help=f"tiny-VLM YAML (default {CPU_MODEL} on a CPU, {CUDA_MODEL} on CUDA)")
     ap.add_argument("--work")
     ap.add_argument("--json")
@@ -393,6 +417,8 @@ def main() -> None:
             out = measure_peak(args.precisions.split(","))
         elif args.child == "vision":
             out = measure_vision_cache(args.work, model, corpus, 3 if not args.full else 7)
+        elif args.child == "memory":
+            out = measure_memory()
         elif args.child == "routing":
             out = measure_routing(args.work, model, corpus, args.items)
         else:
@@ -430,13 +456,21 @@ def main() -> None:
                 + ("" if out.get("steal") is None else f", steal {out['steal']:.0%}"))
         return out
 
+    try:
+        memory = run("memory")
+        say(f"[5] parameter memory of LoRA (r = 8) at {CUDA_MODEL}'s shapes, GiB by group and dtype (accounted on the "
+            "meta device; activations not included):\n" + memory["table"])
+        say("[5] totals: " + ", ".join(f"{m} {g:.2f} GiB" for m, g in memory["totals_gib"].items()))
+    except RuntimeError as exc:
+        memory = None
+        say(f"[5] memory accounting failed: {str(exc)[-500:]}")
     peak = {k: v for k, v in run("peak").items() if k in args.precisions}
     say("matrix-multiply peak of this device: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items())
         + f"  {load()}")
-    levers = ["answer-only"] + [x for x in args.levers.split(",") if x]
-    unknown = set(levers) - {"answer-only", "workers", "compile"}
+    levers = DEFAULT_LEVERS + [x for x in args.levers.split(",") if x and x not in DEFAULT_LEVERS]
+    unknown = set(levers) - {*DEFAULT_LEVERS, "workers", "compile", "nf4", "8bit"}
     if unknown:
-        sys.exit(f"--levers: unknown {sorted(unknown)}; choose from workers, compile")
+        sys.exit(f"--levers: unknown {sorted(unknown)}; choose from workers, compile, nf4, 8bit")
     names = []
     for prec in args.precisions:
         names += ([f"trl_{prec}"] if trl else []) + ([f"trl_{prec}_default"] if trl and args.trl_default else [])
@@ -448,8 +482,10 @@ def main() -> None:
         for name in levers:
             lever = paired_ratio(runs[f"ours_{prec}_{name}"], runs[f"ours_{prec}"], "tokens_per_s")
             summary[f"{name}_{prec}"] = lever
+            on = median_run(runs[f"ours_{prec}_{name}"], "tokens_per_s")
             say(f"[3] {prec}: {name} on/off {describe(lever)}; {lever['a_median']:.0f} against "
-                f"{lever['b_median']:.0f} tokens/s")
+                f"{lever['b_median']:.0f} tokens/s; peak {on['peak_memory_mb']:.0f} against "
+                f"{ours['peak_memory_mb']:.0f} MB ({ours['memory_kind']})")
         say(f"[3] {prec}: collation takes {ours['collate_share']:.1%} of ours's training time (what DataLoader "
             "workers could take off the loop)")
         if trl and args.trl_default:
@@ -495,7 +531,8 @@ def main() -> None:
     say(f"done in {time.perf_counter() - t_start:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps({"device": device, "model": args.model, "peak": peak, "runs": runs,
-                                               "summary": summary, "routing": routing}, indent=2))
+                                               "summary": summary, "routing": routing,
+                                               "memory": memory}, indent=2))
 
 
 if __name__ == "__main__":

@@ -71,6 +71,20 @@ class LoaderConfig(StrictModel):
     prefetch: int = Field(2, ge=1)  # batches each worker collates ahead
 
 
+class BatchingConfig(StrictModel):
+    """How examples are grouped into micro-batches (engine/engine.py: token_budget_plan).
+
+    `max_tokens`: each micro-batch holds as many examples as fit this many tokens (padded: the longest example x
+    their number; `packed`: the sum of their lengths), by the task's lengths(), instead of `optim.batch_size`
+    examples. Batches are cut from the examples sorted by length (ties in an order drawn per epoch), so every epoch
+    has the same number of steps (exact resume), and their order is drawn per epoch. None: fixed batch_size.
+    `packed`: the task trains each micro-batch as one padding-free row of concatenated examples (position ids
+    restart per example; attention stays within each), where the task supports it (the VLM task does)."""
+
+    max_tokens: int | None = Field(None, ge=1)
+    packed: bool = False
+
+
 class CheckpointConfig(StrictModel):
     every_steps: int | None = Field(50, ge=1)  # None: no periodic checkpoints (SIGTERM still writes one)
     keep: int = Field(2, ge=1)
@@ -88,6 +102,7 @@ class EngineConfig(StrictModel):
     group_by_length: bool = True  # batches of similar length (from the task's lengths()): less padding
     eval: EvalConfig = Field(default_factory=EvalConfig)
     loader: LoaderConfig = Field(default_factory=LoaderConfig)
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)  # token budget / packed: off by default
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     tracker: Literal["tensorboard", "wandb", "none"] = "tensorboard"
     log_every: int = Field(10, ge=1)

@@ -5,7 +5,8 @@ It never looks inside a batch: the task collates and computes the loss (`engine/
 - Batches come from a deterministic plan over optimizer steps (seed and epoch give the order; optionally batches
   of similar length), each step's examples split into micro-steps and then into one shard per rank, so a resumed
   run sees exactly the batches an uninterrupted one would, and batch 4 x accumulation 2 is the same update as
-  batch 8.
+  batch 8. Or batches by token budget (`batching.max_tokens`): as many examples as fit, the same number of steps
+  every epoch (`token_budget_plan`).
 - Gradient accumulation without gradient sync on the inner micro-steps, each loss divided by the number of
   micro-steps; mixed precision through accelerate (from the config, from `accelerate launch`, or `auto`); gradient
   clipping; cosine / linear / constant schedules with warm-up, steps at epoch milestones, or ReduceLROnPlateau on a validation
@@ -118,6 +119,52 @@ def batch_plan(lengths: np.ndarray, batch_size: int, world: int, epoch: int, see
     for k in rng.permutation(len(steps)):
         for micro in np.array_split(steps[k], accum):
             out.append([shard.tolist() for shard in np.array_split(micro, world)])
+    return out
+
+
+def token_budget_plan(lengths: np.ndarray, max_tokens: int, world: int, epoch: int, seed: int, accum: int = 1,
+                      packed: bool = False) -> list[list[list[int]]]:
+    """Per micro-step of one epoch: one list of example indices per rank, each list as many examples as fit
+    `max_tokens` (padded cost: the longest x their number; packed: the sum of lengths). Deterministic in (seed,
+    epoch).
+
+    Examples are sorted by length, longest first, ties in an order drawn per epoch, and cut greedily into batches:
+    the cuts depend only on the sorted lengths, so every epoch has the same number of batches (and steps: exact
+    resume needs it), while which of the equally long examples share a batch changes per epoch. Batches are then
+    shuffled per epoch and dealt world x accum to a step; a ragged tail of batches (fewer than one step) is dropped.
+    """
+    lengths = np.asarray(lengths).astype(np.int64)
+    over = np.flatnonzero(lengths > max_tokens)
+    if len(over):
+        raise ConfigError(f"batching.max_tokens {max_tokens}: example {int(over[0])} alone has "
+                          f"{int(lengths[over[0]])} tokens ({len(over)} example(s) exceed it); raise max_tokens to at "
+                          f"least {int(lengths.max())}")
+    rng = np.random.default_rng(seed * 1000 + epoch)
+    order = np.lexsort((rng.random(len(lengths)), -lengths))  # by length (longest first), ties at random
+    batches: list[list[int]] = []
+    current: list[int] = []
+    longest = total = 0
+    for i in order:
+        n = int(lengths[i])
+        cost = total + n if packed else max(longest, n) * (len(current) + 1)
+        if current and cost > max_tokens:
+            batches.append(current)
+            current, longest, total = [], 0, 0
+        current.append(int(i))
+        longest, total = max(longest, n), total + n
+    if current:
+        batches.append(current)
+    per_step = world * accum
+    if len(batches) < per_step:
+        raise ConfigError(f"batching.max_tokens {max_tokens} makes {len(batches)} batch(es) of the {len(lengths)} "
+                          f"examples, fewer than {world} process(es) x {accum} accumulation micro-steps; lower "
+                          "max_tokens, optim.grad_accum or the number of processes")
+    perm = rng.permutation(len(batches))
+    out = []
+    for s in range(len(batches) // per_step):
+        step = [batches[k] for k in perm[s * per_step:(s + 1) * per_step]]
+        for a in range(accum):
+            out.append(step[a * world:(a + 1) * world])
     return out
 
 
@@ -308,6 +355,13 @@ class Engine:
             raise ConfigError(f"task '{self.task.name}': lengths() has {len(self.lengths)} entries for "
                               f"{self.n_examples} examples")
         self.group = cfg.group_by_length and lengths is not None
+        b = cfg.batching
+        if b.max_tokens is not None and lengths is None:
+            raise ConfigError(f"batching.max_tokens: task '{self.task.name}' reports no lengths() to budget by; "
+                              "remove batching.max_tokens (optim.batch_size then sets the batch)")
+        if b.packed and not getattr(self.task, "supports_packing", False):
+            raise ConfigError(f"batching.packed: task '{self.task.name}' cannot train padding-free (packed) "
+                              "batches; set batching.packed: false")
         self.fingerprint = {k: str(v) for k, v in self.task.fingerprint().items()}
         world = acc.num_processes
         self.steps_per_epoch = len(self._plan(0)) // cfg.optim.grad_accum
@@ -349,7 +403,10 @@ class Engine:
                                       "grad_accum": cfg.optim.grad_accum, "precision": acc.mixed_precision})
 
     def _plan(self, epoch: int) -> list[list[list[int]]]:
-        o = self.cfg.optim
+        o, b = self.cfg.optim, self.cfg.batching
+        if b.max_tokens is not None:
+            return token_budget_plan(self.lengths, b.max_tokens, self.accelerator.num_processes, epoch,
+                                     self.cfg.seed, o.grad_accum, packed=b.packed)
         return batch_plan(self.lengths, o.batch_size, self.accelerator.num_processes, epoch, self.cfg.seed,
                           self.group, o.grad_accum)
 
@@ -360,10 +417,15 @@ class Engine:
 
     def plan_settings(self) -> dict[str, Any]:
         """What the data position of a checkpoint means: resuming under other values would train other batches."""
-        o = self.cfg.optim
-        return {"world_size": self.accelerator.num_processes, "batch_size": o.batch_size, "grad_accum": o.grad_accum,
-                "seed": self.cfg.seed, "group_by_length": self.group, "examples": self.n_examples,
-                "steps_per_epoch": self.steps_per_epoch}
+        o, b = self.cfg.optim, self.cfg.batching
+        settings = {"world_size": self.accelerator.num_processes, "batch_size": o.batch_size,
+                    "grad_accum": o.grad_accum, "seed": self.cfg.seed, "group_by_length": self.group,
+                    "examples": self.n_examples, "steps_per_epoch": self.steps_per_epoch}
+        if b.max_tokens is not None:  # only when set: checkpoints written before the option still resume
+            settings["max_tokens"] = b.max_tokens
+        if b.packed:  # packed changes a token budget's batches, and what a task trains on
+            settings["packed"] = True
+        return settings
 
     # -- checkpoints ------------------------------------------------------------------------------------------------
     def unwrapped(self):
@@ -414,7 +476,8 @@ class Engine:
             raise CheckpointError(f"checkpoint {ckpt.folder} was written by {state.get('world_size')} process(es); "
                                   f"resume it with as many (now {self.accelerator.num_processes})")
         plan = state.get("plan", {})
-        differ = {k: (plan.get(k), v) for k, v in self.plan_settings().items() if plan.get(k) != v}
+        mine = self.plan_settings()
+        differ = {k: (plan.get(k), mine.get(k)) for k in {**plan, **mine} if plan.get(k) != mine.get(k)}
         if differ:
             said = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in differ.items())
             raise CheckpointError(f"checkpoint {ckpt.folder} was written under another batch plan ({said}): its "

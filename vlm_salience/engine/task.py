@@ -46,6 +46,8 @@ class Task(ABC):
     """One model trained by the engine. See the module docstring for the contract."""
 
     name: str  # the run's sub-folder under out/checkpoints, and the progress bar's label
+    # whether the task trains `batching.packed` micro-batches (padding-free rows); the engine refuses it otherwise
+    supports_packing: bool = False
 
     @abstractmethod
     def setup(self, accelerator) -> tuple[Any, Any]:

@@ -67,11 +67,30 @@ def peft_config(model, cfg: LoraConfig):
                           modules_to_save=cfg.modules_to_save or None)
 
 
+def prepare_quantized(model, *, gradient_checkpointing: bool = False):
+    """A quantized (8-bit / nf4) base made ready for LoRA: every base weight frozen, and every weight that was not
+    quantized (vision tower, projector, embeddings, norms, lm_head) LEFT in the dtype it loaded in (the compute
+    dtype, bf16 on a GPU), unlike peft's `prepare_model_for_kbit_training`, which casts all of them to fp32.
+
+    Why (issue 31: nf4 needed 34.7 GB against bf16 LoRA's 19.6 GB at the 2B shapes): that upcast makes the frozen
+    vision tower (0.67B parameters at the 2B shapes) and embeddings 4 bytes a weight instead of 2, and, worse, an
+    fp32 embedding and fp32 norm weights turn the whole residual stream fp32 (bf16 activations x fp32 weight ->
+    fp32), so every activation kept for the backward pass is twice the size (training/memory.py accounts both).
+    The LoRA weights are fp32 regardless (peft's `autocast_adapter_dtype`), and so their gradients and optimizer
+    state; RMSNorm computes its variance in fp32 either way. Gradient checkpointing as in the unquantized path."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    return model
+
+
 def apply_lora(model, cfg: LoraConfig, adapter_name: str, *, gradient_checkpointing: bool = False):
-    from peft import get_peft_model, prepare_model_for_kbit_training
+    from peft import get_peft_model
 
     if cfg.quantization != "none":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+        model = prepare_quantized(model, gradient_checkpointing=gradient_checkpointing)
     elif gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()

@@ -87,7 +87,7 @@ def answer_only_loss(model, batch):
     import torch.nn.functional as F
     from accelerate.utils import extract_model_from_parallel
 
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "use_cache")}
     mask, targets = supervised_positions(batch["labels"])
     head = extract_model_from_parallel(model).get_output_embeddings()
     hook = head.register_forward_pre_hook(lambda _m, args: (args[0][mask], *args[1:]))
@@ -96,6 +96,51 @@ def answer_only_loss(model, batch):
     finally:
         hook.remove()
     return F.cross_entropy(logits.float(), targets)
+
+
+PACKED_AWAY = ("input_ids", "labels", "attention_mask", "mm_token_type_ids")
+
+
+def pack_batch(model, batch: dict[str, Any]) -> dict[str, Any]:
+    """A right-padded batch as one padding-free row: its examples' tokens concatenated, no attention mask, and
+    position ids that restart at 0 for each example, from which transformers' masking utilities build attention
+    that stays within each example (`find_packed_sequence_indices`; with SDPA a block-diagonal causal mask, with
+    flash attention variable-length kernels). The model computes the same loss as on the padded batch: the mean
+    cross-entropy over the answer tokens; no example's answer is predicted from another's tokens (each example's
+    first label is a prompt token, -100, so the shifted loss never crosses a boundary: checked).
+
+    Qwen2-VL's multimodal rope: its image tokens take 3-D (temporal, height, width) positions. They are the model's
+    own `get_rope_index` of the padded batch (per example, padding left out), gathered at the real tokens, with the
+    text positions (0 .. n-1 per example) prepended as a fourth row: transformers' Qwen2-VL reads `position_ids` of
+    shape 4 x 1 x N as exactly that (row 0 for the packed mask, rows 1-3 for the rope). Other families: 1 x N."""
+    import torch
+    from accelerate.utils import extract_model_from_parallel
+
+    mask = batch["attention_mask"].bool()
+    if bool((batch["labels"][:, 0] != IGNORE).any()):
+        raise ConfigError("batching.packed: an example's first token is supervised, so its label would be predicted "
+                          "from the previous example's last token; train without packing")
+    out = {k: v for k, v in batch.items() if k not in PACKED_AWAY}
+    for k in ("input_ids", "labels", "mm_token_type_ids"):
+        if k in batch:
+            out[k] = batch[k][mask][None]
+    text = (batch["attention_mask"].long().cumsum(-1) - 1)[mask][None]  # 1 x N, restarting per example
+    base = extract_model_from_parallel(model)
+    base = base.get_base_model() if hasattr(base, "get_base_model") else base
+    inner = getattr(base, "model", base)
+    if hasattr(inner, "get_rope_index"):  # Qwen2-VL family: 3-D positions of image/video tokens
+        grids = {k: batch[k] for k in ("image_grid_thw", "video_grid_thw", "second_per_grid_ts") if k in batch}
+        if grids:
+            rope, _ = inner.get_rope_index(batch["input_ids"], mm_token_type_ids=batch["mm_token_type_ids"],
+                                           attention_mask=batch["attention_mask"], **grids)
+            rope = rope[:, mask][:, None]  # 3 x 1 x N
+        else:
+            rope = text[None].expand(3, -1, -1)
+        out["position_ids"] = torch.cat([text[None], rope.to(text.dtype)], dim=0)  # 4 x 1 x N
+    else:
+        out["position_ids"] = text
+    out["use_cache"] = False  # the masking utilities read packed positions only without a cache (a training pass)
+    return out
 
 
 def compile_language_model(model, backend: str = "inductor"):
@@ -132,6 +177,12 @@ class VLMTask(Task):
         mc = ModelConfig(**{k: v for k, v in m.model_dump().items() if k in ModelConfig.model_fields})
         if self.cfg.lora.quantization != "none":
             mc.quantization = self.cfg.lora.quantization
+            if "dtype" not in m.model_fields_set:  # QLoRA computes in bf16 where the training device has it
+                import torch  # natively (a GPU), not fp32; the unquantized modules stay in it (lora.py)
+
+                from vlm_salience.models.hardware import auto_dtype
+
+                mc.dtype = auto_dtype("cuda" if torch.cuda.is_available() else "cpu")
         return load_vlm(mc)
 
     def setup(self, accelerator):
@@ -193,10 +244,13 @@ class VLMTask(Task):
     # vocabulary is large (it removes the B x T x vocab logits) and measure it there.
     answer_only_logits: bool = False
     vision_cache: Any = None  # a VisionFeatureCache from setup() where cfg.vision_cache is on
+    supports_packing = True  # batching.packed: each micro-batch as one padding-free row (pack_batch)
 
     def loss(self, model, batch):
         if self.vision_cache is not None:  # cached frozen image features in place of pixels (vision_cache.py)
             batch = self.vision_cache.inputs(model, batch, self.collator._cache)
+        if self.cfg.batching.packed:
+            batch = pack_batch(model, batch)
         if not self.answer_only_logits or "labels" not in batch:
             return model(**batch).loss  # mean over the micro-batch's answer tokens
         return answer_only_loss(model, batch)
