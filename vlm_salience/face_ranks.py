@@ -4,7 +4,7 @@ rank's rerun keeps what it wrote), and rank 0 merges the parts into the one CSV 
 same order), atomically. `face video`: each rank writes its videos' tables (each resumable on its own) and rank 0
 writes the one summary.
 
-    accelerate launch --num_processes 2 --cpu -m vlm_salience.cli face score photos/ --out runs/faces.csv
+    accelerate launch --config_file configs/accelerate/cpu_ddp.yaml -m vlm_salience.cli face score photos/ --out runs/faces.csv
 
 Launched plainly (no WORLD_SIZE > 1 in the environment), nothing here is used. accelerate's `PartialState` sets up
 the process group (gloo on CPU) and `split_between_processes` gives each rank a contiguous share.

@@ -8,26 +8,16 @@ Under a launch, accelerate's `PartialState` sets up the process group (gloo on t
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-
-def world_size() -> int:
-    """Processes in this launch (1 when not launched by accelerate/torchrun)."""
-    try:
-        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
-    except ValueError:
-        return 1
+from vlm_salience.ranks import current, world_size  # noqa: F401  (world_size: for the callers)
 
 
 def rank_state() -> Any:
-    """accelerate's PartialState for this process. On the CPU (`accelerate launch --cpu`, or no GPU) accelerate
-    sets up gloo only when told cpu=True, or the processes never join."""
-    import torch
-    from accelerate import PartialState
-
-    cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not torch.cuda.is_available()
-    return PartialState(cpu=cpu)
+    """accelerate's PartialState for this process, set up once by `ranks.current()`: gloo on the CPU where GPUs are
+    missing or fewer than the processes, as training and `prompt run` decide (engine/devices.py). Only under a
+    launch (world_size() > 1)."""
+    return current().state
 
 
 def rank_device(configured: str, state: Any) -> str:
