@@ -161,6 +161,7 @@ class VLMTask(Task):
     def __init__(self, cfg: TrainConfig, adapter: AdapterSpec, data: TrainingData | None = None) -> None:
         self.cfg, self.adapter = cfg, adapter
         self.name = adapter.name
+        self.packed = cfg.batching.packed
         self.data = data or TrainingData(cfg)
 
     def _load_base(self, accelerator):
@@ -245,11 +246,12 @@ class VLMTask(Task):
     answer_only_logits: bool = False
     vision_cache: Any = None  # a VisionFeatureCache from setup() where cfg.vision_cache is on
     supports_packing = True  # batching.packed: each micro-batch as one padding-free row (pack_batch)
+    packed: bool = False  # cfg.batching.packed, set in __init__ (a class default, like the levers above)
 
     def loss(self, model, batch):
         if self.vision_cache is not None:  # cached frozen image features in place of pixels (vision_cache.py)
             batch = self.vision_cache.inputs(model, batch, self.collator._cache)
-        if self.cfg.batching.packed:
+        if self.packed:
             batch = pack_batch(model, batch)
         if not self.answer_only_logits or "labels" not in batch:
             return model(**batch).loss  # mean over the micro-batch's answer tokens
