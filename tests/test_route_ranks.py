@@ -159,11 +159,13 @@ def test_route_resumes_from_the_one_cache_asking_only_what_it_lacks(runs, monkey
     no_plots(monkeypatch)
     assert main(["route", str(runs["config"]), "--quiet"]) == 0
     assert len(asked) == 5
-    # the same report: the 5 answers asked again in smaller batches agree to float rounding
+    # the same report: the 5 answers asked again in smaller batches agree to float rounding and fit tolerance
     a, b = pd.read_csv(StringIO(before)), pd.read_csv(two / "predictions.csv")
     numeric = a.select_dtypes("number").columns
     assert list(a.columns) == list(b.columns) and a.drop(columns=numeric).equals(b.drop(columns=numeric))
-    assert np.allclose(a[numeric], b[numeric], atol=1e-6, equal_nan=True)
+    # (the fits on validation answers carry the re-scored answers' rounding on to the optimiser's tolerance: 1.6e-7
+    # here in one process, more than 1e-6 in one CI run under xdist; a wrong answer reused moves far more)
+    assert np.allclose(a[numeric], b[numeric], atol=1e-4, equal_nan=True)
 
 
 def test_clip_routing_split_by_rank_equals_one_process(runs):

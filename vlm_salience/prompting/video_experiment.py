@@ -121,11 +121,7 @@ def run_video_prompting(cfg: VideoPromptConfig, *, progress: bool = True) -> dic
 
     ranks = current()
     corpus = load_video_corpus(cfg.data, overrides=cfg.data_overrides)
-    folds = cfg.folds or list(corpus.folds)
-    unknown = [f for f in folds if f not in corpus.folds]
-    if unknown:
-        raise ConfigError(f"{cfg.name}: folds {unknown} are not folds of corpus '{corpus.name}' "
-                          f"(folds: {sorted(corpus.folds)})")
+    folds = corpus.chosen_folds(cfg.folds, f"{cfg.name}: folds")
     spec = AnswerSpec("choice", tuple(corpus.classes), None, None)
     tests = {f: corpus.folds[f].get("test", [])[:cfg.max_test_clips] for f in folds}
     frames_from = CachedFrames(cfg.frame_cache) if cfg.frame_cache is not None else None

@@ -288,11 +288,7 @@ def route_clips(cfg: ClipRoutingConfig, *, progress: bool = True) -> dict[str, A
 
     ranks = current()
     corpus = load_video_corpus(cfg.data, overrides=cfg.data_overrides)
-    folds = cfg.folds or list(corpus.folds)
-    unknown = [f for f in folds if f not in corpus.folds]
-    if unknown:
-        raise ConfigError(f"{cfg.name}: folds {unknown} are not folds of corpus '{corpus.name}' "
-                          f"(folds: {sorted(corpus.folds)})")
+    folds = corpus.chosen_folds(cfg.folds, f"{cfg.name}: folds")
     frames = ClipFrames(cfg.frame_cache, corpus, cfg.frames)
     out = Path(cfg.out)
     names = {"face": f"expert/{cfg.face.name}", "context": f"expert/{cfg.context.name}"}

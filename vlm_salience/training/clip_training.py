@@ -243,7 +243,7 @@ def train_clips(cfg: ClipTrainConfig, *, resume: bool = False, progress: bool = 
     from vlm_salience.training.routing import load_with_adapters
 
     corpus = load_video_corpus(cfg.data.config, overrides=cfg.data.data_overrides)
-    folds = [str(f) for f in (cfg.data.folds or list(corpus.folds))]
+    folds = corpus.chosen_folds(cfg.data.folds, "data.folds")
     adapters = [a for a in cfg.adapters if not only or a.name in only]
     per_adapter: dict[str, dict[str, Any]] = {a.name: {"training": {}, "per_fold": {}, "failed": {}}
                                               for a in adapters}

@@ -115,10 +115,7 @@ def export_video_corpus(data: str | Path, out: str | Path, *, fmt: Format = "bot
     from vlm_salience.prompting.video_experiment import clip_items
 
     corpus = load_video_corpus(data, overrides=overrides)
-    folds = folds or list(corpus.folds)
-    unknown = [f for f in folds if f not in corpus.folds]
-    if unknown:
-        raise ConfigError(f"folds {unknown} are not folds of corpus '{corpus.name}' (folds: {sorted(corpus.folds)})")
+    folds = corpus.chosen_folds(folds)
     tpl = load_template(template)
     spec = AnswerSpec("choice", tuple(corpus.classes), None, None)
     from PIL import Image

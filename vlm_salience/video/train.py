@@ -37,11 +37,7 @@ def load_corpus(cfg):
 
 
 def folds_of(cfg, corpus) -> list[str]:
-    folds = cfg.data.folds or list(corpus.folds)
-    unknown = [f for f in folds if f not in corpus.folds]
-    if unknown:
-        raise ConfigError(f"data.folds names {unknown}, which corpus '{corpus.name}' does not have "
-                          f"(folds: {sorted(corpus.folds)})")
+    folds = corpus.chosen_folds(cfg.data.folds, "data.folds")
     for f in folds:
         if not corpus.folds[f].get("train"):
             raise ConfigError(f"fold '{f}' of corpus '{corpus.name}' has no training clips")

@@ -72,6 +72,18 @@ class VideoCorpus:
     def labels(self) -> np.ndarray:
         return np.array([c.label for c in self.clips], dtype=np.int64)
 
+    def chosen_folds(self, folds: list[str] | None, setting: str = "folds") -> list[str]:
+        """The folds a run asked for (every fold when None). A name the corpus lacks is a ConfigError naming the
+        setting, before any work starts."""
+        from vlm_salience.errors import ConfigError
+
+        chosen = [str(f) for f in folds] if folds else list(self.folds)
+        unknown = [f for f in chosen if f not in self.folds]
+        if unknown:
+            raise ConfigError(f"{setting} names {unknown}, which corpus '{self.name}' does not have "
+                              f"(folds: {sorted(self.folds)})")
+        return chosen
+
     def split(self, fold: str, part: str = "train") -> list[VideoClip]:
         """The clips of one part ("train", "test", "val") of one fold, in the fold list's order."""
         if fold not in self.folds:
