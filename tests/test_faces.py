@@ -120,7 +120,7 @@ def test_load_detector_by_name_and_unknown():
     from vlm_salience.errors import ConfigError
 
     assert isinstance(load_detector("haar"), HaarDetector)
-    with pytest.raises(ConfigError, match=r"unknown face detector 'retinaface'.*\['haar', 'mtcnn'\]"):
+    with pytest.raises(ConfigError, match=r"unknown face detector 'retinaface'.*\['auto', 'haar', 'mtcnn'\]"):
         load_detector("retinaface")
 
 

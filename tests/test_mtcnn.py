@@ -346,7 +346,7 @@ def test_analyzer_batched_equals_one_image_at_a_time(mtcnn, astronaut, half):
 
 
 def test_face_score_picks_the_detector_by_name(mtcnn, astronaut, tmp_path):
-    """`face score --detector mtcnn` on a folder of tight face crops finds every face; the default Haar none."""
+    """`face score --detector mtcnn` on a folder of tight face crops finds every face; Haar none."""
     from PIL import Image
 
     from vlm_salience.face_scoring import score_faces
@@ -355,7 +355,7 @@ def test_face_score_picks_the_detector_by_name(mtcnn, astronaut, tmp_path):
     d.mkdir()
     for inset, scale in [(0, 1.0), (5, 2.0), (10, 3.0)]:
         Image.fromarray(tight_crop(astronaut, inset, scale)[0]).save(d / f"crop_{inset}_{scale}.png")
-    s_haar = score_faces([d], tmp_path / "haar.csv", progress=False)
+    s_haar = score_faces([d], tmp_path / "haar.csv", detector_cfg="haar", progress=False)
     s_mtcnn = score_faces([d], tmp_path / "mtcnn.csv", detector_cfg="mtcnn", progress=False)
     assert (s_haar["faces"], s_haar["no_face"]) == (0, 3)
     assert (s_mtcnn["faces"], s_mtcnn["no_face"], s_mtcnn["detector"]) == (3, 0, "mtcnn")
@@ -370,6 +370,33 @@ def test_face_score_picks_the_detector_by_name(mtcnn, astronaut, tmp_path):
         assert_points_on_face(pts, tight_crop(astronaut, inset, scale)[1], IOD * scale)
         assert abs(r["roll"]) < 8 and abs(r["yaw"]) < 20
     assert pd.read_csv(tmp_path / "haar.csv")[["eye_l_x", "yaw", "roll"]].isna().all().all()
+
+
+def test_the_default_detector_is_mtcnn_where_installed_else_haar_with_a_warning(mtcnn, monkeypatch):
+    """No detector named (face score, machine cues, the video face stream): MTCNN, which measures better on every
+    check; without its weights, the Haar cascade and one warning that names the install."""
+    import vlm_salience.models.faces.detector as det
+    from vlm_salience.errors import ConfigError
+    from vlm_salience.models.faces.detectors import load_detector
+    from vlm_salience.video.streams import DetectionConfig, face_finder
+
+    assert load_detector(None).cfg.kind == load_detector("auto").cfg.kind == "mtcnn"
+    assert face_finder(DetectionConfig()).detector_config.kind == "mtcnn"
+
+    def missing():
+        raise ConfigError("no weights")
+
+    import vlm_salience.models.faces.mtcnn as mt
+
+    monkeypatch.setattr(det, "mtcnn_weights_dir", missing)
+    monkeypatch.setattr(mt, "weights_dir", missing)
+    monkeypatch.setattr(det, "_warned_no_mtcnn", False)
+    with pytest.warns(UserWarning, match="facenet-pytorch"):
+        assert load_detector(None).cfg.kind == "haar"
+    plain = face_finder(DetectionConfig()).detector_config  # the video pyramid for downscaled frames
+    assert (plain.kind, plain.scale_factor, plain.min_neighbors) == ("haar", 1.05, 3)
+    with pytest.raises(ConfigError):  # named explicitly, a missing MTCNN is an error, never a silent Haar
+        load_detector("mtcnn")
 
 
 # ---------------------------------------------------------------- identities across a clip

@@ -384,7 +384,7 @@ def test_default_yaml_is_the_default_config():
 def test_detector_settings_a_yaml_sets_are_kept_unless_overridden(tmp_path):
     from vlm_salience.video.streams import DetectionConfig, face_finder
 
-    plain = face_finder(DetectionConfig()).detector_config
+    plain = face_finder(DetectionConfig(detector="haar")).detector_config
     assert (plain.scale_factor, plain.min_neighbors, plain.max_side) == (1.05, 3, 256)
     yaml = tmp_path / "det.yaml"
     yaml.write_text("kind: haar\nscale_factor: 1.2\nmin_neighbors: 6\n")

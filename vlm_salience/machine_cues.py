@@ -54,7 +54,9 @@ class TextReaderConfig(StrictModel):
 class ImageReaderConfig(StrictModel):
     kind: Literal["image_classifier"]
     classifier: RelPath | None = None  # a configs/models/face_*.yaml classifier; None: the packaged mini-Xception
-    detector: RelPath | None = None  # a configs/models/face_haar.yaml; None: the default Haar cascade
+    # haar | mtcnn | auto, or a detector YAML (configs/models/face_mtcnn.yaml); None or auto: MTCNN where its weights
+    # are installed, else the Haar cascade
+    detector: Literal["auto", "haar", "mtcnn"] | RelPath | None = None
     label_map: RelPath  # the model's classes onto the corpus's emotions
     no_face: Literal["error", "whole_image"] = "error"  # where no face is found: stop, or classify the whole image
     expressivity: Literal["not_neutral", "js_from_neutral", "kl_from_neutral"] = "not_neutral"
@@ -204,13 +206,16 @@ def read_images(corpus: Corpus, faces: list[str], cfg: ImageReaderConfig, analyz
     missing = [str(p) for p, b in zip(paths, boxes) if not b]
     notes = []
     if missing and cfg.no_face == "error":
-        raise DataError(f"no face found in {len(missing)} image(s), first {missing[0]}.", file=missing[0],
-                        fix="if the images are tight face crops (the face fills the image), use a detector that "
-                            "pads them and looks again: model.detector set to the path of "
-                            "configs/models/face_mtcnn.yaml (the Haar cascade cannot fit a window around a face "
-                            "that fills the image; cropping tighter cannot help), or pad the images with a border "
-                            "of about a third of their size; or set model.no_face: whole_image to classify the "
-                            "whole image.")
+        if fa.detector.name == "haar":
+            fix = ("if the images are tight face crops (the face fills the image), use a detector that pads them and "
+                   "looks again: model.detector: mtcnn (the Haar cascade cannot fit a window around a face that fills "
+                   "the image; cropping tighter cannot help), or pad the images with a border of about a third of "
+                   "their size; or set model.no_face: whole_image to classify the whole image.")
+        else:
+            fix = (f"the {fa.detector.name} detector already padded and upscaled these images and looked again: check "
+                   "that they show a face; or set model.no_face: whole_image to classify the whole image.")
+        raise DataError(f"no face found in {len(missing)} image(s) by the {fa.detector.name} detector, first "
+                        f"{missing[0]}.", file=missing[0], fix=fix)
     if missing:
         from vlm_salience.models.faces.detector import FaceBox
 

@@ -34,7 +34,8 @@ def add_commands(sub) -> None:
     fs.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files, or folders searched for images")
     fs.add_argument("--out", required=True, help="the CSV to write (rows already there are kept and skipped)")
     fs.add_argument("--model", help="expression classifier YAML (default: configs/models/face_fer_torch.yaml)")
-    fs.add_argument("--detector", help="face detector YAML (default: configs/models/face_haar.yaml)")
+    fs.add_argument("--detector", help="face detector: auto (default: mtcnn where its weights are installed, else haar), "
+                    "haar, mtcnn, or a detector YAML")
     fs.add_argument("--expressivity", default="not_neutral",
                     choices=["not_neutral", "js_from_neutral", "kl_from_neutral"],
                     help="expressivity from the probabilities: 1 - P(neutral), or the JS / KL divergence from the "

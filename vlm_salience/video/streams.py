@@ -31,8 +31,9 @@ class DetectionConfig(StrictModel):
     step and 3 neighbours find all 16 at a third of the full-size cost: those are used when no `detector` YAML is
     given (VIDEO_PYRAMID). A detector YAML's own values hold unless scale_factor/min_neighbors are set here."""
 
-    # haar | mtcnn (by name), or a face-detector YAML (configs/models/face_mtcnn.yaml); None: the Haar cascade
-    detector: Literal["haar", "mtcnn"] | RelPath | None = None
+    # haar | mtcnn | auto (by name), or a face-detector YAML (configs/models/face_mtcnn.yaml); None or auto: MTCNN
+    # where its weights are installed, else the Haar cascade (models/faces/detector.auto_detector_config)
+    detector: Literal["auto", "haar", "mtcnn"] | RelPath | None = None
     max_side: int | None = Field(256, ge=32)  # None: full size. Faces under ~24 px at this scale are missed
     scale_factor: float | None = Field(None, gt=1.0)  # None: the detector YAML's (VIDEO_PYRAMID without one)
     min_neighbors: int | None = Field(None, ge=0)  # None: the detector YAML's (VIDEO_PYRAMID without one)
@@ -76,11 +77,13 @@ class PackagedFinder:
     `target` rule, faces are linked into identities and the target identity's box is given per frame."""
 
     def __init__(self, cfg: DetectionConfig) -> None:
-        from vlm_salience.models.faces.detector import HaarDetectorConfig
+        from vlm_salience.models.faces.detector import HaarDetectorConfig, auto_detector_config
         from vlm_salience.models.faces.detectors import load_detector
 
-        if cfg.detector is None:
-            base = HaarDetectorConfig(**VIDEO_PYRAMID)
+        if cfg.detector in (None, "auto"):
+            base = auto_detector_config()
+            if base.kind == "haar":
+                base = HaarDetectorConfig(**VIDEO_PYRAMID)
         elif cfg.detector == "haar":
             base = HaarDetectorConfig(**VIDEO_PYRAMID)
         else:

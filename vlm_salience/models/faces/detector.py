@@ -308,6 +308,45 @@ DetectorConfig = Annotated[HaarDetectorConfig | MtcnnDetectorConfig, Field(discr
 DETECTOR_CONFIGS: dict[str, type[StrictModel]] = {"haar": HaarDetectorConfig, "mtcnn": MtcnnDetectorConfig}
 
 
+MTCNN_WEIGHT_FILES = ("pnet.pt", "rnet.pt", "onet.pt")
+
+
+def mtcnn_weights_dir() -> Path:
+    """The installed facenet-pytorch wheel's data/ folder (found without importing the package, which needs
+    torchvision)."""
+    spec = importlib.util.find_spec("facenet_pytorch")
+    places = [Path(p) / "data" for p in (spec.submodule_search_locations or [])] if spec else []
+    for d in places:
+        if all((d / f).is_file() for f in MTCNN_WEIGHT_FILES):
+            return d
+    raise ConfigError(f"MTCNN weights {list(MTCNN_WEIGHT_FILES)} not found (looked in {[str(p) for p in places]}). "
+                      "Fix: `pip install --no-deps facenet-pytorch==2.6.0` (the Makefile's install does this), or set "
+                      "`weights_dir` in the detector YAML to a folder holding the three files.")
+
+
+_warned_no_mtcnn = False
+
+
+def auto_detector_config() -> HaarDetectorConfig | MtcnnDetectorConfig:
+    """The detector `auto` (and no choice) means: MTCNN where its weights are installed, because it measures better
+    on every check of docs/faces-and-machine-cues.md (tight crops, drawn faces, crossing faces; no more false
+    detections); else the Haar cascade, with one warning naming the install that brings MTCNN. The chosen detector's
+    name is written beside every result."""
+    global _warned_no_mtcnn
+    try:
+        mtcnn_weights_dir()
+    except ConfigError:
+        if not _warned_no_mtcnn:
+            import warnings
+
+            warnings.warn("face detector 'auto': MTCNN's weights are not installed, so the Haar cascade is used (it "
+                          "misses tight face crops and profile faces). Fix: `pip install --no-deps "
+                          "facenet-pytorch==2.6.0`, or name a detector (haar, mtcnn) to silence this.", stacklevel=2)
+            _warned_no_mtcnn = True
+        return HaarDetectorConfig()
+    return MtcnnDetectorConfig()
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """An image file as an array (its own depth and channels kept: 16-bit PNGs stay 16-bit). A file that is not an
     image, or is empty, raises DataError naming it."""

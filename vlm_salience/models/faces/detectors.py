@@ -8,7 +8,8 @@ from pathlib import Path
 from vlm_salience.config import load_config
 from vlm_salience.errors import ConfigError
 from vlm_salience.models.faces.detector import (
-    DETECTOR_CONFIGS, Detector, DetectorConfig, HaarDetector, HaarDetectorConfig, MtcnnDetectorConfig)
+    DETECTOR_CONFIGS, Detector, DetectorConfig, HaarDetector, HaarDetectorConfig, MtcnnDetectorConfig,
+    auto_detector_config)
 
 
 def _detector_class(kind: str) -> type:
@@ -22,15 +23,16 @@ def _detector_class(kind: str) -> type:
 
 def load_detector(cfg: HaarDetectorConfig | MtcnnDetectorConfig | str | Path | None = None) -> Detector:
     """A detector from a config object, a YAML path (configs/models/face_haar.yaml, face_mtcnn.yaml) or a name
-    ("haar", "mtcnn"). None: the Haar cascade."""
-    if cfg is None:
-        cfg = HaarDetectorConfig()
+    ("haar", "mtcnn", "auto"). None or "auto": MTCNN where its weights are installed, else the Haar cascade
+    (auto_detector_config)."""
+    if cfg is None or str(cfg) == "auto":
+        cfg = auto_detector_config()
     elif isinstance(cfg, (str, Path)):
         if str(cfg) in DETECTOR_CONFIGS:
             cfg = DETECTOR_CONFIGS[str(cfg)]()
         elif Path(cfg).suffix in (".yaml", ".yml"):
             cfg = load_config(cfg, DetectorConfig)
         else:
-            raise ConfigError(f"unknown face detector '{cfg}'. Fix: use one of {sorted(DETECTOR_CONFIGS)} or the "
+            raise ConfigError(f"unknown face detector '{cfg}'. Fix: use one of {sorted([*DETECTOR_CONFIGS, 'auto'])} or the "
                               "path of a face detector YAML such as configs/models/face_mtcnn.yaml.")
     return _detector_class(cfg.kind)(cfg)

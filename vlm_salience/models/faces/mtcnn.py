@@ -21,7 +21,6 @@ cannot be found by any window that fits the image; `pad_on_miss` pads such an im
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,10 +30,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from vlm_salience.errors import ConfigError
+from vlm_salience.models.faces.detector import MTCNN_WEIGHT_FILES as WEIGHT_FILES
+from vlm_salience.models.faces.detector import mtcnn_weights_dir as weights_dir
 from vlm_salience.models.faces.detector import (
     FaceBox, MtcnnDetectorConfig, image_size, pad_and_detect, resized_rgb, working_scale)
 
-WEIGHT_FILES = ("pnet.pt", "rnet.pt", "onet.pt")
 RNET_CALL, ONET_CALL = 128, 32  # R-/O-Net crops per call at most (fastest per crop on a CPU: `_call_size`)
 
 
@@ -104,19 +104,6 @@ class ONet(nn.Module):
         x = self.prelu4(self.conv4(x))
         x = self.prelu5(self.dense5(x.permute(0, 3, 2, 1).flatten(1)))
         return self.dense6_2(x), self.dense6_3(x), F.softmax(self.dense6_1(x), dim=1)
-
-
-def weights_dir() -> Path:
-    """The installed facenet-pytorch wheel's data/ folder (found without importing the package, which needs
-    torchvision)."""
-    spec = importlib.util.find_spec("facenet_pytorch")
-    places = [Path(p) / "data" for p in (spec.submodule_search_locations or [])] if spec else []
-    for d in places:
-        if all((d / f).is_file() for f in WEIGHT_FILES):
-            return d
-    raise ConfigError(f"MTCNN weights {list(WEIGHT_FILES)} not found (looked in {[str(p) for p in places]}). Fix: "
-                      "`pip install --no-deps facenet-pytorch==2.6.0` (the Makefile's install does this), or set "
-                      "`weights_dir` in the detector YAML to a folder holding the three files.")
 
 
 def load_nets(folder: str | Path | None = None, device: str = "cpu") -> tuple[PNet, RNet, ONet]:
