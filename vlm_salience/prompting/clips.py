@@ -38,7 +38,9 @@ class ClipSettings(StrictModel):
     # video: one native video input (Qwen2-VL family); images: the frames as separate images (any model);
     # auto: video where the family has a native path, images otherwise
     mode: Literal["auto", "video", "images"] = "auto"
-    stream: Literal["face", "scene"] = "face"  # video corpora: the face-crop clip or the whole scene clip
+    # video corpora: the face-crop clip, the whole scene clip, or both (the face crops and the masked scene of the
+    # same sampled moments; only a `video prepare` frame cache has the masked scene: see `streams`)
+    stream: Literal["face", "scene", "both"] = "face"
     min_pixels: int | None = Field(None, ge=1)  # Qwen-VL processors: pixels per frame after resizing
     max_pixels: int | None = Field(None, ge=1)
     seed: int = 0  # training: frames per segment drawn from (seed, epoch, item)
@@ -57,12 +59,53 @@ class ClipSettings(StrictModel):
                               f"with one: {list(VIDEO_FAMILIES)}); set clip.mode: images (frames as images)")
         return self.mode
 
+    @property
+    def streams(self) -> tuple[str, ...]:
+        """The frame cache streams a clip shows, in prompt order: `both` is the face crops, then the scene."""
+        return ("face", "scene") if self.stream == "both" else (self.stream,)
+
     def key(self, *, train: bool, epoch: int | None = None) -> str:
         """What the sampled frames depend on besides the clip: part of an answer's cache key."""
         return json.dumps({"frames": self.frames, "stream": self.stream, "train": train,
                            "seed": self.seed if train else None, "epoch": epoch if train else None,
                            "min_pixels": self.min_pixels, "max_pixels": self.max_pixels, "fps": self.fps},
                           sort_keys=True)
+
+
+def stream_clips(frames: list[Any], settings: ClipSettings) -> list[list[Any]]:
+    """One clip's sampled frames per stream, in prompt order. A `both` clip arrives as one list (`CachedFrames`:
+    the N face frames, then the N scene frames of the same rows) and is split in halves here."""
+    k = len(settings.streams)
+    if k == 1:
+        return [list(frames)]
+    n = len(frames) // k
+    if n == 0 or n * k != len(frames):
+        raise ValueError(f"clip.stream {settings.stream}: {len(frames)} frames cannot be {k} streams of equal length")
+    return [list(frames[i * n:(i + 1) * n]) for i in range(k)]
+
+
+BOTH_NEEDS_CACHE = ("clip.stream both shows the face crops and the scene with the face masked of the same moments; "
+                    "only a `video prepare` frame cache holds the masked scene, so it needs one: give frame_cache "
+                    "(`frame_cache:` of a video prompting experiment, `data.frame_cache:` of a clip training YAML; "
+                    "make it with `vlm-salience video prepare`), or set clip.stream: face or scene")
+
+
+def require_frame_cache(settings: ClipSettings, frame_cache: Any, where: str = "") -> None:
+    """A ConfigError when `stream: both` is asked for without a frame cache (the decoding path has no masked
+    scene, and falling back to one stream would answer another question than the one asked)."""
+    if settings.stream == "both" and frame_cache is None:
+        from vlm_salience.errors import ConfigError
+
+        raise ConfigError((f"{where}: " if where else "") + BOTH_NEEDS_CACHE)
+
+
+def clip_wording(settings: ClipSettings, mode: str) -> tuple[str, str]:
+    """How a run report says clips were given: (as what, of which clip), e.g. ("one native video input", "face")."""
+    if settings.stream == "both":
+        return (("two native video inputs (face clip, then scene clip)" if mode == "video" else
+                 "frames as images (the face frames, then the scene frames)"),
+                "face and masked scene (the same rows)")
+    return ("one native video input" if mode == "video" else "frames as images"), settings.stream
 
 
 def frame_indices(n_frames: int, settings: ClipSettings, *, train: bool = False,
@@ -82,8 +125,11 @@ def training_rng(settings: ClipSettings, epoch: int, key: str) -> np.random.Gene
 def sample_frames(source: Path | tuple[Path, ...] | list[Path], settings: ClipSettings, *, train: bool = False,
                   rng: np.random.Generator | None = None) -> list[Any]:
     """PIL frames of a clip: a video file, a frame folder, or a list of frame files (Split-Steal `face_frames`).
-    Raises DataError (naming the file) when the clip cannot be read."""
+    Raises DataError (naming the file) when the clip cannot be read; `stream: both` is a ConfigError here (the
+    decoded clip has no masked scene: it needs the frame cache)."""
     from PIL import Image
+
+    require_frame_cache(settings, None, f"clip {source}")
 
     from vlm_salience.data.video.frames import count_frames, read_frames
 
@@ -106,7 +152,8 @@ def sample_frames(source: Path | tuple[Path, ...] | list[Path], settings: ClipSe
 
 class CachedFrames:
     """Clip frames read from a `video prepare` folder (`video/cache.py`) instead of decoding the video per prompt:
-    the face stream (face crops) or the scene stream (the frame with the face masked), the rows the video models'
+    the face stream (face crops), the scene stream (the frame with the face masked) or both (`stream: both`: the
+    N face frames, then the N scene frames of the very same rows: one draw serves both), the rows the video models'
     cache sampler picks (`video.cache.sample`: segment middles in evaluation, a random cached candidate per
     segment in training), so a VLM reads the very frames OUS and the baseline read. Only the slots and the asked
     stream are read from the clip file, and a JPEG-coded cache decodes only the sampled rows.
@@ -143,14 +190,15 @@ class CachedFrames:
                 slots = z["slots"].astype(np.int64)
                 rows = sample(SimpleNamespace(slots=slots, n_segments=int(slots.shape[0])), settings.frames,
                               train=train, rng=rng)
-                name = settings.stream
-                if f"{name}_jpeg" in z.files:
-                    import cv2
+                arrays = []
+                for name in settings.streams:  # the same rows for every stream: the same moments
+                    if f"{name}_jpeg" in z.files:
+                        import cv2
 
-                    data, off = z[f"{name}_jpeg"], z[f"{name}_offsets"]
-                    arrays = [cv2.imdecode(data[off[r]:off[r + 1]], cv2.IMREAD_COLOR)[..., ::-1] for r in rows]
-                else:
-                    arrays = _stored_rows(path, z, name, rows)
+                        data, off = z[f"{name}_jpeg"], z[f"{name}_offsets"]
+                        arrays += [cv2.imdecode(data[off[r]:off[r + 1]], cv2.IMREAD_COLOR)[..., ::-1] for r in rows]
+                    else:
+                        arrays += _stored_rows(path, z, name, rows)
         except FileNotFoundError:
             raise DataError("cached clip file is missing.", file=path,
                             fix="run `vlm-salience video prepare` again (it re-creates missing clips).") from None

@@ -123,6 +123,11 @@ class ExperimentConfig(StrictModel):
                     raise ValueError(f"strategy {s.name} fuses '{ref}': fusion needs read: score distributions")
         if self.expressivity_source == "vlm" and self.vlm_expressivity.strategy not in names:
             raise ValueError(f"expressivity_source vlm needs strategy '{self.vlm_expressivity.strategy}'")
+        if self.clip.stream == "both":  # the masked scene exists only in a video corpus's frame cache
+            from vlm_salience.prompting.clips import BOTH_NEEDS_CACHE
+
+            raise ValueError("clip.stream both: an image corpus (Split-Steal face videos) has no frame_cache; "
+                             + BOTH_NEEDS_CACHE)
         return self
 
 

@@ -3,8 +3,14 @@ examples.
 
 A face that is a clip (a video or a frame folder) is sampled by the video models' TSN sampler (`prompting/clips.py`)
 and placed where the template places the face (`<<image>>`): as one native video input (`mode: video`, Qwen2-VL
-family) or as its frames, one image each (`mode: images`). Templates see `clip` ({"frames", "mode"}, or None for a
-still image) to word the question for a clip.
+family) or as its frames, one image each (`mode: images`). Templates see `clip` ({"frames", "mode", "stream"}, or
+None for a still image) to word the question for a clip.
+
+`clip.stream: both` (frames from the `video prepare` cache: N face frames, then the N scene frames of the same
+moments) fills the placeholder with the face clip, then the scene clip: two native video inputs, or 2N images, all
+face frames first, then all scene frames. Stream by stream rather than interleaved per moment, so that each stream
+stays one time-ordered sequence (as each is one video input in video mode: the two modes show the same order) and
+a template can introduce them in one sentence; `clip.frames` is N, the moments per stream.
 
 A template that needs an input the item lacks, or an image or clip that cannot be read, is an ItemError: recorded
 for that item in the results, and the run goes on.
@@ -82,7 +88,7 @@ def build_prompt(template: PromptTemplate, item: Item, spec: AnswerSpec, *, exam
     """`clip` (ClipSettings; default ones when None) and `clip_mode` ("video" or "images", resolved for the model
     family) apply to an item whose face is a clip; `train`/`rng` pick the training sampler; `frames` gives frames
     already sampled (a clip corpus's own reader)."""
-    from vlm_salience.prompting.clips import ClipSettings
+    from vlm_salience.prompting.clips import ClipSettings, require_frame_cache, stream_clips
 
     missing = template.missing(available_inputs(item))
     if missing:
@@ -93,13 +99,16 @@ def build_prompt(template: PromptTemplate, item: Item, spec: AnswerSpec, *, exam
     image, frames = None, frames if (frames is not None and wants) else None
     if wants and frames is None:
         if is_clip(item):
+            require_frame_cache(clip, None, f"item {item.id}")  # no frames given: they would be decoded
             frames = face_clip(item, clip, train=train, rng=rng)
         else:
             image = face_image(item)
+    clips = stream_clips(frames, clip) if frames is not None else []  # one clip per stream, in prompt order
     variables = {**spec.variables(), "context": item.situation.text if "context" in uses else None,
                  "face_text": item.face.text if "face_text" in uses else None,
                  "examples": examples or [], "expressivity": expressivity,
-                 "clip": {"frames": len(frames), "mode": clip_mode} if frames is not None else None}
+                 "clip": ({"frames": len(clips[0]), "mode": clip_mode, "stream": clip.stream}
+                          if frames is not None else None)}
     messages = template.render(variables)
     n_slots = sum(1 for m in messages for p in m["content"] if p["type"] == "image")
     if n_slots and image is None and frames is None:
@@ -107,12 +116,12 @@ def build_prompt(template: PromptTemplate, item: Item, spec: AnswerSpec, *, exam
     images: list[Any] = [image] * n_slots if image is not None else []
     videos: list[list[Any]] = []
     if frames is not None and n_slots:
-        if clip_mode == "video":
-            part: list[dict[str, Any]] = [{"type": "video"}]
-            videos = [list(frames)] * n_slots
-        else:
-            part = [{"type": "image"}] * len(frames)
-            images = list(frames) * n_slots
+        if clip_mode == "video":  # one video input per stream
+            part: list[dict[str, Any]] = [{"type": "video"}] * len(clips)
+            videos = clips * n_slots
+        else:  # every stream's frames, stream after stream
+            part = [{"type": "image"}] * sum(len(c) for c in clips)
+            images = [f for c in clips for f in c] * n_slots
         messages = [{**m, "content": [q for p in m["content"] for q in (part if p["type"] == "image" else [p])]}
                     for m in messages]
     h = hashlib.sha256(str(messages).encode())

@@ -5,8 +5,9 @@ over the corpus's classes on each fold's test clips, scored with the video model
 is written as one video run folder (`OUT/<model>__<strategy>/predictions.csv, metrics.json, report.md`) in the
 layout of `video train` runs, so `vlm-salience video compare` can put it beside the baseline, OUS and GRACE on the
 same test clips. A clip is sampled by the video models' TSN sampler (evaluation: segment middles) from the face
-clip (`clip.stream: face`, the corpus's face crops) or the whole clip (`scene`). Nothing is trained here: only test
-clips are read, and no label reaches a prompt.
+clip (`clip.stream: face`, the corpus's face crops) or the whole clip (`scene`; from a frame cache, the masked
+scene), or both from a frame cache (`both`: the face crops, then the masked scene of the same rows). Nothing is
+trained here: only test clips are read, and no label reaches a prompt.
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
 from vlm_salience.config import RelPath, StrictModel
 from vlm_salience.errors import ConfigError
-from vlm_salience.prompting.clips import CachedFrames, ClipSettings
+from vlm_salience.prompting.clips import CachedFrames, ClipSettings, clip_wording
 from vlm_salience.prompting.experiment import ModelEntry
 
 
@@ -51,12 +52,21 @@ class VideoPromptConfig(StrictModel):
     strategies: list[VideoStrategy] = Field(default_factory=lambda: [VideoStrategy(name="zero_shot")])
     clip: ClipSettings = Field(default_factory=ClipSettings)
     # a `video prepare` folder of this corpus: frames are read from it (clip.stream face: the cached face crops;
-    # scene: the frame with the face masked) instead of decoding every clip per prompt. None: decode the clips.
+    # scene: the frame with the face masked; both: the two, of the same rows) instead of decoding every clip per
+    # prompt. None: decode the clips (face or scene only).
     frame_cache: RelPath | None = None
     out: RelPath
     cache: RelPath | None = None  # default: <out>/cache.sqlite
     chunk: int = Field(16, ge=1)
     report: VideoReportSettings = Field(default_factory=VideoReportSettings)
+
+    @model_validator(mode="after")
+    def _both_needs_frame_cache(self) -> VideoPromptConfig:
+        if self.clip.stream == "both" and self.frame_cache is None:
+            from vlm_salience.prompting.clips import BOTH_NEEDS_CACHE
+
+            raise ValueError("clip.stream both without frame_cache: " + BOTH_NEEDS_CACHE)
+        return self
 
 
 def is_video_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> bool:
@@ -236,8 +246,9 @@ def _to_predictions(corpus, spec, ids, answers, failed) -> ClipPredictions:
 def _notes(backend, mode, cfg, failed, asked, seconds, tiny) -> list[str]:
     where = (f"read from the frame cache {cfg.frame_cache}" if cfg.frame_cache is not None else
              "decoded from the clips")
-    notes = [f"clips given as {'one native video input' if mode == 'video' else 'frames as images'} "
-             f"({cfg.clip.frames} TSN segment middles of the {cfg.clip.stream} clip, {where}; model family "
+    given, stream = clip_wording(cfg.clip, mode)
+    notes = [f"clips given as {given} "
+             f"({cfg.clip.frames} TSN segment middles of the {stream} clip, {where}; model family "
              f"{getattr(backend, 'family', 'server')})"]
     if tiny:
         notes.append("the model is a tiny random stand-in: its predictions are noise")

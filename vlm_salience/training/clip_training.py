@@ -11,6 +11,7 @@ The training data layer is the one image corpora use (`training/data.py` rows, `
   sampler picks (`prompting/clips.CachedFrames`: a random cached candidate per segment in training, the segment
   middles in evaluation), else the clip decoded and sampled by the TSN sampler (`prompting/clips.sample_frames`);
   either way training draws afresh per epoch, seeded by (seed, epoch, clip), and evaluation reads the middles.
+  `clip.stream: both` (the face crops and the masked scene of the same drawn rows) needs `data.frame_cache`.
 With `clip.frames: 1` and a frame cache the model sees only the middle segment: the "middle frame alone" arm of
 benchmarks/bench_clip_frames.py.
 
@@ -154,7 +155,8 @@ class ClipTrainingData:
         if part == "test":
             raise ConfigError(f"fold {self.fold}: the test clips are only predicted, never instruction data")
         template = load_template(adapter.template)
-        blank = [Image.new("RGB", (1, 1))] * self.cfg.data.clip.frames  # the text does not depend on the pixels
+        clip = self.cfg.data.clip  # the text does not depend on the pixels: stand-ins, N per stream
+        blank = [Image.new("RGB", (1, 1))] * (clip.frames * len(clip.streams))
         rows = []
         for cid in self.parts[part]:
             from vlm_salience.prompting.images import ItemError
@@ -275,12 +277,15 @@ def train_clips(cfg: ClipTrainConfig, *, resume: bool = False, progress: bool = 
         a = per_adapter[spec.name]
         if not a["per_fold"]:
             continue
+        from vlm_salience.prompting.clips import clip_wording
+
         c = cfg.data.clip
         where = f"read from the frame cache {cfg.data.frame_cache}" if cfg.data.frame_cache else "decoded"
+        given, stream = clip_wording(c, a["clip_mode"])
         notes = [f"LoRA adapter '{spec.name}' of {cfg.model.name} trained per fold on the training fold's clips less "
                  f"a validation share carved from it ({cfg.data.validation_fraction:.0%} per class); the test fold is "
-                 f"only predicted. Clips as {'one native video input' if a['clip_mode'] == 'video' else 'frames as images'}"
-                 f" ({c.frames} TSN segments of the {c.stream} clip, {where}; training: a random frame per segment "
+                 f"only predicted. Clips as {given}"
+                 f" ({c.frames} TSN segments of the {stream} clip, {where}; training: a random frame per segment "
                  "each epoch, test: the segment middles)"]
         if cfg.model.build is not None:
             notes.append("the base model is a tiny random stand-in: its figures exercise the pipeline")

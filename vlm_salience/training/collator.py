@@ -82,8 +82,11 @@ class VLMCollator:
         n_videos = sum(p["type"] == "video" for m in messages for p in m["content"])
         images, videos = [], []
         if clip:
-            frames = self._frames(example, epoch)
-            videos = [frames] * n_videos
+            from vlm_salience.prompting.clips import stream_clips
+
+            frames = self._frames(example, epoch)  # stream both: the face frames, then the scene frames
+            clips = stream_clips(frames, self.clip)  # one video input per stream
+            videos = clips * (n_videos // len(clips))
             images = frames * (n_images // len(frames)) if n_images else []
         elif n_images:
             images = [load_image(example["image"])] * n_images

@@ -44,6 +44,17 @@ class DataConfig(StrictModel):
     # full distributions either way); full: also the observed distribution over labels
     clip: ClipSettings = Field(default_factory=ClipSettings)  # faces that are clips: frames per clip, video/images
 
+    @model_validator(mode="after")
+    def _both_needs_frame_cache(self) -> DataConfig:
+        """clip.stream both reads the masked scene, which only a frame cache has: a video corpus's
+        `data.frame_cache` (ClipDataConfig); an image corpus (Split-Steal face videos) has none."""
+        if self.clip.stream == "both" and getattr(self, "frame_cache", None) is None:
+            from vlm_salience.prompting.clips import BOTH_NEEDS_CACHE
+
+            raise ValueError("clip.stream both without data.frame_cache (Split-Steal / image corpora have no frame "
+                             "cache; a video data YAML's training config takes one): " + BOTH_NEEDS_CACHE)
+        return self
+
 
 class LoraConfig(StrictModel):
     r: int = Field(8, ge=1)

@@ -104,7 +104,15 @@ def export_video_corpus(data: str | Path, out: str | Path, *, fmt: Format = "bot
     `<video>` tag where the template places the clip, `videos` as absolute paths of the face-crop clip, or of the
     whole clip with `stream: scene`; the answer is the class name) with its `dataset_info.json`, and/or
     `<out>/hf/<fold>/<part>/` (`datasets.save_to_disk`: clip_id, fold, part, label, messages, videos). The parts are
-    the corpus's own fold lists: a test clip is only ever in a test file."""
+    the corpus's own fold lists: a test clip is only ever in a test file. `stream: both` is refused: the masked
+    scene is frames in a `video prepare` cache, not a video file LLaMA-Factory could read."""
+    if stream == "both":
+        raise ConfigError("data export: clip.stream both is not exported: its scene stream (the frame with the face "
+                          "masked) exists only as frames in a `video prepare` frame cache, not as a video file a "
+                          "`videos` column can name; export stream face or scene (the whole clip), or train on both "
+                          "here (`vlm-salience train` with data.frame_cache)")
+    if stream not in ("face", "scene"):
+        raise ConfigError(f"data export: stream '{stream}' is not one of face, scene")
     from datasets import Dataset
 
     from vlm_salience.data.video import load_video_corpus
