@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -186,8 +187,8 @@ class CachedFrames:
                             f"corpus's {source}.", file=self.cache.manifest_path,
                             fix="give the frame cache `video prepare` wrote for this corpus.")
         try:
-            with np.load(path, allow_pickle=False) as z:
-                slots = z["slots"].astype(np.int64)
+            with np.load(path, allow_pickle=False) as z, open(path, "rb") as fh:
+                slots = _stored_array(fh, z, "slots").astype(np.int64)
                 rows = sample(SimpleNamespace(slots=slots, n_segments=int(slots.shape[0])), settings.frames,
                               train=train, rng=rng)
                 arrays = []
@@ -198,7 +199,7 @@ class CachedFrames:
                         data, off = z[f"{name}_jpeg"], z[f"{name}_offsets"]
                         arrays += [cv2.imdecode(data[off[r]:off[r + 1]], cv2.IMREAD_COLOR)[..., ::-1] for r in rows]
                     else:
-                        arrays += _stored_rows(path, z, name, rows)
+                        arrays += _stored_rows(fh, z, name, rows)
         except FileNotFoundError:
             raise DataError("cached clip file is missing.", file=path,
                             fix="run `vlm-salience video prepare` again (it re-creates missing clips).") from None
@@ -210,45 +211,74 @@ class CachedFrames:
         return [a if isinstance(a, Image.Image) else Image.fromarray(np.ascontiguousarray(a)) for a in arrays]
 
 
-def _stored_rows(path: Path, z: Any, name: str, rows: np.ndarray) -> list[Any]:
+_NPY_HEADER = re.compile(r"\{'descr': '([<>|=][a-zA-Z]\d*)', 'fortran_order': (False|True), 'shape': \(([0-9, ]*)\), \}")
+
+
+def _member_layout(fh: Any, z: Any, name: str) -> tuple[tuple[int, ...], np.dtype, int] | None:
+    """(shape, dtype, offset of the data) of npz member `name` where it is stored uncompressed in C order, read from
+    the zip's local header and the .npy header directly. numpy's own header reader parses the header with
+    ast.literal_eval, which was half of a cached clip's read time (benchmarks/bench_clip_inputs.py); this reads the
+    plain form numpy writes and returns None for anything else (compressed, Fortran order, structured dtypes), where
+    the caller falls back to numpy."""
+    import zipfile
+
+    info = z.zip.getinfo(f"{name}.npy")
+    if info.compress_type != zipfile.ZIP_STORED:
+        return None
+    fh.seek(info.header_offset)
+    local = fh.read(30)
+    start = info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little")
+    fh.seek(start)
+    head = fh.read(12)
+    if head[:6] != b"\x93NUMPY":
+        return None
+    if head[6] == 1:
+        size, body = int.from_bytes(head[8:10], "little"), start + 10
+    else:
+        size, body = int.from_bytes(head[8:12], "little"), start + 12
+    fh.seek(body)
+    m = _NPY_HEADER.match(fh.read(size).decode("latin1"))
+    if m is None or m[2] == "True":
+        return None
+    return tuple(int(x) for x in m[3].split(",") if x.strip()), np.dtype(m[1]), body + size
+
+
+def _stored_array(fh: Any, z: Any, name: str) -> np.ndarray:
+    """A whole (small) npz member, through the fast header where it applies."""
+    layout = _member_layout(fh, z, name)
+    if layout is None:
+        return z[name]
+    shape, dtype, offset = layout
+    fh.seek(offset)
+    count = int(np.prod(shape, dtype=np.int64))
+    return np.frombuffer(fh.read(count * dtype.itemsize), dtype=dtype, count=count).reshape(shape)
+
+
+def _stored_rows(fh: Any, z: Any, name: str, rows: np.ndarray) -> list[Any]:
     """Rows of array `name` of an npz file, reading only those rows' bytes where the member is stored
     uncompressed (`video prepare`'s default): a cached clip holds N x K candidates of each stream, a prompt reads
     N of one. A compressed member is read whole."""
-    import zipfile
-
     from PIL import Image
 
-    member = f"{name}.npy"
-    info = z.zip.getinfo(member)
-    if info.compress_type != zipfile.ZIP_STORED:
+    layout = _member_layout(fh, z, name)
+    if layout is None:
         stream = z[name]
         return [stream[r] for r in rows]
-    with open(path, "rb") as fh:
-        fh.seek(info.header_offset)
-        local = fh.read(30)
-        start = info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30],
-                                                                                                     "little")
-        fh.seek(start)
-        version = np.lib.format.read_magic(fh)
-        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0) else
-                       np.lib.format.read_array_header_2_0)
-        shape, fortran, dtype = read_header(fh)
-        if fortran:
-            stream = z[name]
-            return [stream[r] for r in rows]
-        base = fh.tell()
-        row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
-        out = []
-        for r in rows:
-            if not 0 <= int(r) < shape[0]:
-                raise ValueError(f"row {int(r)} of {member} is out of range ({shape[0]} rows)")
-            fh.seek(base + int(r) * row_bytes)
-            raw = fh.read(row_bytes)
-            if dtype == np.uint8 and len(shape) == 4 and shape[3] == 3:  # PIL straight from the bytes (no copy
-                out.append(Image.frombytes("RGB", (int(shape[2]), int(shape[1])), raw))  # through numpy)
-            else:
-                out.append(np.frombuffer(raw, dtype=dtype).reshape(shape[1:]))
-        return out
+    shape, dtype, base = layout
+    row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+    out = []
+    for r in rows:
+        if not 0 <= int(r) < shape[0]:
+            raise ValueError(f"row {int(r)} of {name}.npy is out of range ({shape[0]} rows)")
+        fh.seek(base + int(r) * row_bytes)
+        raw = fh.read(row_bytes)
+        if len(raw) != row_bytes:
+            raise ValueError(f"{name}.npy is truncated (row {int(r)})")
+        if dtype == np.uint8 and len(shape) == 4 and shape[3] == 3:  # PIL straight from the bytes (no copy
+            out.append(Image.frombytes("RGB", (int(shape[2]), int(shape[1])), raw))  # through numpy)
+        else:
+            out.append(np.frombuffer(raw, dtype=dtype).reshape(shape[1:]))
+    return out
 
 
 # -- native video input for the Qwen2-VL family ---------------------------------------------------------------------
