@@ -1,7 +1,8 @@
 """Processors that work without torchvision, and one `load_processor` for any checkpoint.
 
-The stock Qwen2-VL / Qwen2.5-VL processors require a video processor, which needs torchvision; the image-only
-subclasses below drop it. They are registered with AutoProcessor, so tiny checkpoints saved with them reload
+The stock Qwen2-VL / Qwen2.5-VL and LLaVA-OneVision processors require a video processor, which needs torchvision;
+the image-only subclasses below drop it (clips are built from the image processor: prompting/clips.py,
+prompting/llava_video.py). They are registered with AutoProcessor, so tiny checkpoints saved with them reload
 through `AutoProcessor.from_pretrained`, and real Qwen checkpoints load with them where torchvision is missing.
 """
 
@@ -12,6 +13,8 @@ import json
 from pathlib import Path
 
 from transformers import AutoConfig, AutoProcessor
+from transformers.models.llava_onevision import LlavaOnevisionConfig
+from transformers.models.llava_onevision.processing_llava_onevision import LlavaOnevisionProcessor
 from transformers.models.qwen2_5_vl import Qwen2_5_VLConfig
 from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProcessor
 from transformers.models.qwen2_vl import Qwen2VLConfig
@@ -34,9 +37,26 @@ class Qwen2_5_VLImageOnlyProcessor(Qwen2_5_VLProcessor):
                          chat_template=chat_template, **kwargs)
 
 
-IMAGE_ONLY = {"qwen2_vl": Qwen2VLImageOnlyProcessor, "qwen2_5_vl": Qwen2_5_VLImageOnlyProcessor}
+class LlavaOnevisionImageOnlyProcessor(LlavaOnevisionProcessor):
+    """Its settings are named in the signature: a processor saves only the __init__ arguments it can see."""
+
+    attributes = ["image_processor", "tokenizer"]
+
+    def __init__(self, image_processor=None, tokenizer=None, num_image_tokens=None,
+                 vision_feature_select_strategy=None, chat_template=None, image_token="<image>",
+                 video_token="<video>", vision_aspect_ratio="anyres_max_9", **kwargs):
+        super().__init__(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
+                         num_image_tokens=num_image_tokens,
+                         vision_feature_select_strategy=vision_feature_select_strategy, chat_template=chat_template,
+                         image_token=image_token, video_token=video_token,
+                         vision_aspect_ratio=vision_aspect_ratio, **kwargs)
+
+
+IMAGE_ONLY = {"qwen2_vl": Qwen2VLImageOnlyProcessor, "qwen2_5_vl": Qwen2_5_VLImageOnlyProcessor,
+              "llava_onevision": LlavaOnevisionImageOnlyProcessor}
 AutoProcessor.register(Qwen2VLConfig, Qwen2VLImageOnlyProcessor, exist_ok=True)
 AutoProcessor.register(Qwen2_5_VLConfig, Qwen2_5_VLImageOnlyProcessor, exist_ok=True)
+AutoProcessor.register(LlavaOnevisionConfig, LlavaOnevisionImageOnlyProcessor, exist_ok=True)
 
 
 def torchvision_available() -> bool:

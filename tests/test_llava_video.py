@@ -1,0 +1,260 @@
+"""LLaVA-OneVision's native video path (prompting/llava_video.py) on a tiny random LLaVA-OneVision: the video
+tokens are as many as the model's forward places features for, frame order reaches the model, and the frames'
+pixels are laid out as transformers' video processor lays them out. Tiny random model: plumbing, not accuracy."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+FAMILY = "llava_onevision"
+
+
+@pytest.fixture(scope="module")
+def onevision_dir(tmp_path_factory) -> Path:
+    from vlm_salience.config import load_config
+    from vlm_salience.models.tiny import TinyVLMConfig, build_tiny_vlm
+
+    cfg = load_config(REPO / "configs" / "models" / "tiny_llava_onevision.yaml", TinyVLMConfig)
+    return build_tiny_vlm(cfg, tmp_path_factory.mktemp("onevision") / "model")
+
+
+@pytest.fixture(scope="module")
+def onevision(onevision_dir):
+    from vlm_salience.models.loading import ModelConfig, load_vlm
+
+    return load_vlm(ModelConfig(name="ov", path=str(onevision_dir)))
+
+
+def _frames(n: int, h: int = 48, w: int = 64, seed: int = 0) -> list:
+    """n distinct non-square random frames (the resize to the tower's square input is exercised)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 256, (h, w, 3)).astype(np.uint8)) for _ in range(n)]
+
+
+def _text(processor, kinds: list[str]) -> str:
+    content = [{"type": "text", "text": "look"}, *({"type": k} for k in kinds), {"type": "text", "text": "answer"}]
+    return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+
+
+def _logits(model, enc) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**enc).logits
+
+
+def test_family_and_clip_mode(onevision):
+    """The checkpoint loads as its own family, with the image-only processor, and auto mode gives it video."""
+    from vlm_salience.models.processors import LlavaOnevisionImageOnlyProcessor
+    from vlm_salience.prompting.clips import ClipSettings
+
+    assert onevision.family == FAMILY
+    assert isinstance(onevision.processor, LlavaOnevisionImageOnlyProcessor)
+    assert ClipSettings(mode="auto").resolved_mode(FAMILY) == "video"
+    assert ClipSettings(mode="video").resolved_mode(FAMILY) == "video"
+
+
+def test_video_tokens_are_what_the_forward_expects(onevision):
+    """T frames of n x n patches: T * ceil(n/2)^2 + 1 `<video>` tokens per clip (pooled frames, one newline),
+    which is how many features the model's forward scatters; a batch of clips, and a clip beside an image, run."""
+    from vlm_salience.prompting.clips import encode_prompts
+
+    proc, model = onevision.processor, onevision.model
+    vc = model.config.vision_config
+    n = vc.image_size // vc.patch_size
+    per_frame = math.ceil(n / 2) ** 2
+    vid = model.config.video_token_id
+    for T in (1, 3):
+        enc = encode_prompts(proc, FAMILY, [_text(proc, ["video"])] * 2, [[], []],
+                             [[_frames(T)], [_frames(T, seed=1)]])
+        assert enc["pixel_values_videos"].shape == (2, T, 3, vc.image_size, vc.image_size)
+        assert (enc["input_ids"] == vid).sum(1).tolist() == [T * per_frame + 1] * 2
+        with torch.no_grad():
+            feats = model.get_video_features(enc["pixel_values_videos"]).pooler_output
+        assert feats.shape[:2] == (2, T * per_frame + 1)
+        assert _logits(model, enc).shape[:2] == enc["input_ids"].shape  # no token/feature mismatch error
+    mixed = encode_prompts(proc, FAMILY, [_text(proc, ["image", "video"])], [[_frames(1, seed=5)[0]]],
+                           [[_frames(2)]])
+    assert (mixed["input_ids"] == vid).sum() == 2 * per_frame + 1
+    assert (mixed["input_ids"] == model.config.image_token_id).sum() > 0
+    assert torch.isfinite(_logits(model, mixed)).all()
+    # clip.mode images: the processor's own multi-image path, one base view (n^2 tokens + a newline) per frame
+    as_images = encode_prompts(proc, FAMILY, [_text(proc, ["image"] * 3)], [_frames(3)], [[]])
+    assert (as_images["input_ids"] == model.config.image_token_id).sum() == 3 * (n * n + 1)
+    assert torch.isfinite(_logits(model, as_images)).all()
+
+
+def test_frame_order_reaches_the_model(onevision):
+    """A clip of identical frames reversed is the same input (identical logits, the control); distinct frames
+    reversed give other logits; and the t-th block of video features is frame t's own (the builder keeps time
+    order: a clip's features equal those of each frame alone, in place)."""
+    from vlm_salience.prompting.clips import encode_prompts
+
+    proc, model = onevision.processor, onevision.model
+    text = [_text(proc, ["video"])]
+    same = _frames(1) * 4
+    a = encode_prompts(proc, FAMILY, text, [[]], [[same]])
+    b = encode_prompts(proc, FAMILY, text, [[]], [[same[::-1]]])
+    assert torch.equal(_logits(model, a), _logits(model, b))
+    frames = _frames(4)
+    fwd = _logits(model, encode_prompts(proc, FAMILY, text, [[]], [[frames]]))
+    rev = _logits(model, encode_prompts(proc, FAMILY, text, [[]], [[frames[::-1]]]))
+    assert (fwd[0, -1] - rev[0, -1]).abs().max() > 1e-3
+
+    with torch.no_grad():
+        clip = model.get_video_features(encode_prompts(proc, FAMILY, text, [[]], [[frames]])
+                                        ["pixel_values_videos"]).pooler_output[0]
+        k = (clip.shape[0] - 1) // len(frames)
+        for t, f in enumerate(frames):
+            alone = model.get_video_features(encode_prompts(proc, FAMILY, text, [[]], [[[f]]])
+                                             ["pixel_values_videos"]).pooler_output[0]
+            assert torch.allclose(clip[t * k:(t + 1) * k], alone[:k], atol=1e-5), t
+        assert torch.equal(clip[-1], alone[-1])  # the newline closes the clip
+
+
+def _video_processor_output(processor, frames) -> torch.Tensor | None:
+    """transformers' own LlavaOnevisionVideoProcessor on one clip, or None where it cannot run (it needs
+    torchvision, which this project does not install)."""
+    try:
+        from transformers.models.llava_onevision.video_processing_llava_onevision import (
+            LlavaOnevisionVideoProcessor)
+
+        ip = processor.image_processor
+        vp = LlavaOnevisionVideoProcessor(size=dict(ip.size), image_mean=ip.image_mean, image_std=ip.image_std)
+        return vp([np.stack([np.asarray(f) for f in frames])], return_tensors="pt")["pixel_values_videos"]
+    except (ImportError, NameError, AttributeError, ValueError):
+        return None
+
+
+def test_pixel_layout_is_the_video_processors(onevision):
+    """(clips, T, C, H, W), frame t at [:, t]. Where the video processor runs (torchvision installed), tensors are
+    compared with it on frames at the tower's size (no resize kernel difference). Here: each frame equals the
+    hand-derived video preprocessing (PIL bicubic squash to the processor's size, /255, (x - mean) / std), and a
+    square frame equals the image processor's own multi-image output for it."""
+    from PIL import Image
+
+    from vlm_salience.prompting.llava_video import llava_onevision_video_inputs
+
+    ip = onevision.processor.image_processor
+    H, W = ip.size["height"], ip.size["width"]
+    frames = _frames(3)
+    pv = llava_onevision_video_inputs(ip, [frames, _frames(3, seed=2)])["pixel_values_videos"]
+    assert pv.shape == (2, 3, 3, H, W) and pv.dtype == torch.float32
+    mean = np.asarray(ip.image_mean, np.float32)[:, None, None]
+    std = np.asarray(ip.image_std, np.float32)[:, None, None]
+    for t, f in enumerate(frames):
+        x = np.asarray(f.resize((W, H), Image.BICUBIC), np.float32).transpose(2, 0, 1) / 255.0
+        assert np.allclose(pv[0, t].numpy(), (x - mean) / std, atol=1e-6), t
+
+    square = _frames(3, H, W, seed=3)
+    ours = llava_onevision_video_inputs(ip, [square])["pixel_values_videos"]
+    img = ip([square], return_tensors="pt")["pixel_values"]  # multi-image: one (pad-to-square) view per frame
+    assert torch.allclose(ours[0], img[:, 0], atol=1e-6)
+    reference = _video_processor_output(onevision.processor, square)
+    if reference is not None:
+        assert torch.allclose(ours, reference, atol=1e-5)
+
+
+def test_clips_need_one_frame_count(onevision):
+    from vlm_salience.prompting.llava_video import llava_onevision_video_inputs
+
+    with pytest.raises(ValueError, match="one frame count"):
+        llava_onevision_video_inputs(onevision.processor.image_processor, [_frames(2), _frames(3)])
+
+
+# -- through the scoring backend and a prompt run -----------------------------------------------------------------
+
+def _frames_corpus(src_data: Path, out: Path, n_frames: int = 5) -> Path:
+    """A copy of a synthetic Split-Steal corpus whose faces are frame folders (face_frames): frame t blends a grey
+    frame into the still face (onset -> apex)."""
+    from PIL import Image
+
+    shutil.copytree(src_data.parent, out)
+    trials = pd.read_csv(out / "trials.csv")
+    paths = []
+    for tid, rel in zip(trials.trial_id, trials.face_image):
+        face = np.asarray(Image.open(out / rel).convert("RGB"), np.float32)
+        folder = out / "frames" / str(tid)
+        folder.mkdir(parents=True)
+        for t in range(n_frames):
+            Image.fromarray((128 + (face - 128) * t / (n_frames - 1)).astype(np.uint8)).save(folder / f"{t:03d}.png")
+        paths.append(str(folder.relative_to(out)))
+    trials.drop(columns=["face_image"]).assign(face_frames=paths).to_csv(out / "trials.csv", index=False)
+    return out / "data.yaml"
+
+
+@pytest.fixture(scope="module")
+def clip_corpus(small_synth_corpus, tmp_path_factory) -> Path:
+    return _frames_corpus(small_synth_corpus, tmp_path_factory.mktemp("ov_clips") / "corpus")
+
+
+def test_backend_scores_clips_as_the_full_sequence_does(onevision, clip_corpus):
+    """The scoring backend (shared prefix cut before `<video>`, left-padded suffixes, the tree continuation) gives
+    each clip prompt's candidates the log-probability one plain forward pass of prompt + answer gives."""
+    from vlm_salience.data import load_corpus
+    from vlm_salience.prompting.answers import AnswerSpec
+    from vlm_salience.prompting.clips import ClipSettings
+    from vlm_salience.prompting.hf_backend import HFBackend
+    from vlm_salience.prompting.inputs import build_prompt
+    from vlm_salience.prompting.templates import load_template
+
+    corpus = load_corpus(clip_corpus)
+    spec = AnswerSpec.from_corpus(corpus)
+    backend = HFBackend(onevision, batch_size=2)
+    prompts = [build_prompt(load_template("face_only"), it, spec, clip=ClipSettings(frames=3), clip_mode="video")
+               for it in corpus.items[:3]]
+    assert all(len(p.videos) == 1 and len(p.videos[0]) == 3 and not p.images for p in prompts)
+    video_id = onevision.model.config.video_token_id
+    assert video_id not in backend.shared_prefix(backend.texts(prompts))
+    got = backend.score(prompts, spec.slots())
+    slot = spec.slots()[0]
+    tok = backend.tok
+    for i in (0, 2):
+        for j in (0, len(slot.candidates) - 1):
+            text = backend.texts([prompts[i]])[0] + slot.prefix + slot.candidates[j]
+            inputs = backend._processor_inputs([text], [prompts[i]])
+            head = tok(slot.prefix, add_special_tokens=False).input_ids
+            ids = tok(slot.prefix + slot.candidates[j], add_special_tokens=False).input_ids
+            k = next((m for m in range(min(len(head), len(ids))) if head[m] != ids[m]), min(len(head), len(ids)))
+            n = len(ids) - k
+            logp = torch.log_softmax(_logits(onevision.model, inputs)[0].float(), -1)
+            want = float(logp[-n - 1:-1].gather(-1, inputs["input_ids"][0, -n:, None]).sum())
+            if slot.terminators:
+                want += float(torch.logsumexp(logp[-1, backend._terminator_ids(slot.terminators)], -1))
+            assert got[i][slot.name][j] == pytest.approx(want, abs=1e-4)
+
+
+def test_prompt_run_gives_onevision_clips_as_video(tmp_path, clip_corpus, onevision_dir, monkeypatch):
+    """`clip.mode: auto` with a LLaVA-OneVision model: every test item is scored from one native video input."""
+    from vlm_salience.prompting import experiment as ex
+    from vlm_salience.prompting.experiment import ExperimentConfig
+    from vlm_salience.prompting.hf_backend import HFBackend
+
+    seen = []
+    real = HFBackend.score
+
+    def spy(self, prompts, *a, **k):
+        seen.extend(prompts)
+        return real(self, prompts, *a, **k)
+    monkeypatch.setattr(HFBackend, "score", spy)
+    cfg = ExperimentConfig.model_validate({
+        "name": "t", "data": str(clip_corpus), "study": str(REPO / "configs" / "experiment" / "bci_synthetic.yaml"),
+        "split": {"test_fraction": 0.25, "group": "participant", "seed": 0, "max_test_items": 3},
+        "models": [{"backend": "hf", "name": "ov", "path": str(onevision_dir), "batch_size": 3}],
+        "strategies": [{"name": "face_only", "template": "face_only"}],
+        "out": str(tmp_path / "out"), "bootstrap": 0, "chunk": 3, "clip": {"frames": 4, "mode": "auto"},
+    }, context={"base_dir": tmp_path})
+    pred = ex.run_experiment(cfg, progress=False).predictions["ov/face_only"]
+    assert (pred.error == "").all(), pred.error
+    assert len(pred) == 3 and np.isfinite(pred.emotion_dist).all()
+    assert len(seen) == 3 and all(len(p.videos) == 1 and len(p.videos[0]) == 4 and not p.images for p in seen)
