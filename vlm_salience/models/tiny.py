@@ -31,7 +31,8 @@ def build_tiny_clip(out: str | Path, *, image_size: int = 32, seed: int = 0) -> 
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Tiny VLMs: Qwen2-VL, LLaVA, LLaVA-OneVision and Idefics3 families, random weights, a locally trained tokenizer, a chat template.
+# Tiny VLMs: Qwen2-VL, LLaVA, LLaVA-OneVision and Idefics3 families, random weights, a locally trained tokenizer,
+# a chat template.
 
 from typing import Any, Literal  # noqa: E402
 

@@ -280,8 +280,9 @@ def encode_prompts(processor, family: str, texts: list[str], images: list[list[A
                    settings: ClipSettings | None = None, *, padding: bool = True,
                    clip_settings: list[ClipSettings | None] | None = None) -> dict[str, Any]:
     """The model inputs of several rendered prompts. Without clips: the processor's own call. With clips
-    (LLaVA-OneVision: `llava_video.encode_llava_onevision`; Qwen2-VL family:) the processor's parts (image processor, its image-token expansion, tokenizer, its
-    modality token types) with native video inputs built here, since its video processor needs torchvision.
+    (Qwen2-VL family; LLaVA-OneVision: `llava_video.encode_llava_onevision`): the processor's parts (image
+    processor, its image-token expansion, tokenizer, its modality token types) with native video inputs built
+    here, since its video processor needs torchvision.
     `images[b]` / `videos[b]` are prompt b's, in order; `clip_settings[b]` prompt b's clip settings (its clips'
     fps for Qwen2.5-VL; default: `settings` for all)."""
     import torch
