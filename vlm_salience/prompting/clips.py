@@ -1,6 +1,6 @@
 """Clips as VLM inputs: TSN-sampled frames of a face video or a frame folder, given to a model either as several
 images (any chat VLM, OpenAI-compatible servers included) or as one native video input (Qwen2-VL family here;
-LLaVA-OneVision in `prompting/llava_video.py`).
+LLaVA-OneVision and LLaVA-NeXT-Video in `prompting/llava_video.py`).
 
 Frames are chosen by the same sampler the video models use (`data/video/sampling.py`): N equal segments, the
 middle frame of each in evaluation, a seeded random frame per segment in training. So a VLM and OUS/GRACE see the
@@ -28,15 +28,15 @@ from pydantic import Field
 
 from vlm_salience.config import StrictModel
 
-VIDEO_FAMILIES = ("qwen2_vl", "llava_onevision")  # families with a native video path (models/families.py names;
-# Qwen2.5-VL is of the qwen2_vl family, its clips also get second_per_grid_ts)
+VIDEO_FAMILIES = ("qwen2_vl", "llava_onevision", "llava_next_video")  # families with a native video path
+# (models/families.py names; Qwen2.5-VL is of the qwen2_vl family, its clips also get second_per_grid_ts)
 
 
 class ClipSettings(StrictModel):
     """How a clip is shown to a VLM (the `clip:` block of an experiment or training YAML)."""
 
     frames: int = Field(8, ge=1)  # TSN segments: one frame from each
-    # video: one native video input (Qwen2-VL family, LLaVA-OneVision); images: the frames as separate images;
+    # video: one native video input (Qwen2-VL family, LLaVA-OneVision/-NeXT-Video); images: frames as images;
     # auto: video where the family has a native path, images otherwise
     mode: Literal["auto", "video", "images"] = "auto"
     stream: Literal["face", "scene"] = "face"  # video corpora: the face-crop clip or the whole scene clip
@@ -280,7 +280,7 @@ def encode_prompts(processor, family: str, texts: list[str], images: list[list[A
                    settings: ClipSettings | None = None, *, padding: bool = True,
                    clip_settings: list[ClipSettings | None] | None = None) -> dict[str, Any]:
     """The model inputs of several rendered prompts. Without clips: the processor's own call. With clips
-    (Qwen2-VL family; LLaVA-OneVision: `llava_video.encode_llava_onevision`): the processor's parts (image
+    (Qwen2-VL family; the LLaVA video families: `llava_video.encode_llava_video`): the processor's parts (image
     processor, its image-token expansion, tokenizer, its modality token types) with native video inputs built
     here, since its video processor needs torchvision.
     `images[b]` / `videos[b]` are prompt b's, in order; `clip_settings[b]` prompt b's clip settings (its clips'
@@ -300,10 +300,10 @@ def encode_prompts(processor, family: str, texts: list[str], images: list[list[A
         from vlm_salience.errors import ConfigError
 
         raise ConfigError(f"model family '{family}' has no native video path here; set clip.mode: images")
-    if family == "llava_onevision":
-        from vlm_salience.prompting.llava_video import encode_llava_onevision
+    if family != "qwen2_vl":  # the LLaVA video families
+        from vlm_salience.prompting.llava_video import encode_llava_video
 
-        return encode_llava_onevision(processor, texts, images, videos, padding=padding)
+        return encode_llava_video(processor, family, texts, images, videos, padding=padding)
     out: dict[str, Any] = {}
     merge = int(processor.image_processor.merge_size) ** 2
     if flat_images:

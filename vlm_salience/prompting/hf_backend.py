@@ -104,7 +104,7 @@ class HFBackend:
         return [vocab[n] for n in names if n in vocab]
 
     def _processor_inputs(self, texts: list[str], prompts: list[Prompt]) -> dict[str, Any]:
-        """Text, image and (Qwen2-VL family, LLaVA-OneVision) native video inputs of a batch (`prompting/clips.py`)."""
+        """Text, image and native video inputs of a batch (`prompting/clips.py`)."""
         from vlm_salience.prompting.clips import encode_prompts
 
         settings = next((p.clip for p in prompts if p.clip is not None), None)
