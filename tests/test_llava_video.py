@@ -133,22 +133,23 @@ def test_frame_order_reaches_the_model(vlm):
 
 
 def _video_processor_output(vlm, frames) -> torch.Tensor | None:
-    """transformers' own video processor of the family on one clip, or None where it cannot run (it needs
-    torchvision, which this project does not install)."""
-    try:
-        if vlm.family == "llava_onevision":
-            from transformers.models.llava_onevision.video_processing_llava_onevision import (
-                LlavaOnevisionVideoProcessor as VideoProcessor)
-        else:
-            from transformers.models.llava_next_video.video_processing_llava_next_video import (
-                LlavaNextVideoVideoProcessor as VideoProcessor)
+    """transformers' own video processor of the family on one clip, or None where it cannot run: it needs
+    torchvision, which this project does not install (here its first step fails on the missing module)."""
+    from vlm_salience.models.processors import torchvision_available
 
-        ip = vlm.processor.image_processor
-        vp = VideoProcessor(size=dict(ip.size), crop_size=dict(ip.crop_size) if ip.crop_size else None,
-                            image_mean=ip.image_mean, image_std=ip.image_std)
-        return vp([np.stack([np.asarray(f) for f in frames])], return_tensors="pt")["pixel_values_videos"]
-    except (ImportError, NameError, AttributeError, ValueError):
+    if not torchvision_available():
         return None
+    if vlm.family == "llava_onevision":
+        from transformers.models.llava_onevision.video_processing_llava_onevision import (
+            LlavaOnevisionVideoProcessor as VideoProcessor)
+    else:
+        from transformers.models.llava_next_video.video_processing_llava_next_video import (
+            LlavaNextVideoVideoProcessor as VideoProcessor)
+
+    ip = vlm.processor.image_processor
+    vp = VideoProcessor(size=dict(ip.size), crop_size=dict(ip.crop_size) if ip.crop_size else None,
+                        image_mean=ip.image_mean, image_std=ip.image_std)
+    return vp([np.stack([np.asarray(f) for f in frames])], return_tensors="pt")["pixel_values_videos"]
 
 
 def _hand_derived(ip, frame) -> np.ndarray:
@@ -184,13 +185,16 @@ def test_pixel_layout_is_the_video_processors(vlm):
     frames = _frames(3)
     pv = llava_video_inputs(ip, [frames, _frames(3, seed=2)])["pixel_values_videos"]
     assert pv.shape == (2, 3, 3, size, size) and pv.dtype == torch.float32
+    # the hand derivation resizes with PIL: exact against a PIL image processor; where torchvision is installed the
+    # image processor loads as a torchvision one, whose antialiased bicubic differs by up to a grey level or so
+    atol = 1e-5 if getattr(ip, "backend", "pil") == "pil" else 2.01 / 255 / min(ip.image_std)
     for t, f in enumerate(frames):
-        assert np.allclose(pv[0, t].numpy(), _hand_derived(ip, f), atol=1e-6), t
+        assert np.allclose(pv[0, t].numpy(), _hand_derived(ip, f), atol=atol), t
 
     square = _frames(3, size, size, seed=3)
     ours = llava_video_inputs(ip, [square])["pixel_values_videos"]
     for t, f in enumerate(square):
-        assert torch.allclose(ours[0, t], ip([f], return_tensors="pt")["pixel_values"][0, 0], atol=1e-6), t
+        assert torch.allclose(ours[0, t], ip([f], return_tensors="pt")["pixel_values"][0, 0], atol=1e-5), t
     reference = _video_processor_output(vlm, square)
     if reference is not None:
         assert torch.allclose(ours, reference, atol=1e-5)
