@@ -5,6 +5,8 @@ from __future__ import annotations
 FAMILIES = {
     "qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_vl",
     "llava": "llava", "llava_next": "llava",
+    # their own families: each has a native video path (prompting/llava_video.py)
+    "llava_onevision": "llava_onevision", "llava_next_video": "llava_next_video",
     "idefics3": "idefics3", "smolvlm": "idefics3",
 }
 # Vision towers and projectors: kept out of 4-bit quantisation (their input sizes need not fit the block size)

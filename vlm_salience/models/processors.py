@@ -1,7 +1,9 @@
 """Processors that work without torchvision, and one `load_processor` for any checkpoint.
 
-The stock Qwen2-VL / Qwen2.5-VL processors require a video processor, which needs torchvision; the image-only
-subclasses below drop it. They are registered with AutoProcessor, so tiny checkpoints saved with them reload
+The stock Qwen2-VL / Qwen2.5-VL, LLaVA-OneVision and LLaVA-NeXT-Video processors require a video processor, which
+needs torchvision;
+the image-only subclasses below drop it (clips are built from the image processor: prompting/clips.py,
+prompting/llava_video.py). They are registered with AutoProcessor, so tiny checkpoints saved with them reload
 through `AutoProcessor.from_pretrained`, and real Qwen checkpoints load with them where torchvision is missing.
 """
 
@@ -12,6 +14,11 @@ import json
 from pathlib import Path
 
 from transformers import AutoConfig, AutoProcessor
+from transformers.processing_utils import ProcessorMixin
+from transformers.models.llava_next_video import LlavaNextVideoConfig
+from transformers.models.llava_next_video.processing_llava_next_video import LlavaNextVideoProcessor
+from transformers.models.llava_onevision import LlavaOnevisionConfig
+from transformers.models.llava_onevision.processing_llava_onevision import LlavaOnevisionProcessor
 from transformers.models.qwen2_5_vl import Qwen2_5_VLConfig
 from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProcessor
 from transformers.models.qwen2_vl import Qwen2VLConfig
@@ -34,9 +41,50 @@ class Qwen2_5_VLImageOnlyProcessor(Qwen2_5_VLProcessor):
                          chat_template=chat_template, **kwargs)
 
 
-IMAGE_ONLY = {"qwen2_vl": Qwen2VLImageOnlyProcessor, "qwen2_5_vl": Qwen2_5_VLImageOnlyProcessor}
+class LlavaOnevisionImageOnlyProcessor(LlavaOnevisionProcessor):
+    """Its settings are named in the signature: a processor saves only the __init__ arguments it can see."""
+
+    attributes = ["image_processor", "tokenizer"]
+
+    def __init__(self, image_processor=None, tokenizer=None, num_image_tokens=None,
+                 vision_feature_select_strategy=None, chat_template=None, image_token="<image>",
+                 video_token="<video>", vision_aspect_ratio="anyres_max_9", **kwargs):
+        super().__init__(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
+                         num_image_tokens=num_image_tokens,
+                         vision_feature_select_strategy=vision_feature_select_strategy, chat_template=chat_template,
+                         image_token=image_token, video_token=video_token,
+                         vision_aspect_ratio=vision_aspect_ratio, **kwargs)
+
+
+class LlavaNextVideoImageOnlyProcessor(LlavaNextVideoProcessor):
+    """Its settings are named in the signature: a processor saves only the __init__ arguments it can see. The
+    parent's __init__ hands its parts on by position (video processor first), so its settings are set here and
+    ProcessorMixin is given the two parts this processor has."""
+
+    attributes = ["image_processor", "tokenizer"]
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, patch_size=None,
+                 vision_feature_select_strategy=None, video_token="<video>", image_token="<image>",
+                 num_additional_image_tokens=0, **kwargs):
+        self.patch_size = patch_size
+        self.num_additional_image_tokens = num_additional_image_tokens
+        self.vision_feature_select_strategy = vision_feature_select_strategy
+        self.image_token = getattr(tokenizer, "image_token", image_token)
+        self.video_token = getattr(tokenizer, "video_token", video_token)
+        self.image_token_id = (getattr(tokenizer, "image_token_id", None)
+                               or tokenizer.convert_tokens_to_ids(self.image_token))
+        self.video_token_id = (getattr(tokenizer, "video_token_id", None)
+                               or tokenizer.convert_tokens_to_ids(self.video_token))
+        ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+
+IMAGE_ONLY = {"qwen2_vl": Qwen2VLImageOnlyProcessor, "qwen2_5_vl": Qwen2_5_VLImageOnlyProcessor,
+              "llava_onevision": LlavaOnevisionImageOnlyProcessor,
+              "llava_next_video": LlavaNextVideoImageOnlyProcessor}
 AutoProcessor.register(Qwen2VLConfig, Qwen2VLImageOnlyProcessor, exist_ok=True)
 AutoProcessor.register(Qwen2_5_VLConfig, Qwen2_5_VLImageOnlyProcessor, exist_ok=True)
+AutoProcessor.register(LlavaOnevisionConfig, LlavaOnevisionImageOnlyProcessor, exist_ok=True)
+AutoProcessor.register(LlavaNextVideoConfig, LlavaNextVideoImageOnlyProcessor, exist_ok=True)
 
 
 def torchvision_available() -> bool:
@@ -60,8 +108,9 @@ def load_processor(path: str, *, revision: str | None = None, trust_remote_code:
     """The checkpoint's processor, checked to be one with an image processor.
 
     AutoProcessor returns a bare tokenizer when it cannot resolve the processor class (seen on a CUDA machine with
-    torchvision for a saved tiny Qwen2-VL): for Qwen2-VL / Qwen2.5-VL the image-only processor is loaded instead;
-    any other family is an error naming the checkpoint."""
+    torchvision for a saved tiny Qwen2-VL): for the families of IMAGE_ONLY (Qwen2-VL / Qwen2.5-VL, LLaVA-OneVision,
+    LLaVA-NeXT-Video) the image-only processor is loaded instead; any other family is an error naming the
+    checkpoint."""
     config = AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
     image_only = IMAGE_ONLY.get(config.model_type)
     if image_only is not None and (not torchvision_available() or _declared_processor(path) == image_only.__name__):

@@ -31,7 +31,8 @@ def build_tiny_clip(out: str | Path, *, image_size: int = 32, seed: int = 0) -> 
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Tiny VLMs: Qwen2-VL, LLaVA and Idefics3 families, random weights, a locally trained tokenizer, a chat template.
+# Tiny VLMs: Qwen2-VL, LLaVA, LLaVA-OneVision, LLaVA-NeXT-Video and Idefics3 families, random weights, a locally
+# trained tokenizer, a chat template.
 
 from typing import Any, Literal  # noqa: E402
 
@@ -41,6 +42,9 @@ _SPECIALS = {
     "qwen2_vl": (["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                   "<|image_pad|>", "<|video_pad|>"], "<|im_end|>", "<|endoftext|>"),
     "llava": (["<pad>", "</s>", "<s>", "<image>"], "</s>", "<pad>"),
+    "llava_onevision": (["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"], "<|im_end|>",
+                        "<|endoftext|>"),
+    "llava_next_video": (["<pad>", "</s>", "<s>", "<image>", "<video>"], "</s>", "<pad>"),
     "idefics3": (["<pad>", "<end_of_utterance>", "<image>", "<fake_token_around_image>", "<global-img>"],
                  "<end_of_utterance>", "<pad>"),
 }
@@ -49,7 +53,7 @@ _SPECIALS = {
 class TinyVLMConfig(StrictModel):
     """Sizes of a tiny random VLM (configs/models/*.yaml)."""
 
-    family: Literal["qwen2_vl", "llava", "idefics3"]
+    family: Literal["qwen2_vl", "llava", "llava_onevision", "llava_next_video", "idefics3"]
     vocab_size: int = 2000
     text: dict[str, Any]
     vision: dict[str, Any]
@@ -72,7 +76,8 @@ def build_tiny_vlm(cfg: TinyVLMConfig, out: str | Path) -> Path:
     torch.manual_seed(cfg.seed)
     specials, eos, pad = _SPECIALS[cfg.family]
     tok = train_tokenizer(specials, vocab_size=cfg.vocab_size, eos=eos, pad=pad)
-    builder = {"qwen2_vl": _qwen2_vl, "llava": _llava, "idefics3": _idefics3}[cfg.family]
+    builder = {"qwen2_vl": _qwen2_vl, "llava": _llava, "llava_onevision": _llava_onevision,
+               "llava_next_video": _llava_next_video, "idefics3": _idefics3}[cfg.family]
     model, processor = builder(cfg, tok, _chat_template(cfg.family))
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.convert_tokens_to_ids(eos)
@@ -127,6 +132,56 @@ def _llava(cfg: TinyVLMConfig, tok, chat: str):
                                vision_feature_select_strategy="default", num_additional_image_tokens=1,
                                chat_template=chat)
     return LlavaForConditionalGeneration(config), processor
+
+
+def _llava_onevision(cfg: TinyVLMConfig, tok, chat: str):
+    """SigLIP tower (no CLS: feature strategy "full"), Qwen2 text, anyres grid of 1x1..2x2 tiles of image_size."""
+    from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, Qwen2Config,
+                              SiglipVisionConfig)
+    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+        LlavaOnevisionImageProcessorPil)
+
+    from vlm_salience.models.processors import LlavaOnevisionImageOnlyProcessor
+
+    s = cfg.image_size
+    pinpoints = [[s, s], [s, 2 * s], [2 * s, s], [2 * s, 2 * s]]
+    config = LlavaOnevisionConfig(
+        vision_config=SiglipVisionConfig(image_size=s, vision_use_head=False, **cfg.vision),
+        text_config=Qwen2Config(**_text_config(cfg, tok)), image_token_index=tok.convert_tokens_to_ids("<image>"),
+        video_token_index=tok.convert_tokens_to_ids("<video>"), image_grid_pinpoints=pinpoints,
+        vision_feature_select_strategy="full", vision_feature_layer=-1)
+    image_processor = LlavaOnevisionImageProcessorPil(size={"height": s, "width": s}, image_grid_pinpoints=pinpoints)
+    processor = LlavaOnevisionImageOnlyProcessor(
+        image_processor=image_processor, tokenizer=tok, num_image_tokens=(s // cfg.vision["patch_size"]) ** 2,
+        vision_feature_select_strategy="full", chat_template=chat)
+    return LlavaOnevisionForConditionalGeneration(config), processor
+
+
+def _llava_next_video(cfg: TinyVLMConfig, tok, chat: str):
+    """CLIP tower (CLS dropped: strategy "default"), Llama text, anyres grid of 1x1..2x2 tiles of image_size;
+    video frames average-pooled with stride 2 (an even patch grid: the processor counts n^2 // 4 per frame)."""
+    from transformers import (CLIPVisionConfig, LlamaConfig, LlavaNextVideoConfig,
+                              LlavaNextVideoForConditionalGeneration)
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    from vlm_salience.models.processors import LlavaNextVideoImageOnlyProcessor
+
+    s, p = cfg.image_size, cfg.vision["patch_size"]
+    if (s // p) % 2:
+        raise ValueError(f"llava_next_video: image_size / patch_size = {s // p} must be even (stride-2 video pooling)")
+    pinpoints = [[s, s], [s, 2 * s], [2 * s, s], [2 * s, 2 * s]]
+    n = (s // p) ** 2
+    config = LlavaNextVideoConfig(
+        vision_config=CLIPVisionConfig(image_size=s, **cfg.vision), text_config=LlamaConfig(**_text_config(cfg, tok)),
+        image_token_index=tok.convert_tokens_to_ids("<image>"), video_token_index=tok.convert_tokens_to_ids("<video>"),
+        image_grid_pinpoints=pinpoints, vision_feature_select_strategy="default", vision_feature_layer=-1,
+        spatial_pool_mode="average", spatial_pool_stride=2, image_seq_length=n, video_seq_length=n // 4)
+    image_processor = LlavaNextImageProcessorPil(size={"shortest_edge": s}, crop_size={"height": s, "width": s},
+                                                 image_grid_pinpoints=pinpoints)
+    processor = LlavaNextVideoImageOnlyProcessor(
+        image_processor=image_processor, tokenizer=tok, patch_size=p, vision_feature_select_strategy="default",
+        num_additional_image_tokens=1, chat_template=chat)
+    return LlavaNextVideoForConditionalGeneration(config), processor
 
 
 def _idefics3(cfg: TinyVLMConfig, tok, chat: str):

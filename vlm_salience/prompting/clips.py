@@ -1,5 +1,6 @@
 """Clips as VLM inputs: TSN-sampled frames of a face video or a frame folder, given to a model either as several
-images (any chat VLM, OpenAI-compatible servers included) or as one native video input (Qwen2-VL family).
+images (any chat VLM, OpenAI-compatible servers included) or as one native video input (Qwen2-VL family here;
+LLaVA-OneVision and LLaVA-NeXT-Video in `prompting/llava_video.py`).
 
 Frames are chosen by the same sampler the video models use (`data/video/sampling.py`): N equal segments, the
 middle frame of each in evaluation, a seeded random frame per segment in training. So a VLM and OUS/GRACE see the
@@ -28,15 +29,15 @@ from pydantic import Field
 
 from vlm_salience.config import StrictModel
 
-VIDEO_FAMILIES = ("qwen2_vl",)  # families with a native video path here (models/families.py names; Qwen2.5-VL is
-# of the qwen2_vl family, its clips also get second_per_grid_ts)
+VIDEO_FAMILIES = ("qwen2_vl", "llava_onevision", "llava_next_video")  # families with a native video path
+# (models/families.py names; Qwen2.5-VL is of the qwen2_vl family, its clips also get second_per_grid_ts)
 
 
 class ClipSettings(StrictModel):
     """How a clip is shown to a VLM (the `clip:` block of an experiment or training YAML)."""
 
     frames: int = Field(8, ge=1)  # TSN segments: one frame from each
-    # video: one native video input (Qwen2-VL family); images: the frames as separate images (any model);
+    # video: one native video input (Qwen2-VL family, LLaVA-OneVision/-NeXT-Video); images: frames as images;
     # auto: video where the family has a native path, images otherwise
     mode: Literal["auto", "video", "images"] = "auto"
     # video corpora: the face-crop clip, the whole scene clip, or both (the face crops and the masked scene of the
@@ -357,8 +358,9 @@ def encode_prompts(processor, family: str, texts: list[str], images: list[list[A
                    settings: ClipSettings | None = None, *, padding: bool = True,
                    clip_settings: list[ClipSettings | None] | None = None) -> dict[str, Any]:
     """The model inputs of several rendered prompts. Without clips: the processor's own call. With clips
-    (Qwen2-VL family): the processor's parts (image processor, its image-token expansion, tokenizer, its
-    modality token types) with native video inputs built here, since its video processor needs torchvision.
+    (Qwen2-VL family; the LLaVA video families: `llava_video.encode_llava_video`): the processor's parts (image
+    processor, its image-token expansion, tokenizer, its modality token types) with native video inputs built
+    here, since its video processor needs torchvision.
     `images[b]` / `videos[b]` are prompt b's, in order; `clip_settings[b]` prompt b's clip settings (its clips'
     fps for Qwen2.5-VL; default: `settings` for all)."""
     import torch
@@ -368,14 +370,18 @@ def encode_prompts(processor, family: str, texts: list[str], images: list[list[A
     if not clips:
         kwargs: dict[str, Any] = {"text": texts, "return_tensors": "pt", "padding": padding}
         if flat_images:
-            kwargs["images"] = [list(p) for p in images] if family == "idefics3" else flat_images
-            if family in VIDEO_FAMILIES:
+            kwargs["images"] = [list(p) for p in images] if family in ("idefics3", "llava_onevision") else flat_images
+            if family == "qwen2_vl":
                 kwargs.update(_pixel_kwargs(settings, processor.image_processor))
         return dict(processor(**kwargs))
     if family not in VIDEO_FAMILIES:
         from vlm_salience.errors import ConfigError
 
         raise ConfigError(f"model family '{family}' has no native video path here; set clip.mode: images")
+    if family != "qwen2_vl":  # the LLaVA video families
+        from vlm_salience.prompting.llava_video import encode_llava_video
+
+        return encode_llava_video(processor, family, texts, images, videos, padding=padding)
     out: dict[str, Any] = {}
     merge = int(processor.image_processor.merge_size) ** 2
     if flat_images:

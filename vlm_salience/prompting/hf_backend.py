@@ -99,12 +99,12 @@ class HFBackend:
         return prefix[:max(0, cut - 1)]  # keep one token back: BPE may merge across the boundary
 
     def _vision_boundary_ids(self) -> list[int]:
-        names = ["<|vision_start|>", "<fake_token_around_image>", "<image>"]
+        names = ["<|vision_start|>", "<fake_token_around_image>", "<image>", "<video>"]
         vocab = self.tok.get_vocab()
         return [vocab[n] for n in names if n in vocab]
 
     def _processor_inputs(self, texts: list[str], prompts: list[Prompt]) -> dict[str, Any]:
-        """Text, image and (Qwen2-VL family) native video inputs of a batch (`prompting/clips.py`)."""
+        """Text, image and native video inputs of a batch (`prompting/clips.py`)."""
         from vlm_salience.prompting.clips import encode_prompts
 
         settings = next((p.clip for p in prompts if p.clip is not None), None)
