@@ -72,6 +72,12 @@ def test_family_and_clip_mode(vlm):
     assert type(vlm.processor) is IMAGE_ONLY[vlm.family]
     assert ClipSettings(mode="auto").resolved_mode(vlm.family) == "video"
     assert ClipSettings(mode="video").resolved_mode(vlm.family) == "video"
+    # training's collator has no video path for these families: auto trains on frames as images, video is refused
+    from vlm_salience.errors import ConfigError
+
+    assert ClipSettings(mode="auto").resolved_mode(vlm.family, training=True) == "images"
+    with pytest.raises(ConfigError, match="training on clips"):
+        ClipSettings(mode="video").resolved_mode(vlm.family, training=True)
 
 
 def test_video_tokens_are_what_the_forward_expects(vlm):

@@ -29,6 +29,7 @@ from pydantic import Field
 
 from vlm_salience.config import StrictModel
 
+TRAINING_VIDEO_FAMILIES = ("qwen2_vl",)  # the training collator builds native video inputs for these only
 VIDEO_FAMILIES = ("qwen2_vl", "llava_onevision", "llava_next_video")  # families with a native video path
 # (models/families.py names; Qwen2.5-VL is of the qwen2_vl family, its clips also get second_per_grid_ts)
 
@@ -50,15 +51,18 @@ class ClipSettings(StrictModel):
     # fps, the temporal rope step of each frame pair; the processor's default sampling is 2 frames per second)
     fps: float = Field(2.0, gt=0)
 
-    def resolved_mode(self, family: str | None) -> str:
-        """'video' or 'images' for a model family; a family without a video path asked for video is an error."""
+    def resolved_mode(self, family: str | None, *, training: bool = False) -> str:
+        """'video' or 'images' for a model family; a family without a video path asked for video is an error.
+        Training (the collator) has the native video path of the Qwen2-VL family only (TRAINING_VIDEO_FAMILIES)."""
+        families = TRAINING_VIDEO_FAMILIES if training else VIDEO_FAMILIES
         if self.mode == "auto":
-            return "video" if family in VIDEO_FAMILIES else "images"
-        if self.mode == "video" and family not in VIDEO_FAMILIES:
+            return "video" if family in families else "images"
+        if self.mode == "video" and family not in families:
             from vlm_salience.errors import ConfigError
 
-            raise ConfigError(f"clip.mode video: model family '{family}' has no native video path here (families "
-                              f"with one: {list(VIDEO_FAMILIES)}); set clip.mode: images (frames as images)")
+            what = "training on clips" if training else "a native video path here"
+            raise ConfigError(f"clip.mode video: model family '{family}' has no {what} (families with one: "
+                              f"{list(families)}); set clip.mode: images (frames as images)")
         return self.mode
 
     @property

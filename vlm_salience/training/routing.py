@@ -234,7 +234,7 @@ def route(cfg: TrainConfig, *, progress: bool = True) -> ExperimentResult | None
     loaded = load_with_adapters(cfg, names, ranks=ranks)
     backend = HFBackend(loaded, batch_size=cfg.optim.batch_size)
     model = loaded.model
-    clip = {"clip": cfg.data.clip, "clip_mode": cfg.data.clip.resolved_mode(loaded.family)}  # as in training
+    clip = {"clip": cfg.data.clip, "clip_mode": cfg.data.clip.resolved_mode(loaded.family, training=True)}  # as in training
     base = backend.fingerprint()
     model_keys = {None: f"{base}|no adapter",
                   **{n: f"{base}|adapter {n}:{adapter_fingerprint(adapter_path(cfg, n))}" for n in names}}

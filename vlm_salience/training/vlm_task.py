@@ -199,7 +199,7 @@ class VLMTask(Task):
                                     seed=cfg.seed, clip=cfg.data.clip,
                                     clip_reader=getattr(self.data, "clip_reader", None))  # clips: cached frames
         index = retrieved_examples(self.data, self.adapter) if self.adapter.examples == "retrieved" else None
-        self.clip_mode = cfg.data.clip.resolved_mode(self.loaded.family)  # clip faces: native video or images
+        self.clip_mode = cfg.data.clip.resolved_mode(self.loaded.family, training=True)  # clip faces: native video or images
         self.train_set = self.data.dataset(self.adapter, "train", index, clip_mode=self.clip_mode)
         self.examples = [dict(ex) for ex in self.train_set]
         encoded = [self.collator.encode(ex, i) for i, ex in enumerate(self.examples)]
