@@ -175,21 +175,22 @@ def _rescore(r, fold: str, adapter: Path, stream: str, ids: list[str]) -> np.nda
 
 def test_each_expert_scores_with_its_own_streams_adapter(routed):
     """Planted bug caught: the adapter trained on the face stream used for the scene (context) expert. Each
-    adapter records and read its expert's stream; the context expert's test predictions are what its fold's scene
-    adapter gives the scene frames, not what the face adapter (or another fold's scene adapter) gives them."""
+    adapter records and read its expert's stream; in every fold the context expert's test predictions are what that
+    fold's scene adapter gives the scene frames, not what the face adapter or another fold's scene adapter gives them
+    (so this also catches one fold's adapter scoring another fold)."""
     parts = _parts(routed)
     for fold in parts:
         for expert, stream in ROLES.items():
             assert json.loads((_adapter(routed, fold, expert) / "expert.json").read_text())["stream"] == stream
             assert {s for f, s, _ in routed["read"] if f == fold} == set(ROLES.values())
-    fold, other = sorted(parts)
-    ids = parts[fold]["test"][:3]
     df = pd.read_csv(routed["out"] / "expert__context" / "predictions.csv", dtype={"fold": str, "clip_id": str})
-    got = df.set_index("clip_id").loc[ids, ["p_happy", "p_neutral", "p_sad"]].to_numpy()
-    own = _rescore(routed, fold, _adapter(routed, fold, "context"), "scene", ids)
-    assert np.abs(got - own).max() < 1e-5
-    for wrong in (_adapter(routed, fold, "face"), _adapter(routed, other, "context")):
-        assert np.abs(got - _rescore(routed, fold, wrong, "scene", ids)).max() > 1e-3, wrong
+    for fold, other in (sorted(parts), sorted(parts)[::-1]):  # every fold: a reused adapter shows in a later one
+        ids = parts[fold]["test"][:2]
+        got = df.set_index("clip_id").loc[ids, ["p_happy", "p_neutral", "p_sad"]].to_numpy()
+        own = _rescore(routed, fold, _adapter(routed, fold, "context"), "scene", ids)
+        assert np.abs(got - own).max() < 1e-5, fold
+        for wrong in (_adapter(routed, fold, "face"), _adapter(routed, other, "context")):
+            assert np.abs(got - _rescore(routed, fold, wrong, "scene", ids)).max() > 1e-3, (fold, wrong)
 
 
 def test_rerun_reuses_finished_adapters_and_retrains_changed_ones(routed, tmp_path, monkeypatch):
