@@ -22,7 +22,11 @@ Experts (`kind`):
   sd and last-minus-first over the sampled frames), standardised, fitted on the training clips: deterministic and fast, the
   stand-in that lets tests check the routing on tiny budgets;
 - vlm: a VLM scoring the corpus's classes over the stream's frames (a model entry as in `prompt run`; an adapter is
-  a `path` to a merged checkpoint), zero-shot on every clip.
+  a `path` to a merged checkpoint, the same for every fold), zero-shot on every clip;
+- lora: per fold, a LoRA adapter of `model` trained on that fold's fit clips of the expert's stream only (never its
+  validation or test clips) through the clip training path (`training/clip_lora_experts.py`), then label-scoring
+  the validation and test clips like `vlm`; adapters under <out>/lora/folds/<fold>/adapters/<expert>, reused by a
+  rerun whose training settings and clips are unchanged.
 Each method is written as a video run folder (predictions.csv, metrics.json, report.md) so `video compare` puts it
 beside OUS, GRACE and the baseline; `routing.json` and `report.md` hold the table and every routed method's paired
 difference against the better expert alone (chosen on the test clips: the strictest reference) and the control.
@@ -37,7 +41,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from vlm_salience.config import RelPath, StrictModel
 from vlm_salience.errors import ConfigError
@@ -46,12 +50,41 @@ from vlm_salience.errors import ConfigError
 class ExpertSpec(StrictModel):
     name: str
     stream: Literal["face", "scene"]
-    kind: Literal["pixels", "vlm"] = "pixels"
+    kind: Literal["pixels", "vlm", "lora"] = "pixels"
     grid: int = Field(8, ge=1)  # pixels: each frame pooled to grid x grid
     C: float = Field(1.0, gt=0)  # pixels: inverse L2 strength of the logistic regression
-    model: dict[str, Any] | None = None  # vlm: a model entry of `prompt run` ({backend: hf, name, path, ...})
-    template: str = "clip_emotion"  # vlm
-    mode: Literal["auto", "video", "images"] = "auto"  # vlm: native video or frames as images
+    # vlm: a model entry of `prompt run` ({backend: hf, name, path, ...}); lora: the base model the adapters train on
+    # (a training YAML's `model:` {name, path, build, dtype}; `build` resolves against this YAML's folder)
+    model: dict[str, Any] | None = None
+    template: str = "clip_emotion"  # vlm, lora
+    mode: Literal["auto", "video", "images"] = "auto"  # vlm, lora: native video or frames as images
+    frames: int | None = Field(None, ge=1)  # vlm, lora: frames per clip; None: the routing's `frames`
+    # lora: a clip training YAML's training keys (lora, optim, eval, checkpoint, precision, batching, data.max_length,
+    # data.clip.min_pixels ...); the corpus, folds, validation carving, seed, stream and output come from the routing
+    train: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("model")
+    @classmethod
+    def _build_path(cls, v, info: ValidationInfo):
+        """lora: a relative `build` (tiny-model YAML) resolves against the routing YAML's folder, like its paths."""
+        if v is not None and info.data.get("kind") == "lora" and isinstance(v.get("build"), str):
+            from pydantic import TypeAdapter
+
+            v = {**v, "build": str(TypeAdapter(RelPath).validate_python(v["build"], context=info.context))}
+        return v
+
+    @model_validator(mode="after")
+    def _lora(self) -> ExpertSpec:
+        if self.kind == "lora":
+            from vlm_salience.training.clip_lora_experts import check_train_keys
+
+            if self.model is None:
+                raise ValueError(f"expert '{self.name}': kind lora needs `model`, the base its adapters train on "
+                                 "({name, path, build?, dtype})")
+            check_train_keys(self.name, self.train)
+        elif self.train:
+            raise ValueError(f"expert '{self.name}': `train` is for kind lora (kind here: {self.kind})")
+        return self
 
 
 class ExpressivitySpec(StrictModel):
@@ -83,6 +116,12 @@ class ClipRoutingConfig(StrictModel):
     expressivity: ExpressivitySpec = Field(default_factory=ExpressivitySpec)
     out: RelPath
     report: ClipRoutingReport = Field(default_factory=ClipRoutingReport)
+
+    @model_validator(mode="after")
+    def _names(self) -> ClipRoutingConfig:
+        if self.face.name == self.context.name:  # method folders, adapters and checkpoints are named after them
+            raise ValueError(f"face and context experts share the name '{self.face.name}'; name them apart")
+        return self
 
 
 def is_clip_routing(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> bool:
@@ -116,6 +155,14 @@ class ClipFrames:
 
         self.reader, self.corpus, self.frames = CachedFrames(cache), corpus, frames
         self._memo: dict[tuple[str, str], list[Any]] = {}
+
+    def with_frames(self, frames: int | None) -> ClipFrames:
+        """This reader at another number of frames (an expert's own `frames`), sharing nothing but the cache."""
+        if frames is None or frames == self.frames:
+            return self
+        other = ClipFrames.__new__(ClipFrames)
+        other.reader, other.corpus, other.frames, other._memo = self.reader, self.corpus, frames, {}
+        return other
 
     def get(self, clip_id: str, stream: str) -> list[Any]:
         from vlm_salience.prompting.clips import ClipSettings
@@ -174,21 +221,37 @@ def _vlm_expert(spec: ExpertSpec, frames: ClipFrames, corpus, ids: list[str], ca
                 ) -> dict[str, np.ndarray]:
     """Zero-shot label scoring over the stream's frames (the answer cache keyed as in `prompt run`); under
     `accelerate launch` each rank reads and scores its share of the clips and every rank gets every answer."""
-    from vlm_salience.prompting.answers import AnswerSpec
-    from vlm_salience.prompting.cache import close_answer_cache, open_answer_cache, prompt_answer_key
+    from pydantic import TypeAdapter
+
     from vlm_salience.prompting.clips import ClipSettings
     from vlm_salience.prompting.experiment import ModelEntry, make_backend
-    from vlm_salience.prompting.inputs import build_prompt
-    from vlm_salience.prompting.templates import load_template
-    from vlm_salience.prompting.video_experiment import clip_items
-
-    from pydantic import TypeAdapter
 
     if spec.model is None:
         raise ConfigError(f"expert '{spec.name}': kind vlm needs a `model` entry ({{backend: hf, name, path}})")
     entry = TypeAdapter(ModelEntry).validate_python(spec.model)
     backend = make_backend(entry, progress=False, ranks=ranks)
+    frames = frames.with_frames(spec.frames)
     settings = ClipSettings(frames=frames.frames, stream=spec.stream, mode=spec.mode)
+    try:
+        return score_stream(spec, frames, corpus, ids, cache_path, ranks, backend=backend,
+                            model_key=backend.fingerprint(), settings=settings,
+                            chunk=4 * getattr(entry, "batch_size", 8))
+    finally:
+        if hasattr(backend, "close"):
+            backend.close()
+
+
+def score_stream(spec: ExpertSpec, frames: ClipFrames, corpus, ids: list[str], cache_path: Path, ranks, *,
+                 backend, model_key: str, settings, chunk: int) -> dict[str, np.ndarray]:
+    """Label scoring of clips `ids` over the stream's evaluation frames by `backend`, every answer cached under
+    `model_key` (the backend's fingerprint, plus the adapter's content for a LoRA expert) as in `prompt run`. Under
+    `accelerate launch` each rank scores its share and every rank gets every clip's class distribution."""
+    from vlm_salience.prompting.answers import AnswerSpec
+    from vlm_salience.prompting.cache import close_answer_cache, open_answer_cache, prompt_answer_key
+    from vlm_salience.prompting.inputs import build_prompt
+    from vlm_salience.prompting.templates import load_template
+    from vlm_salience.prompting.video_experiment import clip_items
+
     mode = settings.resolved_mode(getattr(backend, "family", None))
     answer = AnswerSpec("choice", tuple(corpus.classes), None, None)
     tpl = load_template(spec.template)
@@ -196,13 +259,12 @@ def _vlm_expert(spec: ExpertSpec, frames: ClipFrames, corpus, ids: list[str], ca
     mine = ids[share.start:share.stop]
     prompts = [build_prompt(tpl, item, answer, clip=settings, clip_mode=mode, frames=frames.get(item.id, spec.stream))
                for item in clip_items(corpus, mine, spec.stream, cached=True)]
-    keys = [prompt_answer_key(backend.fingerprint(), tpl.digest, p, "score", slots=answer.slots()) for p in prompts]
+    keys = [prompt_answer_key(model_key, tpl.digest, p, "score", slots=answer.slots()) for p in prompts]
     cache = open_answer_cache(cache_path, ranks)
     try:
         got = cache.get_many(keys)
         todo = [j for j, k in enumerate(keys) if k not in got]
-        chunk = 4 * getattr(entry, "batch_size", 8)  # answers committed per chunk: a killed run keeps them
-        for s in range(0, len(todo), chunk):
+        for s in range(0, len(todo), chunk):  # answers committed per chunk: a killed run keeps them
             part = todo[s:s + chunk]
             res = backend.score([prompts[j] for j in part], answer.slots())
             new = {}
@@ -215,9 +277,6 @@ def _vlm_expert(spec: ExpertSpec, frames: ClipFrames, corpus, ids: list[str], ca
     except BaseException:
         cache.close()  # a launch that fails stops every rank; its shards stay for the next run to merge
         raise
-    finally:
-        if hasattr(backend, "close"):
-            backend.close()
     close_answer_cache(cache, ranks)
     answers = ranks.gather([got[k]["slots"]["emotion"] for k in keys])
     out = {}
@@ -229,15 +288,28 @@ def _vlm_expert(spec: ExpertSpec, frames: ClipFrames, corpus, ids: list[str], ca
 
 
 def expert_probs(spec: ExpertSpec, frames: ClipFrames, corpus, fit_ids, predict_ids, cache_path: Path, *,
-                 ranks=None) -> dict[str, np.ndarray]:
+                 ranks=None, routing: ClipRoutingConfig | None = None, fold: str | None = None,
+                 record: dict[str, Any] | None = None, progress: bool = False) -> dict[str, np.ndarray]:
     """An expert's class distribution per clip of `predict_ids`. Under `accelerate launch` (`ranks`: this
     process's vlm_salience.ranks.Ranks) each rank reads (and, for a VLM, scores) its share of the clips; a pixel
-    expert is fitted on rank 0 only, so the other ranks get an empty dict for it."""
+    expert is fitted on rank 0 only, so the other ranks get an empty dict for it. A LoRA expert needs the routing
+    config and the fold (its adapter is trained on `fit_ids` of that fold); `record` receives what it trained and
+    loaded (clip_lora_experts.lora_expert_probs)."""
     from vlm_salience.ranks import current
 
     ranks = ranks or current()
     if spec.kind == "pixels":
         return _pixel_expert(spec, frames, corpus, fit_ids, predict_ids, ranks)
+    if spec.kind == "lora":
+        from vlm_salience.training.clip_lora_experts import lora_expert_probs
+
+        if routing is None or fold is None:
+            raise ConfigError(f"expert '{spec.name}': kind lora trains per fold; pass the routing config and fold")
+        probs, info = lora_expert_probs(routing, spec, corpus, frames, fold, list(fit_ids), list(predict_ids),
+                                        ranks=ranks, progress=progress)
+        if record is not None:
+            record.update(info)
+        return probs
     return _vlm_expert(spec, frames, corpus, list(predict_ids), cache_path, ranks)
 
 
@@ -295,16 +367,22 @@ def route_clips(cfg: ClipRoutingConfig, *, progress: bool = True) -> dict[str, A
     methods = [names["face"], names["context"], "routed/hard", "routed/soft", "routed/learned", "control/shuffled"]
     per_method: dict[str, dict[str, Any]] = {m: {} for m in methods}
     calibration: dict[str, Any] = {}
+    for spec in (cfg.face, cfg.context):
+        if spec.kind == "lora":  # a training setting the clip training config refuses fails here, before any work
+            from vlm_salience.training.clip_lora_experts import expert_training_config
+
+            expert_training_config(cfg, spec)
     for fold in folds:
         test = list(corpus.folds[fold]["test"])
         leak = set(test) & set(corpus.folds[fold]["train"])
         if leak:
             raise ConfigError(f"fold {fold}: clips {sorted(leak)[:5]} are in both its train and test lists")
         fit_ids, val = carve_validation(corpus, list(corpus.folds[fold]["train"]), cfg.validation_fraction, cfg.seed)
-        pv = {}
+        pv, trained = {}, {}
         for role, spec in (("face", cfg.face), ("context", cfg.context)):
+            trained[role] = {}
             pv[role] = expert_probs(spec, frames, corpus, fit_ids, [*val, *test], out / "answers.sqlite",
-                                    ranks=ranks)
+                                    ranks=ranks, routing=cfg, fold=fold, record=trained[role], progress=progress)
         if not ranks.is_main:  # fitting, calibration and the report: once, on rank 0
             continue
         yv = np.array([corpus.clip(c).label for c in val])
@@ -332,6 +410,8 @@ def route_clips(cfg: ClipRoutingConfig, *, progress: bool = True) -> dict[str, A
                              "soft_law": {"bias": float(w_soft[0]), "expressivity": float(w_soft[1])},
                              "learned_gate": dict(zip(["bias", "expressivity", "face_confidence",
                                                        "context_confidence"], map(float, w_learn)))}
+        if any(trained.values()):  # LoRA experts: the adapter each scored with, and the clips it was trained on
+            calibration[fold]["adapters"] = {r: t for r, t in trained.items() if t}
     if not ranks.is_main:
         return None
     folders = {}
@@ -382,6 +462,10 @@ def routing_markdown(summary: dict[str, Any], table_md: str) -> str:
                      f"{c['test_clips']} test clips; hard threshold {c['hard_threshold']:.3f} "
                      f"({c['to_face_share_test']:.0%} of test clips to the face expert); soft law "
                      f"{c['soft_law']}; learned gate {c['learned_gate']}")
+        for role, a in c.get("adapters", {}).items():
+            lines.append(f"  - {role} LoRA adapter `{a['adapter']}` ({a['stream']} stream, trained on {a['trained_on']} "
+                         f"fit clips, {a['steps']} steps{', reused' if a['reused'] else ''}; validation UAR "
+                         + (f"{a['validation_uar']:.3f})" if a["validation_uar"] is not None else "n/a)"))
     return "\n".join(lines) + "\n"
 
 
