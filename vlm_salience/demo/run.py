@@ -112,11 +112,14 @@ def run_demo(out: Path, *, quick: bool = False, progress: bool = True) -> int:
 
 
 def _faces_step(console: Console, out: Path, progress: bool) -> None:
-    console.rule("6. Real face models: OpenCV's Haar cascade and the FER2013 mini-Xception")
     from vlm_salience.face_scoring import demo_images, main_summary_text, score_faces
+    from vlm_salience.models.faces.detector import auto_detector_config
 
     import pandas as pd
 
+    detector = {"mtcnn": "MTCNN (five landmarks, aligned crops)", "haar": "OpenCV's Haar cascade"}[
+        auto_detector_config().kind]
+    console.rule(f"6. Real face models: {detector} and the FER2013 mini-Xception")
     folder = out / "faces"
     demo_images(folder / "images", drawn=4)
     summary = score_faces([folder / "images"], folder / "scores.csv", progress=progress)
