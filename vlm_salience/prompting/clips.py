@@ -192,7 +192,7 @@ class CachedFrames:
                             f"corpus's {source}.", file=self.cache.manifest_path,
                             fix="give the frame cache `video prepare` wrote for this corpus.")
         try:
-            with np.load(path, allow_pickle=False) as z, open(path, "rb") as fh:
+            with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:  # one open for both readers
                 slots = _stored_array(fh, z, "slots").astype(np.int64)
                 rows = sample(SimpleNamespace(slots=slots, n_segments=int(slots.shape[0])), settings.frames,
                               train=train, rng=rng)
