@@ -190,7 +190,9 @@ def test_each_expert_scores_with_its_own_streams_adapter(routed):
         own = _rescore(routed, fold, _adapter(routed, fold, "context"), "scene", ids)
         assert np.abs(got - own).max() < 1e-5, fold
         for wrong in (_adapter(routed, fold, "face"), _adapter(routed, other, "context")):
-            assert np.abs(got - _rescore(routed, fold, wrong, "scene", ids)).max() > 1e-3, (fold, wrong)
+            # 3-step adapters stay near the base, so another adapter's answers differ by ~1e-3 (8.8e-4 seen): far
+            # above the 1e-5 to which the own adapter's re-scoring agrees
+            assert np.abs(got - _rescore(routed, fold, wrong, "scene", ids)).max() > 1e-4, (fold, wrong)
 
 
 def test_rerun_reuses_finished_adapters_and_retrains_changed_ones(routed, tmp_path, monkeypatch):
@@ -265,3 +267,54 @@ def test_shipped_lora_routing_config_validates():
         assert t.seed == cfg.seed and t.data.validation_fraction == cfg.validation_fraction
     for other in sorted((REPO / "configs" / "experiment").glob("route_clips*.yaml")):
         load_config(other, ClipRoutingConfig)
+
+
+def test_a_lora_expert_is_scored_in_the_input_form_it_was_trained_on(routed, monkeypatch):
+    """Review finding, fixed: a family whose clips train as frames as images (LLaVA-OneVision under `auto`) must be
+    scored as images too, never as the native video its prompting path would pick."""
+    from types import SimpleNamespace
+
+    import vlm_salience.prompting.hf_backend as hb
+    import vlm_salience.training.clip_lora_experts as le
+    import vlm_salience.training.clip_routing as cr
+    import vlm_salience.training.routing as rt
+    from vlm_salience.data.video import load_video_corpus
+    from vlm_salience.training.clip_training import fold_config
+
+    cfg = routed["cfg"].model_copy(deep=True)
+    spec = cfg.face.model_copy(update={"mode": "auto"})
+    seen = {}
+    monkeypatch.setattr(le, "train_expert", lambda cfg_, spec_, corpus, fold, fit, **k: (
+        fold_config(le.expert_training_config(cfg_, spec_), fold),
+        {"stream": "face", "fold": fold, "trained_on": fit}, True))
+    monkeypatch.setattr(rt, "load_with_adapters", lambda *a, **k: SimpleNamespace(family="llava_onevision"))
+    monkeypatch.setattr(rt, "adapter_fingerprint", lambda folder: "fp")
+    monkeypatch.setattr(hb, "HFBackend", lambda loaded, **k: SimpleNamespace(fingerprint=lambda: "base"))
+    monkeypatch.setattr(cr, "score_stream", lambda *a, mode=None, **k: seen.setdefault("mode", mode) and {})
+    corpus = load_video_corpus(routed["data"])
+    fold = sorted(corpus.folds)[0]
+    le.lora_expert_probs(cfg, spec, corpus, SimpleNamespace(with_frames=lambda n: None), fold, ["a"], ["b"],
+                         ranks=SimpleNamespace(is_main=True, barrier=lambda: None))
+    assert seen["mode"] == "images"  # prompting alone would resolve auto to "video" for this family
+
+
+def test_an_adapter_identity_changes_when_the_frame_cache_is_prepared_again(routed, tmp_path):
+    """Review finding, fixed: the cache folder keeps its path when it is prepared again (another detector), so the
+    adapter identity reads the cache's settings hash and the clips' keys, not the path."""
+    from vlm_salience.data.video import load_video_corpus
+    from vlm_salience.training.clip_lora_experts import expert_training_config, training_identity
+    from vlm_salience.training.clip_training import ClipTrainingData, fold_config
+
+    cfg = routed["cfg"]
+    corpus = load_video_corpus(routed["data"])
+    fold = sorted(corpus.folds)[0]
+    cache = tmp_path / "cache"
+    shutil.copytree(routed["w"] / "cache", cache)
+    tcfg = fold_config(expert_training_config(cfg.model_copy(update={"frame_cache": cache}), cfg.face), fold)
+    parts = ClipTrainingData(tcfg, fold, corpus).parts
+    before = training_identity(tcfg, fold, parts)
+    manifest = json.loads((cache / "manifest.json").read_text())
+    first = parts["train"][0]
+    manifest["clips"][first]["key"] = "0" * 32  # the same clip prepared from other settings
+    (cache / "manifest.json").write_text(json.dumps(manifest))
+    assert training_identity(tcfg, fold, parts) != before

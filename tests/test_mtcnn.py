@@ -487,3 +487,23 @@ def test_real_two_face_clip_gives_two_streams(mtcnn, astronaut):
     assert summary["tracks"] == 2 and all(len(fs) == 2 for fs in tracked)
     first = {tid: f.y > 60 for tid, f in tracked[0]}
     assert all({tid: f.y > 60 for tid, f in fs} == first for fs in tracked)
+
+
+def test_face_score_resumes_only_with_the_detector_that_wrote_the_rows(mtcnn, astronaut, tmp_path):
+    """Review finding, fixed: `auto` depends on the install, so a CSV begun with Haar and resumed with MTCNN would
+    mix two detectors' rows under one name; it is refused, naming the detector to pass or --fresh."""
+    from PIL import Image
+
+    from vlm_salience.errors import DataError
+    from vlm_salience.face_scoring import score_faces
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    Image.fromarray(astronaut).save(d / "a.png")
+    out = tmp_path / "scores.csv"
+    score_faces([d], out, detector_cfg="haar", progress=False)
+    Image.fromarray(astronaut[::2, ::2]).save(d / "b.png")
+    with pytest.raises(DataError, match="detector 'haar'.*--detector haar"):
+        score_faces([d], out, detector_cfg="mtcnn", progress=False)
+    assert score_faces([d], out, detector_cfg="haar", progress=False)["resumed"] == 1  # same detector: resumes
+    assert score_faces([d], out, detector_cfg="mtcnn", progress=False, resume=False)["detector"] == "mtcnn"

@@ -149,6 +149,8 @@ def _score_faces(images: list[Path], out: Path, analyzer, read_image, *, progres
     from tqdm.auto import tqdm
 
     header = columns(analyzer.classifier.classes)
+    if resume and out.is_file():
+        _check_same_models(out, analyzer)
     kept = _read_existing(out, header) if resume and out.is_file() else []
     write_text(out, _csv_text([[r[c] for c in header] for r in kept], header))  # atomic: old rows, error rows out
     done = {r["path"] for r in kept}
@@ -187,6 +189,22 @@ def _score_faces(images: list[Path], out: Path, analyzer, read_image, *, progres
                     "inputs": len(images), "scored_now": scored, "resumed": len(images) - len(todo)})
     write_text(out.with_suffix(".summary.json"), json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _check_same_models(out: Path, analyzer) -> None:
+    """A CSV is resumed only with the detector and classifier that wrote its rows (its summary names them): the
+    default detector `auto` depends on the install, so a run resumed elsewhere could otherwise mix two detectors'
+    rows under one name."""
+    prev = out.with_suffix(".summary.json")
+    if not prev.is_file():
+        return
+    old = json.loads(prev.read_text())
+    for key, now in (("detector", analyzer.detector.name), ("model", analyzer.classifier.name)):
+        if old.get(key) not in (None, now):
+            raise DataError(f"its rows were scored with {key} '{old[key]}', and this run uses '{now}' (the default "
+                            "detector `auto` is MTCNN where its weights are installed, else Haar).", file=out,
+                            fix=f"pass --{'detector' if key == 'detector' else 'model'} {old[key]} to resume it, or "
+                                "--fresh (or another --out) to score every image again with this run's models.")
 
 
 def summarise(out: Path, header: list[str]) -> dict:

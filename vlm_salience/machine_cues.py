@@ -206,7 +206,7 @@ def read_images(corpus: Corpus, faces: list[str], cfg: ImageReaderConfig, analyz
     missing = [str(p) for p, b in zip(paths, boxes) if not b]
     notes = []
     if missing and cfg.no_face == "error":
-        if fa.detector.name == "haar":
+        if fa.detector.cfg.kind == "haar":
             fix = ("if the images are tight face crops (the face fills the image), use a detector that pads them and "
                    "looks again: model.detector: mtcnn (the Haar cascade cannot fit a window around a face that fills "
                    "the image; cropping tighter cannot help), or pad the images with a border of about a third of "
@@ -225,7 +225,8 @@ def read_images(corpus: Corpus, faces: list[str], cfg: ImageReaderConfig, analyz
     expr = {}
     if fa.classifier.neutral is not None:
         expr = {m: model_expressivity(probs, classes, m, fa.classifier.neutral) for m in METHODS}
-    notes.insert(0, f"face cue: {fa.classifier.name} via {lm.name}")
+    notes.insert(0, f"face cue: {fa.classifier.name} via {lm.name}, faces found by {fa.detector.name} "
+                    f"({fa.detector.cfg.kind})")
     return Reading(faces, lm.apply(probs, classes), probs, list(classes), expr, notes)
 
 

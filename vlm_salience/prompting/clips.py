@@ -222,7 +222,7 @@ _NPY_HEADER = re.compile(r"\{'descr': '([<>|=][a-zA-Z]\d*)', 'fortran_order': (F
 def _member_layout(fh: Any, z: Any, name: str) -> tuple[tuple[int, ...], np.dtype, int] | None:
     """(shape, dtype, offset of the data) of npz member `name` where it is stored uncompressed in C order, read from
     the zip's local header and the .npy header directly. numpy's own header reader parses the header with
-    ast.literal_eval, which was half of a cached clip's read time (benchmarks/bench_clip_inputs.py); this reads the
+    ast.literal_eval, which was about a third of a cached clip's read time (benchmarks/bench_clip_inputs.py); this reads the
     plain form numpy writes and returns None for anything else (compressed, Fortran order, structured dtypes), where
     the caller falls back to numpy."""
     import zipfile

@@ -31,6 +31,7 @@ import numpy as np
 from vlm_salience.errors import ConfigError
 
 RECORD = "expert.json"
+PENDING = "pending"  # the identity of a training under way (its checkpoints resume only under it)
 
 # Keys of a clip training YAML that the routing decides for a LoRA expert: which clips it trains on and how they
 # are read must match the routing's fold, validation carving and scoring. Why each, for the error message.
@@ -103,14 +104,27 @@ def _ensure_base(tcfg, ranks) -> None:
         ranks.barrier()
 
 
+def frames_identity(tcfg, ids: list[str]) -> dict[str, Any]:
+    """What the frame cache holds for these clips: its settings' hash and each clip's key (source, detector and
+    stream settings), so an adapter trained on one preparation of the frames is never reused on another (a cache
+    folder prepared again with another detector keeps its path)."""
+    from vlm_salience.video.cache import ClipCache
+
+    cache = ClipCache(tcfg.data.frame_cache)
+    return {"config_hash": cache.manifest.get("config_hash"),
+            "clips": hashlib.sha256(json.dumps([cache.entry(i).get("key") for i in ids]).encode()).hexdigest()}
+
+
 def training_identity(tcfg, fold: str, parts: dict[str, list[str]]) -> str:
     """What a finished adapter depends on: its training settings (not where it is written, its checkpoint cadence or
-    tracker), the base model's fingerprint, the fold and the clips it fits and is validated on."""
+    tracker), the base model's fingerprint, the fold, the clips it fits and is validated on, and what the frame
+    cache holds for them."""
     from vlm_salience.training.vlm_task import base_fingerprint
 
     doc = {"config": tcfg.model_dump(mode="json", exclude={"out", "checkpoint", "tracker", "name"}),
            "base": base_fingerprint(tcfg.model.path), "fold": str(fold),
-           "fit": list(parts["train"]), "validation": list(parts["validation"])}
+           "fit": list(parts["train"]), "validation": list(parts["validation"]),
+           "frames": frames_identity(tcfg, list(parts["train"]) + list(parts["validation"]))}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -143,11 +157,18 @@ def train_expert(cfg, spec, corpus, fold: str, fit_ids: list[str], *, ranks, pro
     record = _finished(folder, identity)
     if record is not None:
         return tcfg, record, True
-    resume = True
-    if (folder / RECORD).is_file():  # a finished adapter of other settings or clips: its checkpoints are stale too
-        resume = False
+    # A training of this identity that was interrupted resumes from its checkpoints (PENDING names the identity
+    # they belong to); anything else there (a finished adapter or checkpoints of other settings or clips) is stale
+    # and removed first, its record and weights included, so an old record can never vouch for new weights.
+    pending = Path(tcfg.out) / "checkpoints" / f"{adapter.name}.{PENDING}"  # beside the checkpoints, not in the
+    # adapter folder, which the final save replaces whole
+    resume = pending.is_file() and pending.read_text().strip() == identity
+    if not resume:
         if ranks.is_main:
             shutil.rmtree(Path(tcfg.out) / "checkpoints" / adapter.name, ignore_errors=True)
+            for stale in (folder / RECORD, folder / "adapter_model.safetensors"):
+                stale.unlink(missing_ok=True)
+            write_text(pending, identity + "\n")
         ranks.barrier()
     task = ClipVLMTask(tcfg, adapter, data)
     result = Engine(tcfg, task, resume=resume, progress=progress).run()
@@ -163,6 +184,7 @@ def train_expert(cfg, spec, corpus, fold: str, fit_ids: list[str], *, ranks, pro
                   "validation": list(data.parts["validation"]), "steps": result.get("steps"),
                   "final_eval": result.get("final_eval"), "seconds": result.get("seconds")}
         write_text(folder / RECORD, json.dumps(record, indent=2, default=float))
+        pending.unlink(missing_ok=True)
     ranks.barrier()
     return tcfg, json.loads((folder / RECORD).read_text()), False
 
@@ -186,11 +208,12 @@ def lora_expert_probs(cfg, spec, corpus, frames, fold: str, fit_ids: list[str], 
     loaded = load_with_adapters(tcfg, [name], ranks=ranks)
     backend = HFBackend(loaded, batch_size=tcfg.optim.batch_size)
     fp = adapter_fingerprint(folder)
+    mode = tcfg.data.clip.resolved_mode(loaded.family, training=True)  # the input form the adapter was trained on
     try:
         probs = score_stream(spec, frames.with_frames(tcfg.data.clip.frames), corpus, list(predict_ids),
                              Path(cfg.out) / "answers.sqlite", ranks, backend=backend,
                              model_key=f"{backend.fingerprint()}|adapter {name}:{fp}", settings=tcfg.data.clip,
-                             chunk=4 * tcfg.optim.batch_size)
+                             chunk=4 * tcfg.optim.batch_size, mode=mode)
     finally:
         del backend, loaded
     info = {"adapter": str(folder), "adapter_fingerprint": fp, "stream": record["stream"], "fold": record["fold"],

@@ -84,6 +84,9 @@ class ExpertSpec(StrictModel):
             check_train_keys(self.name, self.train)
         elif self.train:
             raise ValueError(f"expert '{self.name}': `train` is for kind lora (kind here: {self.kind})")
+        if self.kind == "pixels" and self.frames is not None:
+            raise ValueError(f"expert '{self.name}': `frames` is for kind vlm or lora; a pixels expert reads the "
+                             "routing's `frames` (set it there)")
         return self
 
 
@@ -242,7 +245,7 @@ def _vlm_expert(spec: ExpertSpec, frames: ClipFrames, corpus, ids: list[str], ca
 
 
 def score_stream(spec: ExpertSpec, frames: ClipFrames, corpus, ids: list[str], cache_path: Path, ranks, *,
-                 backend, model_key: str, settings, chunk: int) -> dict[str, np.ndarray]:
+                 backend, model_key: str, settings, chunk: int, mode: str | None = None) -> dict[str, np.ndarray]:
     """Label scoring of clips `ids` over the stream's evaluation frames by `backend`, every answer cached under
     `model_key` (the backend's fingerprint, plus the adapter's content for a LoRA expert) as in `prompt run`. Under
     `accelerate launch` each rank scores its share and every rank gets every clip's class distribution."""
@@ -252,7 +255,8 @@ def score_stream(spec: ExpertSpec, frames: ClipFrames, corpus, ids: list[str], c
     from vlm_salience.prompting.templates import load_template
     from vlm_salience.prompting.video_experiment import clip_items
 
-    mode = settings.resolved_mode(getattr(backend, "family", None))
+    # `mode`: a LoRA expert scores in the input form it was trained on (training's resolved mode)
+    mode = mode or settings.resolved_mode(getattr(backend, "family", None))
     answer = AnswerSpec("choice", tuple(corpus.classes), None, None)
     tpl = load_template(spec.template)
     share = ranks.share(len(ids))

@@ -224,7 +224,12 @@ class ClipVLMTask(VLMTask):
         return {"eval/uar": float(s["uar"]["value"]), "eval/war": float(s["war"]["value"])}
 
     def fingerprint(self) -> dict[str, str]:
-        return {**super().fingerprint(), "fold": str(self.data.fold)}
+        """The fold and its training clips by id: a checkpoint resumes only on the clips it was trained on (lists
+        edited to the same counts would otherwise resume a model that saw what are now test clips)."""
+        import hashlib
+
+        clips = hashlib.sha256(json.dumps(list(self.data.parts["train"])).encode()).hexdigest()[:16]
+        return {**super().fingerprint(), "fold": str(self.data.fold), "train_clips": clips}
 
 
 def fold_config(cfg: ClipTrainConfig, fold: str) -> ClipTrainConfig:
