@@ -46,7 +46,7 @@ demo-full: $(VENV)/.base
 	$(BIN)/vlm-salience demo --out runs/demo-full
 
 # Two pytest-xdist workers, whole files to one worker (module fixtures built once), one compute thread per worker
-# (tests/conftest.py): 8 min 35 s on the quiet 2-core machine for 761 tests (15 min 25 s of CPU time in all).
+# (tests/conftest.py): 11 min 14 s on the quiet 2-core machine for 1,186 tests (a fresh clone, 2026-12-07).
 # PYTEST_WORKERS=0 runs them in one process.
 PYTEST_WORKERS ?= 2
 test: $(VENV)/.dev
