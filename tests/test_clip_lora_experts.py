@@ -84,7 +84,7 @@ def routed(tmp_path_factory, tiny_vlms) -> dict:
 def _parts(r) -> dict[str, dict[str, list[str]]]:
     """Each fold's fit / validation / test clips, carved here as the routing must carve them."""
     from vlm_salience.data.video import load_video_corpus
-    from vlm_salience.training.clip_routing import carve_validation
+    from vlm_salience.data.video.records import carve_validation
 
     corpus = load_video_corpus(r["data"])
     out = {}
@@ -276,7 +276,7 @@ def test_a_lora_expert_is_scored_in_the_input_form_it_was_trained_on(routed, mon
 
     import vlm_salience.prompting.hf_backend as hb
     import vlm_salience.training.clip_lora_experts as le
-    import vlm_salience.training.clip_routing as cr
+    import vlm_salience.training.clip_scoring as cs
     import vlm_salience.training.routing as rt
     from vlm_salience.data.video import load_video_corpus
     from vlm_salience.training.clip_training import fold_config
@@ -290,7 +290,7 @@ def test_a_lora_expert_is_scored_in_the_input_form_it_was_trained_on(routed, mon
     monkeypatch.setattr(rt, "load_with_adapters", lambda *a, **k: SimpleNamespace(family="llava_onevision"))
     monkeypatch.setattr(rt, "adapter_fingerprint", lambda folder: "fp")
     monkeypatch.setattr(hb, "HFBackend", lambda loaded, **k: SimpleNamespace(fingerprint=lambda: "base"))
-    monkeypatch.setattr(cr, "score_stream", lambda *a, mode=None, **k: seen.setdefault("mode", mode) and {})
+    monkeypatch.setattr(cs, "score_stream", lambda *a, mode=None, **k: seen.setdefault("mode", mode) and {})
     corpus = load_video_corpus(routed["data"])
     fold = sorted(corpus.folds)[0]
     le.lora_expert_probs(cfg, spec, corpus, SimpleNamespace(with_frames=lambda n: None), fold, ["a"], ["b"],

@@ -70,7 +70,7 @@ def test_route_on_clips_folds(routed):
     """Validation is carved from the training fold only; every method predicts exactly each fold's test clips;
     the run folders are video runs `video compare` reads (same clips, one table)."""
     from vlm_salience.data.video import load_video_corpus
-    from vlm_salience.training.clip_routing import carve_validation
+    from vlm_salience.data.video.records import carve_validation
     from vlm_salience.video.report import compare_runs
 
     r = routed["true"]

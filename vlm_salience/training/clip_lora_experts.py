@@ -8,7 +8,7 @@ expert's own stream (face crops or the masked scene), and scores that fold's val
 Training is the project's one clip-training path (training/clip_training.py: `ClipTrainingData`, `ClipVLMTask`, run
 by the engine); its config is built from the expert's `model` and `train` keys, with everything that decides which
 clips it sees (corpus, frame cache, fold, validation share, seed, stream, frames, mode) taken from the routing.
-Scoring is the `vlm` expert's (clip_routing.score_stream: label scoring, the answer cache), its key naming the
+Scoring is the `vlm` expert's (clip_scoring.score_stream: label scoring, the answer cache), its key naming the
 adapter by its weights' content (routing.adapter_fingerprint), so a retrained adapter never reads stale answers.
 
 Adapters are written under <routing out>/lora/folds/<fold>/adapters/<expert>/ with `expert.json` beside the
@@ -194,7 +194,7 @@ def lora_expert_probs(cfg, spec, corpus, frames, fold: str, fit_ids: list[str], 
     """Train (or reuse) this fold's adapter on the fit clips, then label-score `predict_ids` (the validation and
     test clips) with it. Returns the class distributions and what was trained and loaded (for routing.json)."""
     from vlm_salience.prompting.hf_backend import HFBackend
-    from vlm_salience.training.clip_routing import score_stream
+    from vlm_salience.training.clip_scoring import score_stream
     from vlm_salience.training.routing import adapter_fingerprint, load_with_adapters
     from vlm_salience.training.vlm_task import adapter_path
 

@@ -134,20 +134,6 @@ def is_clip_routing(path: str | Path, overrides: list[str] | tuple[str, ...] = (
     return is_video_experiment(path, overrides)
 
 
-def carve_validation(corpus, train_ids: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """(fit, validation) clip ids of a training fold: `fraction` of each class's clips (at least one where a class
-    has two or more), drawn by a seeded generator; never a test clip (only `train_ids` are drawn from)."""
-    rng = np.random.default_rng([seed, 17])
-    labels = np.array([corpus.clip(c).label for c in train_ids])
-    val: set[str] = set()
-    for k in np.unique(labels):
-        members = [c for c, y in zip(train_ids, labels) if y == k]
-        n = int(round(fraction * len(members)))
-        n = min(len(members) - 1, max(1, n)) if len(members) >= 2 else 0
-        val.update(rng.permutation(members)[:n].tolist())
-    return [c for c in train_ids if c not in val], [c for c in train_ids if c in val]
-
-
 # -- experts --------------------------------------------------------------------------------------------------------
 
 class ClipFrames:
@@ -236,59 +222,14 @@ def _vlm_expert(spec: ExpertSpec, frames: ClipFrames, corpus, ids: list[str], ca
     frames = frames.with_frames(spec.frames)
     settings = ClipSettings(frames=frames.frames, stream=spec.stream, mode=spec.mode)
     try:
+        from vlm_salience.training.clip_scoring import score_stream
+
         return score_stream(spec, frames, corpus, ids, cache_path, ranks, backend=backend,
                             model_key=backend.fingerprint(), settings=settings,
                             chunk=4 * getattr(entry, "batch_size", 8))
     finally:
         if hasattr(backend, "close"):
             backend.close()
-
-
-def score_stream(spec: ExpertSpec, frames: ClipFrames, corpus, ids: list[str], cache_path: Path, ranks, *,
-                 backend, model_key: str, settings, chunk: int, mode: str | None = None) -> dict[str, np.ndarray]:
-    """Label scoring of clips `ids` over the stream's evaluation frames by `backend`, every answer cached under
-    `model_key` (the backend's fingerprint, plus the adapter's content for a LoRA expert) as in `prompt run`. Under
-    `accelerate launch` each rank scores its share and every rank gets every clip's class distribution."""
-    from vlm_salience.prompting.answers import AnswerSpec
-    from vlm_salience.prompting.cache import close_answer_cache, open_answer_cache, prompt_answer_key
-    from vlm_salience.prompting.inputs import build_prompt
-    from vlm_salience.prompting.templates import load_template
-    from vlm_salience.prompting.video_experiment import clip_items
-
-    # `mode`: a LoRA expert scores in the input form it was trained on (training's resolved mode)
-    mode = mode or settings.resolved_mode(getattr(backend, "family", None))
-    answer = AnswerSpec("choice", tuple(corpus.classes), None, None)
-    tpl = load_template(spec.template)
-    share = ranks.share(len(ids))
-    mine = ids[share.start:share.stop]
-    prompts = [build_prompt(tpl, item, answer, clip=settings, clip_mode=mode, frames=frames.get(item.id, spec.stream))
-               for item in clip_items(corpus, mine, spec.stream, cached=True)]
-    keys = [prompt_answer_key(model_key, tpl.digest, p, "score", slots=answer.slots()) for p in prompts]
-    cache = open_answer_cache(cache_path, ranks)
-    try:
-        got = cache.get_many(keys)
-        todo = [j for j, k in enumerate(keys) if k not in got]
-        for s in range(0, len(todo), chunk):  # answers committed per chunk: a killed run keeps them
-            part = todo[s:s + chunk]
-            res = backend.score([prompts[j] for j in part], answer.slots())
-            new = {}
-            for j, r in zip(part, res):
-                if isinstance(r, Exception):
-                    raise ConfigError(f"expert '{spec.name}': clip {mine[j]} failed ({r})")
-                new[keys[j]] = {"slots": {k: v.tolist() for k, v in r.items()}}
-            cache.put_many(new)
-            got.update(new)
-    except BaseException:
-        cache.close()  # a launch that fails stops every rank; its shards stay for the next run to merge
-        raise
-    close_answer_cache(cache, ranks)
-    answers = ranks.gather([got[k]["slots"]["emotion"] for k in keys])
-    out = {}
-    for cid, logp in zip(ids, answers):
-        logp = np.asarray(logp, float)
-        p = np.exp(logp - logp.max())
-        out[cid] = p / p.sum()
-    return out
 
 
 def expert_probs(spec: ExpertSpec, frames: ClipFrames, corpus, fit_ids, predict_ids, cache_path: Path, *,
@@ -359,6 +300,7 @@ def route_clips(cfg: ClipRoutingConfig, *, progress: bool = True) -> dict[str, A
     from vlm_salience.data.video import load_video_corpus
     from vlm_salience.prompting.video_experiment import ClipPredictions, write_prompt_video_run
     from vlm_salience.ranks import current
+    from vlm_salience.data.video.records import carve_validation
     from vlm_salience.training.routing import calibrate_threshold, fit_share_gate, gate_share
     from vlm_salience.video.report import compare_runs, comparison_markdown
 

@@ -3,7 +3,7 @@ one adapter per fold of the video models' folds, its test fold predicted by labe
 
 The training data layer is the one image corpora use (`training/data.py` rows, `training/collator.py`,
 `training/vlm_task.py` run by the engine); what differs is where the rows and frames come from:
-- per fold, validation clips are carved from the training fold (`clip_routing.carve_validation`: per class,
+- per fold, validation clips are carved from the training fold (`data/video/records.carve_validation`: per class,
   seeded); the adapter trains on the rest; the test fold is never a training or validation row, only predicted;
 - a row is one clip (LLaMA-Factory's `videos` column of its source) and its target the class name
   (`{"emotion": "<class>"}`, the answer label scoring reads over every class);
@@ -98,10 +98,9 @@ class ClipTrainingData:
 
     def __init__(self, cfg: ClipTrainConfig, fold: str, corpus=None) -> None:
         from vlm_salience.data.video import load_video_corpus
+        from vlm_salience.data.video.records import carve_validation
         from vlm_salience.prompting.answers import AnswerSpec
         from vlm_salience.prompting.clips import CachedFrames
-        from vlm_salience.training.clip_routing import carve_validation
-
         self.cfg, self.fold = cfg, fold
         self.corpus = corpus or load_video_corpus(cfg.data.config, overrides=cfg.data.data_overrides)
         if fold not in self.corpus.folds:

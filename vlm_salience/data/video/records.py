@@ -110,3 +110,17 @@ class VideoCorpus:
             "with_face_source": sum(c.face_source is not None for c in self.clips),
             "dropped": self.dropped.to_dict(), "fingerprint": self.fingerprint,
         }
+
+
+def carve_validation(corpus, train_ids: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """(fit, validation) clip ids of a training fold, the one carving of clip training and clip routing: `fraction` of each class's clips (at least one where a class
+    has two or more), drawn by a seeded generator; never a test clip (only `train_ids` are drawn from)."""
+    rng = np.random.default_rng([seed, 17])
+    labels = np.array([corpus.clip(c).label for c in train_ids])
+    val: set[str] = set()
+    for k in np.unique(labels):
+        members = [c for c, y in zip(train_ids, labels) if y == k]
+        n = int(round(fraction * len(members)))
+        n = min(len(members) - 1, max(1, n)) if len(members) >= 2 else 0
+        val.update(rng.permutation(members)[:n].tolist())
+    return [c for c in train_ids if c not in val], [c for c in train_ids if c in val]
