@@ -344,18 +344,11 @@ def second_per_grid_ts(processor, fps: list[float]) -> Any:
 
 def _expand(texts: list[str], token: str, counts: list[int], per_text: list[int], what: str) -> list[str]:
     """Each `token` placeholder of the rendered chat becomes counts[k] tokens (k-th image or clip, in order)."""
-    out, k = [], 0
-    for text, n in zip(texts, per_text):
-        pieces = text.split(token)
-        if len(pieces) - 1 != n:
-            raise ValueError(f"the chat template placed {len(pieces) - 1} {what} placeholder(s) for {n} {what}(s); "
-                             "it must render {'type': 'video'} parts as <|vision_start|><|video_pad|><|vision_end|>")
-        s = pieces[0]
-        for piece in pieces[1:]:
-            s += token * counts[k] + piece
-            k += 1
-        out.append(s)
-    return out
+    from vlm_salience.prompting.placeholders import expand_placeholders
+
+    return expand_placeholders(texts, token, [token * c for c in counts], per_text, what,
+                               fix="it must render {'type': 'video'} parts as "
+                                   "<|vision_start|><|video_pad|><|vision_end|>")
 
 
 def encode_prompts(processor, family: str, texts: list[str], images: list[list[Any]], videos: list[list[list[Any]]],

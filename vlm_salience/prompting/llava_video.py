@@ -46,6 +46,13 @@ def frame_pixels(image_processor, frame: Any):
     return np.asarray(x, dtype=np.float32)
 
 
+def _expand(texts: list[str], token: str, replacements: list[str], per_text: list[int], what: str) -> list[str]:
+    from vlm_salience.prompting.placeholders import expand_placeholders
+
+    return expand_placeholders(texts, token, replacements, per_text, what, label=token,
+                               fix=f"it must render each {{'type': '{what}'}} part as one {token}")
+
+
 def llava_video_inputs(image_processor, videos: list[list[Any]]) -> dict[str, Any]:
     """`pixel_values_videos` (clips, T, C, H, W) for clips of PIL frames, frames in the given (time) order. Every
     clip of one call needs the same frame count: the model takes one 5-D tensor."""
@@ -62,22 +69,6 @@ def llava_video_inputs(image_processor, videos: list[list[Any]]) -> dict[str, An
                          f"got {sorted(counts)}; give every clip the same clip.frames")
     arr = np.stack([np.stack([frame_pixels(image_processor, f) for f in frames]) for frames in videos])
     return {"pixel_values_videos": torch.from_numpy(arr)}
-
-
-def _expand(texts: list[str], token: str, replacements: list[str], per_text: list[int], what: str) -> list[str]:
-    """The k-th `token` placeholder across the rendered prompts becomes replacements[k]."""
-    out, k = [], 0
-    for text, n in zip(texts, per_text):
-        pieces = text.split(token)
-        if len(pieces) - 1 != n:
-            raise ValueError(f"the chat template placed {len(pieces) - 1} {token} placeholder(s) for {n} {what}(s); "
-                             f"it must render each {{'type': '{what}'}} part as one {token}")
-        s = pieces[0]
-        for piece in pieces[1:]:
-            s += replacements[k] + piece
-            k += 1
-        out.append(s)
-    return out
 
 
 def encode_llava_video(processor, family: str, texts: list[str], images: list[list[Any]],
