@@ -187,3 +187,18 @@ def law_clips(prepared_law_clips, tmp_path) -> dict[str, Path]:
     import shutil
 
     return {**prepared_law_clips, "cache": Path(shutil.copytree(prepared_law_clips["cache"], tmp_path / "cache"))}
+
+
+@pytest.fixture
+def scored_prompts(monkeypatch) -> list:
+    """Every prompt the hf backend's label scoring is asked, in order (the real scoring still runs)."""
+    from vlm_salience.prompting.hf_backend import HFBackend
+
+    seen: list = []
+    real = HFBackend.score
+
+    def spy(self, prompts, *a, **k):
+        seen.extend(prompts)
+        return real(self, prompts, *a, **k)
+    monkeypatch.setattr(HFBackend, "score", spy)
+    return seen

@@ -183,24 +183,17 @@ def test_both_without_a_frame_cache_is_a_clear_config_error(tmp_path, prepared_l
     assert not (tmp_path / "export").exists()
 
 
-def test_prompt_run_with_both_streams_reads_both_from_the_cache(tmp_path, prepared_law_clips, tiny_vlms,
+def test_prompt_run_with_both_streams_reads_both_from_the_cache(scored_prompts, tmp_path, prepared_law_clips, tiny_vlms,
                                                                 monkeypatch):
     """`prompt run` on a video data YAML with `clip.stream: both` and a frame cache: each prompt holds 2N images,
     the clip's N face rows then its N scene rows at the segment middles; the report says both streams."""
     from vlm_salience.data.video import load_video_corpus
-    from vlm_salience.prompting.hf_backend import HFBackend
     from vlm_salience.prompting.video_experiment import VideoPromptConfig, run_video_prompting
     from vlm_salience.video.cache import ClipCache, sample
 
     corpus = load_video_corpus(prepared_law_clips["data"])
     fold = sorted(corpus.folds)[0]
-    seen = []
-    real = HFBackend.score
-
-    def spy(self, prompts, *a, **k):
-        seen.extend(prompts)
-        return real(self, prompts, *a, **k)
-    monkeypatch.setattr(HFBackend, "score", spy)
+    seen = scored_prompts
     cfg = VideoPromptConfig.model_validate({
         "name": "t", "data": str(prepared_law_clips["data"]), "folds": [fold], "max_test_clips": 2,
         "models": [{"backend": "hf", "name": "tiny", "path": str(tiny_vlms["qwen2_vl"]), "batch_size": 2}],

@@ -54,12 +54,11 @@ def test_cached_frames_are_the_video_models_rows(prepared_law_clips):
         reader.frames(corpus.clips[0].clip_id, ClipSettings(frames=4), source=other)
 
 
-def test_video_prompt_run_reads_the_frame_cache(tmp_path, prepared_law_clips, tiny_vlms, monkeypatch):
+def test_video_prompt_run_reads_the_frame_cache(scored_prompts, tmp_path, prepared_law_clips, tiny_vlms, monkeypatch):
     """`prompt run` with `frame_cache` decodes no video: every prompt's frames are the cached evaluation rows;
     a clip whose cached file is gone is a per-clip error counted in the notes, and the run goes on."""
     from vlm_salience.data.video import frames as video_frames
     from vlm_salience.data.video import load_video_corpus
-    from vlm_salience.prompting.hf_backend import HFBackend
     from vlm_salience.prompting.video_experiment import VideoPromptConfig, run_video_prompting
     from vlm_salience.video.cache import ClipCache, sample
 
@@ -73,13 +72,7 @@ def test_video_prompt_run_reads_the_frame_cache(tmp_path, prepared_law_clips, ti
     def no_decoding(*a, **k):
         raise AssertionError("a clip was decoded although the frame cache was given")
     monkeypatch.setattr(video_frames, "read_frames", no_decoding)
-    seen = []
-    real = HFBackend.score
-
-    def spy(self, prompts, *a, **k):
-        seen.extend(prompts)
-        return real(self, prompts, *a, **k)
-    monkeypatch.setattr(HFBackend, "score", spy)
+    seen = scored_prompts
     cfg = VideoPromptConfig.model_validate({
         "name": "t", "data": str(prepared_law_clips["data"]), "folds": [fold], "max_test_clips": 3,
         "models": [{"backend": "hf", "name": "tiny", "path": str(tiny_vlms["qwen2_vl"]), "batch_size": 4}],

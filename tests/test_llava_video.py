@@ -276,19 +276,12 @@ def test_backend_scores_clips_as_the_full_sequence_does(vlm, clip_corpus):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_prompt_run_gives_llava_clips_as_video(tmp_path, clip_corpus, model_dirs, monkeypatch, family):
+def test_prompt_run_gives_llava_clips_as_video(scored_prompts, tmp_path, clip_corpus, model_dirs, monkeypatch, family):
     """`clip.mode: auto` with a LLaVA video model: every test item is scored from one native video input."""
     from vlm_salience.prompting import experiment as ex
     from vlm_salience.prompting.experiment import ExperimentConfig
-    from vlm_salience.prompting.hf_backend import HFBackend
 
-    seen = []
-    real = HFBackend.score
-
-    def spy(self, prompts, *a, **k):
-        seen.extend(prompts)
-        return real(self, prompts, *a, **k)
-    monkeypatch.setattr(HFBackend, "score", spy)
+    seen = scored_prompts
     cfg = ExperimentConfig.model_validate({
         "name": "t", "data": str(clip_corpus), "study": str(REPO / "configs" / "experiment" / "bci_synthetic.yaml"),
         "split": {"test_fraction": 0.25, "group": "participant", "seed": 0, "max_test_items": 3},

@@ -123,21 +123,14 @@ def _experiment(tmp_path, data, model_dir, clip: dict, strategies=None):
 
 
 @pytest.mark.parametrize("kind,mode", [("face_video", "video"), ("face_frames", "images")])
-def test_prompt_run_on_split_steal_clips(tmp_path, small_synth_corpus, tiny_vlms, monkeypatch, kind, mode):
+def test_prompt_run_on_split_steal_clips(scored_prompts, tmp_path, small_synth_corpus, tiny_vlms, monkeypatch, kind, mode):
     """A Split-Steal corpus with face videos / frame folders runs through prompting (no refusal, no middle frame
     only): every test item scored, each prompt carrying all sampled frames; the answer cache is keyed by the
     sampling settings (same settings: no model call; other frame count: asked again)."""
     from vlm_salience.prompting import experiment as ex
-    from vlm_salience.prompting.hf_backend import HFBackend
 
     data = _clip_corpus(small_synth_corpus, tmp_path / "corpus", kind)
-    seen = []
-    real = HFBackend.score
-
-    def spy(self, prompts, *a, **k):
-        seen.extend(prompts)
-        return real(self, prompts, *a, **k)
-    monkeypatch.setattr(HFBackend, "score", spy)
+    seen = scored_prompts
     res = ex.run_experiment(_experiment(tmp_path, data, tiny_vlms["qwen2_vl"], {"frames": 4, "mode": mode}),
                             progress=False)
     pred = res.predictions["tiny/face_only"]

@@ -138,24 +138,17 @@ def test_route_split_by_rank_equals_one_process(runs):
     assert len(mixed[0]) == len(mixed[1]) == 4 and not mixed[0] & mixed[1]
 
 
-def test_route_resumes_from_the_one_cache_asking_only_what_it_lacks(runs, monkeypatch):
+def test_route_resumes_from_the_one_cache_asking_only_what_it_lacks(scored_prompts, runs, monkeypatch):
     """Answers lost from the cache (a shard deleted, a launch killed before its chunk was committed) are the only
     ones asked again; the report is the same."""
     from vlm_salience.cli import main
-    from vlm_salience.prompting.hf_backend import HFBackend
 
     two = runs["two"] / "routing"
     before = (two / "predictions.csv").read_text()
     with sqlite3.connect(two / "answers.sqlite") as c:
         lost = [k for (k,) in c.execute("SELECT key FROM answers ORDER BY key LIMIT 5")]
         c.executemany("DELETE FROM answers WHERE key = ?", [(k,) for k in lost])
-    asked = []
-    real = HFBackend.score
-
-    def spy(self, prompts, *a, **k):
-        asked.extend(prompts)
-        return real(self, prompts, *a, **k)
-    monkeypatch.setattr(HFBackend, "score", spy)
+    asked = scored_prompts
     no_plots(monkeypatch)
     assert main(["route", str(runs["config"]), "--quiet"]) == 0
     assert len(asked) == 5
