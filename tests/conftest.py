@@ -202,3 +202,12 @@ def scored_prompts(monkeypatch) -> list:
         return real(self, prompts, *a, **k)
     monkeypatch.setattr(HFBackend, "score", spy)
     return seen
+
+
+class OneProcess:
+    """The accelerator a task's `setup` sees in a single process (the main one; nothing to wait for)."""
+
+    is_main_process = True
+
+    def wait_for_everyone(self) -> None:
+        pass

@@ -236,12 +236,9 @@ def test_train_on_both_streams_feeds_two_videos_of_the_same_draw(tmp_path, law_c
     data = ClipTrainingData(cfg, fold)
     task = ClipVLMTask(fold_config(cfg, fold), cfg.adapters[0], data)
 
-    class _Acc:
-        is_main_process = True
+    from conftest import OneProcess
 
-        def wait_for_everyone(self):
-            pass
-    task.setup(_Acc())
+    task.setup(OneProcess())
     ex = task.examples[0]
     assert [p["type"] for m in json.loads(ex["messages"]) for p in m["content"]].count("video") == 2
     cid = ex["item_id"]

@@ -87,12 +87,9 @@ def test_train_on_clips_reads_training_rows_in_training_and_middles_elsewhere(tm
     # the collator: training rows of the cache sampler, seeded by (seed, epoch, clip), in time order
     task = ClipVLMTask(fold_config(cfg, fold), cfg.adapters[0], data)
 
-    class _Acc:
-        is_main_process = True
+    from conftest import OneProcess
 
-        def wait_for_everyone(self):
-            pass
-    task.setup(_Acc())
+    task.setup(OneProcess())
     ex = task.examples[0]
     cid = ex["item_id"]
     full = cache.load(cid)

@@ -261,12 +261,9 @@ def test_train_on_split_steal_face_videos(tmp_path, small_synth_corpus, tiny_vlm
     tc = load_config(tmp_path / "train.yaml", TrainConfig)
     task = VLMTask(tc, tc.adapters[0])
 
-    class _Acc:
-        is_main_process = True
+    from conftest import OneProcess
 
-        def wait_for_everyone(self):
-            pass
-    task.setup(_Acc())
+    task.setup(OneProcess())
     ex = task.examples[0]
     assert ex["videos"] and ex["clip_mode"] == "video" and not ex["image"]
     enc = {e: task.collator.encode(ex, 0, epoch=e) for e in range(4)}
